@@ -1,0 +1,27 @@
+"""KFP component: same-product search and category probe for ITEm and the baselines."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.config import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def evaluate(
+    validated_catalog: Input[Dataset],
+    model: Input[Model],
+    bert_path: str,
+    modality_ablation: bool,
+    metrics: Output[Metrics],
+    eval_json: Output[Artifact],
+):
+    """KFP Metrics (``<model>.<metric>``) and eval.json."""
+    import logging
+
+    from item_model.steps import evaluate_step
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = evaluate_step(validated_catalog.path, model.path, eval_json.path, bert_path, modality_ablation)
+    for name, values in result["models"].items():
+        for key in ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP"):
+            metrics.log_metric(f"{name}.{key}", float(values[key]))

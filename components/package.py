@@ -1,0 +1,27 @@
+"""KFP component, run only when blessed: save the model into the BentoML model store."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from components.config import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def package(
+    model: Input[Model],
+    eval_json: Input[Artifact],
+    blessing: Input[Artifact],
+    validated_catalog: Input[Dataset],
+    model_name: str,
+    bentoml_home: str,
+    bento_model: Output[Artifact],
+):
+    """A BentoML model ``<model_name>:<version>`` with labels and metadata; its tag in bento_model."""
+    import logging
+
+    from serving.store import save_to_bentoml
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    tag = save_to_bentoml(model.path, eval_json.path, blessing.path, validated_catalog.path,
+                          model_name, bentoml_home or None, bento_model.path)
+    bento_model.metadata["tag"] = tag

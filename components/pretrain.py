@@ -1,0 +1,26 @@
+"""KFP component: pre-train ITEm (MLM, MIM, GMLM, GMIM, ITM) on the validated catalog's train split."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.config import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def pretrain(
+    validated_catalog: Input[Dataset],
+    model_config: dict,
+    train_config: dict,
+    bert_path: str,
+    model: Output[Model],
+):
+    """A Hugging Face model folder (safetensors, config, tokenizer, training curve JSON + PNG)."""
+    import logging
+
+    from item_model.steps import pretrain_step
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    summary = pretrain_step(validated_catalog.path, model.path, model_config, train_config, bert_path)
+    model.metadata.update({"framework": "transformers", "n_train": summary["n_train"],
+                           "final_loss": summary["final"].get("loss"),
+                           "catalog_fingerprint": summary["catalog_fingerprint"]})

@@ -1,0 +1,340 @@
+"""Catalog data layer: the canonical listing schema, a streaming reader for the
+fashion-catalog folder layout, a deterministic hash split and a catalog fingerprint.
+
+Canonical schema (one row per listing; a ``pandas.DataFrame`` with these columns):
+
+================  ==========  =============================================================
+column            dtype       meaning
+================  ==========  =============================================================
+``product_id``    str         unique listing id (required, never null)
+``title``         str         listing title (required column; null/empty rows are quarantined)
+``image_bytes``   bytes       encoded JPEG/PNG, or null when ``image_uri`` is given
+``image_uri``     str         local path or ``gs://bucket/object`` of the image, else null
+``category``      str         leaf category (required column)
+``category_path`` str         category levels joined by ``" > "``, leaf last
+``gender``        str         optional attribute (absent or null is allowed)
+``colour``        str         optional attribute
+``season``        str         optional attribute
+``year``          Int64       optional attribute
+``usage``         str         optional attribute
+``group_id``      Int64       same-product group (from ``same_product_groups.csv``), else null
+================  ==========  =============================================================
+
+Folder layout read by :func:`read_catalog` (the layout of
+``shared/datasets/fashion-product-images-small`` and of the Hugging Face mirror
+``ashraq/fashion-product-images-small``)::
+
+    <catalog>/data/*.parquet          shards with columns id, productDisplayName, image{bytes,path},
+                                      masterCategory, subCategory, articleType, and optional
+                                      gender, baseColour, season, year, usage
+    <catalog>/same_product_groups.csv optional, columns id,group_id
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+CANONICAL_COLUMNS = [
+    "product_id", "title", "image_bytes", "image_uri", "category", "category_path",
+    "gender", "colour", "season", "year", "usage", "group_id",
+]
+OPTIONAL_ATTRIBUTES = ["gender", "colour", "season", "year", "usage"]
+
+#: source column -> canonical column, for the fashion-catalog layout
+SOURCE_REQUIRED = {"id": "product_id", "productDisplayName": "title", "articleType": "category"}
+SOURCE_IMAGE = "image"
+SOURCE_CATEGORY_LEVELS = ["masterCategory", "subCategory", "articleType"]
+SOURCE_OPTIONAL = {"gender": "gender", "baseColour": "colour", "season": "season",
+                   "year": "year", "usage": "usage"}
+GROUPS_FILE = "same_product_groups.csv"
+SPLITS = ("train", "validation", "test")
+
+
+class CatalogError(ValueError):
+    """A catalog cannot be read: missing folder, unreadable shard, missing column, bad group file.
+
+    The message names the file and the column (and rows, where rows are at fault).
+    """
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Fractions of the deterministic hash split (must sum to 1) and the hash salt."""
+
+    train: float = 0.8
+    validation: float = 0.1
+    test: float = 0.1
+    salt: str = "item-split-v1"
+
+
+def shard_paths(catalog: str | Path) -> list[Path]:
+    """Sorted parquet shards of a catalog folder.
+
+    Raises:
+        CatalogError: the folder or its ``data/`` subfolder does not exist, or holds no ``*.parquet``.
+    """
+    root = Path(catalog)
+    if not root.is_dir():
+        raise CatalogError(f"catalog folder {str(root)!r} does not exist or is not a folder")
+    data = root / "data"
+    if not data.is_dir():
+        raise CatalogError(f"catalog folder {str(root)!r} has no 'data/' folder of parquet shards")
+    shards = sorted(data.glob("*.parquet"))
+    if not shards:
+        raise CatalogError(f"catalog folder {str(data)!r} holds no *.parquet shard")
+    return shards
+
+
+def _open_shard(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
+        raise CatalogError(f"shard {str(path)!r} is unreadable: {exc}") from exc
+
+
+def check_columns(path: Path, names: Sequence[str]) -> None:
+    """Raise :class:`CatalogError` naming the shard and column if a required column is missing."""
+    missing = [c for c in [*SOURCE_REQUIRED, SOURCE_IMAGE] if c not in names]
+    if missing:
+        raise CatalogError(
+            f"shard {str(path)!r} lacks required column(s) {missing}; "
+            f"required: {[*SOURCE_REQUIRED, SOURCE_IMAGE]}, found: {list(names)}")
+
+
+def read_groups(catalog: str | Path) -> pd.Series:
+    """Same-product groups: a ``product_id`` (str) -> ``group_id`` (int64) Series; empty if no file.
+
+    Raises:
+        CatalogError: the file lacks ``id``/``group_id``, has non-integer group ids, or lists an id twice.
+    """
+    path = Path(catalog) / GROUPS_FILE
+    if not path.exists():
+        return pd.Series(dtype="int64", name="group_id")
+    try:
+        groups = pd.read_csv(path, dtype={"id": str})
+    except Exception as exc:
+        raise CatalogError(f"group file {str(path)!r} is unreadable: {exc}") from exc
+    for col in ("id", "group_id"):
+        if col not in groups.columns:
+            raise CatalogError(f"group file {str(path)!r} lacks column {col!r}")
+    gid = pd.to_numeric(groups["group_id"], errors="coerce")
+    if gid.isna().any():
+        rows = groups.index[gid.isna()].tolist()[:5]
+        raise CatalogError(f"group file {str(path)!r}: column 'group_id' is not an integer in rows {rows}")
+    dup = groups["id"].duplicated(keep=False)
+    if dup.any():
+        raise CatalogError(f"group file {str(path)!r}: column 'id' repeats ids "
+                           f"{groups.loc[dup, 'id'].unique()[:5].tolist()}")
+    return pd.Series(gid.astype("int64").to_numpy(), index=groups["id"].to_numpy(), name="group_id")
+
+
+def to_canonical(table: pa.Table | pd.DataFrame, source: str = "<table>") -> pd.DataFrame:
+    """Map one shard in the fashion-catalog layout to the canonical schema (without ``group_id``).
+
+    Args:
+        table: the shard's columns (see module docstring); optional attributes may be absent.
+        source: a name for messages (the shard path).
+
+    Returns:
+        DataFrame with :data:`CANONICAL_COLUMNS` except ``group_id``; missing optional attributes are null.
+
+    Raises:
+        CatalogError: a required column is missing, or the ``image`` column has no ``bytes``.
+    """
+    df = table.to_pandas() if isinstance(table, pa.Table) else table
+    check_columns(Path(source), list(df.columns))
+    out = pd.DataFrame({
+        "product_id": df["id"].astype("string").astype(object),
+        "title": df["productDisplayName"].astype(object),
+    })
+    img = df[SOURCE_IMAGE]
+
+    def _bytes(v):
+        if isinstance(v, dict):
+            return v.get("bytes")
+        return v if isinstance(v, (bytes, bytearray)) else None
+
+    def _uri(v):
+        return v.get("path") if isinstance(v, dict) and v.get("bytes") is None else None
+
+    out["image_bytes"] = [_bytes(v) for v in img]
+    out["image_uri"] = [_uri(v) for v in img]
+    out["category"] = df["articleType"].astype(object)
+    levels = [c for c in SOURCE_CATEGORY_LEVELS if c in df.columns]
+    out["category_path"] = df[levels].astype("string").fillna("").agg(" > ".join, axis=1).astype(object)
+    for src, dst in SOURCE_OPTIONAL.items():
+        if src in df.columns:
+            out[dst] = df[src] if dst == "year" else df[src].astype(object)
+        else:
+            out[dst] = None
+    out["year"] = pd.to_numeric(out["year"], errors="coerce").astype("Int64")
+    return out
+
+
+def iter_catalog(catalog: str | Path, batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """Stream a catalog folder in the canonical schema, one shard (or ``batch_rows`` rows) at a time.
+
+    Images stay encoded (``image_bytes``); nothing is decoded here.
+
+    Yields:
+        canonical DataFrames with ``group_id`` filled from ``same_product_groups.csv``.
+
+    Raises:
+        CatalogError: see :func:`shard_paths`, :func:`read_groups`, :func:`to_canonical`.
+    """
+    shards = shard_paths(catalog)
+    groups = read_groups(catalog)
+    for path in shards:
+        pf = _open_shard(path)
+        check_columns(path, pf.schema_arrow.names)
+        try:
+            batches = (pf.iter_batches(batch_size=batch_rows) if batch_rows
+                       else [pf.read()])
+            for batch in batches:
+                df = to_canonical(pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch)
+                                  else batch, str(path))
+                df["group_id"] = df["product_id"].map(groups).astype("Int64")
+                yield df
+        except CatalogError:
+            raise
+        except Exception as exc:
+            raise CatalogError(f"shard {str(path)!r} is unreadable: {exc}") from exc
+
+
+def read_catalog(catalog: str | Path, max_listings: int | None = None,
+                 split: SplitSpec = SplitSpec()) -> pd.DataFrame:
+    """Read a whole catalog folder into one canonical DataFrame, optionally a deterministic sample.
+
+    Args:
+        catalog: folder in the layout of the module docstring.
+        max_listings: keep at most this many listings: every same-product group member (the
+            search labels), then the others with the smallest split hash. ``None`` keeps all.
+        split: split fractions/salt used to order the sample.
+
+    Returns:
+        canonical DataFrame (RangeIndex), images still encoded.
+    """
+    frames = list(iter_catalog(catalog))
+    df = pd.concat(frames, ignore_index=True)
+    logger.info("read %d listings from %d shard(s) of %s", len(df), len(frames), catalog)
+    if max_listings is not None and len(df) > max_listings:
+        df = sample_catalog(df, max_listings, split)
+        logger.info("sampled %d listings (all same-product group members kept)", len(df))
+    return df
+
+
+def split_hash(product_ids: Sequence[str], salt: str = SplitSpec.salt) -> np.ndarray:
+    """Uniform hash of each id in [0, 1): first 8 bytes of SHA-1(salt + ":" + id) / 2**64. float64 (n,)."""
+    out = np.empty(len(product_ids), dtype=np.float64)
+    for i, pid in enumerate(product_ids):
+        digest = hashlib.sha1(f"{salt}:{pid}".encode()).digest()
+        out[i] = int.from_bytes(digest[:8], "big") / 2.0**64
+    return out
+
+
+def assign_split(product_ids: Sequence[str], spec: SplitSpec = SplitSpec()) -> np.ndarray:
+    """Deterministic train/validation/test assignment by a hash of ``product_id``.
+
+    The split of an id never depends on the other rows, so adding listings to a catalog never
+    moves an existing listing to another split.
+
+    Returns:
+        object array (n,) of ``"train"``, ``"validation"`` or ``"test"``.
+
+    Raises:
+        ValueError: the fractions are negative or do not sum to 1.
+    """
+    fr = np.array([spec.train, spec.validation, spec.test])
+    if (fr < 0).any() or abs(fr.sum() - 1.0) > 1e-9:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fr.tolist()}")
+    h = split_hash(product_ids, spec.salt)
+    idx = np.searchsorted(np.cumsum(fr)[:-1], h, side="right")
+    return np.array(SPLITS, dtype=object)[idx]
+
+
+def sample_catalog(df: pd.DataFrame, max_listings: int, split: SplitSpec = SplitSpec()) -> pd.DataFrame:
+    """Deterministic sample of at most ``max_listings`` rows that keeps same-product groups whole.
+
+    Groups are taken in order of their id's hash while they fit in half the budget (all of them at
+    catalog scale: 1,100 members), then other listings in order of their id's hash fill the rest.
+    """
+    gid = df["group_id"]
+    grouped = gid.notna().to_numpy()
+    keep_groups: list = []
+    budget = min(int(grouped.sum()), max_listings // 2)
+    sizes = gid[grouped].value_counts()
+    order = np.argsort(split_hash([str(g) for g in sizes.index], split.salt + ":groups"), kind="stable")
+    used = 0
+    for g, n in zip(sizes.index[order], sizes.to_numpy()[order]):
+        if used + n <= budget:
+            keep_groups.append(g)
+            used += int(n)
+    group_rows = np.flatnonzero(gid.isin(keep_groups).to_numpy())
+    rest = np.flatnonzero(~grouped)
+    rank = np.argsort(split_hash(df["product_id"].to_numpy()[rest], split.salt + ":sample"), kind="stable")
+    keep = np.sort(np.concatenate([group_rows, rest[rank[:max(0, max_listings - len(group_rows))]]]))
+    return df.iloc[keep].reset_index(drop=True)
+
+
+def fingerprint(df: pd.DataFrame) -> str:
+    """SHA-256 hex digest of the catalog content (ids, titles, categories, image bytes/URIs), row-order free."""
+    h = hashlib.sha256()
+    order = np.argsort(df["product_id"].to_numpy().astype(str), kind="stable")
+    for i in order:
+        row = df.iloc[i]
+        img = row["image_bytes"]
+        img_digest = hashlib.sha1(img).hexdigest() if isinstance(img, (bytes, bytearray)) else str(row["image_uri"])
+        h.update(f"{row['product_id']}\x1f{row['title']}\x1f{row['category_path']}\x1f{img_digest}\x1e".encode())
+    return h.hexdigest()
+
+
+def load_image_bytes(row: pd.Series | dict) -> bytes:
+    """The encoded image of a canonical row: ``image_bytes``, else the file/``gs://`` object at ``image_uri``.
+
+    Raises:
+        ValueError: the row has neither, naming the ``product_id``.
+    """
+    data = row.get("image_bytes")
+    if isinstance(data, (bytes, bytearray)) and len(data) > 0:
+        return bytes(data)
+    uri = row.get("image_uri")
+    if isinstance(uri, str) and uri:
+        if uri.startswith("gs://"):
+            from google.cloud import storage  # imported lazily: only gs:// catalogs need it
+            bucket, _, name = uri[5:].partition("/")
+            return storage.Client().bucket(bucket).blob(name).download_as_bytes()
+        return Path(uri).read_bytes()
+    raise ValueError(f"row product_id={row.get('product_id')!r}: field 'image_bytes' is empty and no 'image_uri'")
+
+
+def decode_image(data: bytes, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode JPEG/PNG bytes to RGB uint8 (H, W, 3), resized (bilinear) to ``size_hw`` = (height, width).
+
+    Raises:
+        PIL.UnidentifiedImageError / OSError: the bytes are not a decodable image.
+    """
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        if size_hw is not None and (im.height, im.width) != tuple(size_hw):
+            im = im.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: str | Path) -> None:
+    """Write ``df`` to parquet via a temporary file and ``os.replace`` (never half-written)."""
+    from .io import atomic_path
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)

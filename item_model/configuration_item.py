@@ -1,0 +1,148 @@
+"""ITEm model configuration (Hugging Face ``PretrainedConfig``).
+
+Source of the design: B. Liao et al., "ITEm: Unsupervised Image-Text Embedding Learning for
+eCommerce", arXiv:2311.02084, and this project's ``shared/docs/item-model.md`` (the concrete sizes).
+"""
+
+from __future__ import annotations
+
+from transformers import BertConfig, PretrainedConfig
+
+OBJECTIVES = ("mlm", "mim", "gmlm", "gmim", "itm")
+
+
+class ItemConfig(PretrainedConfig):
+    r"""Configuration of :class:`~item_model.modeling_item.ItemModel`.
+
+    The BERT fields (``vocab_size`` ... ``pad_token_id``) have the meaning of
+    :class:`transformers.BertConfig`; defaults are those of all-MiniLM-L6-v2 (6 layers, D = 384).
+
+    Args:
+        image_height / image_width: pixels the listing photo is resized to (default 80 x 64, portrait,
+            close to the catalog's native 60 x 80 = 3:4). Both must be multiples of ``patch_size``.
+        patch_size: side P of the square non-overlapping patches, pixels. N = (H/P)(W/P) patches.
+        num_channels: 3 (RGB).
+        max_text_length: T, title tokens including ``[CLS]`` and ``[SEP]``.
+        pixel_mean / pixel_std: per-channel normalisation of pixels in [0, 1] before patch projection.
+        mlm_probability: share of title tokens masked for MLM/GMLM (BERT: 0.15; 80/10/10 replacement).
+        mim_ratio: share of patches replaced by the learned mask embedding for MIM/GMIM (SimMIM: 0.5).
+        itm_probability: share of pairs whose image is swapped for another product's (ITM negatives).
+        mlm_weight / mim_weight / gmlm_weight / gmim_weight / itm_weight: loss weights; 0 switches the
+            objective off (it is then not computed at all).
+        mim_norm_pix: regress per-patch-normalised pixels (MAE's ``norm_pix_loss``) if True.
+    """
+
+    model_type = "item"
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden_size: int = 384,
+        num_hidden_layers: int = 6,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 1536,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        pad_token_id: int = 0,
+        image_height: int = 80,
+        image_width: int = 64,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        max_text_length: int = 32,
+        pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        mlm_probability: float = 0.15,
+        mim_ratio: float = 0.5,
+        itm_probability: float = 0.5,
+        mlm_weight: float = 1.0,
+        mim_weight: float = 1.0,
+        gmlm_weight: float = 1.0,
+        gmim_weight: float = 1.0,
+        itm_weight: float = 1.0,
+        mim_norm_pix: bool = True,
+        **kwargs,
+    ):
+        kwargs.setdefault("tie_word_embeddings", True)
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.image_height = image_height
+        self.image_width = image_width
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.max_text_length = max_text_length
+        self.pixel_mean = list(pixel_mean)
+        self.pixel_std = list(pixel_std)
+        self.mlm_probability = mlm_probability
+        self.mim_ratio = mim_ratio
+        self.itm_probability = itm_probability
+        self.mlm_weight = mlm_weight
+        self.mim_weight = mim_weight
+        self.gmlm_weight = gmlm_weight
+        self.gmim_weight = gmim_weight
+        self.itm_weight = itm_weight
+        self.mim_norm_pix = mim_norm_pix
+        if image_height % patch_size or image_width % patch_size:
+            raise ValueError(f"image_height={image_height} and image_width={image_width} must be "
+                             f"multiples of patch_size={patch_size}")
+        if max_text_length > max_position_embeddings:
+            raise ValueError(f"max_text_length={max_text_length} exceeds max_position_embeddings="
+                             f"{max_position_embeddings}")
+
+    @property
+    def num_patches(self) -> int:
+        """N = (H / P) * (W / P)."""
+        return (self.image_height // self.patch_size) * (self.image_width // self.patch_size)
+
+    @property
+    def patch_dim(self) -> int:
+        """P * P * C, the length of one flattened patch."""
+        return self.patch_size * self.patch_size * self.num_channels
+
+    def objective_weights(self) -> dict[str, float]:
+        """``{objective: weight}`` for the five objectives (weight 0 = switched off)."""
+        return {name: float(getattr(self, f"{name}_weight")) for name in OBJECTIVES}
+
+    def to_bert_config(self) -> BertConfig:
+        """The :class:`BertConfig` of the backbone."""
+        return BertConfig(
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size, hidden_act=self.hidden_act,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
+            max_position_embeddings=self.max_position_embeddings, type_vocab_size=self.type_vocab_size,
+            initializer_range=self.initializer_range, layer_norm_eps=self.layer_norm_eps,
+            pad_token_id=self.pad_token_id,
+        )
+
+    @classmethod
+    def from_bert_config(cls, bert: BertConfig, **kwargs) -> "ItemConfig":
+        """An ItemConfig whose backbone fields come from ``bert``; ``kwargs`` override any field."""
+        fields = dict(
+            vocab_size=bert.vocab_size, hidden_size=bert.hidden_size,
+            num_hidden_layers=bert.num_hidden_layers, num_attention_heads=bert.num_attention_heads,
+            intermediate_size=bert.intermediate_size, hidden_act=bert.hidden_act,
+            hidden_dropout_prob=bert.hidden_dropout_prob,
+            attention_probs_dropout_prob=bert.attention_probs_dropout_prob,
+            max_position_embeddings=bert.max_position_embeddings, type_vocab_size=bert.type_vocab_size,
+            initializer_range=bert.initializer_range, layer_norm_eps=bert.layer_norm_eps,
+            pad_token_id=bert.pad_token_id,
+        )
+        fields.update(kwargs)
+        return cls(**fields)

@@ -1,0 +1,136 @@
+"""Evaluation metrics: same-product search (Recall@k, mAP) and the leaf-category linear probe.
+
+Vectorised over queries (chunked matrix products), so they stay fast at catalog scale (44k x 44k).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def retrieval_ranks(embeddings: np.ndarray, group_ids: np.ndarray, query_index: np.ndarray | None = None,
+                    chunk: int = 128, tie_seed: int = 0) -> np.ndarray:
+    """1-based ranks of each query's relevant items when it searches the whole gallery.
+
+    Every listing is in the gallery; the query itself is excluded; relevant = same ``group_id``.
+    Scores are inner products (cosine for L2-normalised embeddings). The gallery is ranked by
+    (score descending, then a fixed random permutation of the listings): equal scores are common
+    (listings with identical titles have identical text embeddings) and are broken at random, not
+    in the relevant item's favour, which would give a title-only model perfect search on groups of
+    identically-titled different products. A relevant item's rank is 1 + the number of gallery
+    items (query excluded) before it in that order.
+
+    Args:
+        embeddings: (n, D) float32 gallery, row i = listing i.
+        group_ids: (n,) int64, -1 for listings in no group.
+        query_index: (q,) int64 rows that query; default: every row with a group.
+        chunk: queries scored per matrix product.
+        tie_seed: seed of the tie-breaking permutation.
+
+    Returns:
+        (q, R) float64, R = largest group size: each row the ranks of that query's relevant items,
+        ascending, padded with ``inf``.
+
+    Raises:
+        ValueError: shapes disagree, or a query has no other member in its group.
+    """
+    emb = np.asarray(embeddings, dtype=np.float32)
+    groups = np.asarray(group_ids, dtype=np.int64)
+    if emb.ndim != 2 or groups.shape != (emb.shape[0],):
+        raise ValueError(f"embeddings (n, D) and group_ids (n,) expected, got {emb.shape} and {groups.shape}")
+    if query_index is None:
+        query_index = np.flatnonzero(groups >= 0)
+    query_index = np.asarray(query_index, dtype=np.int64)
+    # members of every group, contiguous: members[start[g] : start[g] + size[g]]
+    in_group = np.flatnonzero(groups >= 0)
+    members = in_group[np.argsort(groups[in_group], kind="stable")]
+    uniq, start, size = np.unique(groups[members], return_index=True, return_counts=True)
+    g = np.searchsorted(uniq, groups[query_index])
+    width = int(size.max()) if len(size) else 0
+    offs = np.arange(width)[None, :]
+    valid = offs < size[g][:, None]                                            # (q, width)
+    rel = members[np.minimum(start[g][:, None] + offs, len(members) - 1)]      # (q, width)
+    valid &= rel != query_index[:, None]                                       # the query itself is excluded
+    n_rel = valid.sum(axis=1)
+    if (n_rel == 0).any():
+        bad = query_index[n_rel == 0][:5].tolist()
+        raise ValueError(f"query rows {bad} have no other member of their group in the gallery")
+    tiebreak = np.random.default_rng(tie_seed).permutation(len(groups))
+    ranks = np.full((len(query_index), width), np.inf)
+    for s in range(0, len(query_index), chunk):
+        q = query_index[s:s + chunk]
+        scores = emb[q] @ emb.T                                                # (c, n)
+        scores[np.arange(len(q)), q] = -np.inf
+        r = rel[s:s + chunk]
+        rel_scores = np.take_along_axis(scores, r, axis=1)[:, :, None]         # (c, width, 1)
+        before = (scores[:, None, :] > rel_scores) | (
+            (scores[:, None, :] == rel_scores) & (tiebreak[None, None, :] < tiebreak[r][:, :, None]))
+        higher = before.sum(axis=2)                                            # (c, width, n) -> (c, width)
+        ranks[s:s + chunk] = np.where(valid[s:s + chunk], higher + 1, ranks[s:s + chunk])
+    ranks.sort(axis=1)
+    return ranks
+
+
+def retrieval_metrics(embeddings: np.ndarray, group_ids: np.ndarray, ks: Sequence[int] = (1, 10),
+                      query_index: np.ndarray | None = None) -> dict[str, float]:
+    """Same-product search metrics.
+
+    * Recall@k: share of queries with at least one relevant item in the top k (the retrieval
+      Recall@k of Song et al., "Deep Metric Learning via Lifted Structured Feature Embedding", 2016).
+    * mAP: mean over queries of average precision AP = (1/R) sum_i i / rank_i over the R relevant
+      items sorted by rank (Manning et al., Introduction to IR, 8.4).
+
+    Returns:
+        ``{"recall@1": float, "recall@10": float, "mAP": float, "n_queries": int}`` (values in [0, 1]).
+    """
+    ranks = retrieval_ranks(embeddings, group_ids, query_index)
+    if len(ranks) == 0:
+        raise ValueError("no same-product query: the catalog has no group with two members")
+    out: dict[str, float] = {f"recall@{k}": float((ranks[:, 0] <= k).mean()) for k in ks}
+    n_rel = np.isfinite(ranks).sum(axis=1)
+    precision_at_hits = np.arange(1, ranks.shape[1] + 1)[None, :] / ranks    # 0 where padded (1/inf)
+    out["mAP"] = float((precision_at_hits.sum(axis=1) / n_rel).mean())
+    out["n_queries"] = int(len(ranks))
+    return out
+
+
+def probe_metrics(x_train: np.ndarray, y_train: Sequence[str], x_test: np.ndarray, y_test: Sequence[str],
+                  min_train_per_class: int = 5, max_iter: int = 300, seed: int = 0) -> dict[str, float]:
+    """Leaf-category linear probe: multinomial logistic regression (scikit-learn, L-BFGS) on frozen,
+    standardised embeddings; accuracy and macro-F1 on the test rows whose class has at least
+    ``min_train_per_class`` training rows (other classes are left out of both sets).
+
+    Args:
+        x_train: (n_train, D) float32. y_train: n_train labels. x_test: (n_test, D). y_test: labels.
+
+    Returns:
+        ``{"category_accuracy", "category_macro_f1", "n_classes", "n_test"}``.
+
+    Raises:
+        ValueError: fewer than two classes have enough training rows.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y_train, y_test = np.asarray(y_train, dtype=object), np.asarray(y_test, dtype=object)
+    classes, counts = np.unique(y_train, return_counts=True)
+    keep = set(classes[counts >= min_train_per_class])
+    if len(keep) < 2:
+        raise ValueError(f"probe needs >= 2 classes with >= {min_train_per_class} training rows, got {len(keep)}")
+    keep_arr = np.array(sorted(keep), dtype=object)
+    tr, te = np.isin(y_train, keep_arr), np.isin(y_test, keep_arr)
+    if te.sum() == 0:
+        raise ValueError("probe: no test row belongs to a class seen in training")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=1.0, random_state=seed))
+    clf.fit(x_train[tr], y_train[tr])
+    pred = clf.predict(x_test[te])
+    return {"category_accuracy": float(accuracy_score(y_test[te], pred)),
+            "category_macro_f1": float(f1_score(y_test[te], pred, average="macro")),
+            "n_classes": len(keep), "n_test": int(te.sum())}

@@ -1,0 +1,293 @@
+"""ITEm: a single-stream BERT over title tokens and image patches, pre-trained with five objectives.
+
+Source: B. Liao, M. Kozielski, S. Hewavitharana, J. Yuan, S. Khadivi, T. Lancewicki,
+"ITEm: Unsupervised Image-Text Embedding Learning for eCommerce", arXiv:2311.02084 (2024); the
+concrete choices (sizes, ratios, heads) are this project's, in ``shared/docs/item-model.md``.
+
+Notation: B batch, T text length, N image patches, D hidden size, P patch side (pixels), C channels.
+
+Input sequence::
+
+    [CLS] title tokens [SEP] patch_1 ... patch_N
+    |<---- token type 0 --->| |<- token type 1 ->|
+
+Objectives (each weighted by ``config.<name>_weight``, 0 = off):
+
+* MLM  - masked title tokens predicted from their own final hidden state (BERT, Devlin et al. 2019).
+* MIM  - masked patches' per-patch-normalised pixels regressed from their own hidden state;
+         MSE over masked patches only (SimMIM, Xie et al. 2022; MAE ``norm_pix_loss``, He et al. 2022).
+* GMLM - masked tokens predicted from the ``[CLS]`` state + the position embedding only.
+* GMIM - masked patches reconstructed from the ``[CLS]`` state + the patch-position embedding only.
+* ITM  - matched / mismatched image-title pair classified from ``[CLS]`` (binary cross-entropy).
+
+Masked objectives are computed on matched pairs only (``itm_labels == 1``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertModel, PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.bert.modeling_bert import BertOnlyMLMHead
+from transformers.utils import ModelOutput
+
+from .configuration_item import ItemConfig
+
+
+@dataclass
+class ItemPreTrainingOutput(ModelOutput):
+    """Output of :meth:`ItemModel.forward`.
+
+    Attributes:
+        loss: scalar float32, the weighted sum of the enabled objectives (None without labels).
+        losses: ``{objective: scalar tensor}`` of the enabled objectives that had targets.
+        last_hidden_state: (B, L, D) float32, L = T + N (or T, or 1 + N).
+        embedding: (B, D) float32, L2-normalised ``[CLS]`` state (the product embedding).
+        itm_logits: (B,) float32 or None.
+    """
+
+    loss: torch.Tensor | None = None
+    losses: dict | None = None
+    last_hidden_state: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, P*P*C), patches in row-major order, each flattened as (P, P, C)."""
+    b, c, h, w = pixel_values.shape
+    p = patch_size
+    x = pixel_values.reshape(b, c, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-patch normalisation of MIM targets: (x - mean) / sqrt(var + eps) over each patch's values (MAE)."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True, unbiased=False)
+    return (patches - mean) / (var + eps).sqrt()
+
+
+class ItemPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the ``save_pretrained`` / ``from_pretrained`` plumbing."""
+
+    config_class = ItemConfig
+    base_model_prefix = "item"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, ItemModel):
+            module.mask_patch_embedding.normal_(0.0, std)
+
+
+class ItemModel(ItemPreTrainedModel):
+    """ITEm encoder with its five pre-training heads.
+
+    Build from a BERT checkpoint with :meth:`from_bert`; reload a trained model with
+    ``ItemModel.from_pretrained(path)`` (safetensors).
+    """
+
+    _tied_weights_keys = {
+        "mlm_head.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "gmlm_head.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "mlm_head.predictions.decoder.bias": "mlm_head.predictions.bias",
+        "gmlm_head.predictions.decoder.bias": "gmlm_head.predictions.bias",
+    }
+
+    def __init__(self, config: ItemConfig):
+        super().__init__(config)
+        bert_config = config.to_bert_config()
+        bert_config._attn_implementation = config._attn_implementation or "sdpa"
+        self.bert = BertModel(bert_config, add_pooling_layer=False)
+        d = config.hidden_size
+        self.patch_embedding = nn.Linear(config.patch_dim, d)
+        self.patch_position_embedding = nn.Embedding(config.num_patches, d)
+        self.mask_patch_embedding = nn.Parameter(torch.zeros(d))
+        self.mlm_head = BertOnlyMLMHead(bert_config)
+        self.gmlm_head = BertOnlyMLMHead(bert_config)
+        self.gmlm_query_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.mim_head = nn.Linear(d, config.patch_dim)
+        self.gmim_query_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.gmim_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=config.layer_norm_eps),
+                                       nn.Linear(d, config.patch_dim))
+        self.itm_head = nn.Linear(d, 1)
+        self.post_init()
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def from_bert(cls, bert_path: str, **config_overrides) -> "ItemModel":
+        """A new ITEm model whose backbone is the BERT checkpoint at ``bert_path``.
+
+        Encoder layers beyond ``num_hidden_layers`` (an override may ask for fewer) are dropped;
+        the patch embedding and all heads start from random initialisation.
+
+        Raises:
+            OSError: ``bert_path`` holds no BERT checkpoint.
+        """
+        bert = BertModel.from_pretrained(bert_path, add_pooling_layer=False)
+        config = ItemConfig.from_bert_config(bert.config, **config_overrides)
+        model = cls(config)
+        state = {k: v for k, v in bert.state_dict().items()}
+        missing, unexpected = model.bert.load_state_dict(state, strict=False)
+        unexpected = [k for k in unexpected if not k.startswith("encoder.layer.")]
+        if unexpected or [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]:
+            raise ValueError(f"BERT checkpoint {bert_path!r} does not fit: missing={missing}, "
+                             f"unexpected={unexpected}")
+        model.tie_weights()
+        return model
+
+    def get_input_embeddings(self):
+        return self.bert.embeddings.word_embeddings
+
+    def get_output_embeddings(self):
+        return self.mlm_head.predictions.decoder
+
+    # ----------------------------------------------------------------------------- embeddings
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) long -> (B, T, D): word + position + token-type-0 embeddings, LayerNorm, dropout."""
+        return self.bert.embeddings(input_ids=input_ids,
+                                    token_type_ids=torch.zeros_like(input_ids))
+
+    def embed_patches(self, pixel_values: torch.Tensor, mim_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) float32 normalised pixels -> ((B, N, D) patch embeddings, (B, N, P*P*C) patches).
+
+        Masked patches (``mim_mask`` (B, N) bool) have their projection replaced by the learned mask
+        embedding; position and token-type-1 embeddings are then added, LayerNorm and dropout applied.
+        """
+        patches = patchify(pixel_values, self.config.patch_size)
+        x = self.patch_embedding(patches)
+        if mim_mask is not None:
+            x = torch.where(mim_mask.unsqueeze(-1), self.mask_patch_embedding.to(x.dtype), x)
+        emb = self.bert.embeddings
+        x = x + self.patch_position_embedding.weight.unsqueeze(0) + emb.token_type_embeddings.weight[1]
+        return emb.dropout(emb.LayerNorm(x)), patches
+
+    def encode(self, input_ids=None, attention_mask=None, pixel_values=None, mim_mask=None):
+        """Run the single-stream encoder.
+
+        Args:
+            input_ids: (B, T) long ``[CLS] title [SEP] [PAD]...`` or None (image only: a bare
+                ``[CLS] [SEP]`` text stream is used).
+            attention_mask: (B, T) 0/1 for the text stream (None = all ones).
+            pixel_values: (B, C, H, W) float32, normalised; or None (text only).
+            mim_mask: (B, N) bool patches to mask, or None.
+
+        Returns:
+            (last_hidden_state (B, L, D), patches (B, N, P*P*C) or None, text length T).
+
+        Raises:
+            ValueError: both streams are None, or the batch sizes differ.
+        """
+        if input_ids is None and pixel_values is None:
+            raise ValueError("encode() needs input_ids, pixel_values or both")
+        if input_ids is None:
+            b = pixel_values.shape[0]
+            cls_id = self.config.cls_token_id if getattr(self.config, "cls_token_id", None) is not None else 101
+            sep_id = self.config.sep_token_id if getattr(self.config, "sep_token_id", None) is not None else 102
+            input_ids = torch.tensor([[cls_id, sep_id]], device=pixel_values.device).expand(b, 2)
+            attention_mask = None
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        parts, masks, patches = [self.embed_text(input_ids)], [attention_mask], None
+        if pixel_values is not None:
+            if pixel_values.shape[0] != input_ids.shape[0]:
+                raise ValueError(f"batch sizes differ: input_ids {tuple(input_ids.shape)}, "
+                                 f"pixel_values {tuple(pixel_values.shape)}")
+            img, patches = self.embed_patches(pixel_values, mim_mask)
+            parts.append(img)
+            masks.append(torch.ones(img.shape[:2], dtype=attention_mask.dtype, device=img.device))
+        hidden = torch.cat(parts, dim=1)
+        mask2d = torch.cat(masks, dim=1)
+        mask = create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=mask2d)
+        hidden = self.bert.encoder(hidden, attention_mask=mask).last_hidden_state
+        return hidden, patches, input_ids.shape[1]
+
+    @torch.no_grad()
+    def embed(self, input_ids=None, attention_mask=None, pixel_values=None) -> torch.Tensor:
+        """Product embedding: the final ``[CLS]`` state, L2-normalised. (B, D) float32.
+
+        Pass both streams for the joint embedding, or one for a text-only / image-only embedding.
+        """
+        hidden, _, _ = self.encode(input_ids, attention_mask, pixel_values)
+        return F.normalize(hidden[:, 0].float(), dim=-1)
+
+    # ----------------------------------------------------------------------------- pre-training
+    def forward(self, input_ids=None, attention_mask=None, pixel_values=None, mlm_labels=None,
+                mim_mask=None, itm_labels=None, **kwargs) -> ItemPreTrainingOutput:
+        """Encode and, given targets, compute the enabled objectives.
+
+        Args:
+            input_ids: (B, T) long, already MLM-masked by the collator.
+            attention_mask: (B, T) 0/1.
+            pixel_values: (B, C, H, W) float32 normalised (ITM negatives already swapped in).
+            mlm_labels: (B, T) long original ids at masked positions, -100 elsewhere (MLM, GMLM).
+            mim_mask: (B, N) bool masked patches (MIM, GMIM).
+            itm_labels: (B,) float 1 = matched pair, 0 = swapped image (ITM). Masked objectives use
+                matched rows only.
+
+        Returns:
+            :class:`ItemPreTrainingOutput`. Losses: MLM/GMLM cross-entropy over masked tokens
+            (nats), MIM/GMIM mean squared error over masked patches' values, ITM binary cross-entropy.
+        """
+        cfg = self.config
+        w = cfg.objective_weights()
+        hidden, patches, t_len = self.encode(input_ids, attention_mask, pixel_values, mim_mask)
+        cls = hidden[:, 0]
+        matched = itm_labels > 0.5 if itm_labels is not None else None
+        losses: dict[str, torch.Tensor] = {}
+
+        if mlm_labels is not None and (w["mlm"] > 0 or w["gmlm"] > 0):
+            sel = mlm_labels != -100
+            if matched is not None:
+                sel = sel & matched[:, None]
+            if sel.any():
+                labels = mlm_labels[sel]
+                if w["mlm"] > 0:
+                    logits = self.mlm_head(hidden[:, :t_len][sel])
+                    losses["mlm"] = F.cross_entropy(logits.float(), labels)
+                if w["gmlm"] > 0:
+                    b_idx, t_idx = sel.nonzero(as_tuple=True)
+                    pos = self.bert.embeddings.position_embeddings(t_idx)
+                    query = self.gmlm_query_norm(cls[b_idx] + pos)
+                    losses["gmlm"] = F.cross_entropy(self.gmlm_head(query).float(), labels)
+
+        if mim_mask is not None and patches is not None and (w["mim"] > 0 or w["gmim"] > 0):
+            sel = mim_mask if matched is None else mim_mask & matched[:, None]
+            if sel.any():
+                target = patches[sel].float()
+                if cfg.mim_norm_pix:
+                    target = normalize_patches(target)
+                if w["mim"] > 0:
+                    losses["mim"] = F.mse_loss(self.mim_head(hidden[:, t_len:][sel]).float(), target)
+                if w["gmim"] > 0:
+                    b_idx, n_idx = sel.nonzero(as_tuple=True)
+                    query = self.gmim_query_norm(cls[b_idx] + self.patch_position_embedding(n_idx))
+                    losses["gmim"] = F.mse_loss(self.gmim_head(query).float(), target)
+
+        itm_logits = None
+        if itm_labels is not None and w["itm"] > 0:
+            itm_logits = self.itm_head(cls).squeeze(-1)
+            losses["itm"] = F.binary_cross_entropy_with_logits(itm_logits.float(), itm_labels.float())
+
+        loss = sum(w[k] * v for k, v in losses.items()) if losses else None
+        return ItemPreTrainingOutput(loss=loss, losses=losses, last_hidden_state=hidden,
+                                     embedding=F.normalize(cls.float(), dim=-1), itm_logits=itm_logits)

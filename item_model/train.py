@@ -1,0 +1,171 @@
+"""Plain ITEm pre-training loop (in the manner of nanoGPT's ``train.py``): AdamW, linear warm-up
+then cosine decay, gradient clipping, fixed seeds, one log line per ``log_every`` steps."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .io import PROGRESS_INTERVAL, write_json_atomic
+from .modeling_item import ItemModel
+from .processing_item import ItemProcessor, ListingDataset, PretrainingCollator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``steps`` optimizer steps of ``batch_size`` listings each."""
+
+    steps: int = 300
+    batch_size: int = 32
+    learning_rate: float = 1e-4        # peak AdamW learning rate
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1          # cosine decays to learning_rate * min_lr_ratio
+    grad_clip: float = 1.0             # max global L2 norm of the gradients
+    seed: int = 0
+    num_threads: int = 0               # torch intra-op threads; 0 = leave torch's default
+    log_every: int = 10
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up for ``warmup_steps``, then cosine decay to ``learning_rate * min_lr_ratio``
+    at ``steps`` (Loshchilov & Hutter 2017, as in nanoGPT's ``get_lr``)."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    min_lr = cfg.learning_rate * cfg.min_lr_ratio
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - min_lr)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only (not biases, LayerNorm, embeddings' 1-d params), as in nanoGPT."""
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame, cfg: TrainConfig,
+             progress: bool = True) -> list[dict]:
+    """Pre-train ``model`` in place on the listings of ``train_df`` (canonical catalog rows).
+
+    Batches are drawn epoch by epoch from a seeded permutation; the collator applies ITM pairing
+    and MLM/MIM masking with its own seeded generator, so a run is reproducible for a given seed
+    and thread count.
+
+    Returns:
+        training history: one dict per logged step with ``step``, ``lr``, ``loss`` and each enabled
+        objective's loss (float, averaged over the steps since the last log), ``samples_per_s``.
+
+    Raises:
+        ValueError: ``train_df`` is empty.
+    """
+    if len(train_df) == 0:
+        raise ValueError("pretrain(): the training split is empty")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    dataset = ListingDataset(train_df, processor)
+    collate = PretrainingCollator(processor, seed=cfg.seed)
+    order_rng = np.random.default_rng(cfg.seed)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                                  betas=(0.9, 0.98), eps=1e-6)
+    model.train()
+    history: list[dict] = []
+    order, cursor = order_rng.permutation(len(dataset)), 0
+    sums: dict[str, float] = {}
+    n_since, t_since = 0, time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=PROGRESS_INTERVAL)
+    for step in bar:
+        idx = []
+        while len(idx) < cfg.batch_size:
+            if cursor >= len(order):
+                order, cursor = order_rng.permutation(len(dataset)), 0
+            take = order[cursor: cursor + cfg.batch_size - len(idx)]
+            idx.extend(take.tolist())
+            cursor += len(take)
+        batch = collate([dataset[i] for i in idx])
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        out = model(**batch)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach())
+        for k, v in out.losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        n_since += 1
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            dt = time.perf_counter() - t_since
+            row = {"step": step + 1, "lr": lr, **{k: v / n_since for k, v in sums.items()},
+                   "samples_per_s": n_since * cfg.batch_size / dt}
+            history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            logger.info("step %d/%d lr %.2e loss %.4f (%s) %.1f samples/s", step + 1, cfg.steps, lr,
+                        row["loss"], " ".join(f"{k} {row[k]:.3f}" for k in out.losses), row["samples_per_s"])
+            sums, n_since, t_since = {}, 0, time.perf_counter()
+    model.eval()
+    return history
+
+
+def save_training_curve(history: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``training_curve.json`` and ``training_curve.png`` (total and per-objective loss vs step)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    json_path, png_path = out_dir / "training_curve.json", out_dir / "training_curve.png"
+    write_json_atomic(json_path, history)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = [r["step"] for r in history]
+    axes[0].plot(steps, [r["loss"] for r in history], label="total (weighted)")
+    axes[0].set_title("ITEm pre-training loss")
+    for key in ("mlm", "gmlm", "mim", "gmim", "itm"):
+        if history and key in history[0]:
+            axes[1].plot(steps, [r.get(key, float("nan")) for r in history], label=key.upper())
+    axes[1].set_title("per objective")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    from .io import atomic_path
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return json_path, png_path
+
+
+def training_summary(cfg: TrainConfig, history: list[dict]) -> dict:
+    return {"train_config": asdict(cfg), "final": history[-1] if history else {}}

@@ -1,0 +1,63 @@
+"""Putting a blessed ITEm model into the BentoML model store (and finding it again)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _bentoml(bentoml_home: str | None):
+    """Import bentoml with ``BENTOML_HOME`` set first (the store location is read at import time)."""
+    if bentoml_home:
+        os.environ["BENTOML_HOME"] = str(bentoml_home)
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    import bentoml
+    return bentoml
+
+
+def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_dir: str,
+                    model_name: str = "item", bentoml_home: str | None = None,
+                    tag_path: str | None = None) -> str:
+    """Save a blessed model folder into the BentoML model store with ``bentoml.models.create``.
+
+    The store entry holds the Hugging Face model folder plus ``eval.json`` and ``blessing.json``;
+    labels carry the verdict and catalog fingerprint, metadata the headline metrics and code version.
+    BentoML writes the entry under a temporary name and moves it into the store when the ``with``
+    block ends, so a failure leaves no half-written model.
+
+    Returns:
+        the model tag ``<model_name>:<version>`` (also written as JSON to ``tag_path`` if given).
+
+    Raises:
+        ValueError: the blessing says the model is not blessed (nothing is saved).
+    """
+    from item_model.steps import code_version, load_validated
+
+    blessing = json.loads(Path(blessing_path).read_text())
+    if not blessing.get("blessed"):
+        raise ValueError(f"refusing to package: {blessing_path} says blessed=false")
+    result = json.loads(Path(eval_path).read_text())
+    _, meta = load_validated(catalog_dir)
+    item = result["models"]["item"]
+    bentoml = _bentoml(bentoml_home)
+    metadata = {k: float(item[k]) for k in ("category_accuracy", "category_macro_f1", "recall@1",
+                                            "recall@10", "mAP")}
+    metadata.update({"catalog_fingerprint": meta["fingerprint"], "catalog_source": meta["source"],
+                     "n_listings": int(result["n_listings"]), "code_version": code_version()})
+    labels = {"blessed": "true", "framework": "transformers", "model": "item",
+              "catalog_fingerprint": meta["fingerprint"][:16]}
+    with bentoml.models.create(name=model_name, labels=labels, metadata=metadata) as bento_model:
+        shutil.copytree(model_dir, bento_model.path, dirs_exist_ok=True)
+        shutil.copy(eval_path, os.path.join(bento_model.path, "eval.json"))
+        shutil.copy(blessing_path, os.path.join(bento_model.path, "blessing.json"))
+    tag = str(bento_model.tag)
+    logger.info("saved %s to the BentoML model store", tag)
+    if tag_path:
+        from item_model.io import write_json_atomic
+        write_json_atomic(tag_path, {"tag": tag, "bentoml_home": os.environ.get("BENTOML_HOME", "")})
+    return tag

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real fashion catalog in ../shared (never a synthetic stand-in), small real
+slices of it written in the same folder layout, and telemetry off for every library."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"), ("GX_ANALYTICS_ENABLED", "false"),
+                     ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ[_var] = _value
+
+ROOT = Path(__file__).resolve().parents[1]
+CATALOG = ROOT.parent / "shared" / "datasets" / "fashion-product-images-small"
+
+# The tests run on the real catalog; its absence is a broken set-up, not a reason to skip.
+assert (CATALOG / "data").is_dir(), f"the real catalog is missing at {CATALOG} (expected ../shared beside the repo)"
+
+
+def write_slice(dest: Path, n_plain: int = 300, n_groups: int = 50, mutate=None) -> Path:
+    """Write a real slice of the catalog in its own folder layout: the first ``n_plain`` listings
+    of shard 0 plus every member of ``n_groups`` same-product groups, as one parquet shard and a
+    ``same_product_groups.csv``. ``mutate(table: pa.Table) -> pa.Table`` injects faults."""
+    groups = pd.read_csv(CATALOG / "same_product_groups.csv")
+    chosen = groups[groups["group_id"].isin(sorted(groups["group_id"].unique())[:n_groups])]
+    shards = sorted((CATALOG / "data").glob("*.parquet"))
+    first = pq.read_table(shards[0]).slice(0, n_plain)
+    want = set(chosen["id"].tolist()) - set(first.column("id").to_pylist())
+    parts = [first]
+    for shard in shards:
+        t = pq.read_table(shard)
+        mask = pa.array(np.isin(t.column("id").to_numpy(), list(want)))
+        parts.append(t.filter(mask))
+    table = pa.concat_tables(parts)
+    if mutate is not None:
+        table = mutate(table)
+    (dest / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, dest / "data" / "train-00000-of-00001.parquet")
+    chosen.to_csv(dest / "same_product_groups.csv", index=False)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def slice_catalog(tmp_path_factory) -> Path:
+    """A clean real slice (~400 listings, 50 same-product groups) in the catalog layout."""
+    return write_slice(tmp_path_factory.mktemp("slice"))

@@ -1,0 +1,130 @@
+"""The training pipeline end to end: compiled to KFP IR, and run for real through kfp.local
+(SubprocessRunner, no per-task installs) by the `item` CLI on a real slice of the catalog with a
+tiny model, once blessed and once not; bad catalogs stop the run before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from pipelines.cli import compile_pipeline
+from tests.conftest import write_slice
+
+ITEM = str(Path(sys.executable).parent / "item")
+
+
+def run_item(tmp: Path, catalog: Path, *extra: str, gate: dict | None = None) -> tuple[subprocess.CompletedProcess, dict | None]:
+    gate_file = tmp / "gate.yaml"
+    gate_file.write_text(yaml.safe_dump(gate or {"criteria": [{"metric": "item.recall@10", "min": 0.0}]}))
+    env = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml")}
+    proc = subprocess.run([ITEM, "run", "--catalog", str(catalog), "--profile", "tiny", "--gate-config", str(gate_file),
+                           "--output-dir", str(tmp / "runs"), "--bentoml-home", str(tmp / "bentoml"), *extra],
+                          capture_output=True, text=True, env=env, timeout=900)
+    summaries = list((tmp / "runs").glob("*/summary.json"))
+    return proc, (json.loads(summaries[0].read_text()) if summaries else None)
+
+
+def bento_models(home: Path) -> list[str]:
+    models = home / "models"
+    return sorted(str(p.relative_to(models)) for p in models.glob("*/*") if p.is_dir()) if models.exists() else []
+
+
+def test_compile_to_ir_yaml(tmp_path):
+    path = compile_pipeline(tmp_path / "training.yaml")
+    spec = yaml.safe_load(path.read_text())
+    assert spec["pipelineInfo"]["name"] == "item-training"
+    assert {"comp-validate-catalog", "comp-pretrain", "comp-evaluate", "comp-gate", "comp-package"} <= set(spec["components"])
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "condition-1" in tasks and "blessed" in json.dumps(tasks["condition-1"]["triggerPolicy"])
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["max_listings"]["defaultValue"] == 12000                     # from the default profile
+    assert defaults["gate_config"]["defaultValue"]["criteria"][0]["metric"].startswith("item.")
+
+
+@pytest.mark.e2e
+def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
+    proc, summary = run_item(tmp_path, slice_catalog)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert summary["blessing"]["blessed"] is True
+    assert "package" in summary["tasks_run"]                                      # the dsl.If branch ran
+    tag = summary["bento_model"]
+    assert tag and tag.startswith("item:")
+    assert bento_models(tmp_path / "bentoml") == [tag.replace(":", "/")]
+    stored = tmp_path / "bentoml" / "models" / "item" / tag.split(":")[1]
+    assert (stored / "model.safetensors").exists() and (stored / "blessing.json").exists()
+    meta = yaml.safe_load((stored / "model.yaml").read_text())
+    assert meta["labels"]["blessed"] == "true" and len(meta["metadata"]["catalog_fingerprint"]) == 64
+    assert 0.0 <= meta["metadata"]["recall@1"] <= 1.0
+    # artifacts of every step
+    for key in ("data_docs", "quarantine", "eval_json", "gate_report", "training_curve"):
+        assert Path(summary[key]).exists(), key
+    assert "<html" in Path(summary["data_docs"]).read_text().lower()
+    assert (Path(summary["model_dir"]) / "model.safetensors").exists()
+    assert Path(summary["training_curve"]).read_bytes()[:4] == b"\x89PNG"
+    models = summary["eval"]["models"]
+    assert {"item", "baseline_text_minilm", "baseline_image_pixels", "baseline_concat"} <= set(models)
+    for name, m in models.items():
+        for key in ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP"):
+            assert 0.0 <= m[key] <= 1.0, (name, key, m[key])
+    assert models["item"]["n_queries"] == summary["catalog"]["n_group_members"] > 50
+    assert models["baseline_image_pixels"]["recall@10"] > 0.5                      # real photos, real groups
+    assert "ITEm vs baselines" in proc.stdout and "BLESSED" in proc.stdout
+
+
+@pytest.mark.e2e
+def test_run_not_blessed_skips_package(tmp_path, slice_catalog):
+    gate = {"criteria": [{"metric": "item.recall@1", "min": 1.01, "reason": "impossible floor"}]}
+    proc, summary = run_item(tmp_path, slice_catalog, gate=gate)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert summary["blessing"]["blessed"] is False
+    assert "package" not in summary["tasks_run"] and "gate" in summary["tasks_run"]
+    assert summary["bento_model"] is None and bento_models(tmp_path / "bentoml") == []
+    assert "NOT BLESSED" in Path(summary["gate_report"]).read_text()
+
+
+def _duplicate_ids(t: pa.Table) -> pa.Table:
+    return pa.concat_tables([t, t.slice(0, 3)])
+
+
+def _break_images(t: pa.Table) -> pa.Table:
+    images = t.column("image").to_pylist()
+    for i in range(0, len(images), 10):                       # 10 % of the rows
+        images[i] = {"bytes": b"\xff\xd8 not a jpeg", "path": images[i]["path"]}
+    return t.set_column(t.schema.get_field_index("image"), "image", pa.array(images, type=t.schema.field("image").type))
+
+
+def _unreadable_shard(dest: Path) -> None:
+    (dest / "data" / "train-00001-of-00002.parquet").write_bytes(b"not parquet at all")
+
+
+@pytest.mark.parametrize("case, mutate, after, expect", [
+    ("missing-folder", None, None, "does not exist"),
+    ("unreadable-shard", None, _unreadable_shard, "train-00001-of-00002.parquet"),
+    ("missing-column", lambda t: t.drop(["articleType"]), None, "articleType"),
+    ("duplicate-ids", _duplicate_ids, None, "expect_column_values_to_be_unique"),
+    ("broken-images", _break_images, None, "image"),
+])
+def test_bad_catalog_stops_before_training(tmp_path, case, mutate, after, expect):
+    catalog = tmp_path / "catalog"
+    if case != "missing-folder":
+        write_slice(catalog, n_plain=120, n_groups=10, mutate=mutate)
+        if after:
+            after(catalog)
+    proc, _ = run_item(tmp_path, catalog, "--set", "max_listings=0")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert expect in out, out[-3000:]
+    assert not list((tmp_path / "runs").glob("*/*/pretrain")), "training must not start"
+    assert bento_models(tmp_path / "bentoml") == []
+    if case == "duplicate-ids":
+        assert "pipeline stopped: validate_step" in out
+    if case == "broken-images":
+        assert "expect_column_values_to_be_in_set" in out or "image_decodes" in out
