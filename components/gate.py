@@ -1,7 +1,5 @@
 """KFP component: the promotion gate. Emits the blessing artifact and a boolean for ``dsl.If``."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Markdown, Output
 
@@ -14,14 +12,17 @@ def gate(
     gate_config: dict,
     blessing: Output[Artifact],
     report: Output[Markdown],
-) -> NamedTuple("GateOutputs", [("blessed", bool)]):
-    """blessing.json (``blessed`` + one row per criterion), the same as Markdown, and ``blessed``."""
+) -> bool:
+    """blessing.json (``blessed`` + one row per criterion), the same as Markdown; returns ``blessed``.
+
+    The verdict is the single return value (KFP output ``Output``) rather than a named output:
+    kfp 2.17's local orchestrator resolves ``dsl.If`` conditions only on outputs named ``Output``.
+    """
     import logging
-    from collections import namedtuple
 
     from item_model.steps import gate_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = gate_step(eval_json.path, gate_config, blessing.path, report.path)
     blessing.metadata["blessed"] = result["blessed"]
-    return namedtuple("GateOutputs", ["blessed"])(bool(result["blessed"]))
+    return bool(result["blessed"])

@@ -100,7 +100,7 @@ def retrieval_metrics(embeddings: np.ndarray, group_ids: np.ndarray, ks: Sequenc
 
 
 def probe_metrics(x_train: np.ndarray, y_train: Sequence[str], x_test: np.ndarray, y_test: Sequence[str],
-                  min_train_per_class: int = 5, max_iter: int = 300, seed: int = 0) -> dict[str, float]:
+                  min_train_per_class: int = 5, max_iter: int = 1000, seed: int = 0) -> dict[str, float]:
     """Leaf-category linear probe: multinomial logistic regression (scikit-learn, L-BFGS) on frozen,
     standardised embeddings; accuracy and macro-F1 on the test rows whose class has at least
     ``min_train_per_class`` training rows (other classes are left out of both sets).

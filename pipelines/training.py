@@ -37,7 +37,7 @@ def training_pipeline(
                          model=trained.outputs["model"], bert_path=bert_path,
                          modality_ablation=modality_ablation)
     verdict = gate(eval_json=evaluated.outputs["eval_json"], gate_config=gate_config)
-    with dsl.If(verdict.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (KFP condition syntax)
+    with dsl.If(verdict.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition syntax)
         package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
                 blessing=verdict.outputs["blessing"], validated_catalog=validated.outputs["validated_catalog"],
                 model_name=model_name, bentoml_home=bentoml_home)

@@ -43,7 +43,7 @@ def test_compile_to_ir_yaml(tmp_path):
     assert spec["pipelineInfo"]["name"] == "item-training"
     assert {"comp-validate-catalog", "comp-pretrain", "comp-evaluate", "comp-gate", "comp-package"} <= set(spec["components"])
     tasks = spec["root"]["dag"]["tasks"]
-    assert "condition-1" in tasks and "blessed" in json.dumps(tasks["condition-1"]["triggerPolicy"])
+    assert "condition-1" in tasks and "gate-Output" in json.dumps(tasks["condition-1"]["triggerPolicy"])
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["max_listings"]["defaultValue"] == 12000                     # from the default profile
     assert defaults["gate_config"]["defaultValue"]["criteria"][0]["metric"].startswith("item.")
