@@ -14,14 +14,17 @@ def evaluate(
     modality_ablation: bool,
     metrics: Output[Metrics],
     eval_json: Output[Artifact],
+    catalog_index: Output[Dataset],
 ):
-    """KFP Metrics (``<model>.<metric>``) and eval.json."""
+    """KFP Metrics (``<model>.<metric>``), eval.json, and the catalog index (ITEm embeddings of the
+    validated catalog with ids and titles; used by serving and drift monitoring)."""
     import logging
 
     from item_model.steps import evaluate_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = evaluate_step(validated_catalog.path, model.path, eval_json.path, bert_path, modality_ablation)
+    result = evaluate_step(validated_catalog.path, model.path, eval_json.path, bert_path, modality_ablation,
+                           index_dir=catalog_index.path)
     for name, values in result["models"].items():
         for key in ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP"):
             metrics.log_metric(f"{name}.{key}", float(values[key]))

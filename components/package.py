@@ -12,16 +12,18 @@ def package(
     eval_json: Input[Artifact],
     blessing: Input[Artifact],
     validated_catalog: Input[Dataset],
+    catalog_index: Input[Dataset],
     model_name: str,
     bentoml_home: str,
     bento_model: Output[Artifact],
 ):
-    """A BentoML model ``<model_name>:<version>`` with labels and metadata; its tag in bento_model."""
+    """A BentoML model ``<model_name>:<version>`` (model folder, eval.json, blessing.json and the
+    catalog index) with labels and metadata; its tag in bento_model."""
     import logging
 
     from serving.store import save_to_bentoml
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     tag = save_to_bentoml(model.path, eval_json.path, blessing.path, validated_catalog.path,
-                          model_name, bentoml_home or None, bento_model.path)
+                          model_name, bentoml_home or None, bento_model.path, catalog_index.path)
     bento_model.metadata["tag"] = tag

@@ -13,8 +13,6 @@ Protocol (``shared/docs/item-model.md``, "How it is judged"):
 from __future__ import annotations
 
 import logging
-from typing import Callable
-
 import numpy as np
 import pandas as pd
 import torch
@@ -146,21 +144,23 @@ def score_embeddings(emb: np.ndarray, df: pd.DataFrame, split: np.ndarray) -> di
 
 
 def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame, split: np.ndarray,
-                     bert_path: str, modality_ablation: bool = True, progress: bool = True,
-                     on_result: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+                     bert_path: str, modality_ablation: bool = True, progress: bool = True
+                     ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Embed the catalog with ITEm and the baselines and score each on both tasks.
 
     Returns:
-        ``{name: metrics}`` for ``item``, optionally ``item_text_only`` and ``item_image_only``,
-        ``baseline_text_minilm``, ``baseline_image_pixels``, ``baseline_concat``.
+        (``{name: metrics}`` for ``item``, optionally ``item_text_only`` and ``item_image_only``,
+        ``baseline_text_minilm``, ``baseline_image_pixels``, ``baseline_concat``;
+        ``{kind: (n, D) float32}`` the ITEm embeddings computed, for the catalog index).
     """
     results: dict[str, dict] = {}
+    item_embeddings: dict[str, np.ndarray] = {}
 
     def run(name: str, emb: np.ndarray) -> None:
         results[name] = score_embeddings(emb, df, split)
         logger.info("%-22s %s", name, {k: round(v, 4) for k, v in results[name].items()})
-        if on_result:
-            on_result(name, results[name])
+        if name.startswith("item"):
+            item_embeddings[name] = emb
 
     run("item", embed_catalog(model, processor, df, "joint", progress=progress))
     if modality_ablation:
@@ -171,4 +171,4 @@ def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFram
     run("baseline_text_minilm", text)
     run("baseline_image_pixels", pixels)
     run("baseline_concat", concat_baseline(text, pixels))
-    return results
+    return results, item_embeddings

@@ -172,8 +172,9 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
 
 @record_failure
 def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: str = "",
-                  modality_ablation: bool = True, progress: bool = True) -> dict:
-    """Evaluate the model and the baselines on the validated catalog; write ``eval.json``.
+                  modality_ablation: bool = True, progress: bool = True, index_dir: str | None = None) -> dict:
+    """Evaluate the model and the baselines on the validated catalog; write ``eval.json`` and, when
+    ``index_dir`` is given, the catalog index (:mod:`item_model.index`) of the ITEm embeddings.
 
     Returns:
         the ``eval.json`` content.
@@ -187,8 +188,11 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
     model = ItemModel.from_pretrained(model_dir)
     processor = ItemProcessor.from_pretrained(model_dir, model.config)
     t0 = time.perf_counter()
-    models = evaluate_catalog(model, processor, df, df["split"].to_numpy(), bert_path,
-                              modality_ablation=modality_ablation, progress=progress)
+    models, embeddings = evaluate_catalog(model, processor, df, df["split"].to_numpy(), bert_path,
+                                          modality_ablation=modality_ablation, progress=progress)
+    if index_dir:
+        from .index import save_catalog_index
+        save_catalog_index(index_dir, df, embeddings, meta["fingerprint"])
     result = {"catalog_fingerprint": meta["fingerprint"], "catalog_source": meta["source"],
               "n_listings": int(len(df)), "split_counts": meta["split_counts"],
               "protocol": "search: every same-product group member queries all n_listings (itself "

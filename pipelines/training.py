@@ -40,4 +40,5 @@ def training_pipeline(
     with dsl.If(verdict.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition syntax)
         package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
                 blessing=verdict.outputs["blessing"], validated_catalog=validated.outputs["validated_catalog"],
+                catalog_index=evaluated.outputs["catalog_index"],
                 model_name=model_name, bentoml_home=bentoml_home)

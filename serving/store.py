@@ -10,6 +10,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+INDEX_DIR = "catalog_index"
+
 
 def _bentoml(bentoml_home: str | None):
     """Import bentoml with ``BENTOML_HOME`` set first (the store location is read at import time)."""
@@ -22,10 +24,11 @@ def _bentoml(bentoml_home: str | None):
 
 def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_dir: str,
                     model_name: str = "item", bentoml_home: str | None = None,
-                    tag_path: str | None = None) -> str:
+                    tag_path: str | None = None, index_dir: str | None = None) -> str:
     """Save a blessed model folder into the BentoML model store with ``bentoml.models.create``.
 
-    The store entry holds the Hugging Face model folder plus ``eval.json`` and ``blessing.json``;
+    The store entry holds the Hugging Face model folder plus ``eval.json``, ``blessing.json`` and,
+    when ``index_dir`` is given, the catalog index in ``catalog_index/`` (:mod:`item_model.index`);
     labels carry the verdict and catalog fingerprint, metadata the headline metrics and code version.
     BentoML writes the entry under a temporary name and moves it into the store when the ``with``
     block ends, so a failure leaves no half-written model.
@@ -55,6 +58,8 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
         shutil.copytree(model_dir, bento_model.path, dirs_exist_ok=True)
         shutil.copy(eval_path, os.path.join(bento_model.path, "eval.json"))
         shutil.copy(blessing_path, os.path.join(bento_model.path, "blessing.json"))
+        if index_dir:
+            shutil.copytree(index_dir, os.path.join(bento_model.path, INDEX_DIR))
     tag = str(bento_model.tag)
     logger.info("saved %s to the BentoML model store", tag)
     if tag_path:

@@ -59,9 +59,14 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     assert tag and tag.startswith("item:")
     assert bento_models(tmp_path / "bentoml") == [tag.replace(":", "/")]
     stored = tmp_path / "bentoml" / "models" / "item" / tag.split(":")[1]
-    assert (stored / "model.safetensors").exists() and (stored / "blessing.json").exists()
     meta = yaml.safe_load((stored / "model.yaml").read_text())
     assert meta["labels"]["blessed"] == "true" and len(meta["metadata"]["catalog_fingerprint"]) == 64
+    assert (stored / "model.safetensors").exists() and (stored / "blessing.json").exists()
+    from item_model.index import load_catalog_index
+    listings, embeddings, index_meta = load_catalog_index(stored / "catalog_index")
+    assert len(listings) == summary["catalog"]["n_valid"] == embeddings["item"].shape[0]
+    np.testing.assert_allclose(np.linalg.norm(embeddings["item"], axis=1), 1.0, atol=1e-5)
+    assert index_meta["catalog_fingerprint"] == meta["metadata"]["catalog_fingerprint"]
     assert 0.0 <= meta["metadata"]["recall@1"] <= 1.0
     # artifacts of every step
     for key in ("data_docs", "quarantine", "eval_json", "gate_report", "training_curve"):
