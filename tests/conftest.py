@@ -50,3 +50,35 @@ def write_slice(dest: Path, n_plain: int = 300, n_groups: int = 50, mutate=None)
 def slice_catalog(tmp_path_factory) -> Path:
     """A clean real slice (~400 listings, 50 same-product groups) in the catalog layout."""
     return write_slice(tmp_path_factory.mktemp("slice"))
+
+
+TINY_MODEL = {"num_hidden_layers": 2}
+TINY_TRAIN = {"steps": 8, "batch_size": 8, "warmup_steps": 2, "log_every": 4, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def packaged_model(tmp_path_factory, slice_catalog) -> dict:
+    """A real tiny ITEm run through the training pipeline's own steps (no KFP): validated slice,
+    8 training steps of a 2-layer model, evaluation with the modality ablation (so the catalog index
+    holds joint, text-only and image-only embeddings), a gate with a zero floor, and
+    ``save_to_bentoml`` into a fresh BentoML store.
+
+    Returns ``{"bentoml_home", "tag", "model_dir", "catalog_dir", "index_dir", "eval_path"}``.
+    """
+    from item_model import steps
+
+    root = tmp_path_factory.mktemp("packaged")
+    paths = {k: str(root / k) for k in ("catalog", "model", "index", "docs")}
+    steps.validate_step(str(slice_catalog), paths["catalog"], str(root / "quarantine.parquet"),
+                        str(root / "validation.json"), paths["docs"])
+    steps.pretrain_step(paths["catalog"], paths["model"], TINY_MODEL, TINY_TRAIN, progress=False)
+    steps.evaluate_step(paths["catalog"], paths["model"], str(root / "eval.json"), modality_ablation=True,
+                        progress=False, index_dir=paths["index"])
+    steps.gate_step(str(root / "eval.json"), {"criteria": [{"metric": "item.recall@10", "min": 0.0}]},
+                    str(root / "blessing.json"), str(root / "report.md"))
+    from serving.store import save_to_bentoml
+    home = root / "bentoml"
+    tag = save_to_bentoml(paths["model"], str(root / "eval.json"), str(root / "blessing.json"), paths["catalog"],
+                          "item", str(home), index_dir=paths["index"])
+    return {"bentoml_home": str(home), "tag": tag, "model_dir": paths["model"], "catalog_dir": paths["catalog"],
+            "index_dir": paths["index"], "eval_path": str(root / "eval.json")}

@@ -1,0 +1,32 @@
+"""The package step on its own: a blessed model lands in the BentoML store with its catalog index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from item_model.index import load_catalog_index
+
+
+def test_packaged_model_holds_weights_index_and_metadata(packaged_model):
+    name, version = packaged_model["tag"].split(":")
+    stored = Path(packaged_model["bentoml_home"]) / "models" / name / version
+    meta = yaml.safe_load((stored / "model.yaml").read_text())
+    assert meta["labels"]["blessed"] == "true"
+    assert {"recall@1", "category_accuracy", "code_version", "catalog_fingerprint"} <= set(meta["metadata"])
+    listings, emb, index_meta = load_catalog_index(stored / "catalog_index")
+    assert set(emb) == {"item", "item_text_only", "item_image_only"}
+    assert emb["item"].dtype == np.float32 and emb["item"].shape == (len(listings), 384)
+    assert listings["product_id"].is_unique and index_meta["kinds"] == sorted(emb)
+
+
+def test_unblessed_model_is_refused(packaged_model, tmp_path):
+    from serving.store import save_to_bentoml
+    blessing = tmp_path / "blessing.json"
+    blessing.write_text('{"blessed": false, "criteria": []}')
+    with pytest.raises(ValueError, match="blessed=false"):
+        save_to_bentoml(packaged_model["model_dir"], packaged_model["eval_path"], str(blessing),
+                        packaged_model["catalog_dir"], "item", packaged_model["bentoml_home"])
