@@ -12,19 +12,23 @@ def evaluate(
     model: Input[Model],
     bert_path: str,
     modality_ablation: bool,
+    registry_root: str,
     metrics: Output[Metrics],
     eval_json: Output[Artifact],
+    eval_details: Output[Artifact],
     catalog_index: Output[Dataset],
 ):
-    """KFP Metrics (``<model>.<metric>``), eval.json, and the catalog index (ITEm embeddings of the
-    validated catalog with ids and titles; used by serving and drift monitoring)."""
+    """KFP Metrics (``<model>.<metric>``), eval.json, per-item details (npz, for the gate's bootstrap
+    tests), and the catalog index (ITEm embeddings of the validated catalog with ids and titles; used
+    by serving and drift monitoring). The registry's champion is re-evaluated on the same split."""
     import logging
 
     from item_model.steps import evaluate_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = evaluate_step(validated_catalog.path, model.path, eval_json.path, bert_path, modality_ablation,
-                           index_dir=catalog_index.path)
+                           index_dir=catalog_index.path, details_path=eval_details.path,
+                           registry_root=registry_root)
     for name, values in result["models"].items():
         for key in ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP"):
             metrics.log_metric(f"{name}.{key}", float(values[key]))

@@ -13,6 +13,7 @@ def package(
     blessing: Input[Artifact],
     validated_catalog: Input[Dataset],
     catalog_index: Input[Dataset],
+    registry_version: str,
     model_name: str,
     bentoml_home: str,
     bento_model: Output[Artifact],
@@ -25,5 +26,6 @@ def package(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     tag = save_to_bentoml(model.path, eval_json.path, blessing.path, validated_catalog.path,
-                          model_name, bentoml_home or None, bento_model.path, catalog_index.path)
+                          model_name, bentoml_home or None, bento_model.path, catalog_index.path,
+                          registry_version=registry_version)
     bento_model.metadata["tag"] = tag

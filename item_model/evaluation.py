@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .catalog import decode_image, load_image_bytes
 from .io import PROGRESS_INTERVAL
-from .metrics import probe_metrics, retrieval_metrics
+from .metrics import accuracy, macro_f1, probe_details, retrieval_details
 from .modeling_item import ItemModel
 from .processing_item import ItemProcessor
 
@@ -123,7 +123,20 @@ def concat_baseline(text: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([text, pixels], axis=1) / np.sqrt(2.0).astype(np.float32)
 
 
-def score_embeddings(emb: np.ndarray, df: pd.DataFrame, split: np.ndarray) -> dict[str, float]:
+def top_k(embeddings: np.ndarray, query_index: np.ndarray, k: int = 5, chunk: int = 256) -> np.ndarray:
+    """Indices of each query's k best-scoring gallery items (itself excluded), best first. (q, k) int64."""
+    out = np.empty((len(query_index), k), dtype=np.int64)
+    for s in range(0, len(query_index), chunk):
+        q = query_index[s:s + chunk]
+        scores = embeddings[q] @ embeddings.T
+        scores[np.arange(len(q)), q] = -np.inf
+        part = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+        out[s:s + chunk] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def score_embeddings(emb: np.ndarray, df: pd.DataFrame, split: np.ndarray) -> tuple[dict[str, float], dict]:
     """Both tasks for one embedding of the evaluated catalog.
 
     Args:
@@ -132,37 +145,52 @@ def score_embeddings(emb: np.ndarray, df: pd.DataFrame, split: np.ndarray) -> di
         split: (n,) ``"train"``/``"validation"``/``"test"``.
 
     Returns:
-        ``recall@1``, ``recall@10``, ``mAP``, ``n_queries`` (search over all n listings) and
-        ``category_accuracy``, ``category_macro_f1``, ``n_classes``, ``n_test`` (probe train -> test).
+        (metrics: ``recall@1``, ``recall@10``, ``mAP``, ``n_queries`` (search over all n listings),
+        ``category_accuracy``, ``category_macro_f1``, ``n_classes``, ``n_test`` (probe train -> test);
+        details: ``{"retrieval": per-query arrays + "top5" (q, 5) catalog rows, "probe": "test_index"
+        (catalog rows), "y_true", "y_pred"}`` for bootstrap tests and reports).
     """
     groups = df["group_id"].fillna(-1).astype("int64").to_numpy()
-    out = dict(retrieval_metrics(emb, groups))
-    tr, te = split == "train", split == "test"
+    retrieval = retrieval_details(emb, groups)
+    retrieval["top5"] = top_k(emb, retrieval["query_index"], 5)
+    tr, te = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     y = df["category"].to_numpy(dtype=object)
-    out.update(probe_metrics(emb[tr], y[tr], emb[te], y[te]))
-    return out
+    probe = probe_details(emb[tr], y[tr], emb[te], y[te])
+    probe["test_index"] = te[probe["test_index"]]
+    n_classes = probe.pop("n_classes")
+    out = {f"recall@{k}": float(retrieval[f"recall@{k}"].mean()) for k in (1, 10)}
+    out.update({"mAP": float(retrieval["mAP"].mean()), "n_queries": int(len(retrieval["mAP"])),
+                "category_accuracy": accuracy(probe["y_true"], probe["y_pred"]),
+                "category_macro_f1": macro_f1(probe["y_true"], probe["y_pred"]),
+                "n_classes": int(n_classes), "n_test": int(len(probe["y_true"]))})
+    return out, {"retrieval": retrieval, "probe": probe}
 
 
 def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame, split: np.ndarray,
-                     bert_path: str, modality_ablation: bool = True, progress: bool = True
-                     ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """Embed the catalog with ITEm and the baselines and score each on both tasks.
+                     bert_path: str, modality_ablation: bool = True, progress: bool = True,
+                     champion: tuple[ItemModel, ItemProcessor] | None = None
+                     ) -> tuple[dict[str, dict], dict[str, np.ndarray], dict[str, dict]]:
+    """Embed the catalog with ITEm (and the champion, if given) and the baselines; score each on both tasks.
 
     Returns:
-        (``{name: metrics}`` for ``item``, optionally ``item_text_only`` and ``item_image_only``,
-        ``baseline_text_minilm``, ``baseline_image_pixels``, ``baseline_concat``;
-        ``{kind: (n, D) float32}`` the ITEm embeddings computed, for the catalog index).
+        (``{name: metrics}`` for ``item``, optionally ``item_text_only``, ``item_image_only`` and
+        ``champion``, and ``baseline_text_minilm``, ``baseline_image_pixels``, ``baseline_concat``;
+        ``{kind: (n, D) float32}`` the challenger's ITEm embeddings, for the catalog index;
+        ``{name: details}`` per-item outcomes of every model, see :func:`score_embeddings`).
     """
     results: dict[str, dict] = {}
+    details: dict[str, dict] = {}
     item_embeddings: dict[str, np.ndarray] = {}
 
     def run(name: str, emb: np.ndarray) -> None:
-        results[name] = score_embeddings(emb, df, split)
+        results[name], details[name] = score_embeddings(emb, df, split)
         logger.info("%-22s %s", name, {k: round(v, 4) for k, v in results[name].items()})
         if name.startswith("item"):
             item_embeddings[name] = emb
 
     run("item", embed_catalog(model, processor, df, "joint", progress=progress))
+    if champion is not None:
+        run("champion", embed_catalog(champion[0], champion[1], df, "joint", progress=progress))
     if modality_ablation:
         run("item_text_only", embed_catalog(model, processor, df, "text", progress=progress))
         run("item_image_only", embed_catalog(model, processor, df, "image", progress=progress))
@@ -171,4 +199,4 @@ def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFram
     run("baseline_text_minilm", text)
     run("baseline_image_pixels", pixels)
     run("baseline_concat", concat_baseline(text, pixels))
-    return results, item_embeddings
+    return results, item_embeddings, details

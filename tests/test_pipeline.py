@@ -26,7 +26,8 @@ def run_item(tmp: Path, catalog: Path, *extra: str, gate: dict | None = None) ->
     gate_file.write_text(yaml.safe_dump(gate or {"criteria": [{"metric": "item.recall@10", "min": 0.0}]}))
     env = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml")}
     proc = subprocess.run([ITEM, "run", "--catalog", str(catalog), "--profile", "tiny", "--gate-config", str(gate_file),
-                           "--output-dir", str(tmp / "runs"), "--bentoml-home", str(tmp / "bentoml"), *extra],
+                           "--output-dir", str(tmp / "runs"), "--bentoml-home", str(tmp / "bentoml"),
+                           "--registry", str(tmp / "registry"), *extra],
                           capture_output=True, text=True, env=env, timeout=900)
     summaries = list((tmp / "runs").glob("*/summary.json"))
     return proc, (json.loads(summaries[0].read_text()) if summaries else None)
@@ -41,12 +42,13 @@ def test_compile_to_ir_yaml(tmp_path):
     path = compile_pipeline(tmp_path / "training.yaml")
     spec = yaml.safe_load(path.read_text())
     assert spec["pipelineInfo"]["name"] == "item-training"
-    assert {"comp-validate-catalog", "comp-pretrain", "comp-evaluate", "comp-gate", "comp-package"} <= set(spec["components"])
+    assert {"comp-validate-catalog", "comp-pretrain", "comp-evaluate", "comp-gate", "comp-register-model",
+            "comp-package"} <= set(spec["components"])
     tasks = spec["root"]["dag"]["tasks"]
     assert "condition-1" in tasks and "gate-Output" in json.dumps(tasks["condition-1"]["triggerPolicy"])
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["max_listings"]["defaultValue"] == 12000                     # from the default profile
-    assert defaults["gate_config"]["defaultValue"]["criteria"][0]["metric"].startswith("item.")
+    assert defaults["gate_config"]["defaultValue"]["floors"][0]["metric"].startswith("item.")
 
 
 @pytest.mark.e2e
@@ -82,6 +84,12 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     assert models["item"]["n_queries"] == summary["catalog"]["n_group_members"] > 50
     assert models["baseline_image_pixels"]["recall@10"] > 0.5                      # real photos, real groups
     assert "ITEm vs baselines" in proc.stdout and "BLESSED" in proc.stdout
+    # registered and promoted: the registry's champion is this run's version, with its gate report
+    from item_model.registry import ModelRegistry
+    registry = ModelRegistry(tmp_path / "registry")
+    assert registry.champion()["version"] == summary["registry_version"] == meta["metadata"]["registry_version"]
+    assert (registry.version_path(summary["registry_version"]) / "gate_report.html").exists()
+    assert Path(summary["gate_report_html"]).read_text().startswith("<!doctype html>")
 
 
 @pytest.mark.e2e
@@ -93,6 +101,10 @@ def test_run_not_blessed_skips_package(tmp_path, slice_catalog):
     assert "package" not in summary["tasks_run"] and "gate" in summary["tasks_run"]
     assert summary["bento_model"] is None and bento_models(tmp_path / "bentoml") == []
     assert "NOT BLESSED" in Path(summary["gate_report"]).read_text()
+    from item_model.registry import ModelRegistry
+    registry = ModelRegistry(tmp_path / "registry")
+    assert registry.champion() is None and registry.versions() == [summary["registry_version"]]
+    assert registry.history()[-1]["action"] == "blocked"
 
 
 def _duplicate_ids(t: pa.Table) -> pa.Table:
@@ -128,7 +140,7 @@ def test_bad_catalog_stops_before_training(tmp_path, case, mutate, after, expect
     assert proc.returncode != 0
     assert expect in out, out[-3000:]
     assert not list((tmp_path / "runs").glob("*/*/pretrain")), "training must not start"
-    assert bento_models(tmp_path / "bentoml") == []
+    assert bento_models(tmp_path / "bentoml") == [] and not (tmp_path / "registry" / "versions").exists()
     if case == "duplicate-ids":
         assert "pipeline stopped: validate_step" in out
     if case == "broken-images":

@@ -1,0 +1,138 @@
+"""A self-contained HTML gate report (images inlined as data URIs): the verdict and every criterion,
+metric bars with bootstrap confidence intervals for the challenger, the champion and the baselines,
+retrieval examples where the challenger wins and loses against the champion, and the worst leaf
+categories."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+import pandas as pd
+
+from .significance import bootstrap_ci
+
+BAR_METRICS = ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP")
+BAR_MODELS = ("item", "champion", "item_text_only", "item_image_only", "baseline_text_minilm",
+              "baseline_image_pixels", "baseline_concat")
+
+
+def _png_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def metric_bars(eval_result: dict, details: dict | None, n_resamples: int = 300) -> str:
+    """Grouped bar chart (one panel per metric) with 95 % bootstrap intervals; a PNG data URI."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in BAR_MODELS if m in eval_result.get("models", {})]
+    fig, axes = plt.subplots(1, len(BAR_METRICS), figsize=(3.2 * len(BAR_METRICS), 3.6), sharey=False)
+    colors = {"item": "#1f77b4", "champion": "#ff7f0e"}
+    for ax, metric in zip(axes, BAR_METRICS):
+        values = [eval_result["models"][m].get(metric, np.nan) for m in models]
+        err = None
+        if details:
+            lo_hi = [bootstrap_ci(details[m], metric, n_resamples) if m in details else (v, v)
+                     for m, v in zip(models, values)]
+            err = np.array([[v - lo for v, (lo, _) in zip(values, lo_hi)], [hi - v for v, (_, hi) in zip(values, lo_hi)]])
+            err = np.clip(err, 0, None)
+        ax.bar(range(len(models)), values, yerr=err, capsize=3,
+               color=[colors.get(m, "#9e9e9e") for m in models])
+        ax.set_xticks(range(len(models)), [m.replace("baseline_", "b:").replace("item_", "item:") for m in models],
+                      rotation=60, ha="right", fontsize=8)
+        finite = [v for v in values if np.isfinite(v)]
+        ax.set_ylim(max(0.0, min(finite) - 0.1) if finite else 0, 1.0)
+        ax.set_title(metric, fontsize=10)
+    fig.tight_layout()
+    uri = _png_uri(fig)
+    plt.close(fig)
+    return uri
+
+
+def _img(data: bytes | None, title: str, hit: bool | None = None) -> str:
+    border = "" if hit is None else (" hit" if hit else " miss")
+    src = "data:image/jpeg;base64," + base64.b64encode(data).decode() if data else ""
+    return (f'<figure class="thumb{border}"><img src="{src}" alt=""/>'
+            f'<figcaption>{html.escape(str(title))[:60]}</figcaption></figure>')
+
+
+def retrieval_examples(df: pd.DataFrame, details: dict, other: str, n: int = 4) -> str:
+    """HTML of wins (challenger finds the product at rank 1, ``other`` does not) and losses (the reverse):
+    the query's photo and title, then each model's top 5 with hits marked."""
+    if "item" not in details or other not in details:
+        return "<p>No per-query details to compare.</p>"
+    a, b = details["item"]["retrieval"], details[other]["retrieval"]
+    first_a, first_b = a["first_rank"], b["first_rank"]
+    groups = df["group_id"].fillna(-1).astype("int64").to_numpy()
+    out = []
+    for label, sel in (("wins", (first_a == 1) & (first_b > 1)), ("losses", (first_a > 1) & (first_b == 1))):
+        idx = np.flatnonzero(sel)[:n]
+        out.append(f"<h3>{label.capitalize()} against {html.escape(other)} ({int(sel.sum())} queries)</h3>")
+        if len(idx) == 0:
+            out.append("<p>none</p>")
+        for i in idx:
+            q = int(a["query_index"][i])
+            row = df.iloc[q]
+            cells = [f'<div class="query">{_img(row["image_bytes"], row["title"])}<p>query</p></div>']
+            for name, res in (("challenger", a), (other, b)):
+                thumbs = "".join(_img(df.iloc[j]["image_bytes"], df.iloc[j]["title"], bool(groups[j] == groups[q]))
+                                 for j in res["top5"][i])
+                cells.append(f'<div class="results"><p>{html.escape(name)} top 5 '
+                             f'(first hit at rank {int(res["first_rank"][i])})</p>{thumbs}</div>')
+            out.append(f'<div class="example">{"".join(cells)}</div>')
+    return "\n".join(out)
+
+
+def worst_categories(details: dict, n: int = 10) -> str:
+    """HTML table of the challenger's ``n`` leaf categories with the lowest probe accuracy."""
+    probe = details.get("item", {}).get("probe")
+    if probe is None:
+        return "<p>No probe details.</p>"
+    frame = pd.DataFrame({"category": probe["y_true"], "correct": probe["y_true"] == probe["y_pred"]})
+    per = frame.groupby("category")["correct"].agg(["mean", "size"]).sort_values(["mean", "size"]).head(n)
+    rows = "".join(f"<tr><td>{html.escape(str(c))}</td><td>{m:.3f}</td><td>{s}</td></tr>"
+                   for c, (m, s) in per.iterrows())
+    return f"<table><tr><th>leaf category</th><th>accuracy</th><th>test listings</th></tr>{rows}</table>"
+
+
+def render_gate_report(blessing: dict, eval_result: dict, details: dict | None, df: pd.DataFrame | None,
+                       title: str = "ITEm promotion gate") -> str:
+    """The whole report as one HTML string (no external resources)."""
+    verdict = "BLESSED" if blessing["blessed"] else "NOT BLESSED"
+    rows = []
+    for r in blessing["criteria"]:
+        value = "missing" if r["value"] is None else f"{r['value']:.4f}"
+        threshold = "-" if r["threshold"] is None else f"{r['comparison']} {r['threshold']:.4f}"
+        rows.append(f'<tr class="{"pass" if r["passed"] else "fail"}"><td>{html.escape(r.get("criterion", ""))}</td>'
+                    f'<td><code>{html.escape(r["metric"])}</code></td><td>{value}</td><td>{html.escape(threshold)}</td>'
+                    f'<td>{"pass" if r["passed"] else "FAIL"}</td><td>{html.escape(r["message"])}</td></tr>')
+    champion = eval_result.get("champion", {}).get("version")
+    other = "champion" if details and "champion" in details else "baseline_text_minilm"
+    sections = [
+        f"<h1>{html.escape(title)}: <span class=\"{'pass' if blessing['blessed'] else 'fail'}\">{verdict}</span></h1>",
+        f"<p>Catalog {html.escape(str(eval_result.get('catalog_source', '')))}, fingerprint "
+        f"<code>{str(eval_result.get('catalog_fingerprint', ''))[:16]}</code>, {eval_result.get('n_listings', '?')} "
+        f"listings. Champion: {html.escape(champion or 'none yet')}.</p>",
+        "<h2>Criteria</h2><table><tr><th>criterion</th><th>metric</th><th>value</th><th>threshold</th>"
+        f"<th>verdict</th><th>note</th></tr>{''.join(rows)}</table>",
+        f'<h2>Metrics (95 % bootstrap intervals)</h2><img class="bars" src="{metric_bars(eval_result, details)}"/>',
+    ]
+    if details and df is not None:
+        sections.append(f"<h2>Same-product search examples (challenger vs {html.escape(other)})</h2>"
+                        + retrieval_examples(df, details, other))
+        sections.append("<h2>Worst leaf categories (challenger's probe)</h2>" + worst_categories(details))
+    style = """body{font-family:sans-serif;margin:24px;max-width:1400px}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}tr.pass td{background:#eef8ee}
+tr.fail td{background:#fbeaea}span.pass{color:#1a7f1a}span.fail{color:#b00020}img.bars{max-width:100%}
+.example{display:flex;gap:16px;border-top:1px solid #ddd;padding:8px 0}.results{display:flex;flex-wrap:wrap;
+gap:4px;max-width:560px}.results p{width:100%;margin:0;font-size:12px}figure.thumb{margin:0;width:100px;
+border:3px solid transparent}figure.thumb.hit{border-color:#2e7d32}figure.thumb.miss{border-color:#eee}
+figure img{width:60px;height:80px;object-fit:contain;display:block;margin:auto}figcaption{font-size:10px}"""
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")

@@ -1,0 +1,172 @@
+"""``item gate``: review the promotion gate and override it.
+
+    item gate show [VERSION|latest|champion]    every criterion of a version's gate, as a table
+    item gate list                              the promotion history
+    item gate approve VERSION --reason TEXT     promote by hand (and package into BentoML)
+    item gate reject VERSION --reason TEXT      block by hand (rolls the champion back if needed)
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from pipelines import config as pconfig
+
+registry_option = click.option("--registry", default="", help="Registry root (default: $ITEM_REGISTRY or ./item-storage/registry).")
+
+
+def _registry(root: str):
+    from item_model.registry import ModelRegistry
+    return ModelRegistry(root or pconfig.default_registry())
+
+
+def _fail(exc: Exception):
+    raise click.ClickException(str(exc)) from exc
+
+
+@click.group("gate")
+def gate_group() -> None:
+    """Review promotion gates, the champion and the promotion history; approve or reject by hand."""
+
+
+@gate_group.command("show")
+@click.argument("version", default="latest")
+@registry_option
+def show(version: str, registry: str) -> None:
+    """Show the gate of VERSION (a version id or prefix, 'latest' or 'champion')."""
+    from rich.console import Console
+
+    from item_model.registry import RegistryError
+    from pipelines.cli import blessing_table
+
+    reg = _registry(registry)
+    try:
+        v = reg.resolve(version)
+        path = reg.version_path(v)
+    except RegistryError as exc:
+        _fail(exc)
+    info = reg.info(v)
+    blessing = json.loads((path / "blessing.json").read_text())
+    champion = reg.champion()
+    console = Console()
+    console.print(f"version   {v}  (created {info['created_at']}, catalog {info.get('catalog_fingerprint', '')[:16]}, "
+                  f"{info.get('code_version', '')})")
+    console.print(f"champion  {champion['version'] if champion else 'none'}"
+                  + ("  [bold]<- this version[/]" if champion and champion["version"] == v else ""))
+    console.print(blessing_table(blessing, title=f"Gate of {v}"))
+    if (path / "gate_report.html").exists():
+        console.print(f"HTML report: {path / 'gate_report.html'}")
+
+
+@gate_group.command("list")
+@registry_option
+def list_cmd(registry: str) -> None:
+    """The promotion history, oldest first, and the current champion."""
+    from rich.console import Console
+    from rich.table import Table
+
+    reg = _registry(registry)
+    table = Table(title=f"Promotion history ({reg.root})")
+    for c in ("at", "action", "version", "actor", "how", "gate", "reason"):
+        table.add_column(c, overflow="fold")
+    for h in reg.history():
+        table.add_row(h["at"], h["action"], h["version"], h["actor"], "automatic" if h["automatic"] else "manual",
+                      h["gate"], h["reason"])
+    console = Console()
+    console.print(table)
+    champion = reg.champion()
+    console.print(f"champion: {champion['version'] if champion else 'none'}")
+    for problem in reg.check():
+        console.print(f"[red]warning:[/] {problem}")
+
+
+@gate_group.command("approve")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why a human overrides the gate (recorded).")
+@click.option("--package/--no-package", default=True, show_default=True,
+              help="Also save the version into the BentoML model store.")
+@click.option("--bentoml-home", default="", help="BentoML store root (default: $BENTOML_HOME or ~/bentoml).")
+@registry_option
+def approve(version: str, reason: str, package: bool, bentoml_home: str, registry: str) -> None:
+    """Promote VERSION to champion by hand, whatever its gate said."""
+    import getpass
+
+    from item_model.registry import RegistryError
+    reg = _registry(registry)
+    try:
+        v = reg.resolve(version)
+        pointer = reg.promote(v, gate="manual", automatic=False, reason=reason)
+    except RegistryError as exc:
+        _fail(exc)
+    click.echo(f"champion is now {pointer['version']} (manual approval by {pointer['actor']})")
+    if package:
+        path = reg.version_path(v)
+        from serving.store import save_to_bentoml
+        tag = _package_version(path, bentoml_home, v, approved_by=getpass.getuser(), save=save_to_bentoml)
+        click.echo(f"packaged as BentoML model {tag}")
+
+
+def _package_version(path, bentoml_home: str, version: str, approved_by: str, save) -> str:
+    """Save a registry version into the BentoML store (its catalog summary is rebuilt from version.json)."""
+    import tempfile
+    from pathlib import Path
+
+    from item_model.io import write_json_atomic
+    info = json.loads((Path(path) / "version.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        write_json_atomic(Path(tmp) / "catalog.json", {"fingerprint": info.get("catalog_fingerprint", ""),
+                                                       "source": info.get("catalog_source", "")})
+        return save(str(Path(path) / "model"), str(Path(path) / "eval.json"), str(Path(path) / "blessing.json"),
+                    tmp, "item", bentoml_home or None, index_dir=str(Path(path) / "catalog_index")
+                    if (Path(path) / "catalog_index").exists() else None,
+                    registry_version=version, approved_by=approved_by)
+
+
+@gate_group.command("reject")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why a human blocks this version (recorded).")
+@registry_option
+def reject(version: str, reason: str, registry: str) -> None:
+    """Block VERSION by hand; if it is the champion, the previous champion comes back."""
+    from item_model.registry import RegistryError
+    reg = _registry(registry)
+    try:
+        v = reg.resolve(version)
+        reg.reject(v, reason=reason)
+    except RegistryError as exc:
+        _fail(exc)
+    champion = reg.champion()
+    click.echo(f"rejected {v}; champion is {champion['version'] if champion else 'none'}")
+
+
+@gate_group.command("screenshot")
+@click.argument("version", default="latest")
+@click.option("--output", default="gate_report.png", show_default=True, help="PNG to write.")
+@click.option("--chromium", default="chromium", show_default=True, help="Headless Chromium binary.")
+@registry_option
+def screenshot(version: str, output: str, chromium: str, registry: str) -> None:
+    """Render VERSION's HTML gate report to a PNG with headless Chromium (to check it or attach it)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from item_model.registry import RegistryError
+    reg = _registry(registry)
+    try:
+        html = reg.version_path(reg.resolve(version)) / "gate_report.html"
+    except RegistryError as exc:
+        _fail(exc)
+    binary = shutil.which(chromium)
+    if binary is None:
+        raise click.ClickException(f"{chromium!r} not found; install it (Debian: apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", "--hide-scrollbars", "--window-size=1400,2600",
+               f"--screenshot={click.format_filename(output)}", html.resolve().as_uri()]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise click.ClickException(f"chromium failed ({proc.returncode}): {proc.stderr[-500:]}")
+    click.echo(f"wrote {output}")
