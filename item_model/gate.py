@@ -148,7 +148,7 @@ def _champion_rows(eval_result: dict, cfg: dict, details: dict | None) -> list[d
                               int(cfg.get("bootstrap_resamples", 1000)), float(cfg.get("confidence", 0.95)))
         verdict = ("significant regression" if bs["significant_regression"] else
                    "significant improvement" if bs["significant_improvement"] else "no significant difference")
-        rows.append(_row("significance", f"item.{m}", bs["delta"], 0.0, "CI high >= 0",
+        rows.append(_row("significance", f"item.{m}", bs["delta"], 0.0, "CI high >=",
                          not bs["significant_regression"],
                          f"paired bootstrap, {bs['n_resamples']} resamples of {bs['n_items']} items",
                          f"delta {bs['delta']:+.4f}, {int(bs['confidence'] * 100)}% CI "

@@ -96,7 +96,7 @@ def worst_categories(details: dict, n: int = 10) -> str:
         return "<p>No probe details.</p>"
     frame = pd.DataFrame({"category": probe["y_true"], "correct": probe["y_true"] == probe["y_pred"]})
     per = frame.groupby("category")["correct"].agg(["mean", "size"]).sort_values(["mean", "size"]).head(n)
-    rows = "".join(f"<tr><td>{html.escape(str(c))}</td><td>{m:.3f}</td><td>{s}</td></tr>"
+    rows = "".join(f"<tr><td>{html.escape(str(c))}</td><td>{m:.3f}</td><td>{int(s)}</td></tr>"
                    for c, (m, s) in per.iterrows())
     return f"<table><tr><th>leaf category</th><th>accuracy</th><th>test listings</th></tr>{rows}</table>"
 
