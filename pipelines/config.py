@@ -62,11 +62,18 @@ def default_registry() -> str:
     import os
     if os.environ.get("ITEM_REGISTRY"):
         return os.environ["ITEM_REGISTRY"]
-    return str(Path(os.environ.get("ITEM_STORAGE_ROOT", "item-storage")).resolve() / "registry")
+    return str(storage_root() / "registry")
+
+
+def storage_root() -> Path:
+    """``$ITEM_STORAGE_ROOT`` (default ``./item-storage``), absolute."""
+    import os
+    return Path(os.environ.get("ITEM_STORAGE_ROOT", "item-storage")).resolve()
 
 
 def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_home: str = "",
-                       model_name: str = "item", bert_path: str = "", registry_root: str = "") -> dict:
+                       model_name: str = "item", bert_path: str = "", registry_root: str = "",
+                       checkpoint_root: str = "", resume: bool = False) -> dict:
     """The training pipeline's parameters for a catalog, a profile and a gate config."""
     return {
         "catalog": str(Path(catalog).resolve()),
@@ -76,6 +83,8 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
         "train_config": dict(profile.get("train_config") or {}),
         "modality_ablation": bool(profile.get("modality_ablation", True)),
         "bert_path": bert_path,
+        "checkpoint_root": checkpoint_root or str(storage_root() / "checkpoints"),
+        "resume": bool(resume),
         "gate_config": gate_config,
         "registry_root": registry_root or default_registry(),
         "model_name": model_name,

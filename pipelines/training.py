@@ -27,6 +27,8 @@ def training_pipeline(
     train_config: dict,
     modality_ablation: bool,
     bert_path: str,
+    checkpoint_root: str,
+    resume: bool,
     gate_config: dict,
     registry_root: str,
     model_name: str,
@@ -35,7 +37,8 @@ def training_pipeline(
     validated = validate_catalog(catalog=catalog, max_listings=max_listings,
                                  max_quarantine_fraction=max_quarantine_fraction)
     trained = pretrain(validated_catalog=validated.outputs["validated_catalog"], model_config=model_config,
-                       train_config=train_config, bert_path=bert_path)
+                       train_config=train_config, bert_path=bert_path, checkpoint_root=checkpoint_root,
+                       resume=resume)
     evaluated = evaluate(validated_catalog=validated.outputs["validated_catalog"],
                          model=trained.outputs["model"], bert_path=bert_path,
                          modality_ablation=modality_ablation, registry_root=registry_root)
