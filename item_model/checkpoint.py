@@ -12,7 +12,6 @@ A checkpoint counts only when its manifest exists and the ``.pt`` file's SHA-256
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -20,17 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_path, write_json_atomic
+from .io import atomic_path, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(folder: str | Path, step: int, state: dict, keep: int = 2) -> Path:
@@ -44,7 +36,7 @@ def save_checkpoint(folder: str | Path, step: int, state: dict, keep: int = 2) -
     pt = folder / f"ckpt-{step:08d}.pt"
     with atomic_path(pt) as tmp:
         torch.save(state, tmp)
-    write_json_atomic(pt.with_suffix(".json"), {"step": step, "sha256": _sha256(pt), "bytes": pt.stat().st_size,
+    write_json_atomic(pt.with_suffix(".json"), {"step": step, "sha256": sha256_file(pt), "bytes": pt.stat().st_size,
                                                 "saved_at": time.time()})
     for old in sorted(folder.glob("ckpt-*.json"))[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
@@ -69,7 +61,7 @@ def load_latest_checkpoint(folder: str | Path) -> dict | None:
         manifest = pt.with_suffix(".json")
         try:
             meta = json.loads(manifest.read_text())
-            digest = _sha256(pt)
+            digest = sha256_file(pt)
             if digest != meta["sha256"]:
                 raise ValueError(f"SHA-256 {digest[:12]} does not match the manifest's {meta['sha256'][:12]}")
             state = torch.load(pt, map_location="cpu", weights_only=False)

@@ -9,6 +9,10 @@ from __future__ import annotations
 from transformers import BertConfig, PretrainedConfig
 
 OBJECTIVES = ("mlm", "mim", "gmlm", "gmim", "itm")
+#: the backbone fields shared with :class:`transformers.BertConfig`
+BERT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+               "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id")
 
 
 class ItemConfig(PretrainedConfig):
@@ -120,29 +124,11 @@ class ItemConfig(PretrainedConfig):
 
     def to_bert_config(self) -> BertConfig:
         """The :class:`BertConfig` of the backbone."""
-        return BertConfig(
-            vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size, hidden_act=self.hidden_act,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
-            max_position_embeddings=self.max_position_embeddings, type_vocab_size=self.type_vocab_size,
-            initializer_range=self.initializer_range, layer_norm_eps=self.layer_norm_eps,
-            pad_token_id=self.pad_token_id,
-        )
+        return BertConfig(**{name: getattr(self, name) for name in BERT_FIELDS})
 
     @classmethod
     def from_bert_config(cls, bert: BertConfig, **kwargs) -> "ItemConfig":
         """An ItemConfig whose backbone fields come from ``bert``; ``kwargs`` override any field."""
-        fields = dict(
-            vocab_size=bert.vocab_size, hidden_size=bert.hidden_size,
-            num_hidden_layers=bert.num_hidden_layers, num_attention_heads=bert.num_attention_heads,
-            intermediate_size=bert.intermediate_size, hidden_act=bert.hidden_act,
-            hidden_dropout_prob=bert.hidden_dropout_prob,
-            attention_probs_dropout_prob=bert.attention_probs_dropout_prob,
-            max_position_embeddings=bert.max_position_embeddings, type_vocab_size=bert.type_vocab_size,
-            initializer_range=bert.initializer_range, layer_norm_eps=bert.layer_norm_eps,
-            pad_token_id=bert.pad_token_id,
-        )
+        fields = {name: getattr(bert, name) for name in BERT_FIELDS}
         fields.update(kwargs)
         return cls(**fields)

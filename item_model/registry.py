@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .io import write_json_atomic
+from .io import sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +54,6 @@ class ConcurrentPromotionError(RegistryError):
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ModelRegistry:
@@ -117,7 +109,7 @@ class ModelRegistry:
         weights = model_dir / "model.safetensors"
         if not weights.exists():
             raise RegistryError(f"{model_dir} holds no model.safetensors")
-        digest = _sha256_file(weights)
+        digest = sha256_file(weights)
         version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + digest[:8]
         final = self.versions_dir / version
         if final.exists():
