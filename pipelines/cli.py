@@ -229,8 +229,10 @@ def compile_cmd(output, profile):
 
 
 from pipelines.cli_gate import gate_group  # noqa: E402
+from pipelines.cli_serve import serve  # noqa: E402
 
 main.add_command(gate_group)
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,86 @@
+"""``item serve``: run the ITEm BentoML service (``serving.service:ItemService``) with ``bentoml serve``.
+
+    item serve [--tag item:VERSION] [--host 127.0.0.1] [--port 3000] [--bentoml-home DIR]
+               [--storage-root DIR] [--traffic-sample 0.1]
+
+Without ``--tag`` the service serves the champion (``serving.service.resolve_model_tag``: today the
+newest ``item`` model in the BentoML store). The command checks that the model is in the store,
+then replaces itself with ``python -m bentoml serve`` (signals such as Ctrl+C go straight to
+BentoML).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE = "serving.service:ItemService"
+
+
+def model_on_disk(bentoml_home: str, tag: str | None) -> str | None:
+    """The ``name:version`` the store at ``bentoml_home`` holds for ``tag`` (default ``item:latest``),
+    read from the store's folders (no BentoML import), or None when it has none."""
+    name, _, version = (tag or "item:latest").partition(":")
+    models = Path(bentoml_home).expanduser() / "models" / name
+    if version in ("", "latest"):
+        latest = models / "latest"
+        version = latest.read_text().strip() if latest.is_file() else ""
+    return f"{name}:{version}" if version and (models / version / "model.yaml").is_file() else None
+
+
+def serve_command(host: str, port: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """The ``bentoml serve`` command line this CLI runs."""
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port),
+            "--working-dir", str(ROOT), *extra]
+
+
+@click.command("serve", context_settings={"ignore_unknown_options": True})
+@click.option("--tag", default=None, help="model to serve, e.g. item:VERSION (default: the champion, "
+              "today the newest 'item' model in the store; env ITEM_MODEL_TAG)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on every interface")
+@click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--bentoml-home", default=None, help="BentoML store (default: $BENTOML_HOME or ~/bentoml)")
+@click.option("--storage-root", default=None,
+              help="storage root for the traffic log (default: $ITEM_STORAGE_ROOT or ./item-storage)")
+@click.option("--traffic-sample", default=None, type=click.FloatRange(0.0, 1.0),
+              help="share of served embeddings logged (default: $ITEM_TRAFFIC_SAMPLE or 0.1)")
+@click.argument("bentoml_args", nargs=-1, type=click.UNPROCESSED)
+def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, storage_root: str | None,
+          traffic_sample: float | None, bentoml_args: tuple[str, ...]) -> None:
+    """Serve ITEm: POST /embed, POST /similar, /readyz, /metrics, OpenAPI at /docs.json.
+
+    Further arguments go to ``bentoml serve`` unchanged."""
+    env = dict(os.environ)
+    for var, value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"),
+                       ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        env.setdefault(var, value)
+    if bentoml_home:
+        env["BENTOML_HOME"] = str(Path(bentoml_home).expanduser().resolve())
+    if tag:
+        env["ITEM_MODEL_TAG"] = tag
+    # relative to where the command runs (bentoml serve runs in the repository root)
+    env["ITEM_STORAGE_ROOT"] = str(Path(storage_root or env.get("ITEM_STORAGE_ROOT") or "item-storage")
+                                   .expanduser().resolve())
+    if traffic_sample is not None:
+        env["ITEM_TRAFFIC_SAMPLE"] = repr(traffic_sample)
+    home = env.get("BENTOML_HOME") or "~/bentoml"
+    wanted = env.get("ITEM_MODEL_TAG") or None
+    found = model_on_disk(home, wanted)
+    if found is None:
+        raise click.ClickException(f"no model {wanted or 'item:latest'} in the BentoML store at {home} "
+                                   f"(package one with 'item run', or pass --tag / --bentoml-home)")
+    cmd = serve_command(host, port, bentoml_args)
+    click.echo(f"serving {found} from {home} on http://{host}:{port} (traffic log sample "
+               f"{env.get('ITEM_TRAFFIC_SAMPLE', '0.1')} under {env['ITEM_STORAGE_ROOT']}/traffic)",
+               err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    serve()

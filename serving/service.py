@@ -1,0 +1,468 @@
+"""The ITEm BentoML service: product embeddings (``POST /embed``) and same-product search over the
+catalog index packaged with the model (``POST /similar``).
+
+    bentoml serve serving.service:ItemService --port 3000      # or: item serve [--tag item:VERSION]
+
+The model is the champion: ``ITEM_MODEL_TAG`` when set, else ``item:latest`` in the BentoML model
+store (:func:`resolve_model_tag`). Its store entry holds the Hugging Face model folder and, built at
+package time, ``catalog_index/`` (:mod:`item_model.index`): the embeddings of the catalog the model
+was validated on, with ids and titles.
+
+Endpoints (BentoML also serves ``/livez``, ``/readyz``, ``/healthz``, ``/metrics`` (Prometheus) and
+the OpenAPI document at ``/docs.json``):
+
+* ``POST /embed`` ``{"listings": [{"title": ..., "image": <base64 JPEG/PNG>}, ...]}`` -> one
+  ``{"embedding": [D floats], "kind", "model_version"}`` per listing, in order. A batchable API:
+  concurrent requests are batched together by BentoML's adaptive batching. Also accepts
+  ``multipart/form-data`` (see :class:`RequestGuard`).
+* ``POST /similar`` ``{"listing": {...}}`` or ``{"product_id": "1163"}``, ``"k": 10`` -> the top-k
+  catalog listings by cosine similarity (exact search: a float32 matrix product and
+  ``np.argpartition``; a ``product_id`` query uses its stored embedding and excludes itself; a
+  title-only or photo-only listing is searched against the catalog's embeddings of that kind
+  when the index holds them, see :data:`INDEX_OF_KIND`).
+
+Bad input never reaches the model: every listing is validated and its photo decoded before
+batching (:mod:`serving.schemas`), and :class:`RequestGuard` enforces content types and the body
+size limit; each failure is a 4xx ``{"error": "<field>: <message>", ...}``.
+
+Served embeddings are sampled into the traffic log (:mod:`serving.traffic_log`).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"),
+                     ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(_var, _value)
+
+import base64  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any, Optional  # noqa: E402
+
+import bentoml  # noqa: E402
+import numpy as np  # noqa: E402
+from bentoml.exceptions import InvalidArgument, NotFound  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+from serving import schemas  # noqa: E402
+from serving.store import INDEX_DIR  # noqa: E402
+from serving.schemas import (MAX_K, MAX_LISTINGS, Embedding, Listing, Neighbour, ProductId,  # noqa: E402
+                             SimilarResult, top_k)
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "item"
+MODEL_VERSION_HEADER = "x-item-model-version"
+#: the catalog embeddings a listing query is searched against, by the query's kind: a title-only
+#: or photo-only embedding scores same products far better against the catalog's embeddings of the
+#: same kind (tiny test model: Recall@10 0.88 / 1.00) than against the joint ones (0.00 / 0.15)
+INDEX_OF_KIND = {"joint": "item", "text": "item_text_only", "image": "item_image_only"}
+
+#: listings per model call (BentoML splits bigger requests) and the longest a request may wait in
+#: the batching queue before it is answered 503 (overloaded)
+MAX_BATCH_SIZE = int(os.environ.get("ITEM_MAX_BATCH_SIZE", "64"))
+MAX_LATENCY_MS = int(os.environ.get("ITEM_MAX_LATENCY_MS", "10000"))
+#: torch intra-op threads of the worker: all cores but one, which is left to the HTTP event loop
+#: (request parsing, validation, photo decoding, JSON). On a 2-core machine shared with other jobs
+#: two OpenMP threads were 5-20x slower than one (each step waits for a descheduled thread).
+TORCH_THREADS = int(os.environ.get("ITEM_TORCH_THREADS", "0")) or max(1, (os.cpu_count() or 2) - 1)
+
+
+def resolve_model_tag(tag: str | None = None) -> str:
+    """The tag of the model to serve, resolved to a concrete version in the local BentoML store.
+
+    Order: ``tag``, else the environment variable ``ITEM_MODEL_TAG``, else ``item:latest`` (the
+    newest model saved under the name ``item``). This is the one place where "the champion" is
+    decided; the model registry's champion pointer slots in here.
+
+    Returns:
+        ``item:<version>``.
+
+    Raises:
+        bentoml.exceptions.NotFound: no such model in the store at ``$BENTOML_HOME`` (the message
+            says which tag and where it looked). Only the local store is consulted.
+    """
+    wanted = tag or os.environ.get("ITEM_MODEL_TAG", "").strip() or f"{MODEL_NAME}:latest"
+    try:
+        return str(bentoml.models.get(wanted).tag)
+    except NotFound:
+        home = os.environ.get("BENTOML_HOME", "~/bentoml")
+        raise NotFound(f"model {wanted!r} is not in the BentoML model store under {home}: package one "
+                       f"(item run) or pass --tag / ITEM_MODEL_TAG") from None
+
+
+MODEL_TAG = resolve_model_tag()
+
+EMBED_BATCH_LISTINGS = bentoml.metrics.Histogram(
+    name="item_embed_batch_listings", documentation="listings embedded per model call of /embed",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+EMBED_BATCH_SECONDS = bentoml.metrics.Histogram(
+    name="item_embed_batch_seconds", documentation="wall time of one model call of /embed (a batch), seconds",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+TRAFFIC_ROWS = bentoml.metrics.Counter(
+    name="item_traffic_log_rows", documentation="embeddings sampled into the traffic log")
+
+
+def _json_response(status: int, payload: dict, extra_headers: list | None = None) -> tuple[dict, dict]:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return ({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])},
+            {"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class RequestGuard:
+    """ASGI middleware in front of the API routes.
+
+    * Content types: ``application/json`` everywhere, ``multipart/form-data`` too on ``/embed`` and
+      ``/similar`` (converted here to the JSON body, so both take the same validation path);
+      anything else is 415.
+    * Body size: more than ``max_body_bytes`` (``ITEM_MAX_BODY_BYTES``) is 413, whether announced by
+      ``Content-Length`` or streamed.
+    * Error bodies: every 4xx from the API routes becomes ``{"error": "<field>: <message>; ...",
+      "detail": [...]}`` (BentoML's pydantic errors carry the field only in ``detail[].loc``).
+    * Every API response carries the model version in ``X-Item-Model-Version``.
+
+    Multipart forms: on ``/embed`` either ``title`` (text) and/or ``image`` (file) for one listing,
+    or ``listings`` (a JSON array of listings) where an ``"image"`` of the form ``"@name"`` names
+    an uploaded file part; on ``/similar`` the fields ``product_id``, ``k``, ``title``, ``image``.
+    """
+
+    def __init__(self, app, routes: dict[str, tuple[str, ...]], max_body_bytes: int) -> None:
+        self.app = app
+        self.routes = routes
+        self.max_body_bytes = int(max_body_bytes)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("path") not in self.routes:
+            await self.app(scope, receive, send)
+            return
+        version_header = [(MODEL_VERSION_HEADER.encode(), MODEL_TAG.encode())]
+        if scope.get("method") != "POST":
+            await self.app(scope, receive, self._shaping_send(send, version_header))
+            return
+        try:
+            scope, body = await self._read(scope, receive)
+        except _Reject as exc:
+            start, end = _json_response(exc.status, {"error": exc.message}, version_header)
+            await send(start)
+            await send(end)
+            return
+        if body is None:  # the client went away
+            return
+
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, self._shaping_send(send, version_header))
+
+    async def _read(self, scope, receive) -> tuple[dict, bytes | None]:
+        from starlette.datastructures import Headers
+
+        path = scope["path"]
+        headers = Headers(scope=scope)
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        allowed = self.routes[path]
+        if media not in allowed:
+            raise _Reject(415, f"Content-Type: {path} accepts {' or '.join(allowed)}, got "
+                               f"{media or 'no Content-Type header'!r}")
+        declared = headers.get("content-length")
+        if declared is not None:
+            try:
+                declared_n = int(declared)
+            except ValueError:
+                raise _Reject(400, f"Content-Length: not an integer ({declared!r})") from None
+            if declared_n > self.max_body_bytes:
+                raise _Reject(413, f"body: {declared_n} bytes exceed the limit of {self.max_body_bytes} "
+                                   f"bytes (ITEM_MAX_BODY_BYTES)")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return scope, None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _Reject(413, f"body: more than {self.max_body_bytes} bytes (ITEM_MAX_BODY_BYTES)")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if media == "multipart/form-data":
+            body = await self._form_to_json(path, scope, body)
+            raw = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
+            raw += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            scope = {**scope, "headers": raw}
+        return scope, body
+
+    async def _form_to_json(self, path: str, scope, body: bytes) -> bytes:
+        from starlette.datastructures import UploadFile
+        from starlette.requests import Request
+
+        async def once():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request({k: v for k, v in scope.items() if k != "app"}, once).form(
+                max_files=MAX_LISTINGS, max_fields=2 * MAX_LISTINGS + 8, max_part_size=self.max_body_bytes)
+        except Exception as exc:
+            raise _Reject(400, f"body: not a valid multipart/form-data body ({getattr(exc, 'message', exc)})") from None
+        try:
+            fields: dict[str, Any] = {}
+            for name, value in form.multi_items():
+                if name in fields:
+                    raise _Reject(400, f"{name}: given more than once in the form")
+                fields[name] = await value.read() if isinstance(value, UploadFile) else value
+        finally:
+            await form.close()
+
+        def text(name: str) -> str | None:
+            value = fields.pop(name, None)
+            if isinstance(value, bytes):
+                try:
+                    return value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise _Reject(400, f"{name}: not UTF-8 text") from None
+            return value
+
+        def image(name: str, where: str) -> str | None:
+            value = fields.pop(name, None)
+            if value is None:
+                return None
+            if isinstance(value, bytes):  # an uploaded file: its bytes, base64-encoded
+                if not value:
+                    raise _Reject(400, f"{where}: the uploaded file is empty")
+                return base64.b64encode(value).decode("ascii")
+            return value  # a text field: already base64
+
+        def listing(where: str) -> dict | None:
+            out = {k: v for k, v in (("title", text("title")), ("image", image("image", f"{where}.image")))
+                   if v is not None}
+            return out or None
+
+        if path == "/embed":
+            if "listings" in fields:
+                raw = text("listings")
+                try:
+                    listings = json.loads(raw)
+                except (TypeError, ValueError):
+                    raise _Reject(400, "listings: not a JSON array of listings") from None
+                if not isinstance(listings, list):
+                    raise _Reject(400, "listings: not a JSON array of listings")
+                files: dict[str, str | None] = {}
+                for i, item in enumerate(listings):
+                    ref = item.get("image") if isinstance(item, dict) else None
+                    if isinstance(ref, str) and ref.startswith("@"):
+                        name = ref[1:]
+                        if name not in files:
+                            if name not in fields:
+                                raise _Reject(400, f"listings[{i}].image: no file part named {name!r} in the form")
+                            files[name] = image(name, f"listings[{i}].image")
+                        item["image"] = files[name]
+                payload: dict[str, Any] = {"listings": listings}
+            else:
+                one = listing("listings[0]")
+                payload = {"listings": [one] if one else []}
+        else:
+            payload = {}
+            for name in ("product_id", "k"):
+                if name in fields:
+                    payload[name] = text(name)
+            one = listing("listing")
+            if one:
+                payload["listing"] = one
+        if fields:
+            raise _Reject(400, f"{sorted(fields)[0]}: unexpected form field")
+        return json.dumps(payload).encode()
+
+    def _shaping_send(self, send, extra_headers: list):
+        state: dict[str, Any] = {"start": None, "chunks": []}
+
+        async def shaping_send(message) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": list(message.get("headers", [])) + extra_headers}
+                ctype = dict((k.lower(), v) for k, v in message["headers"]).get(b"content-type", b"")
+                if 400 <= status < 500 and ctype.startswith(b"application/json"):
+                    state["start"] = message  # hold it: the body is rewritten
+                    return
+                await send(message)
+            elif message["type"] == "http.response.body" and state["start"] is not None:
+                state["chunks"].append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                start, body = state["start"], _shape_error(b"".join(state["chunks"]))
+                state["start"] = None
+                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                headers.append((b"content-length", str(len(body)).encode()))
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+            else:
+                await send(message)
+
+        return shaping_send
+
+
+def _shape_error(body: bytes) -> bytes:
+    """A 4xx JSON body from BentoML -> ``{"error": "<field>: <message>", "detail"?: [...]}``."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+        data = data[0]  # BentoML wraps BentoMLException messages in a one-element list
+    if isinstance(data, dict) and isinstance(data.get("detail"), list) and data["detail"] \
+            and all(isinstance(d, dict) and "loc" in d for d in data["detail"]):
+        detail = [{k: v for k, v in d.items() if k in ("type", "loc", "msg")} for d in data["detail"]]
+        data = {"error": schemas.error_message(detail), "detail": detail}
+    return json.dumps(data).encode()
+
+
+@bentoml.service(
+    name="item",
+    workers=1,   # one process; torch uses the cores inside it
+    threads=1,   # /embed batches run one at a time in one thread (and share a lock with /similar)
+    traffic={"timeout": 60, "max_concurrency": 256},
+    logging={"access": {"enabled": os.environ.get("ITEM_ACCESS_LOG", "1") != "0"}},  # a line per request
+)
+class ItemService:
+    """ITEm product embeddings and same-product search (see the module docstring)."""
+
+    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        import torch
+
+        from item_model.index import load_catalog_index
+        from item_model.modeling_item import ItemModel
+        from item_model.processing_item import ItemProcessor
+        from serving.traffic_log import TrafficLog, TrafficLogConfig
+
+        torch.set_num_threads(TORCH_THREADS)
+        self._model_lock = threading.Lock()
+        stored = self.bento_model
+        self.model_tag = str(stored.tag)
+        path = Path(stored.path)
+        self.model = ItemModel.from_pretrained(str(path)).eval()
+        self.processor = ItemProcessor.from_pretrained(str(path), self.model.config)
+        schemas.set_image_size(self.processor.image_size)
+        self.dim = int(self.model.config.hidden_size)
+        self.indexes: dict[str, np.ndarray] = {}
+        if (path / INDEX_DIR / "index.json").is_file():
+            listings, embeddings, meta = load_catalog_index(path / INDEX_DIR)
+            for name, matrix in embeddings.items():
+                if matrix.shape[1] != self.dim:
+                    raise ValueError(f"{path / INDEX_DIR}: {name} embeddings of width {matrix.shape[1]}, "
+                                     f"model D = {self.dim}")
+                self.indexes[name] = np.ascontiguousarray(matrix, dtype=np.float32)
+            self.ids = listings["product_id"].astype(str).to_numpy()
+            self.titles = listings["title"].astype(object).where(listings["title"].notna(), None).to_numpy()
+            self.categories = (listings["category"].astype(object).where(listings["category"].notna(), None)
+                               .to_numpy() if "category" in listings else np.full(len(listings), None))
+            self.row_of = {pid: i for i, pid in enumerate(self.ids)}
+            logger.info("catalog index: %d listings x %d, kinds %s (fingerprint %s)", len(self.ids), self.dim,
+                        sorted(self.indexes), str(meta.get("catalog_fingerprint", ""))[:16])
+        else:
+            logger.warning("%s has no %s/: /similar answers 503", self.model_tag, INDEX_DIR)
+        self.traffic = TrafficLog(TrafficLogConfig.from_env(), self.model_tag)
+        with torch.no_grad():  # warm-up: the first request should not pay for lazy initialisation
+            h, w = self.processor.image_size
+            self._embed_arrays(["warm up"], [np.zeros((h, w, 3), dtype=np.uint8)])
+        logger.info("serving %s (D = %d, image %s, %d torch threads), traffic log sample %.3f under %s",
+                    self.model_tag, self.dim, self.processor.image_size, TORCH_THREADS,
+                    self.traffic.config.sample_rate, self.traffic.directory)
+
+    # ------------------------------------------------------------------------------- model calls
+    def _embed_arrays(self, titles: list[str | None], images: list[np.ndarray | None]) -> np.ndarray:
+        from item_model.evaluation import embed_listings
+        with self._model_lock:  # /embed batches and /similar listing queries come from different threads
+            return embed_listings(self.model, self.processor, titles, images, batch_size=max(MAX_BATCH_SIZE, 1))
+
+    def _embed(self, listings: list[Listing]) -> np.ndarray:
+        """Validated listings -> (n, D) float32 L2-normalised embeddings; sampled into the traffic log."""
+        titles = [l.title if l.has_title else None for l in listings]
+        vectors = self._embed_arrays(titles, [l.pixels for l in listings])
+        logged = self.traffic.record(vectors, [l.kind for l in listings], [l.has_title for l in listings],
+                                     [l.pixels is not None for l in listings],
+                                     [len(l.title) if l.has_title else 0 for l in listings])
+        if logged:
+            TRAFFIC_ROWS.inc(logged)
+        return vectors
+
+    # -------------------------------------------------------------------------------------- API
+    @bentoml.api(route="/embed", batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    def embed(self, listings: Annotated[list[Listing], Field(min_length=1, max_length=MAX_LISTINGS)]
+              ) -> list[Embedding]:
+        """Product embeddings of listings (title and/or base64 JPEG/PNG image), in request order:
+        L2-normalised float vectors of the model's width D, with their kind (joint / text / image)
+        and the model version. Concurrent requests are batched together (adaptive batching)."""
+        EMBED_BATCH_LISTINGS.observe(len(listings))
+        t0 = time.perf_counter()
+        vectors = self._embed(listings)
+        EMBED_BATCH_SECONDS.observe(time.perf_counter() - t0)
+        return [Embedding(embedding=v.tolist(), kind=l.kind, model_version=self.model_tag)
+                for v, l in zip(vectors, listings)]
+
+    @bentoml.api(route="/similar")
+    async def similar(self, listing: Optional[Listing] = None, product_id: Optional[ProductId] = None,
+                      k: Annotated[int, Field(ge=1, le=MAX_K)] = 10) -> SimilarResult:
+        """The top-k same-product candidates in the catalog index for a listing (title and/or image)
+        or a catalog ``product_id`` (its stored embedding; itself excluded), by cosine similarity,
+        best first, with ids and titles. Exact search over the whole index: the catalog's joint
+        embeddings, or for a title-only / photo-only listing the catalog's embeddings of the same
+        kind when the index holds them (cross-kind scores do not rank same products)."""
+        if (listing is None) == (product_id is None):
+            raise InvalidArgument("listing, product_id: give exactly one of 'listing' or 'product_id'")
+        if "item" not in self.indexes:
+            from bentoml.exceptions import ServiceUnavailable
+            raise ServiceUnavailable(f"{self.model_tag} was packaged without a catalog index")
+        if product_id is not None:
+            row = self.row_of.get(product_id)
+            if row is None:
+                raise NotFound(f"product_id: {product_id!r} is not in the catalog index of {self.model_tag} "
+                               f"({len(self.ids)} listings)")
+            # a few ms of one matrix-vector product: cheaper here than two thread hand-offs
+            kind, searched = "catalog", "item"
+            rows, scores = top_k(self.indexes["item"], self.indexes["item"][row], k, exclude=row)
+        else:
+            import anyio
+            kind = listing.kind
+            searched = INDEX_OF_KIND[kind] if INDEX_OF_KIND[kind] in self.indexes else "item"
+            rows, scores = await anyio.to_thread.run_sync(
+                lambda: top_k(self.indexes[searched], self._embed([listing])[0], k))
+        return SimilarResult(
+            model_version=self.model_tag, query_kind=kind, index=searched, product_id=product_id, k=k,
+            catalog_size=len(self.ids),
+            results=[Neighbour(product_id=self.ids[r], title=self.titles[r], category=self.categories[r],
+                               score=float(s)) for r, s in zip(rows, scores)])
+
+    @bentoml.on_shutdown
+    def _close(self) -> None:
+        self.traffic.close()
+
+
+# BentoML decides the media type of a root-model output (/embed returns a JSON array) by rebuilding
+# its JSON schema on every response, several ms a request here; it is JSON, so say it once.
+ItemService.apis["embed"].output_spec.media_type = "application/json"
+
+ItemService.add_asgi_middleware(
+    RequestGuard,
+    routes={"/embed": ("application/json", "multipart/form-data"),
+            "/similar": ("application/json", "multipart/form-data")},
+    max_body_bytes=schemas.MAX_BODY_BYTES)

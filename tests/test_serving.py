@@ -1,0 +1,461 @@
+"""The ITEm service against a real ``bentoml serve`` on a loopback port, with the real tiny blessed
+model of ``packaged_model`` and real catalog listings: /embed round trip, /similar on same-product
+groups, adaptive batching observed in the service's metrics, a barrage of bad input, the traffic
+log, health/metrics/OpenAPI, ``bentoml build`` of an offline Bento, and the ``item serve`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+             "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ``bentoml serve`` subprocess on a free loopback port; :meth:`stop` ends it (and its workers)."""
+
+    def __init__(self, target: str, env: dict, cwd: Path, log_path: Path, timeout: float = 180.0):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{self.log()[-4000:]}")
+            time.sleep(0.5)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the group this test started
+                self.proc.wait(10)
+        self._log.close()
+
+
+def _env(packaged_model: dict, **extra: str) -> dict:
+    env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": packaged_model["bentoml_home"],
+           "ITEM_MODEL_TAG": packaged_model["tag"]}
+    env.update(extra)
+    return env
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    """Sum of a Prometheus sample's values over label sets containing ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, value = line.rsplit(" ", 1)
+            if labels in head:
+                total += float(value)
+    return total
+
+
+# ---------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def server(packaged_model, tmp_path_factory):
+    """``bentoml serve serving.service:ItemService`` with every embedding logged, 4 rows a file."""
+    tmp = tmp_path_factory.mktemp("serving")
+    env = _env(packaged_model, ITEM_STORAGE_ROOT=str(tmp / "storage"), ITEM_TRAFFIC_SAMPLE="1.0",
+               ITEM_TRAFFIC_ROWS_PER_FILE="4")
+    srv = Server("serving.service:ItemService", env, ROOT, tmp / "server.log")
+    srv.storage_root = tmp / "storage"
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def catalog_rows(packaged_model) -> pd.DataFrame:
+    """The validated real catalog slice the model was packaged with (titles, photos, groups)."""
+    return pd.read_parquet(Path(packaged_model["catalog_dir"]) / "catalog.parquet")
+
+
+@pytest.fixture(scope="module")
+def in_process(packaged_model):
+    from item_model.modeling_item import ItemModel
+    from item_model.processing_item import ItemProcessor
+    model = ItemModel.from_pretrained(packaged_model["model_dir"]).eval()
+    return model, ItemProcessor.from_pretrained(packaged_model["model_dir"], model.config)
+
+
+# ------------------------------------------------------------------------------------- /embed
+def test_embed_round_trip_equals_in_process_embedding(server, packaged_model, catalog_rows, in_process):
+    import bentoml
+
+    from item_model.catalog import decode_image
+    from item_model.evaluation import embed_listings
+
+    rows = catalog_rows.iloc[:12]
+    listings, titles, images = [], [], []
+    model, processor = in_process
+    for i, (title, blob) in enumerate(zip(rows["title"], rows["image_bytes"])):
+        use_title, use_image = i % 3 != 2, i % 3 != 1          # joint, text only, image only
+        listing = {}
+        if use_title:
+            listing["title"] = title
+        if use_image:
+            listing["image"] = _b64(blob)
+        listings.append(listing)
+        titles.append(title if use_title else None)
+        images.append(decode_image(blob, processor.image_size) if use_image else None)
+
+    client = bentoml.SyncHTTPClient(server.url, timeout=60)
+    try:
+        out = client.embed(listings=listings)
+    finally:
+        client.close()
+    served = np.array([o["embedding"] for o in out], dtype=np.float32)
+    expected = embed_listings(model, processor, titles, images)
+    assert served.shape == expected.shape == (12, model.config.hidden_size)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+    assert [o["kind"] for o in out] == ["joint", "text", "image"] * 4
+    assert {o["model_version"] for o in out} == {packaged_model["tag"]}
+
+    # the same listing as a multipart upload (file part) and through @references
+    one = httpx.post(f"{server.url}/embed", data={"title": rows["title"].iloc[0]},
+                     files={"image": ("photo.jpg", rows["image_bytes"].iloc[0], "image/jpeg")}, timeout=60)
+    assert one.status_code == 200, one.text
+    assert one.headers["x-item-model-version"] == packaged_model["tag"]
+    np.testing.assert_allclose(one.json()[0]["embedding"], expected[0], atol=1e-5)
+    refs = httpx.post(f"{server.url}/embed", timeout=60,
+                      data={"listings": json.dumps([{"image": "@b"}, {"title": rows["title"].iloc[0], "image": "@a"},
+                                                    {"image": "@b"}])},
+                      files={"a": ("a.jpg", rows["image_bytes"].iloc[0], "image/jpeg"),
+                             "b": ("b.jpg", rows["image_bytes"].iloc[2], "image/jpeg")})
+    assert refs.status_code == 200, refs.text
+    np.testing.assert_allclose([r["embedding"] for r in refs.json()], expected[[2, 0, 2]], atol=1e-5)
+
+
+def test_concurrent_requests_are_batched_together(server, catalog_rows):
+    rows = catalog_rows.iloc[:48]
+    bodies = [{"listings": [{"title": t, "image": _b64(b)}]} for t, b in zip(rows["title"], rows["image_bytes"])]
+    before = httpx.get(f"{server.url}/metrics", timeout=10).text
+
+    async def fire() -> list[int]:
+        limits = httpx.Limits(max_connections=len(bodies))
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+            responses = await asyncio.gather(*(client.post("/embed", json=b) for b in bodies))
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(fire()) == [200] * len(bodies)
+    after = httpx.get(f"{server.url}/metrics", timeout=10).text
+    calls = _metric(after, "item_embed_batch_listings_count") - _metric(before, "item_embed_batch_listings_count")
+    listings = _metric(after, "item_embed_batch_listings_sum") - _metric(before, "item_embed_batch_listings_sum")
+    singles = (_metric(after, "item_embed_batch_listings_bucket", 'le="1.0"')
+               - _metric(before, "item_embed_batch_listings_bucket", 'le="1.0"'))
+    assert listings == len(bodies)
+    assert singles < calls < len(bodies), (calls, singles)   # at least one model call took > 1 request
+    # BentoML's own view: requests per dispatched batch
+    name, sel = "bentoml_service_adaptive_batch_size", 'method_name="embed"'
+    requests = _metric(after, name + "_sum", sel) - _metric(before, name + "_sum", sel)
+    batches = _metric(after, name + "_count", sel) - _metric(before, name + "_count", sel)
+    assert requests == len(bodies) and batches < requests
+
+
+# ----------------------------------------------------------------------------------- /similar
+def test_similar_finds_same_product_group_members(server, packaged_model, catalog_rows):
+    members = catalog_rows[catalog_rows["group_id"].notna()].sort_values(["group_id", "product_id"])
+    groups = members.groupby("group_id")["product_id"].apply(set).to_dict()
+    queries = members.groupby("group_id").head(1).head(15)
+    hits_by_id, hits_by_listing = 0, {"joint": 0, "image": 0}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for row in queries.itertuples():
+            others = groups[row.group_id] - {row.product_id}
+            r = client.post("/similar", json={"product_id": row.product_id, "k": 10})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            ids = [n["product_id"] for n in body["results"]]
+            scores = [n["score"] for n in body["results"]]
+            assert len(ids) == 10 and row.product_id not in ids and scores == sorted(scores, reverse=True)
+            assert body["model_version"] == packaged_model["tag"] and body["query_kind"] == "catalog"
+            assert all(n["title"] for n in body["results"])
+            hits_by_id += bool(others & set(ids))
+
+            for listing, kind, index in (({"title": row.title, "image": _b64(row.image_bytes)}, "joint", "item"),
+                                         ({"image": _b64(row.image_bytes)}, "image", "item_image_only")):
+                r = client.post("/similar", json={"listing": listing, "k": 11})
+                assert r.status_code == 200, r.text
+                assert (r.json()["query_kind"], r.json()["index"]) == (kind, index)
+                ids = [n["product_id"] for n in r.json()["results"] if n["product_id"] != row.product_id][:10]
+                hits_by_listing[kind] += bool(others & set(ids))
+        r = client.post("/similar", json={"listing": {"title": queries["title"].iloc[0]}})
+        assert (r.json()["query_kind"], r.json()["index"], len(r.json()["results"])) == ("text", "item_text_only", 10)
+    assert hits_by_id == len(queries)
+    assert hits_by_listing["joint"] >= len(queries) - 1 and hits_by_listing["image"] >= len(queries) - 1, hits_by_listing
+
+
+# ---------------------------------------------------------------------------------- bad input
+def _png(width: int, height: int) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_bad_input_gets_4xx_naming_the_field_and_the_service_keeps_answering(server, catalog_rows):
+    from serving import schemas
+
+    jpeg = catalog_rows["image_bytes"].iloc[0]
+    ok = {"title": "Nike Men Blue T20 Indian Cricket Jersey"}
+    cases = [  # (what, path, request kwargs, status, text the error must name)
+        ("undecodable image", "/embed", {"json": {"listings": [ok, {"image": _b64(b"not an image")}]}},
+         400, "listings[1].image"),
+        ("truncated JPEG", "/embed", {"json": {"listings": [{"image": _b64(jpeg[:120])}]}}, 400, "listings[0].image"),
+        ("not base64", "/embed", {"json": {"listings": [{"image": "%%%"}]}}, 400, "listings[0].image"),
+        ("image too many pixels", "/embed", {"json": {"listings": [{"image": _b64(_png(schemas.MAX_IMAGE_SIDE + 1, 8))}]}},
+         400, "listings[0].image"),
+        ("image too many bytes", "/embed",
+         {"json": {"listings": [{"image": _b64(b"\xff" * (schemas.MAX_IMAGE_BYTES + 10))}]}}, 400, "listings[0].image"),
+        ("empty listing", "/embed", {"json": {"listings": [ok, {}]}}, 400, "listings[1]"),
+        ("blank title only", "/embed", {"json": {"listings": [{"title": "  "}]}}, 400, "listings[0]"),
+        ("no listings", "/embed", {"json": {"listings": []}}, 400, "listings"),
+        ("too many listings", "/embed", {"json": {"listings": [ok] * (schemas.MAX_LISTINGS + 1)}}, 400, "listings"),
+        ("title over the limit", "/embed", {"json": {"listings": [{"title": "x" * (schemas.MAX_TITLE_CHARS + 1)}]}},
+         400, "listings[0].title"),
+        ("title not a string", "/embed", {"json": {"listings": [{"title": 7}]}}, 400, "listings[0].title"),
+        ("unknown field", "/embed", {"json": {"listings": [{"title": "x", "colour": "red"}]}}, 400,
+         "listings[0].colour"),
+        ("missing body", "/embed", {"content": b"", "headers": {"content-type": "application/json"}}, 400, "listings"),
+        ("malformed JSON", "/embed", {"content": b'{"listings": [', "headers": {"content-type": "application/json"}},
+         400, "body"),
+        ("text/plain", "/embed", {"content": json.dumps({"listings": [ok]}), "headers": {"content-type": "text/plain"}},
+         415, "Content-Type"),
+        ("no content type", "/embed", {"content": json.dumps({"listings": [ok]}).encode()}, 415, "Content-Type"),
+        ("url-encoded form", "/embed", {"data": {"title": "x"}}, 415, "Content-Type"),
+        ("pickle", "/embed", {"content": b"\x80\x04N.", "headers": {"content-type": "application/vnd.bentoml+pickle"}},
+         415, "Content-Type"),
+        ("body over the limit", "/embed", {"content": b" " * (schemas.MAX_BODY_BYTES + 1),
+                                           "headers": {"content-type": "application/json"}}, 413, "body"),
+        ("streamed body over the limit", "/embed",
+         {"content": (b" " * 65536 for _ in range(schemas.MAX_BODY_BYTES // 65536 + 2)),
+          "headers": {"content-type": "application/json"}}, 413, "body"),
+        ("multipart: junk file", "/embed", {"files": {"image": ("x.jpg", b"\xff\xd8junk", "image/jpeg")}}, 400,
+         "listings[0].image"),
+        ("multipart: missing file part", "/embed", {"data": {"listings": json.dumps([{"image": "@nope"}])},
+                                                   "files": {"a": ("a.jpg", jpeg, "image/jpeg")}}, 400,
+         "listings[0].image"),
+        ("multipart: unexpected field", "/embed", {"files": {"photo": ("x.jpg", jpeg, "image/jpeg")}}, 400, "photo"),
+        ("k = 0", "/similar", {"json": {"product_id": "1163", "k": 0}}, 400, "k"),
+        ("k over the limit", "/similar", {"json": {"product_id": "1163", "k": schemas.MAX_K + 1}}, 400, "k"),
+        ("k not a number", "/similar", {"json": {"product_id": "1163", "k": "ten"}}, 400, "k"),
+        ("unknown product_id", "/similar", {"json": {"product_id": "no-such-id"}}, 404, "product_id"),
+        ("neither listing nor product_id", "/similar", {"json": {"k": 5}}, 400, "product_id"),
+        ("both listing and product_id", "/similar", {"json": {"product_id": "1163", "listing": ok}}, 400, "listing"),
+        ("empty listing query", "/similar", {"json": {"listing": {}}}, 400, "listing"),
+        ("undecodable listing image", "/similar", {"json": {"listing": {"image": _b64(b"GIF89a")}}}, 400,
+         "listing.image"),
+        ("similar: text/plain", "/similar", {"content": b"{}", "headers": {"content-type": "text/plain"}}, 415,
+         "Content-Type"),
+    ]
+    failures = []
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for what, path, kwargs, status, field in cases:
+            r = client.post(path, **kwargs)
+            try:
+                error = r.json()["error"]
+            except Exception:
+                error = r.text
+            if r.status_code != status or field not in error:
+                failures.append(f"{what}: {r.status_code} {r.text[:300]}")
+        assert not failures, "\n".join(failures)
+
+        # still alive, same worker, still right
+        assert server.proc.poll() is None
+        assert client.get("/readyz").status_code == 200
+        r = client.post("/embed", json={"listings": [ok, {"image": _b64(jpeg)}]})
+        assert r.status_code == 200 and len(r.json()) == 2
+        assert client.post("/similar", json={"product_id": catalog_rows["product_id"].iloc[0]}).status_code == 200
+    assert server.log().count("Service item initialized") == 1   # no worker restarted
+
+
+# ----------------------------------------------------------------------- health, metrics, docs
+def test_health_metrics_and_openapi(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for path in ("/livez", "/readyz", "/healthz"):
+            assert client.get(path).status_code == 200, path
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200
+        assert "item_embed_batch_listings_count" in metrics.text
+        assert "bentoml_service_request_total" in metrics.text
+        spec = client.get("/docs.json").json()
+    assert {"/embed", "/similar"} <= set(spec["paths"])
+    listing = spec["components"]["schemas"]["Listing"]
+    assert {"title", "image"} <= set(listing["properties"])
+
+
+# -------------------------------------------------------------------------------- traffic log
+def test_traffic_log_holds_served_embeddings(server, packaged_model, catalog_rows):
+    from serving.traffic_log import SCHEMA, read_traffic_log, traffic_files
+
+    rows = catalog_rows.iloc[20:28]
+    listings = [{"title": t, "image": _b64(b)} if i % 2 else {"title": t} for i, (t, b)
+                in enumerate(zip(rows["title"], rows["image_bytes"]))]
+    r = httpx.post(f"{server.url}/embed", json={"listings": listings}, timeout=60)
+    assert r.status_code == 200
+    served = np.array([o["embedding"] for o in r.json()], dtype=np.float32)
+    files = traffic_files(server.storage_root)
+    assert files and not list(Path(server.storage_root).rglob("*.tmp"))
+    log = read_traffic_log(server.storage_root)
+    assert list(log.columns) == SCHEMA.names
+    assert set(log["model_tag"]) == {packaged_model["tag"]} and set(log["kind"]) <= {"joint", "text", "image"}
+    assert (log["timestamp"] > pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=30)).all()
+    logged = np.stack(log["embedding"].to_numpy())
+    assert logged.dtype == np.float32 and logged.shape[1] == served.shape[1]
+    # with 4 rows a file, at least 4 of the 8 just served are already on disk, with their attributes
+    found = 0
+    for j, v in enumerate(served):
+        match = np.flatnonzero(np.all(np.abs(logged - v) < 1e-6, axis=1))
+        if len(match):
+            row = log.iloc[match[-1]]
+            found += 1
+            assert row["has_title"] and row["title_length"] == len(rows["title"].iloc[j])
+            assert row["has_image"] == bool(j % 2) and row["kind"] == ("joint" if j % 2 else "text")
+    assert found >= 4
+
+
+def test_traffic_log_rotates_by_rows_and_hour_and_samples(tmp_path):
+    from serving.traffic_log import TrafficLog, TrafficLogConfig, read_traffic_log, traffic_files
+
+    now = [datetime(2026, 5, 1, 9, 59, 30, tzinfo=timezone.utc)]
+    log = TrafficLog(TrafficLogConfig(str(tmp_path), sample_rate=1.0, rows_per_file=5), "item:v1", seed=0,
+                     clock=lambda: now[0])
+    emb = np.eye(4, 8, dtype=np.float32)
+    meta = (["joint", "text", "image", "joint"], [True, True, False, True], [True, False, True, True], [5, 6, 0, 7])
+    assert log.record(emb, *meta) == 4
+    assert log.record(emb, *meta) == 4            # 8 rows: one full file of 5, 3 buffered
+    assert len(traffic_files(tmp_path)) == 1
+    now[0] += timedelta(minutes=1)                # next hour: the buffered rows go to their own file
+    log.record(emb[:1], *(m[:1] for m in meta))
+    assert len(traffic_files(tmp_path)) == 2
+    log.close()
+    files = traffic_files(tmp_path)
+    assert len(files) == 3 and files[0].parent.name == "2026-05-01"
+    df = read_traffic_log(tmp_path)
+    assert len(df) == 9 and df["timestamp"].dt.hour.tolist() == [9] * 8 + [10]
+    np.testing.assert_array_equal(df["embedding"].iloc[1], emb[1])
+    assert not any("image" == c or "title" == c for c in df.columns)
+
+    off = TrafficLog(TrafficLogConfig(str(tmp_path / "off"), sample_rate=0.0), "item:v1")
+    assert off.record(emb, *meta) == 0 and off.flush() is None
+    some = TrafficLog(TrafficLogConfig(str(tmp_path / "some"), sample_rate=0.25), "item:v1", seed=1)
+    many = np.zeros((4000, 8), dtype=np.float32)
+    kept = some.record(many, ["text"] * 4000, [True] * 4000, [False] * 4000, [3] * 4000)
+    assert 850 < kept < 1150
+    with pytest.raises(ValueError, match="ITEM_TRAFFIC_SAMPLE"):
+        os.environ["ITEM_TRAFFIC_SAMPLE"] = "lots"
+        try:
+            TrafficLogConfig.from_env()
+        finally:
+            del os.environ["ITEM_TRAFFIC_SAMPLE"]
+
+
+# ----------------------------------------------------------------------------- bentoml build
+def test_bentoml_build_makes_a_self_contained_bento_that_serves_offline(packaged_model, tmp_path):
+    """Build with every package index out of reach, export, import into an empty store, serve it."""
+    offline = {"PIP_NO_INDEX": "1", "UV_OFFLINE": "1", "HTTP_PROXY": "http://127.0.0.1:9",
+               "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1,localhost"}
+    env = _env(packaged_model, **offline)
+    bentoml_cli = [sys.executable, "-m", "bentoml"]
+    build = subprocess.run([*bentoml_cli, "build", "-f", "serving/bentofile.yaml", "--output", "tag", "."],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    bento_tag = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = bento_tag.split(":")
+    bento_dir = Path(packaged_model["bentoml_home"]) / "bentos" / name / version
+    info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    assert [m["tag"] for s in info["services"] for m in s["models"]] == [packaged_model["tag"]]
+    assert not (bento_dir / "env" / "python" / "requirements.lock.txt").exists()   # nothing was locked
+    assert "bentoml==1.4.39" in (bento_dir / "env" / "python" / "requirements.txt").read_text()
+    assert (bento_dir / "src" / "serving" / "service.py").is_file() and (bento_dir / "src" / "item_model").is_dir()
+
+    archive = tmp_path / "item.bento.tar"
+    run = subprocess.run([*bentoml_cli, "export", bento_tag, str(archive)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    fresh = {**env, "BENTOML_HOME": str(tmp_path / "fresh-store")}
+    fresh.pop("ITEM_MODEL_TAG")                          # the Bento's own model is the latest there
+    run = subprocess.run([*bentoml_cli, "import", str(archive)], env=fresh, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    model_name, model_version = packaged_model["tag"].split(":")
+    stored = tmp_path / "fresh-store" / "models" / model_name / model_version
+    assert (stored / "model.safetensors").is_file() and (stored / "catalog_index" / "embeddings.npz").is_file()
+
+    srv = Server(bento_tag, {**fresh, "ITEM_STORAGE_ROOT": str(tmp_path / "storage")}, tmp_path,
+                 tmp_path / "bento-server.log")
+    try:
+        r = httpx.post(f"{srv.url}/embed", json={"listings": [{"title": "Puma Men Black Sports Shoes"}]}, timeout=60)
+        assert r.status_code == 200 and r.json()[0]["model_version"] == packaged_model["tag"]
+        first = pd.read_parquet(stored / "catalog_index" / "listings.parquet")["product_id"].iloc[0]
+        r = httpx.post(f"{srv.url}/similar", json={"product_id": first, "k": 3}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+    finally:
+        srv.stop()
+
+
+# -------------------------------------------------------------------------------- item serve
+def test_item_serve_command_checks_the_model_before_starting(packaged_model, tmp_path):
+    from click.testing import CliRunner
+
+    from pipelines.cli_serve import model_on_disk, serve, serve_command
+
+    home = packaged_model["bentoml_home"]
+    assert model_on_disk(home, None) == packaged_model["tag"]
+    assert model_on_disk(home, packaged_model["tag"]) == packaged_model["tag"]
+    assert model_on_disk(home, "item:nope") is None and model_on_disk(str(tmp_path), None) is None
+    cmd = serve_command("127.0.0.1", 3999)
+    assert cmd[1:5] == ["-m", "bentoml", "serve", "serving.service:ItemService"] and "3999" in cmd
+
+    result = CliRunner().invoke(serve, ["--bentoml-home", str(tmp_path / "empty"), "--port", "3999"])
+    assert result.exit_code == 1 and "no model item:latest in the BentoML store" in result.output
+    result = CliRunner().invoke(serve, ["--bentoml-home", home, "--tag", "item:nope", "--traffic-sample", "2"])
+    assert result.exit_code == 2 and "traffic-sample" in result.output
