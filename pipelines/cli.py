@@ -229,10 +229,12 @@ def compile_cmd(output, profile):
 
 
 from pipelines.cli_gate import gate_group  # noqa: E402
+from pipelines.cli_monitor import monitor_cmd  # noqa: E402
 from pipelines.cli_serve import serve  # noqa: E402
 
 main.add_command(gate_group)
 main.add_command(serve)
+main.add_command(monitor_cmd)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,39 @@
+"""KFP component: per-modality embedding drift (Evidently EmbeddingsDrift, calibrated thresholds)."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
+
+from components.config import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def drift_report(
+    current_embeddings: Input[Dataset],
+    model_tag: str,
+    bentoml_home: str,
+    storage_root: str,
+    drift_config: dict,
+    report: Output[HTML],
+    summary: Output[Artifact],
+    metrics: Output[Metrics],
+) -> bool:
+    """The Evidently HTML report, the JSON summary (score, calibrated threshold, method and verdict per
+    modality) and KFP Metrics ``<modality>.score`` / ``<modality>.threshold``; returns the verdict.
+
+    The verdict is the single return value (KFP output ``Output``) rather than a named output:
+    kfp 2.17's local orchestrator resolves ``dsl.If`` conditions only on outputs named ``Output``.
+    """
+    import logging
+
+    from monitoring.drift import drift_report_step
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = drift_report_step(current_embeddings.path, model_tag, bentoml_home or None, storage_root or None,
+                               drift_config, report.path, summary.path)
+    for modality, r in result["modalities"].items():
+        if r["status"] == "tested":
+            metrics.log_metric(f"{modality}.score", float(r["score"]))
+            metrics.log_metric(f"{modality}.threshold", float(r["threshold"]))
+    summary.metadata.update({"drift": result["drift"], "drifted_modalities": result["drifted_modalities"],
+                             "model_tag": result["model_tag"]})
+    return bool(result["drift"])

@@ -1,0 +1,258 @@
+"""``item monitor``: run the monitoring pipeline locally through kfp.local.
+
+    item monitor --current PATH [--model-tag item:latest] [--since ISO] [--until ISO] [--retrain]
+                 [--catalog PATH] [--profile default] [--output-dir runs] [--fail-on-drift] [--json]
+
+PATH is a new catalog batch (a folder in the catalog layout) or the serving traffic log (a folder of
+parquet files, or one file). Registered into the ``item`` group by ``pipelines/cli.py``; also runs
+on its own as ``python -m pipelines.cli_monitor``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"),
+                     ("GX_ANALYTICS_ENABLED", "false"), ("HF_HUB_OFFLINE", "1"),
+                     ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(_var, _value)
+
+logger = logging.getLogger(__name__)
+
+DRIFT_EXIT_CODE = 3
+TRAINING_TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package")
+
+
+class MonitorFailed(click.ClickException):
+    exit_code = 1
+
+
+def preflight(current: str, model_tag: str, bentoml_home: str, since: str, until: str) -> dict:
+    """Check in-process, before any task starts, what can be checked cheaply: the current path and
+    its kind, the model and its reference, and for a traffic log the window itself (non-empty, served
+    by this model, embeddings of the reference's dimension).
+
+    Returns:
+        ``{"model_tag": resolved tag, "model_path", "source_type", "reference_dim", "window": counts}``.
+
+    Raises:
+        monitoring.drift.DriftInputError / item_model.catalog.CatalogError: naming the field or file.
+    """
+    from monitoring import drift
+
+    kind = drift.source_type(current)
+    tag, path = drift.resolve_model(model_tag, bentoml_home or None)
+    dim = drift.reference_dim(path)
+    if dim is None:
+        drift.load_reference(path)                      # raises: the model has no catalog index
+    out = {"model_tag": tag, "model_path": str(path), "source_type": kind, "reference_dim": dim}
+    if kind == "catalog":
+        check_catalog(current)
+    else:
+        window = drift.load_traffic_window(current, since or None, until or None)
+        out["window"] = {m: len(e) for m, e in drift.traffic_embeddings(window, tag, dim).items()}
+    return out
+
+
+def check_catalog(catalog: str) -> None:
+    """The catalog folder, its shards and their required columns can be read (no rows are read).
+
+    Raises:
+        item_model.catalog.CatalogError: naming the folder, shard or column.
+    """
+    import pyarrow.parquet as pq
+
+    from item_model import catalog as cat
+    for shard in cat.shard_paths(catalog):
+        try:
+            names = pq.read_schema(shard).names
+        except Exception as exc:
+            raise cat.CatalogError(f"shard {str(shard)!r} is unreadable: {exc}") from exc
+        cat.check_columns(shard, names)
+    cat.read_groups(catalog)
+
+
+def find_run(run_dir: Path) -> Path | None:
+    """The (single) ``item-monitoring-<timestamp>`` pipeline-run folder under ``run_dir``."""
+    from pipelines.monitoring import PIPELINE_NAME
+    runs = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(PIPELINE_NAME + "-"))
+    return runs[-1] if runs else None
+
+
+def run_monitoring(arguments: dict, run_dir: Path) -> dict:
+    """Run the monitoring pipeline through ``kfp.local`` (SubprocessRunner, current environment, no
+    per-task installs) with task outputs under ``run_dir``.
+
+    Returns:
+        :func:`summarize`'s dict.
+
+    Raises:
+        MonitorFailed: a task failed (message: the step and its own error message).
+    """
+    from kfp import local
+
+    from pipelines.monitoring import monitoring_pipeline
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    error_dir = run_dir / "errors"
+    os.environ["ITEM_ERROR_DIR"] = str(error_dir)
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir), raise_on_error=True)
+    t0 = time.perf_counter()
+    try:
+        monitoring_pipeline(**arguments)
+    except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
+        messages = [json.loads(p.read_text()) for p in sorted(error_dir.glob("*.json"))]
+        detail = "; ".join(f"{m['step']}: {m['error']}: {m['message']}" for m in messages) or str(exc)
+        raise MonitorFailed(f"monitoring pipeline stopped: {detail}\nTask outputs: {run_dir}") from exc
+    return summarize(run_dir, time.perf_counter() - t0)
+
+
+def summarize(run_dir: Path, wall_s: float) -> dict:
+    """Collect the run into one dict (also written as ``run_dir/summary.json``): ``tasks_run``,
+    ``branch`` (``"no-drift"``, ``"recommend"`` or ``"recommend+retrain"``), the drift summary, the
+    recommendation and, when retraining ran, its blessing and BentoML tag."""
+    from item_model.io import write_json_atomic
+
+    run = find_run(run_dir)
+    tasks = {t.name: t for t in run.iterdir() if t.is_dir()} if run else {}
+    out: dict = {"status": "succeeded", "run_dir": str(run_dir), "pipeline_run": str(run) if run else None,
+                 "wall_time_s": round(wall_s, 1), "tasks_run": sorted(tasks)}
+    if "drift-report" in tasks:
+        d = tasks["drift-report"]
+        out["drift"] = json.loads((d / "summary").read_text())
+        out["html_report"] = str(d / "report")
+        out["summary_json"] = str(d / "summary")
+    if "recommend-retraining" in tasks:
+        r = tasks["recommend-retraining"]
+        out["recommendation"] = json.loads((r / "recommendation").read_text())
+        out["recommendation_md"] = str(r / "recommendation_md")
+    retrained = [t for t in TRAINING_TASKS if t in tasks]
+    out["branch"] = ("recommend+retrain" if retrained else "recommend") if "recommend-retraining" in tasks \
+        else "no-drift"
+    if retrained:
+        training: dict = {"tasks_run": retrained}
+        if "gate" in tasks and (tasks["gate"] / "blessing").exists():
+            training["blessed"] = json.loads((tasks["gate"] / "blessing").read_text()).get("blessed")
+        if "package" in tasks and (tasks["package"] / "bento_model").exists():
+            training["bento_model"] = json.loads((tasks["package"] / "bento_model").read_text()).get("tag")
+        out["training"] = training
+    write_json_atomic(run_dir / "summary.json", out)
+    return out
+
+
+def print_run(summary: dict) -> None:
+    """The drift summary (one screen) and what the run did about it."""
+    from rich.console import Console
+
+    from monitoring.report import print_summary
+
+    console = Console()
+    if "drift" in summary:
+        d = dict(summary["drift"], html_report=summary.get("html_report"))
+        print_summary(d, console)
+    branch = {"no-drift": "no drift: nothing to recommend",
+              "recommend": "drift: retraining recommended (not run; pass --retrain)",
+              "recommend+retrain": "drift: retraining recommended and run"}[summary["branch"]]
+    console.print(f"{'outcome':18s}{branch}", highlight=False, soft_wrap=True)
+    if summary.get("recommendation_md"):
+        console.print(f"{'recommendation':18s}{summary['recommendation_md']}", highlight=False, soft_wrap=True)
+    if summary.get("training"):
+        t = summary["training"]
+        console.print(f"{'retraining':18s}tasks {', '.join(t['tasks_run'])}; blessed {t.get('blessed')}; "
+                      f"packaged {t.get('bento_model') or '-'}", highlight=False, soft_wrap=True)
+    console.print(f"{'wall time':18s}{summary['wall_time_s']:.0f} s   run summary "
+                  f"{Path(summary['run_dir']) / 'summary.json'}", highlight=False, soft_wrap=True)
+
+
+def _parse_pairs(pairs: tuple[str, ...], what: str) -> dict:
+    import yaml
+    out = {}
+    for item in pairs:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+@click.command("monitor")
+@click.option("--current", required=True, help="A new catalog batch (folder in the catalog layout) or the "
+                                               "traffic log (folder of parquet files, or one file).")
+@click.option("--model-tag", default="item:latest", show_default=True, help="The champion in the BentoML store.")
+@click.option("--bentoml-home", default="", help="BentoML store root (default: $BENTOML_HOME or ~/bentoml).")
+@click.option("--storage-root", default="", help="Storage root: calibrations, and for --retrain checkpoints "
+                                                  "and the registry (default: $ITEM_STORAGE_ROOT or ./item-storage).")
+@click.option("--since", default="", help="Traffic log: first timestamp of the window (ISO, UTC).")
+@click.option("--until", default="", help="Traffic log: end of the window, exclusive (ISO, UTC).")
+@click.option("--drift-set", "drift_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a drift setting (monitoring.drift.DriftConfig), e.g. --drift-set quantile=0.995.")
+@click.option("--retrain", is_flag=True, help="On drift, also run the training pipeline on --catalog.")
+@click.option("--catalog", default="", help="Catalog to retrain on (default: --current when it is a catalog folder).")
+@click.option("--profile", default="default", show_default=True, help="Training profile for --retrain.")
+@click.option("--gate-config", default="",
+              help="Gate config YAML for --retrain (default: pipelines/configs/gate.yaml).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a training profile value.")
+@click.option("--registry", default="", help="Model registry root for --retrain (default: $ITEM_REGISTRY or "
+                                             "<storage root>/registry).")
+@click.option("--output-dir", default="runs", show_default=True, help="Folder for run outputs (one subfolder a run).")
+@click.option("--fail-on-drift", is_flag=True, help=f"Exit with code {DRIFT_EXIT_CODE} when drift is found.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def monitor_cmd(current, model_tag, bentoml_home, storage_root, since, until, drift_overrides, retrain, catalog,
+                profile, gate_config, overrides, registry, output_dir, fail_on_drift, as_json):
+    """Test a catalog batch or a traffic-log window for embedding drift against the champion (Evidently,
+    calibrated thresholds, per modality); on drift write a retraining recommendation and, with --retrain,
+    run the training pipeline."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from item_model.catalog import CatalogError
+    from item_model.gate import GateConfigError
+    from monitoring.calibration import storage_root as default_storage
+    from monitoring.drift import DriftConfig, DriftInputError
+    from pipelines import config as pconfig
+
+    if storage_root:            # calibrations, and for --retrain checkpoints and the registry, live under it
+        os.environ["ITEM_STORAGE_ROOT"] = str(Path(storage_root).resolve())
+    try:
+        drift_config = DriftConfig.from_dict(_parse_pairs(drift_overrides, "--drift-set")).to_dict()
+        checked = preflight(current, model_tag, bentoml_home, since, until)
+        if not catalog and checked["source_type"] == "catalog":
+            catalog = current                    # the batch itself: what a retraining would learn from
+        if retrain and not catalog:
+            raise DriftInputError("--retrain needs --catalog when --current is a traffic log")
+        prof = pconfig.apply_overrides(pconfig.load_profile(profile), list(overrides))
+        gate_cfg = pconfig.load_gate_config(gate_config or pconfig.GATE_FILE)
+        if retrain:
+            check_catalog(catalog)
+    except (DriftInputError, CatalogError, GateConfigError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
+    training = pconfig.pipeline_arguments(catalog or ".", prof, gate_cfg, bentoml_home=bentoml_home,
+                                          model_name=checked["model_tag"].split(":")[0], registry_root=registry)
+    training["catalog"] = catalog and str(Path(catalog).resolve())
+    arguments = {"current": str(Path(current).resolve()), "model_tag": checked["model_tag"],
+                 "bentoml_home": bentoml_home, "storage_root": str(default_storage(storage_root or None).resolve()),
+                 "since": since, "until": until, "drift_config": drift_config, "retrain": bool(retrain),
+                 **training}
+    run_dir = Path(output_dir).resolve() / (datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-monitor")
+    click.echo(f"item monitor: {checked['source_type']} {current} against {checked['model_tag']}"
+               + (f"; retrain on {catalog} (profile {profile}) if drift" if retrain else ""))
+    click.echo(f"              outputs {run_dir}")
+    summary = run_monitoring(arguments, run_dir)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        print_run(summary)
+    if fail_on_drift and summary.get("drift", {}).get("drift"):
+        sys.exit(DRIFT_EXIT_CODE)
+
+
+if __name__ == "__main__":
+    monitor_cmd()

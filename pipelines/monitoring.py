@@ -1,0 +1,58 @@
+"""The ITEm monitoring pipeline (KFP v2): embed current -> drift report -> (if drift) retraining
+recommendation -> (if drift and retrain) the training pipeline, nested as a sub-pipeline.
+
+The DAG only; the logic is in :mod:`monitoring.drift`, the parameters come from ``item monitor``
+(:mod:`pipelines.cli_monitor`). The parameters after ``retrain`` are the training pipeline's own
+(``pipelines.config.pipeline_arguments``), forwarded to the nested run: when the training pipeline
+gains a parameter, add it here too (``tests/test_monitoring.py`` compiles this pipeline).
+"""
+
+from kfp import dsl
+
+from components.drift_report import drift_report
+from components.embed_current import embed_current
+from components.recommend_retraining import recommend_retraining
+from pipelines.training import training_pipeline
+
+PIPELINE_NAME = "item-monitoring"
+
+
+@dsl.pipeline(name=PIPELINE_NAME,
+              description="Embed a new catalog batch or a traffic-log window with the champion ITEm model, test "
+                          "its embeddings for drift per modality against the champion's reference (Evidently, "
+                          "calibrated thresholds), and on drift recommend (and optionally run) retraining.")
+def monitoring_pipeline(
+    current: str,
+    model_tag: str,
+    bentoml_home: str,
+    storage_root: str,
+    since: str,
+    until: str,
+    drift_config: dict,
+    retrain: bool,
+    catalog: str,
+    max_listings: int,
+    max_quarantine_fraction: float,
+    model_config: dict,
+    train_config: dict,
+    modality_ablation: bool,
+    bert_path: str,
+    checkpoint_root: str,
+    resume: bool,
+    gate_config: dict,
+    registry_root: str,
+    model_name: str,
+):
+    embedded = embed_current(current=current, model_tag=model_tag, bentoml_home=bentoml_home, since=since,
+                             until=until, drift_config=drift_config)
+    report = drift_report(current_embeddings=embedded.outputs["current_embeddings"], model_tag=model_tag,
+                          bentoml_home=bentoml_home, storage_root=storage_root, drift_config=drift_config)
+    with dsl.If(report.outputs["Output"] == True, name="drift"):  # noqa: E712 (KFP condition syntax)
+        recommended = recommend_retraining(drift_summary=report.outputs["summary"], retrain=retrain, catalog=catalog)
+        with dsl.If(retrain == True, name="retrain"):  # noqa: E712
+            training_pipeline(catalog=catalog, max_listings=max_listings,
+                              max_quarantine_fraction=max_quarantine_fraction, model_config=model_config,
+                              train_config=train_config, modality_ablation=modality_ablation, bert_path=bert_path,
+                              checkpoint_root=checkpoint_root, resume=resume, gate_config=gate_config,
+                              registry_root=registry_root, model_name=model_name,
+                              bentoml_home=bentoml_home).after(recommended)
