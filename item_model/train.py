@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +196,3 @@ def save_training_curve(history: list[dict], out_dir: str | Path) -> tuple[Path,
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return json_path, png_path
-
-
-def training_summary(cfg: TrainConfig, history: list[dict]) -> dict:
-    return {"train_config": asdict(cfg), "final": history[-1] if history else {}}

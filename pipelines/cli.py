@@ -23,8 +23,6 @@ for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"),
 
 from pipelines import config as pconfig  # noqa: E402
 
-TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package")
-
 
 class RunFailed(click.ClickException):
     exit_code = 1

@@ -25,10 +25,11 @@ for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"),
                      ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_var, _value)
 
+from pipelines.training import TASKS as TRAINING_TASKS  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 DRIFT_EXIT_CODE = 3
-TRAINING_TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package")
 
 
 class MonitorFailed(click.ClickException):

@@ -14,6 +14,8 @@ from components.register_model import register_model
 from components.validate_catalog import validate_catalog
 
 PIPELINE_NAME = "item-training"
+#: the DAG's task names (kfp.local writes each task's outputs to a folder of that name)
+TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package")
 
 
 @dsl.pipeline(name=PIPELINE_NAME,
