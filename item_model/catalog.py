@@ -20,7 +20,8 @@ column            dtype       meaning
 ``group_id``      Int64       same-product group (from ``same_product_groups.csv``), else null
 ================  ==========  =============================================================
 
-Folder layout read by :func:`read_catalog` (the layout of
+Folder layout read by :func:`read_catalog`, in a local folder or under a ``gs://bucket/prefix``
+(shards, the group file and ``gs://`` image URIs are read through :mod:`item_model.storage`; the layout of
 ``shared/datasets/fashion-product-images-small`` and of the Hugging Face mirror
 ``ashraq/fashion-product-images-small``)::
 
@@ -79,12 +80,24 @@ class SplitSpec:
     salt: str = "item-split-v1"
 
 
-def shard_paths(catalog: str | Path) -> list[Path]:
-    """Sorted parquet shards of a catalog folder.
+def shard_paths(catalog: str | Path) -> list[Path] | list[str]:
+    """Sorted parquet shards of a catalog folder (local ``Path`` objects) or of a ``gs://bucket/prefix``
+    catalog (``gs://`` URI strings, listed through :mod:`item_model.storage`).
 
     Raises:
         CatalogError: the folder or its ``data/`` subfolder does not exist, or holds no ``*.parquet``.
     """
+    from . import storage
+    if storage.is_gcs(catalog):
+        root = str(catalog).rstrip("/")
+        try:
+            names = storage.list_files(storage.join(root, "data"), glob="*.parquet")
+        except storage.StorageError as exc:
+            raise CatalogError(f"catalog {root!r} cannot be listed: {exc}") from exc
+        shards = [storage.join(root, "data", n) for n in names if "/" not in n]
+        if not shards:
+            raise CatalogError(f"catalog {root!r} holds no data/*.parquet shard (does the prefix exist?)")
+        return shards
     root = Path(catalog)
     if not root.is_dir():
         raise CatalogError(f"catalog folder {str(root)!r} does not exist or is not a folder")
@@ -97,10 +110,14 @@ def shard_paths(catalog: str | Path) -> list[Path]:
     return shards
 
 
-def _open_shard(path: Path) -> pq.ParquetFile:
+def _open_shard(path: Path | str) -> pq.ParquetFile:
+    """A parquet shard, local or ``gs://`` (read into memory). Raises CatalogError naming it."""
     try:
+        from . import storage
+        if storage.is_gcs(path):
+            return pq.ParquetFile(io.BytesIO(storage.read_bytes(path)))
         return pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...; storage raises StorageError
         raise CatalogError(f"shard {str(path)!r} is unreadable: {exc}") from exc
 
 
@@ -119,11 +136,12 @@ def read_groups(catalog: str | Path) -> pd.Series:
     Raises:
         CatalogError: the file lacks ``id``/``group_id``, has non-integer group ids, or lists an id twice.
     """
-    path = Path(catalog) / GROUPS_FILE
-    if not path.exists():
+    from . import storage
+    path = storage.join(catalog, GROUPS_FILE)
+    if not storage.exists(path):
         return pd.Series(dtype="int64", name="group_id")
     try:
-        groups = pd.read_csv(path, dtype={"id": str})
+        groups = pd.read_csv(io.BytesIO(storage.read_bytes(path)), dtype={"id": str})
     except Exception as exc:
         raise CatalogError(f"group file {str(path)!r} is unreadable: {exc}") from exc
     for col in ("id", "group_id"):
@@ -305,17 +323,15 @@ def load_image_bytes(row: pd.Series | dict) -> bytes:
 
     Raises:
         ValueError: the row has neither, naming the ``product_id``.
+        item_model.storage.StorageNotFound: ``image_uri`` names no file/object.
     """
     data = row.get("image_bytes")
     if isinstance(data, (bytes, bytearray)) and len(data) > 0:
         return bytes(data)
     uri = row.get("image_uri")
     if isinstance(uri, str) and uri:
-        if uri.startswith("gs://"):
-            from google.cloud import storage  # imported lazily: only gs:// catalogs need it
-            bucket, _, name = uri[5:].partition("/")
-            return storage.Client().bucket(bucket).blob(name).download_as_bytes()
-        return Path(uri).read_bytes()
+        from . import storage
+        return storage.read_bytes(uri)           # a local path or a gs:// object
     raise ValueError(f"row product_id={row.get('product_id')!r}: field 'image_bytes' is empty and no 'image_uri'")
 
 

@@ -1,5 +1,5 @@
 """Model registry: immutable model versions, a champion pointer and an append-only promotion history
-over a storage root (a local folder; a ``gs://`` root slots in through the same file operations).
+over a storage root: a local folder or a ``gs://bucket/prefix`` (through :mod:`item_model.storage`).
 
 Layout under the root::
 
@@ -9,15 +9,26 @@ Layout under the root::
                                     "gate", "reason"}; moved atomically (write temp + os.replace)
     history.jsonl                  one JSON object per decision, oldest first, never rewritten
 
-Crash safety: a version is first written under a temporary name and renamed into ``versions/``
-(so it is either complete or absent); only then is the pointer replaced. A crash before the
-pointer is replaced leaves the old champion in place. The pointer is the source of truth for the
-champion; the history line is appended after it (``check()`` reports a pointer without history).
+Crash safety: locally a version is first written under a temporary name and renamed into
+``versions/`` (so it is either complete or absent). GCS has no rename: every file of a version is
+uploaded under ``versions/<version>/`` (large files as resumable uploads) and ``version.json`` is
+written last, with ``if_generation_match=0``; a version counts (``versions()``, ``resolve()``,
+``version_path()``) only once its ``version.json`` exists, so a crashed upload never shows as a
+finished version. Only then is the pointer replaced; a crash before that leaves the old champion in
+place. The pointer is the source of truth for the champion; the history line is appended after it
+(``check()`` reports a pointer without history).
 
 Concurrent promotions: the pointer carries a ``generation``; :meth:`ModelRegistry.promote` takes
 the generation it read and fails with :class:`ConcurrentPromotionError` if another promotion moved
-the pointer in between (compare-and-swap under a file lock here; a GCS generation precondition on
-``gs://``).
+the pointer in between. Locally that is a compare-and-swap under a file lock; on ``gs://`` the new
+pointer is written with ``if_generation_match`` = the GCS generation of the pointer object that was
+read, so of two promotions racing from the same pointer exactly one write succeeds and the other
+gets :class:`ConcurrentPromotionError`. ``history.jsonl`` is appended on GCS by read + rewrite under
+the same kind of precondition (retried), so no decision is lost.
+
+Reading a version on ``gs://`` (``version_path``) downloads it once into a local cache
+(``$ITEM_REGISTRY_CACHE``, default ``<tmp>/item-registry-cache``); versions are immutable, so the
+cache never goes stale.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from . import storage
 from .io import sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -41,6 +53,8 @@ logger = logging.getLogger(__name__)
 #: fault-injection point for tests: when set to "before-pointer", promote() kills the process after
 #: the version is written and before the pointer moves (a real crash, not an exception)
 CRASH_ENV = "ITEM_REGISTRY_CRASH"
+#: local cache of versions read from a gs:// registry
+CACHE_ENV = "ITEM_REGISTRY_CACHE"
 
 
 class RegistryError(RuntimeError):
@@ -57,30 +71,46 @@ def _now() -> str:
 
 
 class ModelRegistry:
-    """Champion/challenger model registry over a local storage root.
+    """Champion/challenger model registry over a local folder or a ``gs://bucket/prefix``.
 
     Args:
-        root: folder of the registry (created on first write).
+        root: folder or ``gs://`` URI of the registry (created on first write).
+        client: ``google.cloud.storage.Client`` for a ``gs://`` root (None = :func:`storage.gcs_client`).
+        cache_dir: local cache of versions read from ``gs://`` (None = ``$ITEM_REGISTRY_CACHE`` or
+            ``<tmp>/item-registry-cache``).
+
+    ``root``, ``versions_dir``, ``pointer_path`` and ``history_path`` are :class:`~pathlib.Path`
+    for a local registry and ``str`` URIs for ``gs://``; :meth:`version_path` is always a local Path.
     """
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, client=None, cache_dir: str | Path | None = None):
+        self.is_gcs = storage.is_gcs(root)
+        self.root: Path | str = storage.normalize(root) if self.is_gcs else Path(root)
+        self.client = client
+        self.cache_dir = Path(cache_dir or os.environ.get(CACHE_ENV)
+                              or Path(tempfile.gettempdir()) / "item-registry-cache")
 
     # ------------------------------------------------------------------ paths and locking
-    @property
-    def versions_dir(self) -> Path:
-        return self.root / "versions"
+    def _at(self, *parts: str) -> Path | str:
+        return storage.join(self.root, *parts) if self.is_gcs else self.root.joinpath(*parts)
 
     @property
-    def pointer_path(self) -> Path:
-        return self.root / "champion.json"
+    def versions_dir(self) -> Path | str:
+        return self._at("versions")
 
     @property
-    def history_path(self) -> Path:
-        return self.root / "history.jsonl"
+    def pointer_path(self) -> Path | str:
+        return self._at("champion.json")
+
+    @property
+    def history_path(self) -> Path | str:
+        return self._at("history.jsonl")
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
+        if self.is_gcs:           # no lock on GCS: every write that must not race carries a precondition
+            yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -96,7 +126,7 @@ class ModelRegistry:
         Args:
             model_dir: Hugging Face model folder (``model.safetensors``, ``config.json``, tokenizer).
             files: ``{name in the version folder: source file or folder}`` (eval.json, blessing.json,
-                reports, the catalog index).
+                reports, the catalog index); local paths.
             info: metadata for ``version.json`` (catalog fingerprint, code version, blessed, run).
 
         Returns:
@@ -104,6 +134,7 @@ class ModelRegistry:
 
         Raises:
             RegistryError: the model folder has no ``model.safetensors``, or the version exists.
+            storage.StorageError: an upload to ``gs://`` failed (the partial version stays invisible).
         """
         model_dir = Path(model_dir)
         weights = model_dir / "model.safetensors"
@@ -111,11 +142,13 @@ class ModelRegistry:
             raise RegistryError(f"{model_dir} holds no model.safetensors")
         digest = sha256_file(weights)
         version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + digest[:8]
-        final = self.versions_dir / version
-        if final.exists():
+        if self._complete(version):
             raise RegistryError(f"version {version} already exists; versions are immutable")
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.versions_dir))
+        if self.is_gcs:
+            staging = Path(tempfile.mkdtemp(prefix=f"item-version-{version}."))
+        else:
+            self.versions_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.versions_dir))
         try:
             shutil.copytree(model_dir, staging / "model", dirs_exist_ok=True)
             for name, src in files.items():
@@ -125,29 +158,85 @@ class ModelRegistry:
                     shutil.copy2(src, staging / name)
             meta = {"version": version, "created_at": _now(), "weights_sha256": digest, **info}
             (staging / "version.json").write_text(json.dumps(meta, indent=2, default=str))
-            os.chmod(staging, 0o755)
-            os.rename(staging, final)                       # atomic: complete or absent
+            if self.is_gcs:
+                self._upload_version(staging, version)
+            else:
+                os.chmod(staging, 0o755)
+                os.rename(staging, self.versions_dir / version)      # atomic: complete or absent
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         logger.info("registered model version %s", version)
         return version
 
+    def _upload_version(self, staging: Path, version: str) -> None:
+        """Upload a staged version to GCS: every file, then ``version.json`` last as the marker."""
+        final = self._at("versions", version)
+        try:
+            storage.upload_tree(staging, final, client=self.client, skip=("version.json",))
+            storage.upload_file(staging / "version.json", storage.join(final, "version.json"),
+                                if_generation_match=0, client=self.client)
+        except storage.PreconditionFailed as exc:
+            raise RegistryError(f"version {version} already exists in {self.root}; versions are immutable") from exc
+        except BaseException:
+            with contextlib.suppress(Exception):             # best effort: it is invisible anyway
+                storage.delete_tree(final, client=self.client)
+            raise
+
+    def _complete(self, version: str) -> bool:
+        marker = self._at("versions", version, "version.json")
+        return storage.exists(marker, client=self.client) if self.is_gcs else Path(marker).exists()
+
+    def _require(self, version: str) -> None:
+        if not self._complete(version):
+            raise RegistryError(f"unknown model version {version!r}; known: {self.versions()[-5:]}")
+
     def versions(self) -> list[str]:
-        """All complete versions, oldest first."""
+        """All complete versions (with their ``version.json``), oldest first."""
+        if self.is_gcs:
+            names = storage.list_files(self.versions_dir, client=self.client, glob="*/version.json")
+            return sorted({n.split("/")[0] for n in names if n.count("/") == 1 and not n.startswith(".")})
         if not self.versions_dir.exists():
             return []
         return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def version_path(self, version: str) -> Path:
-        """Folder of a version. Raises RegistryError if unknown."""
-        path = self.versions_dir / version
-        if not (path / "version.json").exists():
-            raise RegistryError(f"unknown model version {version!r}; known: {self.versions()[-5:]}")
-        return path
+        """Local folder of a version (for ``gs://``: its copy in the local cache, downloaded once).
+
+        Raises:
+            RegistryError: unknown (or incomplete) version.
+        """
+        if not self.is_gcs:
+            path = self.versions_dir / version
+            if not (path / "version.json").exists():
+                raise RegistryError(f"unknown model version {version!r}; known: {self.versions()[-5:]}")
+            return path
+        self._require(version)
+        bucket, name = storage.split_gcs(self.root)
+        cached = self.cache_dir / bucket / name / version
+        if (cached / "version.json").exists():
+            return cached
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=cached.parent))
+        try:
+            storage.download_tree(self._at("versions", version), tmp, client=self.client)
+            try:
+                os.rename(tmp, cached)
+            except OSError:                                   # another process cached it first
+                if not (cached / "version.json").exists():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return cached
 
     def info(self, version: str) -> dict:
-        """``version.json`` of a version."""
+        """``version.json`` of a version. Raises RegistryError if unknown."""
+        if self.is_gcs:
+            try:
+                return storage.read_json(self._at("versions", version, "version.json"), client=self.client)
+            except storage.StorageNotFound:
+                raise RegistryError(f"unknown model version {version!r}; known: {self.versions()[-5:]}") from None
         return json.loads((self.version_path(version) / "version.json").read_text())
 
     def resolve(self, ref: str = "latest") -> str:
@@ -172,23 +261,50 @@ class ModelRegistry:
         return matches[0]
 
     # ------------------------------------------------------------------ champion and history
+    def _read_pointer(self) -> tuple[dict | None, int | None]:
+        """(pointer or None, GCS generation of the pointer object: 0 when absent, None locally)."""
+        if self.is_gcs:
+            data, generation = storage.read_with_generation(self.pointer_path, client=self.client)
+            return (json.loads(data) if data else None), generation
+        return self.champion(), None
+
+    def _write_pointer(self, pointer: dict | None, object_generation: int | None) -> None:
+        """Replace (or, with None, remove) the pointer; on GCS only if it is still ``object_generation``.
+
+        Raises:
+            ConcurrentPromotionError: another writer replaced the pointer object first.
+        """
+        try:
+            if pointer is None:
+                storage.delete(self.pointer_path, if_generation_match=object_generation, client=self.client)
+            elif self.is_gcs:
+                storage.write_json(self.pointer_path, pointer, if_generation_match=object_generation,
+                                   client=self.client)
+            else:
+                write_json_atomic(self.pointer_path, pointer)
+        except storage.PreconditionFailed as exc:
+            raise ConcurrentPromotionError(
+                f"champion pointer {self.pointer_path} was moved by another promotion while this one "
+                f"decided (GCS generation {object_generation} is stale); re-read the champion and decide "
+                f"again") from exc
+
     def champion(self) -> dict | None:
         """The champion pointer (dict) or None when there is no champion yet."""
-        if not self.pointer_path.exists():
+        try:
+            return storage.read_json(self.pointer_path, client=self.client)
+        except storage.StorageNotFound:
             return None
-        return json.loads(self.pointer_path.read_text())
 
     def history(self) -> list[dict]:
         """Every recorded decision, oldest first."""
-        if not self.history_path.exists():
+        try:
+            text = storage.read_text(self.history_path, client=self.client)
+        except storage.StorageNotFound:
             return []
-        return [json.loads(line) for line in self.history_path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def _append_history(self, entry: dict) -> None:
-        with open(self.history_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        storage.append_line(self.history_path, json.dumps(entry, default=str), client=self.client)
 
     def promote(self, version: str, *, gate: str, automatic: bool, reason: str, actor: str | None = None,
                 expected_generation: int | None = None) -> dict:
@@ -205,11 +321,12 @@ class ModelRegistry:
 
         Raises:
             RegistryError: unknown version, or the version was rejected by a human.
-            ConcurrentPromotionError: the pointer moved since ``expected_generation``.
+            ConcurrentPromotionError: the pointer moved since ``expected_generation``, or (``gs://``)
+                another promotion replaced the pointer object between this one's read and write.
         """
-        self.version_path(version)
+        self._require(version)
         with self._lock():
-            current = self.champion()
+            current, object_generation = self._read_pointer()
             generation = current["generation"] if current else 0
             if expected_generation is not None and expected_generation != generation:
                 raise ConcurrentPromotionError(
@@ -222,7 +339,7 @@ class ModelRegistry:
                        "reason": reason, "previous": current["version"] if current else None}
             if os.environ.get(CRASH_ENV) == "before-pointer":
                 os._exit(137)                                 # simulated crash (tests only)
-            write_json_atomic(self.pointer_path, pointer)
+            self._write_pointer(pointer, object_generation)
             self._append_history({"at": pointer["promoted_at"], "action": "promote", "version": version,
                                   "actor": pointer["actor"], "automatic": automatic, "gate": gate,
                                   "reason": reason, "previous": pointer["previous"],
@@ -233,7 +350,7 @@ class ModelRegistry:
     def record(self, version: str, action: str, *, gate: str, automatic: bool, reason: str,
                actor: str | None = None) -> dict:
         """Append a decision that does not move the pointer (e.g. ``"blocked"`` by the gate)."""
-        self.version_path(version)
+        self._require(version)
         entry = {"at": _now(), "action": action, "version": version, "actor": actor or getpass.getuser(),
                  "automatic": automatic, "gate": gate, "reason": reason}
         with self._lock():
@@ -242,13 +359,18 @@ class ModelRegistry:
 
     def reject(self, version: str, *, reason: str, actor: str | None = None) -> dict:
         """A human blocks ``version``: recorded, and if it is the champion the pointer goes back to the
-        latest earlier champion that was not rejected (or is removed when there is none)."""
-        self.version_path(version)
+        latest earlier champion that was not rejected (or is removed when there is none).
+
+        Raises:
+            RegistryError: unknown version. ConcurrentPromotionError: (``gs://``) the pointer moved
+                during the rollback; the rejection is recorded, re-run to roll back.
+        """
+        self._require(version)
         with self._lock():
             entry = {"at": _now(), "action": "reject", "version": version, "actor": actor or getpass.getuser(),
                      "automatic": False, "gate": "manual", "reason": reason}
             self._append_history(entry)
-            current = self.champion()
+            current, object_generation = self._read_pointer()
             if current and current["version"] == version:
                 rejected = {h["version"] for h in self.history() if h["action"] == "reject"}
                 earlier = [h["version"] for h in self.history()
@@ -258,13 +380,13 @@ class ModelRegistry:
                                "promoted_at": _now(), "actor": entry["actor"], "automatic": False,
                                "gate": "manual", "reason": f"rollback: {version} rejected ({reason})",
                                "previous": version}
-                    write_json_atomic(self.pointer_path, pointer)
+                    self._write_pointer(pointer, object_generation)
                     self._append_history({"at": pointer["promoted_at"], "action": "promote",
                                           "version": pointer["version"], "actor": entry["actor"],
                                           "automatic": False, "gate": "manual", "reason": pointer["reason"],
                                           "previous": version, "generation": pointer["generation"]})
                 else:
-                    self.pointer_path.unlink()
+                    self._write_pointer(None, object_generation)
         return entry
 
     def _rejected(self, version: str) -> bool:

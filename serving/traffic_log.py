@@ -6,8 +6,10 @@ Layout::
 
     <storage root>/traffic/<YYYY-MM-DD>/traffic-<YYYYmmddTHHMMSS>Z-<pid>-<seq>.parquet
 
-Each file holds at most ``rows_per_file`` rows, all from one UTC hour, and is written atomically
-(:func:`item_model.io.atomic_path`), so readers never see half a file. Rows are buffered in memory
+The storage root is a local folder or a ``gs://bucket/prefix`` (:mod:`item_model.storage`). Each
+file holds at most ``rows_per_file`` rows, all from one UTC hour, and is written atomically (locally a
+temporary file moved into place; on GCS one upload, which only appears once complete), so readers
+never see half a file. Rows are buffered in memory
 and written when the file is full, when the hour changes, when the oldest buffered row is older
 than ``flush_seconds``, and when the service shuts down.
 
@@ -42,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from item_model.io import atomic_path
+from item_model import storage
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ class TrafficLogConfig:
     """Where and how much to log.
 
     Attributes:
-        storage_root: the project's storage root; files go under ``<storage_root>/traffic/``.
+        storage_root: the project's storage root (folder or ``gs://bucket/prefix``); files go under
+            ``<storage_root>/traffic/``.
         sample_rate: probability that a served embedding is logged, in [0, 1] (0 switches it off).
         rows_per_file: most rows in one parquet file (>= 1).
         flush_seconds: longest time a sampled row waits in memory before it is written (> 0).
@@ -123,7 +126,8 @@ class TrafficLog:
     def __init__(self, config: TrafficLogConfig, model_tag: str, seed: int | None = None, clock=None):
         self.config = config
         self.model_tag = model_tag
-        self.directory = Path(config.storage_root) / TRAFFIC_DIR
+        #: ``<storage root>/traffic`` (str; a ``gs://`` URI or a local path)
+        self.directory = storage.join(config.storage_root, TRAFFIC_DIR)
         self._rng = np.random.default_rng(seed)
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._lock = threading.Lock()
@@ -132,7 +136,7 @@ class TrafficLog:
         self._oldest = 0.0
         self._seq = 0
         self.rows_written = 0
-        self.files_written: list[Path] = []
+        self.files_written: list[Path | str] = []
 
     def record(self, embeddings: np.ndarray, kinds: Sequence[str], has_title: Sequence[bool],
                has_image: Sequence[bool], title_length: Sequence[int]) -> int:
@@ -172,8 +176,8 @@ class TrafficLog:
             self._maybe_flush_locked(time.monotonic())
             return len(keep)
 
-    def flush(self) -> Path | None:
-        """Write the buffered rows now (if any). Returns the file written, or None."""
+    def flush(self) -> Path | str | None:
+        """Write the buffered rows now (if any). Returns the file written (Path, or a ``gs://`` URI), or None."""
         with self._lock:
             return self._flush_locked()
 
@@ -183,14 +187,14 @@ class TrafficLog:
         if self._rows and now_monotonic - self._oldest >= self.config.flush_seconds:
             self._flush_locked()
 
-    def _flush_locked(self) -> Path | None:
+    def _flush_locked(self) -> Path | str | None:
         rows, self._rows, self._hour = self._rows, [], None
         if not rows:
             return None
         first = rows[0][0]
         self._seq += 1
         name = f"traffic-{first.strftime('%Y%m%dT%H%M%S')}Z-{os.getpid()}-{self._seq:06d}.parquet"
-        path = self.directory / first.strftime("%Y-%m-%d") / name
+        path = _location(storage.join(self.directory, first.strftime("%Y-%m-%d"), name))
         try:
             cols = list(zip(*rows))
             dim = len(cols[3][0])
@@ -206,8 +210,9 @@ class TrafficLog:
                 pa.array(cols[5], type=pa.bool_()),
                 pa.array(cols[6], type=pa.int32()),
             ], schema=SCHEMA)
-            with atomic_path(path) as tmp:
-                pq.write_table(table, tmp)
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            storage.write_bytes(path, sink.getvalue().to_pybytes())   # atomic locally and on GCS
         except Exception:
             logger.exception("traffic log: could not write %d rows to %s; dropped", len(rows), path)
             return None
@@ -217,19 +222,30 @@ class TrafficLog:
         return path
 
 
-def traffic_files(storage_root: str | Path) -> list[Path]:
-    """The traffic log's parquet files under ``storage_root``, oldest first (by name)."""
-    directory = Path(storage_root) / TRAFFIC_DIR
-    return sorted(directory.glob("*/traffic-*.parquet"), key=lambda p: p.name)
+def traffic_files(storage_root: str | Path) -> list[Path] | list[str]:
+    """The traffic log's parquet files under ``storage_root``, oldest first (by name): ``Path``
+    objects for a local root, ``gs://`` URI strings for a GCS root."""
+    directory = storage.join(storage_root, TRAFFIC_DIR)
+    names = [n for n in storage.list_files(directory) if n.count("/") == 1
+             and n.split("/")[1].startswith("traffic-") and n.endswith(".parquet")]
+    return [_location(storage.join(directory, n)) for n in sorted(names, key=lambda n: n.split("/")[1])]
+
+
+def _location(location: str) -> Path | str:
+    return location if storage.is_gcs(location) else Path(location)
 
 
 def read_traffic_log(storage_root: str | Path, since: datetime | None = None) -> pd.DataFrame:
-    """Read the traffic log into one DataFrame (the columns of :data:`SCHEMA`; ``embedding`` holds
-    float32 arrays), optionally only rows at or after ``since`` (an aware datetime).
+    """Read the traffic log (local or ``gs://``) into one DataFrame (the columns of :data:`SCHEMA`;
+    ``embedding`` holds float32 arrays), optionally only rows at or after ``since`` (an aware datetime).
 
     Returns an empty frame with the columns when there is no log yet.
+
+    Raises:
+        item_model.storage.StorageError: a file cannot be read (names it).
     """
-    tables = [pq.read_table(p, schema=SCHEMA) for p in traffic_files(storage_root)]
+    import io
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(p)), schema=SCHEMA) for p in traffic_files(storage_root)]
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     df = table.to_pandas()
     if since is not None and len(df):
