@@ -197,14 +197,15 @@ def read_with_generation(location: str, client=None) -> tuple[bytes | None, int]
         current = bucket.get_blob(blob.name)
         if current is None:
             return None, 0
+        generation = int(current.generation)
         try:
-            data = current.download_as_bytes(if_generation_match=current.generation)
+            data = current.download_as_bytes(if_generation_match=generation)
         except Exception as exc:  # changed in between: report the newer state via a re-read
             from google.api_core import exceptions as gexc
             if isinstance(exc, (gexc.PreconditionFailed, gexc.NotFound)):
                 return read_with_generation(location, client)
             raise
-        return data, int(current.generation)
+        return data, generation
 
 
 def list_files(location: Location, client=None, glob: str | None = None) -> list[str]:

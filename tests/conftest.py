@@ -82,3 +82,62 @@ def packaged_model(tmp_path_factory, slice_catalog) -> dict:
                           "item", str(home), index_dir=paths["index"])
     return {"bentoml_home": str(home), "tag": tag, "model_dir": paths["model"], "catalog_dir": paths["catalog"],
             "index_dir": paths["index"], "eval_path": str(root / "eval.json")}
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A real ``gcp-storage-emulator`` (the pinned one) in its own process on a free loopback port,
+    in memory, with bucket ``item-test``. ``STORAGE_EMULATOR_HOST`` is set for this process and the
+    processes it starts (the ``item`` CLI, kfp.local tasks), and restored afterwards.
+
+    Yields ``{"host": "http://127.0.0.1:PORT", "bucket": "item-test"}``.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from item_model import storage
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                             "--port", str(port), "--in-memory", "--default-bucket", "item-test", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(host + "/", timeout=1).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"gcp-storage-emulator did not start on {host}")
+            time.sleep(0.2)
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
+    os.environ["STORAGE_EMULATOR_HOST"], os.environ["GOOGLE_CLOUD_PROJECT"] = host, "test"
+    storage._default_client = None                     # the next client talks to the emulator
+    try:
+        yield {"host": host, "bucket": "item-test"}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage._default_client = None
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def gcs_prefix(gcs_emulator, request) -> str:
+    """A fresh ``gs://item-test/<test name>-<random>`` prefix on the emulator."""
+    import uuid
+    return f"gs://{gcs_emulator['bucket']}/{request.node.name.replace('[', '-').strip(']')}-{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,41 @@
+# Component image for the ITEm pipelines on a Kubeflow cluster / Vertex AI Pipelines.
+# Every task runs in it with no runtime `pip install`: the pinned set from requirements.lock
+# (CPU PyTorch wheel from the PyTorch CPU index; for GPU nodes build with
+# --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128) and the project itself.
+#   docker build -t REGION-docker.pkg.dev/PROJECT/item/item-mlops:0.1.0 .
+#   docker push  REGION-docker.pkg.dev/PROJECT/item/item-mlops:0.1.0
+# then set `image:` in pipelines/configs/cluster.yaml (docs/deploy.md).
+FROM python:3.11-slim
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DO_NOT_TRACK=1 \
+    BENTOML_DO_NOT_TRACK=true \
+    GX_ANALYTICS_ENABLED=false \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false
+
+WORKDIR /opt/item-mlops
+
+# dependencies first (cached layer): exactly the pinned set
+COPY requirements.lock ./
+RUN python -m pip install "pip==26.3" \
+ && python -m pip install --index-url "${TORCH_INDEX}" "$(grep '^torch==' requirements.lock)" \
+ && python -m pip install -r requirements.lock
+
+# the project, without touching the pinned dependencies
+COPY pyproject.toml README.md ./
+COPY item_model ./item_model
+COPY components ./components
+COPY pipelines ./pipelines
+COPY serving ./serving
+COPY monitoring ./monitoring
+RUN python -m pip install --no-deps . \
+ && python -c "import item_model, components.pretrain, pipelines.training, kfp.kubernetes, google.cloud.storage"
+
+# KFP lightweight components run `python3 -m kfp.dsl.executor_main ...` in this image
+CMD ["python3"]
