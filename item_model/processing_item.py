@@ -134,18 +134,34 @@ class PretrainingCollator:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, items: Sequence[tuple[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-        cfg, tok = self.config, self.processor.tokenizer
+        """A whole batch from ``(title, image)`` pairs (see :meth:`collate_rows`)."""
         titles, images = zip(*items)
+        return self.collate_rows(titles, lambda i: images[i], range(len(items)))
+
+    def collate_rows(self, titles: Sequence[str | None], load_image, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Rows ``rows`` of the batch whose titles are ``titles`` (the global batch under data parallelism).
+
+        ITM pairing and the MLM/MIM masks are drawn for the whole batch, so every data-parallel rank
+        (same seed) agrees on them and the union of the ranks' rows equals the one-process batch; only
+        the images of ``rows`` (and of their ITM negatives) are loaded, through ``load_image(i)`` ->
+        uint8 (H, W, 3) for batch position ``i``.
+
+        Returns:
+            ``input_ids``, ``attention_mask``, ``mlm_labels`` (R, T) long; ``pixel_values`` (R, 3, H, W)
+            float32; ``mim_mask`` (R, N) bool; ``itm_labels`` (R,) float32, with R = ``len(rows)``.
+        """
+        cfg, tok = self.config, self.processor.tokenizer
         enc = self.processor.tokenize(titles)
-        b = len(items)
+        b = len(titles)
         image_index, itm_labels = itm_pairs(b, cfg.itm_probability if cfg.itm_weight > 0 else 0.0, self.generator)
         matched = itm_labels > 0.5
-        pixels = self.processor.pixel_values(images)[image_index]
         input_ids, labels = mask_tokens(enc["input_ids"], enc["special_tokens_mask"], cfg.mlm_probability,
                                         tok.mask_token_id, cfg.vocab_size, self.generator, matched)
         mim = mask_patches(b, cfg.num_patches, cfg.mim_ratio, self.generator, matched)
-        return {"input_ids": input_ids, "attention_mask": enc["attention_mask"], "pixel_values": pixels,
-                "mlm_labels": labels, "mim_mask": mim, "itm_labels": itm_labels}
+        rows = torch.as_tensor(list(rows), dtype=torch.long)
+        pixels = self.processor.pixel_values([load_image(int(image_index[r])) for r in rows])
+        return {"input_ids": input_ids[rows], "attention_mask": enc["attention_mask"][rows], "pixel_values": pixels,
+                "mlm_labels": labels[rows], "mim_mask": mim[rows], "itm_labels": itm_labels[rows]}
 
 
 class ListingDataset(torch.utils.data.Dataset):
@@ -160,4 +176,8 @@ class ListingDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[str, np.ndarray]:
-        return self.titles[i], self.processor.image_array(self.rows[i])
+        return self.titles[i], self.image(i)
+
+    def image(self, i: int) -> np.ndarray:
+        """Listing ``i``'s photo, decoded and resized: uint8 (H, W, 3)."""
+        return self.processor.image_array(self.rows[i])

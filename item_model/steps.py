@@ -176,15 +176,20 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
     t0 = time.perf_counter()
     history = pretrain(model, processor, train, cfg, progress=progress, checkpoint_dir=ckpt_dir, resume=resume)
     wall = time.perf_counter() - t0
-    out = Path(model_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    save_training_curve(history, out)
+    from .distributed import finish_distributed, init_distributed
+    ctx = init_distributed()
     summary = {"train_config": cfg.__dict__, "model_config_overrides": model_config, "bert_path": bert_path,
-               "n_train": int(len(train)), "wall_time_s": wall, "checkpoint_dir": str(ckpt_dir or ""), "final": history[-1] if history else {},
-               "catalog_fingerprint": meta["fingerprint"]}
-    write_json_atomic(out / "training.json", summary)
+               "n_train": int(len(train)), "wall_time_s": wall, "checkpoint_dir": str(ckpt_dir or ""),
+               "final": history[-1] if history else {}, "catalog_fingerprint": meta["fingerprint"],
+               "world_size": ctx.world_size}
+    if ctx.is_main:                                     # only rank 0 writes artifacts
+        out = Path(model_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model.to("cpu").save_pretrained(out)
+        processor.save_pretrained(out)
+        save_training_curve(history, out)
+        write_json_atomic(out / "training.json", summary)
+    finish_distributed(ctx)
     return summary
 
 

@@ -83,6 +83,12 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
     and MLM/MIM masking with its own seeded generator, so a run is reproducible for a given seed
     and thread count.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the loop runs data-parallel with PyTorch DDP
+    (:mod:`item_model.distributed`): ``cfg.batch_size`` is the global batch, each rank loads and
+    processes its ``batch_size / world_size`` listings of it, each objective is normalised by its
+    global count (so the loss and gradients equal the one-process ones), and only rank 0 writes
+    checkpoints. On a GPU the forward pass runs under bf16 autocast.
+
     Args:
         checkpoint_dir: where to write a checkpoint every ``cfg.checkpoint_every`` steps
             (:mod:`item_model.checkpoint`).
@@ -95,15 +101,30 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
         objective's loss (float, averaged over the steps since the last log), ``samples_per_s``.
 
     Raises:
-        ValueError: ``train_df`` is empty.
+        ValueError: ``train_df`` is empty, or ``cfg.batch_size`` is not a multiple of the world size.
     """
     from .checkpoint import load_latest_checkpoint, save_checkpoint
+    from .distributed import init_distributed
 
     if len(train_df) == 0:
         raise ValueError("pretrain(): the training split is empty")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    ctx = init_distributed()
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(f"train_config.batch_size={cfg.batch_size} is not a multiple of the world size "
+                         f"{ctx.world_size}")
+    local = cfg.batch_size // ctx.world_size
+    my_rows = range(ctx.rank * local, (ctx.rank + 1) * local)
     seed_everything(cfg.seed)
+    if ctx.enabled:
+        torch.manual_seed(cfg.seed + ctx.rank)          # distinct dropout draws per rank
+    model.to(ctx.device)
+    step_model = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        step_model = DistributedDataParallel(model, find_unused_parameters=True)  # switched-off heads
+    weights = model.config.objective_weights()
     dataset = ListingDataset(train_df, processor)
     collate = PretrainingCollator(processor, seed=cfg.seed)
     order_rng = np.random.default_rng(cfg.seed)
@@ -126,8 +147,8 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
         history, sums, n_since = state["history"], state["sums"], state["n_since"]
     model.train()
     t_since = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=PROGRESS_INTERVAL,
-               initial=start, total=cfg.steps)
+    bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not (progress and ctx.is_main),
+               mininterval=PROGRESS_INTERVAL, initial=start, total=cfg.steps)
     for step in bar:
         idx = []
         while len(idx) < cfg.batch_size:
@@ -136,19 +157,24 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
             take = order[cursor: cursor + cfg.batch_size - len(idx)]
             idx.extend(take.tolist())
             cursor += len(take)
-        batch = collate([dataset[i] for i in idx])
+        batch = collate.collate_rows([dataset.titles[i] for i in idx], lambda j: dataset.image(idx[j]), my_rows)
+        batch = {k: v.to(ctx.device) for k, v in batch.items()}
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        out = model(**batch)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
+            out = step_model(**batch)
+        loss, objective_means = _global_loss(out.losses, weights, batch, ctx)
+        if not torch.is_tensor(loss):                   # nothing to learn from on this rank this step
+            loss = out.last_hidden_state.sum() * 0.0
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach())
-        for k, v in out.losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        sums["loss"] = sums.get("loss", 0.0) + sum(weights[k] * v for k, v in objective_means.items())
+        for k, v in objective_means.items():
+            sums[k] = sums.get(k, 0.0) + v
         n_since += 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             dt = time.perf_counter() - t_since
@@ -159,7 +185,8 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
             logger.info("step %d/%d lr %.2e loss %.4f (%s) %.1f samples/s", step + 1, cfg.steps, lr,
                         row["loss"], " ".join(f"{k} {row[k]:.3f}" for k in out.losses), row["samples_per_s"])
             sums, n_since, t_since = {}, 0, time.perf_counter()
-        if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        if (ctx.is_main and checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
+                and step + 1 < cfg.steps):
             save_checkpoint(checkpoint_dir, step + 1, {
                 "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "order": order, "cursor": cursor, "order_rng": order_rng.bit_generator.state,
@@ -168,6 +195,37 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
                 "history": history, "sums": sums, "n_since": n_since}, keep=cfg.keep_checkpoints)
     model.eval()
     return history
+
+
+def _global_loss(losses: dict[str, torch.Tensor], weights: dict[str, float], batch: dict[str, torch.Tensor],
+                 ctx) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss to back-propagate on this rank and each objective's global mean (for logging).
+
+    Each objective is a mean over its items on this rank (masked tokens for MLM/GMLM, masked
+    patches for MIM/GMIM, pairs for ITM). With n_r items here and N over all ranks, this rank
+    back-propagates ``sum_k w_k * mean_k,r * n_r / N * world_size``; DDP averages gradients over the
+    ranks, so the update is that of the global weighted mean, as one process with the whole batch.
+    For a single process every factor is 1 and the loss is ``sum_k w_k * mean_k``.
+
+    Returns:
+        (scalar loss tensor, ``{objective: global mean}`` floats in the order of ``losses``).
+    """
+    counts = {"mlm": batch["mlm_labels"].ne(-100).sum(), "gmlm": batch["mlm_labels"].ne(-100).sum(),
+              "mim": batch["mim_mask"].sum(), "gmim": batch["mim_mask"].sum(),
+              "itm": torch.tensor(batch["itm_labels"].shape[0], device=batch["itm_labels"].device)}
+    if not ctx.enabled:
+        loss = sum(weights[k] * v for k, v in losses.items())
+        return loss, {k: float(v.detach()) for k, v in losses.items()}
+    from .configuration_item import OBJECTIVES
+    from .distributed import all_reduce_sum
+    local = torch.stack([counts[k].float() for k in OBJECTIVES]).to(ctx.device)
+    total = all_reduce_sum(local, ctx)
+    share = {k: local[i] / total[i].clamp(min=1) for i, k in enumerate(OBJECTIVES)}
+    loss = sum(weights[k] * v * share[k] * ctx.world_size for k, v in losses.items())
+    part = torch.stack([(losses[k].detach().float() * share[k]) if k in losses else torch.zeros((), device=ctx.device)
+                        for k in OBJECTIVES])
+    means = all_reduce_sum(part, ctx)
+    return loss, {k: float(means[i]) for i, k in enumerate(OBJECTIVES) if total[i] > 0 and weights[k] > 0}
 
 
 def save_training_curve(history: list[dict], out_dir: str | Path) -> tuple[Path, Path]:

@@ -1,0 +1,214 @@
+"""ITEm ablation study on the real catalog: which objectives and settings make the one ``[CLS]``
+embedding beat the baselines on both tasks.
+
+Each row is one pre-training run from all-MiniLM-L6-v2 with the row's overrides, evaluated exactly
+as the pipeline's evaluate step does (same validated catalog, split and gallery; same metrics:
+:func:`item_model.evaluation.score_embeddings`) for the joint ``[CLS]`` embedding and for the
+model's text-only and image-only embeddings (modality balance). The baselines are scored once on
+the same data. Every row is a command anyone can re-run::
+
+    .venv/bin/python benchmarks/ablations.py --rows all_five,mlm_mim        # run (or reuse) rows
+    .venv/bin/python benchmarks/ablations.py --list                         # the known rows
+    .venv/bin/python benchmarks/ablations.py --report                       # table + plot only
+
+Results go to ``--out`` (default ``benchmarks/results/ablations``): one ``<row>.json`` per row
+(written atomically; an existing one is reused unless ``--force``), ``baselines.json``,
+``ablations.md`` (the table) and ``ablations.png`` (the plot). The validated catalog is built once
+with the pipeline's own validate step (Great Expectations) into ``<out>/catalog``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+logger = logging.getLogger("ablations")
+
+#: the default profile's settings (pipelines/configs/profiles.yaml) that every row starts from
+BASE_TRAIN = {"steps": 250, "batch_size": 32, "learning_rate": 1.0e-4, "warmup_steps": 25, "seed": 0}
+OFF = 0.0
+
+#: row name -> (description, ItemConfig overrides, TrainConfig overrides)
+ROWS: dict[str, tuple[str, dict, dict]] = {
+    "mlm_mim": ("MLM + MIM only", {"itm_weight": OFF, "gmlm_weight": OFF, "gmim_weight": OFF}, {}),
+    "mlm_mim_itm": ("MLM + MIM + ITM", {"gmlm_weight": OFF, "gmim_weight": OFF}, {}),
+    "mlm_mim_gmlm": ("MLM + MIM + GMLM", {"itm_weight": OFF, "gmim_weight": OFF}, {}),
+    "mlm_mim_gmim": ("MLM + MIM + GMIM", {"itm_weight": OFF, "gmlm_weight": OFF}, {}),
+    "all_five": ("all five (MLM, MIM, GMLM, GMIM, ITM), weights 1", {}, {}),
+    "all_five_gmlm3": ("all five, GMLM weight 3", {"gmlm_weight": 3.0}, {}),
+    "all_five_gmim03": ("all five, GMIM weight 0.3", {"gmim_weight": 0.3}, {}),
+    "all_five_gmlm3_gmim03": ("all five, GMLM 3, GMIM 0.3", {"gmlm_weight": 3.0, "gmim_weight": 0.3}, {}),
+    "all_five_mlm30": ("all five, 30 % of title tokens masked", {"mlm_probability": 0.3}, {}),
+    "all_five_mask75": ("all five, MIM/GMIM mask ratio 0.75", {"mim_ratio": 0.75}, {}),
+    "all_five_mask25": ("all five, MIM/GMIM mask ratio 0.25", {"mim_ratio": 0.25}, {}),
+    "all_five_patch8": ("all five, 8 x 8 patches (N = 80)", {"patch_size": 8}, {}),
+    "all_five_img32": ("all five, image 40 x 32 (N = 5)", {"image_height": 40, "image_width": 32}, {}),
+    "all_five_500": ("all five, 500 steps", {}, {"steps": 500, "warmup_steps": 50}),
+    "all_five_1000": ("all five, 1000 steps", {}, {"steps": 1000, "warmup_steps": 100}),
+}
+METRICS = ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP")
+MODES = {"joint": "item", "text": "item_text_only", "image": "item_image_only"}
+
+
+def prepare_catalog(catalog: str, out: Path, max_listings: int) -> Path:
+    """The pipeline's validate step, once: ``<out>/catalog`` (validated parquet + split)."""
+    from item_model.steps import CATALOG_META, validate_step
+    cdir = out / "catalog"
+    if not (cdir / CATALOG_META).exists():
+        logger.info("validating %s (max_listings=%d) into %s", catalog, max_listings, cdir)
+        validate_step(catalog, str(cdir), str(out / "quarantine.parquet"), str(out / "validation.json"),
+                      str(out / "data_docs"), max_listings=max_listings)
+    return cdir
+
+
+def run_baselines(cdir: Path, out: Path) -> dict:
+    """Baselines (MiniLM title, raw pixels, concatenation) on the same catalog, split and gallery."""
+    from item_model.evaluation import concat_baseline, pixel_baseline, score_embeddings, text_baseline
+    from item_model.io import write_json_atomic
+    from item_model.processing_item import default_bert_path
+    from item_model.steps import load_validated
+    path = out / "baselines.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    df, _ = load_validated(str(cdir))
+    split = df["split"].to_numpy()
+    text, pixels = text_baseline(df, default_bert_path()), pixel_baseline(df)
+    res = {name: score_embeddings(emb, df, split)[0] for name, emb in
+           (("baseline_text_minilm", text), ("baseline_image_pixels", pixels),
+            ("baseline_concat", concat_baseline(text, pixels)))}
+    write_json_atomic(path, res)
+    return res
+
+
+def run_row(name: str, cdir: Path, out: Path, threads: int) -> dict:
+    """Pre-train one row's model and score its joint, text-only and image-only embeddings."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from item_model.evaluation import embed_catalog, score_embeddings
+    from item_model.io import write_json_atomic
+    from item_model.modeling_item import ItemModel
+    from item_model.processing_item import ItemProcessor, default_bert_path
+    from item_model.steps import load_validated, training_rows
+    from item_model.train import TrainConfig, pretrain, save_training_curve
+
+    desc, model_over, train_over = ROWS[name]
+    cfg = TrainConfig(**{**BASE_TRAIN, **train_over, "num_threads": threads, "log_every": 25})
+    df, _ = load_validated(str(cdir))
+    split = df["split"].to_numpy()
+    bert = default_bert_path()
+    torch.manual_seed(cfg.seed)
+    model = ItemModel.from_bert(bert, **model_over)
+    processor = ItemProcessor(AutoTokenizer.from_pretrained(bert), model.config)
+    logger.info("row %s (%s): %s %s", name, desc, model_over, train_over)
+    t0 = time.perf_counter()
+    history = pretrain(model, processor, training_rows(df), cfg)
+    train_s = time.perf_counter() - t0
+    row_dir = out / name
+    row_dir.mkdir(parents=True, exist_ok=True)
+    save_training_curve(history, row_dir)
+    res = {"row": name, "description": desc, "model_config": model_over, "train_config": {**BASE_TRAIN, **train_over},
+           "train_wall_s": round(train_s, 1), "final_losses": history[-1], "command":
+           f".venv/bin/python benchmarks/ablations.py --rows {name} --force"}
+    for mode, key in MODES.items():
+        res[key] = score_embeddings(embed_catalog(model, processor, df, mode), df, split)[0]
+        logger.info("%s %s: %s", name, mode, {m: round(res[key][m], 4) for m in METRICS})
+    write_json_atomic(out / f"{name}.json", res)
+    return res
+
+
+def load_rows(out: Path) -> list[dict]:
+    rows = [json.loads((out / f"{n}.json").read_text()) for n in ROWS if (out / f"{n}.json").exists()]
+    return rows
+
+
+def report(out: Path) -> Path | None:
+    """Write ``ablations.md`` (table: rows x metrics for joint / text-only / image-only, and the
+    baselines) and ``ablations.png`` (category accuracy vs Recall@1 of every row and baseline)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from item_model.io import atomic_path, write_text_atomic
+    rows = load_rows(out)
+    if not rows:
+        return None
+    base = json.loads((out / "baselines.json").read_text()) if (out / "baselines.json").exists() else {}
+    head = "| row | embedding | cat. acc | macro-F1 | R@1 | R@10 | mAP | train s |\n|---|---|---|---|---|---|---|---|\n"
+    lines = []
+    for r in rows:
+        for key, label in (("item", "joint"), ("item_text_only", "text only"), ("item_image_only", "image only")):
+            m = r[key]
+            lines.append(f"| {r['row'] if label == 'joint' else ''} | {label} | "
+                         + " | ".join(f"{m[k]:.4f}" for k in METRICS)
+                         + f" | {r['train_wall_s'] if label == 'joint' else ''} |")
+    for name, m in base.items():
+        lines.append(f"| {name} | baseline | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " | |")
+    md = "# ITEm ablations\n\n" + head + "\n".join(lines) + "\n\nRe-run a row: " \
+         "`.venv/bin/python benchmarks/ablations.py --rows NAME --force`\n"
+    write_text_atomic(out / "ablations.md", md)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for r in rows:
+        ax.scatter(r["item"]["category_accuracy"], r["item"]["recall@1"], marker="o")
+        ax.annotate(r["row"], (r["item"]["category_accuracy"], r["item"]["recall@1"]), fontsize=7)
+    for name, m in base.items():
+        ax.scatter(m["category_accuracy"], m["recall@1"], marker="x", color="black")
+        ax.annotate(name.replace("baseline_", ""), (m["category_accuracy"], m["recall@1"]), fontsize=7)
+    ax.set_xlabel("leaf-category accuracy (probe, test split)")
+    ax.set_ylabel("same-product Recall@1")
+    ax.set_title("ITEm ablations (joint [CLS] embedding) vs baselines")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = out / "ablations.png"
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    print(md)
+    return png
+
+
+def main() -> None:
+    from pipelines.config import DEFAULT_CATALOG
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", default="", help="comma-separated row names (see --list), or 'all'")
+    ap.add_argument("--catalog", default=DEFAULT_CATALOG)
+    ap.add_argument("--max-listings", type=int, default=12000, help="the default profile's sample size")
+    ap.add_argument("--out", default="benchmarks/results/ablations")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--force", action="store_true", help="re-run rows whose JSON exists")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--report", action="store_true", help="only write the table and plot")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.list:
+        for name, (desc, m, t) in ROWS.items():
+            print(f"{name:24s} {desc}  model={m} train={t}")
+        return
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(ROWS) if args.rows == "all" else [n for n in args.rows.split(",") if n]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown row(s) {unknown}; known: {list(ROWS)}")
+    if not args.report:
+        cdir = prepare_catalog(args.catalog, out, args.max_listings)
+        run_baselines(cdir, out)
+        for name in names:
+            if (out / f"{name}.json").exists() and not args.force:
+                logger.info("row %s: reusing %s", name, out / f"{name}.json")
+                continue
+            run_row(name, cdir, out, args.threads)
+            report(out)
+    report(out)
+
+
+if __name__ == "__main__":
+    main()
