@@ -53,7 +53,7 @@ def pytorchjob_manifest(name: str, namespace: str, image: str, command: list[str
     requests = {k: str(res[s]) for k, s in (("cpu", "cpu"), ("memory", "memory")) if res.get(s)}
     limits = {k: str(res[s]) for k, s in (("cpu", "cpu_limit"), ("memory", "memory_limit")) if res.get(s)}
     if res.get("accelerator"):
-        limits[res["accelerator"]] = str(res.get("accelerator_count", 1))
+        limits[res["accelerator"]] = str(int(float(res.get("accelerator_count", 1))))   # Struct: 1 -> 1.0
     container = {"name": "pytorch", "image": image, "imagePullPolicy": image_pull_policy, "command": argv,
                  "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v}}
     pod: dict = {"containers": [container]}

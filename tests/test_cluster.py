@@ -1,0 +1,161 @@
+"""Compiling for a Kubeflow cluster: both pipelines' IR YAML loads back, names the configured image,
+resources, GPU and GCS secret (kfp-kubernetes), never `pip install`s at run time; the DDP variant
+launches a multi-replica PyTorchJob; `item submit --dry-run`; the Dockerfile installs the pinned set
+and the project; and the pipeline `item run` runs locally carries no cluster settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import config as pconfig
+from pipelines.cli import compile_monitoring, compile_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = "registry.example/item/item-mlops:test-1"
+
+
+def _cluster(tmp_path: Path, **changes) -> Path:
+    cfg = yaml.safe_load(pconfig.CLUSTER_FILE.read_text())
+    cfg.update(image=IMAGE, pipeline_root="gs://item-bucket/kfp-root", storage_root="gs://item-bucket/storage")
+    for key, value in changes.items():
+        cfg[key] = value
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _load(path: Path) -> tuple[dict, dict]:
+    """(pipeline spec, kubernetes platform spec) of a compiled IR YAML file."""
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec = docs[0]
+    platform = docs[1]["platforms"]["kubernetes"] if len(docs) > 1 else {}
+    return spec, platform
+
+
+def _executors(spec: dict) -> dict:
+    return spec["deploymentSpec"]["executors"]
+
+
+def _no_runtime_install(spec: dict) -> None:
+    for name, ex in _executors(spec).items():
+        text = json.dumps(ex["container"])
+        assert "pip install" not in text and "pip3 install" not in text, name
+
+
+def test_cluster_yaml_names_image_resources_secret_and_loads_back(tmp_path):
+    cluster = pconfig.load_cluster_config(_cluster(tmp_path))
+    training = compile_pipeline(tmp_path / "training.yaml", "tiny", cluster)
+    monitoring = compile_monitoring(tmp_path / "monitoring.yaml", "tiny", cluster)
+    for path, name in ((training, "item-training"), (monitoring, "item-monitoring")):
+        spec, platform = _load(path)
+        assert spec["pipelineInfo"]["name"] == name and spec["schemaVersion"] == "2.1.0"
+        _no_runtime_install(spec)
+        executors = _executors(spec)
+        assert executors and {ex["container"]["image"] for ex in executors.values()} == {IMAGE}
+        creds = {ex["container"]["env"][0]["value"] for ex in executors.values()}
+        assert creds == {"/var/secrets/google/key.json"}
+        k8s = platform["deploymentSpec"]["executors"]
+        assert set(k8s) == set(executors)
+        for ex in k8s.values():
+            assert ex["secretAsVolume"][0]["secretName"] == "gcs-credentials"
+            assert ex["secretAsVolume"][0]["mountPath"] == "/var/secrets/google"
+            assert ex["imagePullPolicy"] == "IfNotPresent"
+    spec, _ = _load(training)
+    res = {name: ex["container"]["resources"] for name, ex in _executors(spec).items()}
+    assert res["exec-pretrain"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert res["exec-pretrain"]["accelerator"]["resourceCount"] == "1"
+    assert res["exec-pretrain"]["resourceCpuRequest"] == "8" and res["exec-pretrain"]["resourceMemoryRequest"] == "32Gi"
+    assert res["exec-evaluate"]["resourceMemoryRequest"] == "16Gi" and "accelerator" not in res["exec-evaluate"]
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["registry_root"]["defaultValue"] == "gs://item-bucket/storage/registry"
+    assert defaults["catalog"]["defaultValue"].startswith("gs://")
+    assert defaults["max_listings"]["defaultValue"] == 400                     # the tiny profile
+    # the monitoring pipeline nests the training one with the same settings
+    mon, _ = _load(monitoring)
+    assert "comp-item-training" in mon["components"] and "exec-pretrain" in _executors(mon)
+    # the IR loads back into kfp (as a component of another pipeline)
+    from kfp import components, dsl
+    loaded = components.load_component_from_file(str(training))
+    assert loaded.name == "item-training"
+
+    @dsl.pipeline(name="wrapper")
+    def wrapper():
+        loaded(catalog="gs://b/c")
+    from kfp import compiler
+    compiler.Compiler().compile(wrapper, str(tmp_path / "wrapper.yaml"))
+
+
+def test_ddp_pretrain_compiles_as_a_multi_replica_pytorchjob(tmp_path):
+    ddp = {**yaml.safe_load(pconfig.CLUSTER_FILE.read_text())["ddp"], "enabled": True, "replicas": 3}
+    cluster = pconfig.load_cluster_config(_cluster(tmp_path, ddp=ddp))
+    spec, platform = _load(compile_pipeline(tmp_path / "training.yaml", "tiny", cluster))
+    assert "comp-pretrain-ddp" in spec["components"] and "exec-pretrain" not in _executors(spec)
+    _no_runtime_install(spec)
+    job = spec["root"]["dag"]["tasks"]["pretrain-ddp"]["inputs"]["parameters"]["job_config"]["runtimeValue"]["constant"]
+    assert job["replicas"] == 3 and job["image"] == IMAGE and job["resources"]["accelerator"] == "nvidia.com/gpu"
+    assert job["command"][0] == "torchrun"
+    # the launcher's manifest: 1 master + 2 workers of the image, GPU each, the secret mounted
+    from components.pretrain_ddp import pytorchjob_manifest
+    manifest = pytorchjob_manifest("item-pretrain-x", "kubeflow", job["image"], job["command"], job["replicas"],
+                                   job["nproc_per_node"], job["resources"], job["gcs_credentials"],
+                                   values={"validated_catalog": "gs://b/root/validated", "model": "gs://b/root/model",
+                                           "model_config": {"num_hidden_layers": 2}, "train_config": {"steps": 8}})
+    replicas = manifest["spec"]["pytorchReplicaSpecs"]
+    assert manifest["kind"] == "PyTorchJob" and replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
+    container = replicas["Worker"]["template"]["spec"]["containers"][0]
+    assert container["image"] == IMAGE and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "gs://b/root/model" in container["command"] and '{"steps": 8}' in container["command"]
+    assert container["env"][0]["name"] == "GOOGLE_APPLICATION_CREDENTIALS"
+    with pytest.raises(ValueError, match="placeholder 'nope'"):
+        pytorchjob_manifest("x", "ns", IMAGE, ["{nope}"], 1, 1)
+
+
+def test_local_pipeline_has_no_cluster_settings(tmp_path):
+    spec, platform = _load(compile_pipeline(tmp_path / "local.yaml", "tiny"))
+    assert platform == {}
+    assert not any("resources" in ex["container"] or "env" in ex["container"] for ex in _executors(spec).values())
+    _no_runtime_install(spec)
+
+
+def test_cli_compile_both_and_submit_dry_run(tmp_path):
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+    cli = lambda *args: CliRunner().invoke(main, list(args))              # in-process: the real commands
+    cluster_file = _cluster(tmp_path)
+    out = cli("compile", "--output", str(tmp_path / "b" / "training_pipeline.yaml"), "--cluster", str(cluster_file),
+              "--profile", "tiny")
+    assert out.exit_code == 0, out.output[-2000:]
+    assert (tmp_path / "b" / "training_pipeline.yaml").exists() and (tmp_path / "b" / "monitoring_pipeline.yaml").exists()
+    dry = cli("submit", "--host", "http://127.0.0.1:9", "--cluster", str(cluster_file), "--profile", "tiny",
+              "--param", "catalog=gs://item-bucket/catalog", "--run-name", "r1", "--output-dir", str(tmp_path / "s"),
+              "--dry-run")
+    assert dry.exit_code == 0, dry.output[-2000:]
+    plan = json.loads(dry.output)
+    assert plan["pipeline_root"] == "gs://item-bucket/kfp-root" and plan["run_name"] == "r1"
+    assert plan["arguments"]["catalog"] == "gs://item-bucket/catalog"
+    assert plan["arguments"]["registry_root"] == "gs://item-bucket/storage/registry"
+    bad = cli("submit", "--host", "http://127.0.0.1:9", "--cluster", str(cluster_file), "--param", "no_such=1",
+              "--dry-run", "--output-dir", str(tmp_path / "s"))
+    assert bad.exit_code != 0 and "no_such" in bad.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump({"image": IMAGE, "pipeline_root": "/local/path"}))
+    with pytest.raises(pconfig.ClusterConfigError, match="pipeline_root"):
+        pconfig.load_cluster_config(broken)
+
+
+def test_dockerfile_installs_the_pinned_set_and_the_project():
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [l.strip() for l in text.splitlines() if not l.strip().startswith("#")]
+    assert lines[0] == "FROM python:3.11-slim"
+    body = "\n".join(lines)
+    assert "-r requirements.lock" in body and "pip install --no-deps ." in body
+    assert "download.pytorch.org/whl/cpu" in body
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    kk = [l for l in lock if l.startswith("kfp-kubernetes==")]
+    assert len(kk) == 1 and f'"{kk[0]}"' in pyproject
