@@ -1,10 +1,11 @@
 """``item serve``: run the ITEm BentoML service (``serving.service:ItemService``) with ``bentoml serve``.
 
     item serve [--tag item:VERSION] [--host 127.0.0.1] [--port 3000] [--bentoml-home DIR]
-               [--storage-root DIR] [--traffic-sample 0.1]
+               [--storage-root DIR|gs://bucket/prefix] [--traffic-sample 0.1]
 
-Without ``--tag`` the service serves the champion (``serving.service.resolve_model_tag``: today the
-newest ``item`` model in the BentoML store). The command checks that the model is in the store,
+Without ``--tag`` the service serves the model registry's champion (``serving.store.champion_tag``:
+the store entry packaged from the version the champion pointer names; registry ``$ITEM_REGISTRY``
+or ``<storage root>/registry``), or the newest ``item`` model while the registry has no champion. The command checks that the model is in the store,
 then replaces itself with ``python -m bentoml serve`` (signals such as Ctrl+C go straight to
 BentoML).
 """
@@ -39,8 +40,8 @@ def serve_command(host: str, port: int, extra: tuple[str, ...] = ()) -> list[str
 
 
 @click.command("serve", context_settings={"ignore_unknown_options": True})
-@click.option("--tag", default=None, help="model to serve, e.g. item:VERSION (default: the champion, "
-              "today the newest 'item' model in the store; env ITEM_MODEL_TAG)")
+@click.option("--tag", default=None, help="model to serve, e.g. item:VERSION (default: the registry's champion, or the "
+              "newest 'item' model in the store while there is none; env ITEM_MODEL_TAG)")
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on every interface")
 @click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--bentoml-home", default=None, help="BentoML store (default: $BENTOML_HOME or ~/bentoml)")
@@ -63,12 +64,23 @@ def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, stora
     if tag:
         env["ITEM_MODEL_TAG"] = tag
     # relative to where the command runs (bentoml serve runs in the repository root)
-    env["ITEM_STORAGE_ROOT"] = str(Path(storage_root or env.get("ITEM_STORAGE_ROOT") or "item-storage")
-                                   .expanduser().resolve())
+    # (a gs://bucket/prefix storage root is passed on as it is: the traffic log writes to GCS)
+    from item_model import storage
+    root = storage_root or env.get("ITEM_STORAGE_ROOT") or "item-storage"
+    env["ITEM_STORAGE_ROOT"] = root if storage.is_gcs(root) else str(Path(root).expanduser().resolve())
     if traffic_sample is not None:
         env["ITEM_TRAFFIC_SAMPLE"] = repr(traffic_sample)
     home = env.get("BENTOML_HOME") or "~/bentoml"
     wanted = env.get("ITEM_MODEL_TAG") or None
+    if wanted is None:
+        from serving.store import champion_tag
+        registry = env.get("ITEM_REGISTRY") or str(Path(env["ITEM_STORAGE_ROOT"]) / "registry")
+        try:
+            wanted = champion_tag(home, registry)
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+        if wanted:
+            env["ITEM_MODEL_TAG"] = wanted
     found = model_on_disk(home, wanted)
     if found is None:
         raise click.ClickException(f"no model {wanted or 'item:latest'} in the BentoML store at {home} "
