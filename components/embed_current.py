@@ -18,14 +18,17 @@ def embed_current(
 ):
     """The current window's ITEm embeddings per modality (``embeddings.npz`` + ``embeddings.json``,
     :mod:`item_model.embedding_io`): a catalog folder embedded joint / text-only / image-only, or the
-    traffic-log rows with ``since <= timestamp < until`` each under its served modality."""
+    traffic-log rows with ``since <= timestamp < until`` each under its served modality. ``current``
+    may be a local path or a ``gs://`` URI."""
     import logging
 
+    from item_model import storage
     from monitoring.drift import DriftConfig, embed_current_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = DriftConfig.from_dict(drift_config)
-    meta = embed_current_step(current, model_tag, bentoml_home or None, current_embeddings.path, since, until,
-                              max_rows=config.max_window, seed=config.seed)
+    with storage.local_copy(current) as local:         # a gs:// catalog batch or traffic log is downloaded
+        meta = embed_current_step(str(local), model_tag, bentoml_home or None, current_embeddings.path, since,
+                                  until, max_rows=config.max_window, seed=config.seed)
     current_embeddings.metadata.update({"model_tag": meta["model_tag"], "source_type": meta["source_type"],
                                         "counts": meta["counts"]})
