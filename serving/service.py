@@ -76,18 +76,31 @@ TORCH_THREADS = int(os.environ.get("ITEM_TORCH_THREADS", "0")) or max(1, (os.cpu
 def resolve_model_tag(tag: str | None = None) -> str:
     """The tag of the model to serve, resolved to a concrete version in the local BentoML store.
 
-    Order: ``tag``, else the environment variable ``ITEM_MODEL_TAG``, else ``item:latest`` (the
-    newest model saved under the name ``item``). This is the one place where "the champion" is
-    decided; the model registry's champion pointer slots in here.
+    Order: ``tag``, else the environment variable ``ITEM_MODEL_TAG``, else the model registry's
+    champion (:func:`serving.store.champion_tag`: the store entry packaged from the version the
+    champion pointer names; registry ``$ITEM_REGISTRY`` or ``$ITEM_STORAGE_ROOT/registry``), else,
+    when the registry has no champion yet, ``item:latest`` (the newest model saved as ``item``).
 
     Returns:
         ``item:<version>``.
 
     Raises:
-        bentoml.exceptions.NotFound: no such model in the store at ``$BENTOML_HOME`` (the message
-            says which tag and where it looked). Only the local store is consulted.
+        bentoml.exceptions.NotFound: no such model in the store at ``$BENTOML_HOME``, or the
+            registry's champion was never packaged (the message says which tag and where it looked).
     """
-    wanted = tag or os.environ.get("ITEM_MODEL_TAG", "").strip() or f"{MODEL_NAME}:latest"
+    from serving.store import champion_tag
+
+    wanted = tag or os.environ.get("ITEM_MODEL_TAG", "").strip()
+    if not wanted:
+        try:
+            wanted = champion_tag(model_name=MODEL_NAME)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+        if wanted:
+            logger.info("serving the registry's champion %s", wanted)
+        else:
+            wanted = f"{MODEL_NAME}:latest"
+            logger.info("the registry has no champion yet: serving %s", wanted)
     try:
         return str(bentoml.models.get(wanted).tag)
     except NotFound:

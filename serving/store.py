@@ -74,3 +74,46 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
         from item_model.io import write_json_atomic
         write_json_atomic(tag_path, {"tag": tag, "bentoml_home": os.environ.get("BENTOML_HOME", "")})
     return tag
+
+
+def champion_tag(bentoml_home: str | None = None, registry_root: str | None = None,
+                 model_name: str = "item") -> str | None:
+    """The BentoML tag of the model registry's champion, read from the store's folders (no BentoML
+    import, so the CLI can check it before starting a server).
+
+    The pipeline's ``package`` step and ``item gate approve`` record the registry version a store
+    entry was packaged from in its metadata (``registry_version``); the newest entry for the
+    champion's version wins.
+
+    Args:
+        bentoml_home: the store (default ``$BENTOML_HOME``, else ``~/bentoml``).
+        registry_root: the registry (default :func:`pipelines.config.default_registry`:
+            ``$ITEM_REGISTRY``, else ``$ITEM_STORAGE_ROOT/registry``); a folder or ``gs://`` URI.
+
+    Returns:
+        ``<model_name>:<store version>``, or None when the registry has no champion (yet).
+
+    Raises:
+        LookupError: the registry has a champion but the store holds no package of it (the message
+            names the version, the store and how to package it).
+    """
+    import yaml
+
+    from item_model.registry import ModelRegistry
+    from pipelines.config import default_registry
+
+    root = registry_root or default_registry()
+    pointer = ModelRegistry(root).champion()
+    if not pointer:
+        return None
+    home = Path(bentoml_home or os.environ.get("BENTOML_HOME") or "~/bentoml").expanduser()
+    found = []
+    for path in (home / "models" / model_name).glob("*/model.yaml"):
+        info = yaml.safe_load(path.read_text()) or {}
+        if str((info.get("metadata") or {}).get("registry_version", "")) == pointer["version"]:
+            found.append((str(info.get("creation_time", "")), path.parent.name))
+    if not found:
+        raise LookupError(f"the registry {root} names {pointer['version']} as champion, but the BentoML store "
+                          f"at {home} holds no package of it: run 'item gate approve {pointer['version']}' "
+                          f"(packages it) or pass --tag / ITEM_MODEL_TAG")
+    return f"{model_name}:{max(found)[1]}"
