@@ -1,9 +1,10 @@
 """Training throughput on this machine, measured in one run and printed (no pass/fail):
 
-* fp32 matmul peak (GFLOP/s) of a 2048 x 2048 x 2048 product;
+* matmul peak (GFLOP/s) of a 2048 x 2048 x 2048 product (fp32, or bf16 with ``--bf16``);
 * ITEm training samples/s and achieved GFLOP/s (all five objectives, AdamW step) at the default
   sequence length (mean title tokens of a real batch + N patches);
-* a plain ``BertModel`` forward + backward + AdamW step on the same token count;
+* a plain ``BertModel`` forward + backward + AdamW step on the same token count (the same padded
+  title batches and attention masks, N ordinary tokens in place of the N patches);
 * the data-loading rate on its own (JPEG decode, resize, tokenise, patch, mask: samples/s).
 
 FLOPs per training sample follow nanoGPT's ``estimate_mfu`` (Kaplan et al. 2020, appendix / PaLM
@@ -33,8 +34,8 @@ from item_model.processing_item import ItemProcessor, ListingDataset, Pretrainin
 from pipelines.config import DEFAULT_CATALOG  # noqa: E402
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     t = time.perf_counter()
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--catalog", default=DEFAULT_CATALOG)
     ap.add_argument("--json", default="", help="also write the numbers to this JSON file")
+    ap.add_argument("--bf16", action="store_true",
+                    help="forward passes under CPU bf16 autocast (AVX512-BF16/AMX); MFU vs the bf16 matmul peak")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,31 +90,42 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     it = iter(batches * (args.steps + 2))
 
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
+
     def item_step():
-        out = model(**next(it))
+        with autocast:
+            out = model(**next(it))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
     item_s = time_steps(item_step, args.steps)
 
-    # plain BERT, same token count
+    # plain BERT on the same token count and padding: each real batch's title tokens and attention
+    # mask, followed by N ordinary tokens in place of the patches
     bert = BertModel.from_pretrained(bert_path, add_pooling_layer=False)
     bert.train()
     bopt = torch.optim.AdamW(bert.parameters(), lr=1e-4)
-    ids = torch.randint(1000, 30000, (b, seq_len))
+    n = model.config.num_patches
+    bert_batches = [(torch.cat([x["input_ids"], torch.randint(1000, 30000, (b, n))], dim=1),
+                     torch.cat([x["attention_mask"], torch.ones(b, n, dtype=x["attention_mask"].dtype)], dim=1))
+                    for x in batches]
+    bit = iter(bert_batches * (args.steps + 2))
 
     def bert_step():
-        loss = bert(input_ids=ids).last_hidden_state.float().pow(2).mean()
+        ids, mask = next(bit)
+        with autocast:
+            loss = bert(input_ids=ids, attention_mask=mask).last_hidden_state.float().pow(2).mean()
         bopt.zero_grad(set_to_none=True)
         loss.backward()
         bopt.step()
     bert_s = time_steps(bert_step, args.steps)
 
     flops = encoder_flops_per_sample(bert, seq_len)
-    peak = matmul_peak()
+    peak = matmul_peak(dtype=torch.bfloat16 if args.bf16 else torch.float32)
     res = {
         "threads": torch.get_num_threads(), "batch_size": b, "seq_len": seq_len,
-        "matmul_peak_gflops": round(peak, 1),
+        "dtype": "bf16 autocast" if args.bf16 else "fp32",
+        "matmul_peak_gflops": round(peak, 1), "load_average_1min": os.getloadavg()[0],
         "item_samples_per_s": round(b / item_s, 1), "item_gflops": round(flops * b / item_s / 1e9, 1),
         "item_mfu": round(flops * b / item_s / 1e9 / peak, 3),
         "bert_samples_per_s": round(b / bert_s, 1), "bert_gflops": round(flops * b / bert_s / 1e9, 1),
