@@ -4,8 +4,10 @@ PyTorchJob (Kubeflow Training Operator, ``kubeflow.org/v1``), launched and await
 Compiled in place of :mod:`components.pretrain` when ``ddp.enabled`` is set in
 ``pipelines/configs/cluster.yaml`` (``item compile --cluster`` / ``item submit``); ``item run``
 (kfp.local) always uses the single-process ``pretrain``. Each replica runs the configured command
-under ``torchrun`` (see ``item_model/train.py`` for the DDP entry point): rank 0 writes the model
-folder to this task's ``model`` artifact URI on the pipeline root (``gs://``).
+under ``torchrun`` (``torchrun -m item_model.distributed``; see ``item_model/train.py`` and
+``item_model/distributed.py``): the pipeline-root bucket is mounted at ``/gcs/<bucket>`` in every
+replica (GKE Cloud Storage FUSE), so the replicas read the validated catalog at its artifact path and
+rank 0 writes the model folder at this task's ``model`` artifact path (``/gcs/...`` = its ``gs://`` URI).
 
 The task's service account needs RBAC to create, get and delete ``pytorchjobs.kubeflow.org`` in its
 namespace (docs/deploy.md).
@@ -24,7 +26,8 @@ PYTORCHJOB_GROUP, PYTORCHJOB_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", 
 
 def pytorchjob_manifest(name: str, namespace: str, image: str, command: list[str], replicas: int,
                         nproc_per_node: int, resources: dict | None = None, gcs_credentials: dict | None = None,
-                        values: dict | None = None, image_pull_policy: str = "IfNotPresent") -> dict:
+                        values: dict | None = None, image_pull_policy: str = "IfNotPresent",
+                        fuse_buckets: list[str] | None = None) -> dict:
     """A ``PyTorchJob`` (``kubeflow.org/v1``) manifest: 1 ``Master`` + ``replicas - 1`` ``Worker`` pods.
 
     Args:
@@ -34,6 +37,8 @@ def pytorchjob_manifest(name: str, namespace: str, image: str, command: list[str
             per replica (``accelerator`` is the Kubernetes resource name, e.g. ``nvidia.com/gpu``).
         gcs_credentials: ``{"secret", "mount_path", "key_file"}``; with a secret it is mounted and
             ``GOOGLE_APPLICATION_CREDENTIALS`` set.
+        fuse_buckets: buckets mounted at ``/gcs/<bucket>`` in every replica (GKE Cloud Storage FUSE CSI
+            driver), so the replicas read and write the KFP artifacts' local paths (``/gcs/...``).
 
     Returns:
         the manifest (a dict, JSON-serialisable).
@@ -41,6 +46,7 @@ def pytorchjob_manifest(name: str, namespace: str, image: str, command: list[str
     Raises:
         ValueError: ``replicas`` < 1, or a placeholder in ``command`` without a value (names it).
     """
+    replicas, nproc_per_node = int(replicas), int(nproc_per_node)      # KFP Struct values arrive as floats
     if replicas < 1:
         raise ValueError(f"ddp.replicas must be >= 1, got {replicas}")
     fill = {"nproc_per_node": nproc_per_node, **(values or {})}
@@ -63,9 +69,16 @@ def pytorchjob_manifest(name: str, namespace: str, image: str, command: list[str
         container["env"] = [{"name": "GOOGLE_APPLICATION_CREDENTIALS",
                              "value": f"{creds['mount_path'].rstrip('/')}/{creds['key_file']}"}]
         pod["volumes"] = [{"name": "gcs-credentials", "secret": {"secretName": creds["secret"]}}]
-    spec = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": {"spec": pod}}}
+    annotations = {}
+    for i, bucket in enumerate(fuse_buckets or []):
+        annotations["gke-gcsfuse/volumes"] = "true"
+        pod.setdefault("volumes", []).append({"name": f"gcs-fuse-{i}", "csi": {
+            "driver": "gcsfuse.csi.storage.gke.io", "volumeAttributes": {"bucketName": bucket}}})
+        container.setdefault("volumeMounts", []).append({"name": f"gcs-fuse-{i}", "mountPath": f"/gcs/{bucket}"})
+    template: dict = {"spec": pod, **({"metadata": {"annotations": annotations}} if annotations else {})}
+    spec = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
     if replicas > 1:
-        spec["Worker"] = {"replicas": replicas - 1, "restartPolicy": "OnFailure", "template": {"spec": pod}}
+        spec["Worker"] = {"replicas": replicas - 1, "restartPolicy": "OnFailure", "template": template}
     return {"apiVersion": f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}", "kind": "PyTorchJob",
             "metadata": {"name": name, "namespace": namespace, "labels": {"app": "item-pretrain-ddp"}},
             "spec": {"nprocPerNode": str(nproc_per_node), "pytorchReplicaSpecs": spec}}
@@ -124,9 +137,12 @@ def pretrain_ddp(
     manifest = pytorchjob_manifest(
         name, namespace, job_config["image"], job_config["command"], int(job_config["replicas"]),
         int(job_config["nproc_per_node"]), job_config.get("resources"), job_config.get("gcs_credentials"),
-        values={"validated_catalog": validated_catalog.uri, "model": model.uri, "model_config": model_config,
-                "train_config": train_config, "bert_path": bert_path},
-        image_pull_policy=job_config.get("image_pull_policy", "IfNotPresent"))
+        values={"validated_catalog": validated_catalog.uri, "model": model.uri,
+                "validated_catalog_path": validated_catalog.path, "model_path": model.path,
+                "model_config": model_config, "train_config": train_config, "bert_path": bert_path},
+        image_pull_policy=job_config.get("image_pull_policy", "IfNotPresent"),
+        fuse_buckets=sorted({u[len("gs://"):].split("/")[0] for u in (validated_catalog.uri, model.uri)
+                             if u.startswith("gs://")}))
     logging.info("launching PyTorchJob %s/%s: %d replica(s) x %d process(es)", namespace, name,
                  int(job_config["replicas"]), int(job_config["nproc_per_node"]))
     run_pytorchjob(manifest, float(job_config.get("timeout_s", 86400)))

@@ -102,13 +102,17 @@ def test_ddp_pretrain_compiles_as_a_multi_replica_pytorchjob(tmp_path):
     from components.pretrain_ddp import pytorchjob_manifest
     manifest = pytorchjob_manifest("item-pretrain-x", "kubeflow", job["image"], job["command"], job["replicas"],
                                    job["nproc_per_node"], job["resources"], job["gcs_credentials"],
-                                   values={"validated_catalog": "gs://b/root/validated", "model": "gs://b/root/model",
-                                           "model_config": {"num_hidden_layers": 2}, "train_config": {"steps": 8}})
+                                   values={"validated_catalog_path": "/gcs/b/root/validated", "model_path": "/gcs/b/root/model",
+                                           "model_config": {"num_hidden_layers": 2}, "train_config": {"steps": 8}},
+                                   fuse_buckets=["b"])
     replicas = manifest["spec"]["pytorchReplicaSpecs"]
     assert manifest["kind"] == "PyTorchJob" and replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
     container = replicas["Worker"]["template"]["spec"]["containers"][0]
     assert container["image"] == IMAGE and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert "gs://b/root/model" in container["command"] and '{"steps": 8}' in container["command"]
+    assert container["command"][:5] == ["torchrun", "--nproc_per_node", "1", "-m", "item_model.distributed"]
+    assert "/gcs/b/root/model" in container["command"] and '{"steps": 8}' in container["command"]
+    assert {"name": "gcs-fuse-0", "mountPath": "/gcs/b"} in container["volumeMounts"]
+    assert replicas["Worker"]["template"]["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"
     assert container["env"][0]["name"] == "GOOGLE_APPLICATION_CREDENTIALS"
     with pytest.raises(ValueError, match="placeholder 'nope'"):
         pytorchjob_manifest("x", "ns", IMAGE, ["{nope}"], 1, 1)
