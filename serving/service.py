@@ -33,7 +33,11 @@ from __future__ import annotations
 import os
 
 for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"),
-                     ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+                     ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"),
+                     # OpenMP threads sleep instead of spinning while they wait: the model's threads
+                     # share the cores with the HTTP event loop, and spinning threads starve it
+                     # (benchmarks/serving.py, c = 16: 81.7 -> 105.0 embeddings/s with two threads)
+                     ("OMP_WAIT_POLICY", "PASSIVE")):
     os.environ.setdefault(_var, _value)
 
 import base64  # noqa: E402
@@ -67,10 +71,11 @@ INDEX_OF_KIND = {"joint": "item", "text": "item_text_only", "image": "item_image
 #: the batching queue before it is answered 503 (overloaded)
 MAX_BATCH_SIZE = int(os.environ.get("ITEM_MAX_BATCH_SIZE", "64"))
 MAX_LATENCY_MS = int(os.environ.get("ITEM_MAX_LATENCY_MS", "10000"))
-#: torch intra-op threads of the worker: all cores but one, which is left to the HTTP event loop
-#: (request parsing, validation, photo decoding, JSON). On a 2-core machine shared with other jobs
-#: two OpenMP threads were 5-20x slower than one (each step waits for a descheduled thread).
-TORCH_THREADS = int(os.environ.get("ITEM_TORCH_THREADS", "0")) or max(1, (os.cpu_count() or 2) - 1)
+#: torch intra-op threads of the worker: every core. With OpenMP's passive wait policy (above) the
+#: model's threads yield to the HTTP event loop (request parsing, validation, photo decoding, JSON)
+#: when it needs a core; one thread fewer than the cores left the model at half speed on 2 cores
+#: (docs/serving.md, benchmark).
+TORCH_THREADS = int(os.environ.get("ITEM_TORCH_THREADS", "0")) or max(1, os.cpu_count() or 1)
 
 
 def resolve_model_tag(tag: str | None = None) -> str:
