@@ -51,6 +51,10 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "all_five_mask25": ("all five, MIM/GMIM mask ratio 0.25", {"mim_ratio": 0.25}, {}),
     "all_five_patch8": ("all five, 8 x 8 patches (N = 80)", {"patch_size": 8}, {}),
     "all_five_img32": ("all five, image 40 x 32 (N = 5)", {"image_height": 40, "image_width": 32}, {}),
+    "all_five_img40x32_p8": ("all five, image 40 x 32 in 8 x 8 patches (N = 20, same sequence length)",
+                             {"image_height": 40, "image_width": 32, "patch_size": 8}, {}),
+    "all_five_batch64": ("all five, batches of 64 (125 steps, the same listings seen)", {},
+                         {"batch_size": 64, "steps": 125, "warmup_steps": 12}),
     "all_five_500": ("all five, 500 steps", {}, {"steps": 500, "warmup_steps": 50}),
     "all_five_1000": ("all five, 1000 steps", {}, {"steps": 1000, "warmup_steps": 100}),
 }
