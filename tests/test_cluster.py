@@ -99,7 +99,7 @@ def test_ddp_pretrain_compiles_as_a_multi_replica_pytorchjob(tmp_path):
     assert job["replicas"] == 3 and job["image"] == IMAGE and job["resources"]["accelerator"] == "nvidia.com/gpu"
     assert job["command"][0] == "torchrun"
     # the launcher's manifest: 1 master + 2 workers of the image, GPU each, the secret mounted
-    from components.pretrain_ddp import pytorchjob_manifest
+    from pipelines.pytorchjob import pytorchjob_manifest
     manifest = pytorchjob_manifest("item-pretrain-x", "kubeflow", job["image"], job["command"], job["replicas"],
                                    job["nproc_per_node"], job["resources"], job["gcs_credentials"],
                                    values={"validated_catalog_path": "/gcs/b/root/validated", "model_path": "/gcs/b/root/model",
