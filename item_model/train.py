@@ -214,12 +214,12 @@ def _global_loss(losses: dict[str, torch.Tensor], weights: dict[str, float], bat
     Returns:
         (scalar loss tensor, ``{objective: global mean}`` floats in the order of ``losses``).
     """
-    counts = {"mlm": batch["mlm_labels"].ne(-100).sum(), "gmlm": batch["mlm_labels"].ne(-100).sum(),
-              "mim": batch["mim_mask"].sum(), "gmim": batch["mim_mask"].sum(),
-              "itm": torch.tensor(batch["itm_labels"].shape[0], device=batch["itm_labels"].device)}
     if not ctx.enabled:
         loss = sum(weights[k] * v for k, v in losses.items())
         return loss, {k: float(v.detach()) for k, v in losses.items()}
+    n_tokens, n_patches = batch["mlm_labels"].ne(-100).sum(), batch["mim_mask"].sum()
+    counts = {"mlm": n_tokens, "gmlm": n_tokens, "mim": n_patches, "gmim": n_patches,
+              "itm": torch.tensor(batch["itm_labels"].shape[0], device=batch["itm_labels"].device)}
     from .configuration_item import OBJECTIVES
     from .distributed import all_reduce_sum
     local = torch.stack([counts[k].float() for k in OBJECTIVES]).to(ctx.device)
