@@ -159,7 +159,8 @@ def load_rows(out: Path) -> list[dict]:
 
 def report(out: Path) -> Path | None:
     """Write ``ablations.md`` (table: rows x metrics for joint / text-only / image-only, and the
-    baselines) and ``ablations.png`` (category accuracy vs Recall@1 of every row and baseline)."""
+    baselines) and ``ablations.png`` (each row's joint category accuracy and Recall@1 as bars, the
+    baselines as lines)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -182,17 +183,22 @@ def report(out: Path) -> Path | None:
     md = "# ITEm ablations\n\n" + head + "\n".join(lines) + "\n\nRe-run a row: " \
          "`.venv/bin/python benchmarks/ablations.py --rows NAME --force`\n"
     write_text_atomic(out / "ablations.md", md)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for r in rows:
-        ax.scatter(r["item"]["category_accuracy"], r["item"]["recall@1"], marker="o")
-        ax.annotate(r["row"], (r["item"]["category_accuracy"], r["item"]["recall@1"]), fontsize=7)
-    for name, m in base.items():
-        ax.scatter(m["category_accuracy"], m["recall@1"], marker="x", color="black")
-        ax.annotate(name.replace("baseline_", ""), (m["category_accuracy"], m["recall@1"]), fontsize=7)
-    ax.set_xlabel("leaf-category accuracy (probe, test split)")
-    ax.set_ylabel("same-product Recall@1")
-    ax.set_title("ITEm ablations (joint [CLS] embedding) vs baselines")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.38 * len(rows) + 2.0), sharey=True)
+    names = [r["row"] for r in rows]
+    for ax, metric, title in ((axes[0], "category_accuracy", "leaf-category accuracy (probe)"),
+                              (axes[1], "recall@1", "same-product Recall@1")):
+        values = [r["item"][metric] for r in rows]
+        ax.barh(names, values, color="#4c72b0")
+        for y, v in enumerate(values):
+            ax.text(v, y, f" {v:.3f}", va="center", fontsize=7)
+        for (name, m), colour in zip(base.items(), ("#dd8452", "#55a868", "#c44e52")):
+            ax.axvline(m[metric], color=colour, linestyle="--", label=f"{name.replace('baseline_', '')} {m[metric]:.3f}")
+        lo = min(values + [m[metric] for m in base.values() if m[metric] > 0.85] + [0.9])
+        ax.set_xlim(lo - 0.01, 1.0)
+        ax.set_title(f"{title}, joint [CLS]")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=3)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()
     fig.tight_layout()
     png = out / "ablations.png"
     with atomic_path(png) as tmp:
