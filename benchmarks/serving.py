@@ -24,8 +24,9 @@ The model is copied into a temporary BentoML store together with a 44,441-row ca
 ids, titles and categories are the real catalog's and whose vectors are random unit vectors
 (seeded): search cost depends only on the index shape (n x D float32), and embedding the whole
 catalog with the model would take longer than the benchmark. ``--model full`` (default) is an
-untrained ITEm of the default profile's architecture (MiniLM-initialised, 6 layers, D = 384,
-80 x 64 photos in 16 px patches), which costs exactly what a trained one does.
+untrained ITEm of the default profile's architecture (``pipelines/configs/profiles.yaml``:
+MiniLM-initialised, 6 layers, D = 384, 40 x 32 photos in 8 px patches), which costs exactly what a
+trained one does.
 
 Prints a Markdown table; ``--json PATH`` also writes the numbers.
 """
@@ -104,8 +105,11 @@ def build_model_folder(kind: str, out: Path, bentoml_home: str | None, tag: str 
 
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor, default_bert_path
+    from pipelines.config import load_profile
     torch.manual_seed(0)
-    overrides = {"num_hidden_layers": 2} if kind == "tiny" else {}
+    overrides = dict(load_profile("default")["model_config"])  # the served architecture
+    if kind == "tiny":
+        overrides["num_hidden_layers"] = 2
     model = ItemModel.from_bert(default_bert_path(), **overrides)
     model.save_pretrained(out)
     ItemProcessor(AutoTokenizer.from_pretrained(default_bert_path()), model.config).save_pretrained(out)

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import click
 
-for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"),
-                     ("GX_ANALYTICS_ENABLED", "false"), ("HF_HUB_OFFLINE", "1"),
-                     ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-    os.environ.setdefault(_var, _value)
+from pipelines.env import set_offline_defaults
+
+set_offline_defaults()
 
 from item_model import storage  # noqa: E402
 from pipelines import config as pconfig  # noqa: E402

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import click
 
+from pipelines.env import set_offline_defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "serving.service:ItemService"
 
@@ -55,10 +57,7 @@ def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, stora
     """Serve ITEm: POST /embed, POST /similar, /readyz, /metrics, OpenAPI at /docs.json.
 
     Further arguments go to ``bentoml serve`` unchanged."""
-    env = dict(os.environ)
-    for var, value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"),
-                       ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-        env.setdefault(var, value)
+    env = set_offline_defaults(dict(os.environ))
     if bentoml_home:
         env["BENTOML_HOME"] = str(Path(bentoml_home).expanduser().resolve())
     if tag:
