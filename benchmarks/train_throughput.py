@@ -12,7 +12,10 @@ appendix B): 6 * N_matmul * L + 12 * layers * D * L^2, with N_matmul the encoder
 parameters and L the sequence length; the heads' extra work is not counted (it is what the ITEm
 step adds over plain BERT, and shows up as the ratio of the two step times).
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 10] [--batch-size 32] [--threads 0]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 10] [--batch-size 32] [--threads 0] [--profile default]
+
+Without ``--profile`` the model has ItemConfig's defaults (all five objectives, the costliest step);
+``--profile NAME`` takes that run profile's ``model_config`` (``pipelines/configs/profiles.yaml``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from transformers import AutoTokenizer, BertModel  # noqa: E402
 from item_model.catalog import iter_catalog  # noqa: E402
 from item_model.modeling_item import ItemModel  # noqa: E402
 from item_model.processing_item import ItemProcessor, ListingDataset, PretrainingCollator, default_bert_path  # noqa: E402
-from pipelines.config import DEFAULT_CATALOG  # noqa: E402
+from pipelines.config import DEFAULT_CATALOG, load_profile  # noqa: E402
 
 
 def matmul_peak(n: int = 2048, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
@@ -65,6 +68,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--catalog", default=DEFAULT_CATALOG)
     ap.add_argument("--json", default="", help="also write the numbers to this JSON file")
+    ap.add_argument("--profile", default="",
+                    help="use this run profile's model_config (default: all five objectives, the costliest step)")
     ap.add_argument("--bf16", action="store_true",
                     help="forward passes under CPU bf16 autocast (AVX512-BF16/AMX); MFU vs the bf16 matmul peak")
     args = ap.parse_args()
@@ -73,7 +78,7 @@ def main() -> None:
     torch.manual_seed(0)
     bert_path = default_bert_path()
     df = next(iter_catalog(args.catalog, batch_rows=2048)).dropna(subset=["title"]).reset_index(drop=True)
-    model = ItemModel.from_bert(bert_path)
+    model = ItemModel.from_bert(bert_path, **(load_profile(args.profile)["model_config"] if args.profile else {}))
     processor = ItemProcessor(AutoTokenizer.from_pretrained(bert_path), model.config)
     dataset, collate = ListingDataset(df, processor), PretrainingCollator(processor, seed=0)
     b = args.batch_size
