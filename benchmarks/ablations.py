@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+from pipelines.env import set_offline_defaults
+
+set_offline_defaults()
 
 logger = logging.getLogger("ablations")
 

@@ -45,9 +45,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"), ("GX_ANALYTICS_ENABLED", "false"),
-                     ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-    os.environ.setdefault(_var, _value)
+from pipelines.env import set_offline_defaults  # noqa: E402
+
+set_offline_defaults()
 
 from item_model.embedding_io import MODALITIES  # noqa: E402
 from monitoring.calibration import calibrate  # noqa: E402

@@ -47,16 +47,15 @@ import tempfile
 import time
 from pathlib import Path
 
-for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"),
-                     ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-    os.environ.setdefault(_var, _value)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipelines.env import set_offline_defaults  # noqa: E402
+
+set_offline_defaults()
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DEFAULT_CATALOG = ROOT.parent / "shared" / "datasets" / "fashion-product-images-small"
 
 

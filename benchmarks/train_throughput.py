@@ -25,7 +25,9 @@ import json
 import os
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from pipelines.env import set_offline_defaults
+
+set_offline_defaults()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
