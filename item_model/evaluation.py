@@ -4,8 +4,13 @@ Protocol (``shared/docs/item-model.md``, "How it is judged"):
 
 * same-product search: every listing of a same-product group queries the whole evaluated catalog
   (itself excluded); Recall@1, Recall@10, mAP (:func:`item_model.metrics.retrieval_metrics`);
-* leaf category: logistic-regression probe fitted on the train split's frozen embeddings, scored on
-  the test split (:func:`item_model.metrics.probe_metrics`);
+* leaf category: logistic-regression probe fitted on the train split's frozen embeddings, its ``C``
+  chosen on the validation split, scored on the test split (:func:`item_model.metrics.probe_details`);
+* title-decides search: the same search on groups of identically titled listings of one leaf
+  category whose photos differ (:mod:`item_model.title_decides`): does the title decide when the
+  photo misleads;
+* modality balance of the served vector: top-10 neighbour overlap of the joint embedding with
+  ITEm's own text-only and image-only embeddings (:func:`modality_balance`);
 * beside the baselines on the same split and gallery: MiniLM title embedding (text only), raw
   16 x 16 RGB pixels (image only), and the two concatenated.
 """
@@ -20,9 +25,10 @@ from tqdm.auto import tqdm
 
 from .catalog import decode_image, load_image_bytes
 from .io import PROGRESS_INTERVAL
-from .metrics import accuracy, macro_f1, probe_details, retrieval_details
+from .metrics import PROBE_CS, accuracy, macro_f1, probe_details, retrieval_details
 from .modeling_item import ItemModel
 from .processing_item import ItemProcessor
+from .title_decides import describe_groups, title_decides_groups
 
 logger = logging.getLogger(__name__)
 
@@ -136,54 +142,159 @@ def top_k(embeddings: np.ndarray, query_index: np.ndarray, k: int = 5, chunk: in
     return out
 
 
-def score_embeddings(emb: np.ndarray, df: pd.DataFrame, split: np.ndarray) -> tuple[dict[str, float], dict]:
-    """Both tasks for one embedding of the evaluated catalog.
+def title_decides_metrics(emb: np.ndarray, groups: np.ndarray) -> tuple[dict[str, float], dict | None]:
+    """Title-decides same-product search of one embedding (:mod:`item_model.title_decides`).
+
+    Args:
+        emb: (n, D) float32 rows aligned with the catalog.
+        groups: (n,) int64 from :func:`item_model.title_decides.title_decides_groups` (-1 = no group).
+
+    Returns:
+        (``{"title_decides_recall@1", "title_decides_recall@10", "title_decides_mAP",
+        "title_decides_n_queries"}``, per-query details of :func:`item_model.metrics.retrieval_details`),
+        or ``({}, None)`` when no listing is in a group.
+    """
+    if not (np.asarray(groups) >= 0).any():
+        return {}, None
+    d = retrieval_details(emb, groups)
+    return ({"title_decides_recall@1": float(d["recall@1"].mean()),
+             "title_decides_recall@10": float(d["recall@10"].mean()),
+             "title_decides_mAP": float(d["mAP"].mean()),
+             "title_decides_n_queries": int(len(d["mAP"]))}, d)
+
+
+def score_embeddings(emb: np.ndarray, df: pd.DataFrame, split: np.ndarray,
+                     title_groups: np.ndarray | None = None,
+                     probe_cs: tuple[float, ...] = PROBE_CS) -> tuple[dict[str, float], dict]:
+    """Both tasks, and the title-decides search, for one embedding of the evaluated catalog.
 
     Args:
         emb: (n, D) float32 rows aligned with ``df``.
-        df: canonical catalog (``category``, ``group_id``).
+        df: canonical catalog (``title``, ``category``, ``group_id``).
         split: (n,) ``"train"``/``"validation"``/``"test"``.
+        title_groups: (n,) int64 title-decides groups of ``df`` (-1 = none); None: built here with
+            :func:`item_model.title_decides.title_decides_groups` (default bounds).
+        probe_cs: the probe's ``C`` grid, chosen on the validation rows.
 
     Returns:
         (metrics: ``recall@1``, ``recall@10``, ``mAP``, ``n_queries`` (search over all n listings),
-        ``category_accuracy``, ``category_macro_f1``, ``n_classes``, ``n_test`` (probe train -> test);
+        ``category_accuracy``, ``category_macro_f1``, ``n_classes``, ``n_test`` (probe train -> test),
+        ``probe_C`` (the ``C`` chosen on the validation split), and, when ``df`` has a
+        title-decides group, ``title_decides_recall@1``, ``title_decides_recall@10``,
+        ``title_decides_mAP``, ``title_decides_n_queries``;
         details: ``{"retrieval": per-query arrays + "top5" (q, 5) catalog rows, "probe": "test_index"
         (catalog rows), "y_true", "y_pred"}`` for bootstrap tests and reports).
+
+    Raises:
+        ValueError: no same-product query, or the probe cannot be fitted
+            (:func:`item_model.metrics.probe_details`).
     """
     groups = df["group_id"].fillna(-1).astype("int64").to_numpy()
     retrieval = retrieval_details(emb, groups)
     retrieval["top5"] = top_k(emb, retrieval["query_index"], 5)
-    tr, te = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+    tr, va, te = (np.flatnonzero(split == s) for s in ("train", "validation", "test"))
     y = df["category"].to_numpy(dtype=object)
-    probe = probe_details(emb[tr], y[tr], emb[te], y[te])
+    probe = probe_details(emb[tr], y[tr], emb[te], y[te], x_val=emb[va], y_val=y[va], cs=probe_cs)
     probe["test_index"] = te[probe["test_index"]]
-    n_classes = probe.pop("n_classes")
+    n_classes, chosen_c = probe.pop("n_classes"), probe.pop("C")
+    for key in ("validation_accuracy", "converged"):
+        probe.pop(key)
     out = {f"recall@{k}": float(retrieval[f"recall@{k}"].mean()) for k in (1, 10)}
     out.update({"mAP": float(retrieval["mAP"].mean()), "n_queries": int(len(retrieval["mAP"])),
                 "category_accuracy": accuracy(probe["y_true"], probe["y_pred"]),
                 "category_macro_f1": macro_f1(probe["y_true"], probe["y_pred"]),
-                "n_classes": int(n_classes), "n_test": int(len(probe["y_true"]))})
+                "n_classes": int(n_classes), "n_test": int(len(probe["y_true"])), "probe_C": float(chosen_c)})
+    if title_groups is None:
+        title_groups = title_decides_groups(df)
+    out.update(title_decides_metrics(emb, title_groups)[0])
     return out, {"retrieval": retrieval, "probe": probe}
+
+
+def modality_balance(joint: np.ndarray, text: np.ndarray, image: np.ndarray, k: int = 10,
+                     n_queries: int = 2000, seed: int = 0, chunk: int = 256) -> dict[str, float]:
+    """How much the served (joint) vector follows the title and the photo: mean top-k neighbour
+    overlap of the joint embedding with the same model's text-only and image-only embeddings.
+
+    Queries: a fixed sample of ``min(n_queries, n)`` catalog rows drawn without replacement by
+    ``numpy.random.default_rng(seed).choice`` (sorted), nothing else; each embedding's neighbours are
+    searched over the whole catalog (all n rows, the query itself excluded) with :func:`top_k`. For
+    a query q, overlap_text(q) = |top-k_joint(q) ∩ top-k_text(q)| / k, and likewise with image;
+    the result is the mean over queries. Ties: identically titled listings have identical
+    text-only vectors (and duplicate photos identical image-only ones), so which of the tied rows
+    top-k picks is arbitrary; a joint neighbour therefore counts as in the text (image) top-k when
+    its text (image) score reaches that embedding's k-th best score (the same float32 products as
+    :func:`top_k`, 1e-6 slack). Without ties this is exactly the set overlap.
+
+    Reading: near 1 with one modality and low with the other = the joint vector follows that
+    modality; both low = it follows neither single-modality view (:func:`item_model.gate.balance_reading`).
+
+    Args:
+        joint, text, image: (n, D) float32 rows aligned with the same catalog (L2-normalised; inner
+            product = cosine).
+        k: neighbours per query (n must exceed k).
+        n_queries: largest number of sampled queries.
+        seed: seed of the query sample.
+        chunk: queries per matrix product (as :func:`top_k`'s default, so the scores match its).
+
+    Returns:
+        ``{"balance_text_overlap@k": float in [0, 1], "balance_image_overlap@k": float,
+        "balance_n_queries": int}``.
+
+    Raises:
+        ValueError: the three arrays differ in rows, or the catalog has no more than k rows.
+    """
+    n = len(joint)
+    if len(text) != n or len(image) != n:
+        raise ValueError(f"joint, text and image embeddings differ in rows: {n}, {len(text)}, {len(image)}")
+    if n <= k:
+        raise ValueError(f"modality balance needs more than k={k} listings, got {n}")
+    q = np.sort(np.random.default_rng(seed).choice(n, size=min(n_queries, n), replace=False))
+    nb_joint = top_k(joint, q, k, chunk)                                          # (m, k)
+    out: dict[str, float] = {}
+    for name, ref in (("text", text), ("image", image)):
+        ref = np.asarray(ref, dtype=np.float32)
+        nb_ref = top_k(ref, q, k, chunk)
+        hits = np.empty(nb_joint.shape, dtype=bool)
+        for c in range(0, len(q), chunk):                      # the same float32 products as top_k
+            scores = ref[q[c:c + chunk]] @ ref.T
+            kth = np.take_along_axis(scores, nb_ref[c:c + chunk, -1:], axis=1)          # (c, 1)
+            hits[c:c + chunk] = np.take_along_axis(scores, nb_joint[c:c + chunk], axis=1) >= kth - 1e-6
+        out[f"balance_{name}_overlap@{k}"] = float(hits.mean())
+    out["balance_n_queries"] = int(len(q))
+    return out
 
 
 def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame, split: np.ndarray,
                      bert_path: str, modality_ablation: bool = True, progress: bool = True,
                      champion: tuple[ItemModel, ItemProcessor] | None = None
                      ) -> tuple[dict[str, dict], dict[str, np.ndarray], dict[str, dict]]:
-    """Embed the catalog with ITEm (and the champion, if given) and the baselines; score each on both tasks.
+    """Embed the catalog with ITEm (and the champion, if given) and the baselines; score each on both
+    tasks and the title-decides search (:func:`score_embeddings`); with ``modality_ablation``, add
+    the modality balance (:func:`modality_balance`) to ``item``'s metrics.
 
     Returns:
         (``{name: metrics}`` for ``item``, optionally ``item_text_only``, ``item_image_only`` and
-        ``champion``, and ``baseline_text_minilm``, ``baseline_image_pixels``, ``baseline_concat``;
+        ``champion``, and ``baseline_text_minilm``, ``baseline_image_pixels``, ``baseline_concat``
+        (the title-decides keys are absent, with a logged note, when the catalog has no qualifying
+        title; ``item`` has ``balance_text_overlap@10``, ``balance_image_overlap@10`` and
+        ``balance_n_queries`` when the ablation ran);
         ``{kind: (n, D) float32}`` the challenger's ITEm embeddings, for the catalog index;
         ``{name: details}`` per-item outcomes of every model, see :func:`score_embeddings`).
     """
     results: dict[str, dict] = {}
     details: dict[str, dict] = {}
     item_embeddings: dict[str, np.ndarray] = {}
+    title_groups = title_decides_groups(df)
+    info = describe_groups(title_groups)
+    if info["n_groups"]:
+        logger.info("title-decides check: %d groups, %d queries (sizes %s)", info["n_groups"],
+                    info["n_queries"], info["size_counts"])
+    else:
+        logger.info("title-decides check skipped: no normalised title of %d listings qualifies "
+                    "(2-6 listings, one leaf category, no real same-product group member)", len(df))
 
     def run(name: str, emb: np.ndarray) -> None:
-        results[name], details[name] = score_embeddings(emb, df, split)
+        results[name], details[name] = score_embeddings(emb, df, split, title_groups)
         logger.info("%-22s %s", name, {k: round(v, 4) for k, v in results[name].items()})
         if name.startswith("item"):
             item_embeddings[name] = emb
@@ -194,6 +305,13 @@ def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFram
     if modality_ablation:
         run("item_text_only", embed_catalog(model, processor, df, "text", progress=progress))
         run("item_image_only", embed_catalog(model, processor, df, "image", progress=progress))
+        if len(df) > 10:
+            balance = modality_balance(item_embeddings["item"], item_embeddings["item_text_only"],
+                                       item_embeddings["item_image_only"])
+            results["item"].update(balance)
+            logger.info("modality balance of item: %s", {k: round(v, 4) for k, v in balance.items()})
+        else:
+            logger.info("modality balance skipped: %d listings (needs more than 10)", len(df))
     text = text_baseline(df, bert_path, progress=progress)
     pixels = pixel_baseline(df, progress=progress)
     run("baseline_text_minilm", text)

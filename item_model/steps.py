@@ -211,6 +211,7 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
     from .evaluation import evaluate_catalog
     from .modeling_item import ItemModel
     from .processing_item import ItemProcessor, default_bert_path
+    from .title_decides import describe_groups, title_decides_groups
 
     bert_path = bert_path or default_bert_path()
     df, meta = load_validated(catalog_dir)
@@ -240,7 +241,12 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
               "n_listings": int(len(df)), "split_counts": meta["split_counts"],
               "protocol": "search: every same-product group member queries all n_listings (itself "
                           "excluded); probe: logistic regression train split -> test split, leaf classes "
-                          "with >= 5 training listings",
+                          "with >= 5 training listings, C chosen on the validation split (probe_C); "
+                          "title_decides_*: the same search on groups of one normalised title, one leaf "
+                          "category, 2-6 listings, no real same-product member (photos differ); "
+                          "balance_*_overlap@10: top-10 neighbour overlap of item with item_text_only / "
+                          "item_image_only over a seeded sample of up to 2,000 listings",
+              "checks": {"title_decides": describe_groups(title_decides_groups(df))},
               "wall_time_s": time.perf_counter() - t0, "champion": champion_info, "models": models}
     write_json_atomic(eval_path, result)
     return result
@@ -250,8 +256,9 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
 def gate_step(eval_path: str, gate_config: dict, blessing_path: str, report_path: str,
               details_path: str | None = None, catalog_dir: str | None = None,
               html_path: str | None = None) -> dict:
-    """Apply the gate; write the blessing JSON, its Markdown report and (``html_path``) the HTML
-    report with metric bars, retrieval examples and worst categories. Returns the blessing."""
+    """Apply the gate; write the blessing JSON, its Markdown report (criteria, modality balance,
+    title-decides search) and (``html_path``) the HTML report with metric bars, retrieval examples,
+    worst categories, modality balance and title-decides search. Returns the blessing."""
     from .gate import blessing_markdown, evaluate_gate
 
     result = json.loads(Path(eval_path).read_text())
@@ -264,7 +271,7 @@ def gate_step(eval_path: str, gate_config: dict, blessing_path: str, report_path
     blessing["catalog_fingerprint"] = result.get("catalog_fingerprint")
     blessing["champion"] = result.get("champion", {}).get("version")
     write_json_atomic(blessing_path, blessing)
-    write_text_atomic(report_path, blessing_markdown(blessing))
+    write_text_atomic(report_path, blessing_markdown(blessing, eval_result=result))
     if html_path:
         from .gate_report import render_gate_report
         write_text_atomic(html_path, render_gate_report(blessing, result, details, df))
