@@ -18,9 +18,16 @@ Gate config (YAML or dict); every section but ``floors`` is optional::
       margin: 0.0
     validation:
       max_quarantine_fraction: 0.01
+    title_decides:                 # title-decides same-product search (item_model.title_decides)
+      metric: title_decides_recall@1   # default
+      max_drop_vs: baseline_text_minilm  # item may trail this model by at most `tolerance`
+      tolerance: 0.01
+      must_beat: baseline_image_pixels   # and must stay strictly above this one (null: no such row)
+      reason: why                  # shown in the report
 
 Each criterion is one row of the blessing; a missing metric fails its row with a message naming it;
-the model is blessed only when every row passes.
+the model is blessed only when every row passes. Exception: the ``title_decides`` rows pass with a
+note when the metric is absent (a catalog without a qualifying title, e.g. a small slice).
 """
 
 from __future__ import annotations
@@ -56,15 +63,38 @@ def check_gate_config(cfg: Any) -> None:
     """Raise :class:`GateConfigError` naming the criterion index and field if ``cfg`` is malformed."""
     if not isinstance(cfg, dict) or not isinstance(floors(cfg), list) or not floors(cfg):
         raise GateConfigError("gate config needs a non-empty 'floors' (or 'criteria') list")
-    unknown = set(cfg) - {"floors", "criteria", "champion", "baselines", "validation"}
+    unknown = set(cfg) - {"floors", "criteria", "champion", "baselines", "validation", "title_decides"}
     if unknown:
         raise GateConfigError(f"gate config has unknown section(s) {sorted(unknown)}")
+    if "title_decides" in cfg:
+        _check_title_decides(cfg["title_decides"])
     for i, c in enumerate(floors(cfg)):
         if not isinstance(c, dict) or not isinstance(c.get("metric"), str):
             raise GateConfigError(f"gate criterion #{i}: field 'metric' (str) is missing")
         bounds = [k for k in ("min", "max") if k in c]
         if len(bounds) != 1 or not isinstance(c[bounds[0]], (int, float)):
             raise GateConfigError(f"gate criterion #{i} ({c['metric']}): give exactly one numeric 'min' or 'max'")
+
+
+TITLE_DECIDES_FIELDS = {"metric", "max_drop_vs", "tolerance", "must_beat", "reason"}
+
+
+def _check_title_decides(td: Any) -> None:
+    """Raise :class:`GateConfigError` unless ``td`` is ``{max_drop_vs: str, tolerance: number >= 0,
+    [metric: str], [must_beat: str | null], [reason: str]}``."""
+    if not isinstance(td, dict):
+        raise GateConfigError("gate section 'title_decides' must be a mapping")
+    unknown = set(td) - TITLE_DECIDES_FIELDS
+    if unknown:
+        raise GateConfigError(f"gate section 'title_decides' has unknown field(s) {sorted(unknown)}")
+    if not isinstance(td.get("max_drop_vs"), str) or not td["max_drop_vs"]:
+        raise GateConfigError("gate section 'title_decides': field 'max_drop_vs' (a model name) is missing")
+    tol = td.get("tolerance", 0.01)
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or tol < 0:
+        raise GateConfigError(f"gate section 'title_decides': 'tolerance' must be a number >= 0, got {tol!r}")
+    for key in ("metric", "must_beat", "reason"):
+        if td.get(key) is not None and not isinstance(td[key], str):
+            raise GateConfigError(f"gate section 'title_decides': {key!r} must be a string")
 
 
 def lookup_metric(eval_result: dict, path: str) -> float | None:
@@ -116,6 +146,8 @@ def evaluate_gate(eval_result: dict, gate_config: dict, details: dict | None = N
         rows += _baseline_rows(eval_result, gate_config["baselines"])
     if "validation" in gate_config:
         rows.append(_validation_row(gate_config["validation"], validation))
+    if "title_decides" in gate_config:
+        rows += _title_decides_rows(eval_result, gate_config["title_decides"])
     return {"blessed": all(r["passed"] for r in rows), "criteria": rows}
 
 
@@ -179,6 +211,74 @@ def _baseline_rows(eval_result: dict, cfg: dict) -> list[dict]:
     return rows
 
 
+def _title_decides_rows(eval_result: dict, cfg: dict) -> list[dict]:
+    """Title-decides rows: ``item.<metric> >= <max_drop_vs>.<metric> - tolerance`` and
+    ``item.<metric> > <must_beat>.<metric>``; each passes with a note when a value is absent."""
+    metric = cfg.get("metric") or "title_decides_recall@1"
+    tol = float(cfg.get("tolerance", 0.01))
+    reason = cfg.get("reason", "")
+    value = lookup_metric(eval_result, f"item.{metric}")
+    if value is None:
+        note = (f"item.{metric} not measured (the evaluated catalog has no qualifying title, or an "
+                f"eval.json from before this check): passes")
+        return [_row("title-decides", f"item.{metric}", None, None, "-", True, note, note)]
+    rows = []
+    ref_name = cfg["max_drop_vs"]
+    ref = lookup_metric(eval_result, f"{ref_name}.{metric}")
+    if ref is None:
+        note = f"{ref_name}.{metric} not measured: nothing to compare with, passes"
+        rows.append(_row("title-decides", f"item.{metric}", value, None, ">=", True, note, note))
+    else:
+        passed = value >= ref - tol
+        rows.append(_row("title-decides", f"item.{metric}", value, ref - tol, ">=", passed,
+                         f"{reason + '; ' if reason else ''}{ref_name} = {ref:.4f}, tolerance {tol}",
+                         "pass" if passed else f"{value:.4f} is {ref - value:.4f} below {ref_name} "
+                                               f"({ref:.4f}); tolerance {tol}"))
+    floor_name = cfg.get("must_beat", "baseline_image_pixels")
+    if floor_name:
+        floor = lookup_metric(eval_result, f"{floor_name}.{metric}")
+        if floor is None:
+            note = f"{floor_name}.{metric} not measured: nothing to compare with, passes"
+            rows.append(_row("title-decides", f"item.{metric}", value, None, ">", True, note, note))
+        else:
+            passed = value > floor
+            rows.append(_row("title-decides", f"item.{metric}", value, floor, ">", passed,
+                             f"must stay above {floor_name} = {floor:.4f} (the photo alone)",
+                             "pass" if passed else f"{value:.4f} does not exceed {floor_name} ({floor:.4f})"))
+    return rows
+
+
+def balance_reading(text_overlap: float, image_overlap: float) -> str:
+    """One line reading the modality balance of the served vector
+    (:func:`item_model.evaluation.modality_balance`: top-k overlaps in [0, 1]).
+
+    A reading aid, not a criterion: "follows the photo" when the image overlap is at least twice
+    the text overlap and 0.1 above it; "follows the title" in the mirror case; "follows neither"
+    when both are below 0.2; else "uses both".
+    """
+    t, i = float(text_overlap), float(image_overlap)
+    if max(t, i) < 0.2:
+        return "follows neither single-modality view: its neighbours differ from both the text-only and image-only ones"
+    if i >= 2 * t and i - t >= 0.1:
+        return "follows the photo: its neighbours are mostly the image-only embedding's, the title counts little"
+    if t >= 2 * i and t - i >= 0.1:
+        return "follows the title: its neighbours are mostly the text-only embedding's, the photo counts little"
+    return "uses both the title and the photo: its neighbours overlap with both single-modality views"
+
+
+def balance_values(eval_result: dict, k: int = 10) -> tuple[float, float, int | None] | None:
+    """``(text overlap, image overlap, n queries)`` of ``item`` in eval.json, or None when absent."""
+    item = eval_result.get("models", {}).get("item", {})
+    t, i = item.get(f"balance_text_overlap@{k}"), item.get(f"balance_image_overlap@{k}")
+    if not isinstance(t, (int, float)) or not isinstance(i, (int, float)):
+        return None
+    return float(t), float(i), item.get("balance_n_queries")
+
+
+TITLE_DECIDES_REPORT_MODELS = ("item", "champion", "item_text_only", "item_image_only", "baseline_text_minilm",
+                               "baseline_image_pixels", "baseline_concat")
+
+
 def _validation_row(cfg: dict, validation: dict | None) -> dict:
     limit = float(cfg.get("max_quarantine_fraction", 0.01))
     if validation is None:
@@ -191,8 +291,11 @@ def _validation_row(cfg: dict, validation: dict | None) -> dict:
                 "pass" if passed else f"{share:.4f} of the rows were quarantined (limit {limit})")
 
 
-def blessing_markdown(blessing: dict, title: str = "ITEm promotion gate") -> str:
-    """The blessing as a Markdown report: verdict line and one table row per criterion."""
+def blessing_markdown(blessing: dict, title: str = "ITEm promotion gate", eval_result: dict | None = None) -> str:
+    """The blessing as a Markdown report: verdict line and one table row per criterion; with
+    ``eval_result`` (eval.json) also a "Modality balance" section (item's top-10 overlaps and their
+    reading, :func:`balance_reading`) and a "Title-decides same-product search" table, each only
+    when its metrics are present."""
     verdict = "BLESSED" if blessing["blessed"] else "NOT BLESSED"
     lines = [f"# {title}: **{verdict}**", "", "| criterion | metric | value | threshold | verdict | note |",
              "|---|---|---|---|---|---|"]
@@ -202,4 +305,24 @@ def blessing_markdown(blessing: dict, title: str = "ITEm promotion gate") -> str
         note = r["message"] if (not r["passed"] or r["criterion"] == "significance") else r["reason"]
         lines.append(f"| {r.get('criterion', 'floor')} | `{r['metric']}` | {value} | {threshold} | "
                      f"{'pass' if r['passed'] else '**FAIL**'} | {note} |")
+    if eval_result is not None:
+        balance = balance_values(eval_result)
+        if balance is not None:
+            t, i, n = balance
+            lines += ["", "## Modality balance", "",
+                      f"Top-10 neighbours of the served (joint) vector shared with ITEm's own text-only "
+                      f"embedding: **{t:.3f}**; with its image-only embedding: **{i:.3f}** "
+                      f"({n or '?'} sampled catalog listings as queries, the whole catalog searched).", "",
+                      f"Reading: the joint vector {balance_reading(t, i)}."]
+        models = eval_result.get("models", {})
+        shown = [m for m in TITLE_DECIDES_REPORT_MODELS if "title_decides_recall@1" in models.get(m, {})]
+        if shown:
+            lines += ["", "## Title-decides same-product search", "",
+                      "Identically titled listings of one leaf category whose photos differ: the title "
+                      "decides, the photo misleads.", "",
+                      "| model | Recall@1 | Recall@10 | mAP | queries |", "|---|---|---|---|---|"]
+            for m in shown:
+                v = models[m]
+                lines.append(f"| {m} | {v['title_decides_recall@1']:.4f} | {v['title_decides_recall@10']:.4f} | "
+                             f"{v['title_decides_mAP']:.4f} | {int(v['title_decides_n_queries'])} |")
     return "\n".join(lines) + "\n"

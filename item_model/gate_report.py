@@ -1,7 +1,7 @@
 """A self-contained HTML gate report (images inlined as data URIs): the verdict and every criterion,
 metric bars with bootstrap confidence intervals for the challenger, the champion and the baselines,
-retrieval examples where the challenger wins and loses against the champion, and the worst leaf
-categories."""
+retrieval examples where the challenger wins and loses against the champion, the worst leaf
+categories, the modality balance of the served vector and the title-decides search."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import io
 import numpy as np
 import pandas as pd
 
+from .gate import TITLE_DECIDES_REPORT_MODELS, balance_reading, balance_values
 from .significance import bootstrap_ci
 
 BAR_METRICS = ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP")
@@ -101,6 +102,43 @@ def worst_categories(details: dict, n: int = 10) -> str:
     return f"<table><tr><th>leaf category</th><th>accuracy</th><th>test listings</th></tr>{rows}</table>"
 
 
+def modality_balance_html(eval_result: dict) -> str:
+    """HTML "modality balance" section body: item's top-10 overlaps with its text-only and
+    image-only embeddings as two bars and a one-line reading (:func:`item_model.gate.balance_reading`);
+    a note when eval.json has no balance (the evaluate step ran without the modality ablation)."""
+    balance = balance_values(eval_result)
+    if balance is None:
+        return "<p>Not measured (the evaluation ran without the modality ablation).</p>"
+    t, i, n = balance
+
+    def bar(label: str, v: float) -> str:
+        return (f'<div class="bal"><span>{html.escape(label)}</span><div class="track">'
+                f'<div class="fill" style="width:{100 * min(max(v, 0.0), 1.0):.1f}%"></div></div>'
+                f'<b>{v:.3f}</b></div>')
+
+    return (f"<p>Share of the served (joint) vector's top-10 neighbours that are also top-10 "
+            f"neighbours of ITEm's own single-modality embedding ({n or '?'} sampled catalog listings "
+            f"as queries, the whole catalog searched).</p>"
+            + bar("text-only", t) + bar("image-only", i)
+            + f"<p><b>Reading:</b> the joint vector {html.escape(balance_reading(t, i))}.</p>")
+
+
+def title_decides_html(eval_result: dict) -> str:
+    """HTML table of every model's title-decides search metrics (:mod:`item_model.title_decides`),
+    or a note when eval.json has none (no qualifying title in the evaluated catalog)."""
+    models = eval_result.get("models", {})
+    shown = [m for m in TITLE_DECIDES_REPORT_MODELS if "title_decides_recall@1" in models.get(m, {})]
+    if not shown:
+        return "<p>Not measured: the evaluated catalog has no qualifying title.</p>"
+    rows = "".join(f"<tr><td>{html.escape(m)}</td><td>{models[m]['title_decides_recall@1']:.4f}</td>"
+                   f"<td>{models[m]['title_decides_recall@10']:.4f}</td><td>{models[m]['title_decides_mAP']:.4f}</td>"
+                   f"<td>{int(models[m]['title_decides_n_queries'])}</td></tr>" for m in shown)
+    return ("<p>Listings with an identical title in one leaf category whose photos differ (no real "
+            "same-product group member): the title decides, the photo misleads.</p>"
+            "<table><tr><th>model</th><th>Recall@1</th><th>Recall@10</th><th>mAP</th><th>queries</th></tr>"
+            f"{rows}</table>")
+
+
 def render_gate_report(blessing: dict, eval_result: dict, details: dict | None, df: pd.DataFrame | None,
                        title: str = "ITEm promotion gate") -> str:
     """The whole report as one HTML string (no external resources)."""
@@ -122,6 +160,8 @@ def render_gate_report(blessing: dict, eval_result: dict, details: dict | None, 
         "<h2>Criteria</h2><table><tr><th>criterion</th><th>metric</th><th>value</th><th>threshold</th>"
         f"<th>verdict</th><th>note</th></tr>{''.join(rows)}</table>",
         f'<h2>Metrics (95 % bootstrap intervals)</h2><img class="bars" src="{metric_bars(eval_result, details)}"/>',
+        "<h2>Modality balance</h2>" + modality_balance_html(eval_result),
+        "<h2>Title-decides same-product search</h2>" + title_decides_html(eval_result),
     ]
     if details and df is not None:
         sections.append(f"<h2>Same-product search examples (challenger vs {html.escape(other)})</h2>"
@@ -133,6 +173,8 @@ tr.fail td{background:#fbeaea}span.pass{color:#1a7f1a}span.fail{color:#b00020}im
 .example{display:flex;gap:16px;border-top:1px solid #ddd;padding:8px 0}.results{display:flex;flex-wrap:wrap;
 gap:4px;max-width:560px}.results p{width:100%;margin:0;font-size:12px}figure.thumb{margin:0;width:100px;
 border:3px solid transparent}figure.thumb.hit{border-color:#2e7d32}figure.thumb.miss{border-color:#eee}
-figure img{width:60px;height:80px;object-fit:contain;display:block;margin:auto}figcaption{font-size:10px}"""
+figure img{width:60px;height:80px;object-fit:contain;display:block;margin:auto}figcaption{font-size:10px}
+.bal{display:flex;align-items:center;gap:8px;margin:4px 0;font-size:13px}.bal span{width:90px}
+.track{width:320px;height:14px;background:#eee}.fill{height:100%;background:#1f77b4}"""
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")

@@ -211,6 +211,8 @@ def print_summary(summary: dict) -> None:
     for name, m in models.items():
         table.add_row(name, *(f"{m[c]:.4f}" for c in cols), style="bold" if name == "item" else None)
     console.print(table)
+    for line in check_lines(models):
+        console.print(line, highlight=False)
     blessing = summary.get("blessing", {})
     console.print(blessing_table(blessing))
     console.print(f"wall time        {summary['wall_time_s']:.0f} s")
@@ -219,6 +221,28 @@ def print_summary(summary: dict) -> None:
         console.print(f"{key:16s} {summary.get(key)}")
     console.print(f"{'bento model':16s} {summary.get('bento_model') or '(not packaged: not blessed)'}")
     console.print(f"{'summary':16s} {storage.join(summary['run_dir'], 'summary.json')}")
+
+
+def check_lines(models: dict) -> list[str]:
+    """Up to two summary lines (each under 100 columns) under the metrics table: the served vector's
+    modality balance (item's top-10 overlap with its text-only / image-only embeddings, and the
+    reading of :func:`item_model.gate.balance_reading`) and the title-decides Recall@1 of item and
+    the text/pixel baselines; a line is left out when eval.json lacks its metrics."""
+    from item_model.gate import balance_reading, balance_values
+    lines = []
+    balance = balance_values({"models": models})
+    if balance is not None:
+        t, i, _ = balance
+        lines.append(f"modality balance (top-10 overlap) text {t:.2f}, image {i:.2f}: "
+                     f"{balance_reading(t, i).split(':')[0]}")
+    r1 = {n: models.get(n, {}).get("title_decides_recall@1") for n in
+          ("item", "baseline_text_minilm", "baseline_image_pixels")}
+    if r1["item"] is not None:
+        others = ", ".join(f"{label} {r1[n]:.4f}" for label, n in (("text", "baseline_text_minilm"),
+                                                                    ("pixels", "baseline_image_pixels"))
+                           if r1[n] is not None)
+        lines.append(f"title-decides R@1 item {r1['item']:.4f}" + (f" (baselines: {others})" if others else ""))
+    return lines
 
 
 def blessing_table(blessing: dict, title: str = "Promotion gate"):
