@@ -1,0 +1,317 @@
+"""Issue 12, items 3-5: the title-decides same-product check, the modality balance of the served
+vector, the probe's regularisation chosen on the validation split, and the gate's title_decides
+criterion. Real catalog slices (tests/conftest.py), read with the project's own readers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from item_model import catalog as cat
+from item_model.evaluation import modality_balance, pixel_baseline, score_embeddings, title_decides_metrics
+from item_model.gate import GateConfigError, balance_reading, blessing_markdown, evaluate_gate, load_gate_config
+from item_model.metrics import PROBE_FALLBACK_C, probe_details
+from item_model.title_decides import describe_groups, normalise_title, title_decides_groups
+from pipelines.config import GATE_FILE
+from tests.conftest import write_slice
+
+
+@pytest.fixture(scope="module")
+def real_slice(tmp_path_factory) -> pd.DataFrame:
+    """3,000 real listings of shard 0 plus the members of 100 real same-product groups, read with
+    :func:`item_model.catalog.read_catalog`, with the project's hash split."""
+    folder = write_slice(tmp_path_factory.mktemp("checks"), n_plain=3000, n_groups=100)
+    df = cat.read_catalog(folder)
+    df["split"] = cat.assign_split(df["product_id"].tolist())
+    return df
+
+
+def _independent_groups(df: pd.DataFrame, lo: int = 2, hi: int = 6) -> dict[str, set[int]]:
+    """Normalised title -> row positions, computed here without the module under test."""
+    by_title: dict[str, list[int]] = {}
+    for i, t in enumerate(df["title"]):
+        if isinstance(t, str) and t.strip():
+            by_title.setdefault(" ".join(t.lower().split()), []).append(i)
+    real = df["group_id"].notna().to_numpy()
+    cats = df["category"].to_numpy(dtype=object)
+    return {t: set(rows) for t, rows in by_title.items()
+            if lo <= len(rows) <= hi and len(set(cats[rows])) == 1 and not real[rows].any()}
+
+
+def _as_sets(groups: np.ndarray) -> list[set[int]]:
+    return [set(np.flatnonzero(groups == g).tolist()) for g in np.unique(groups[groups >= 0])]
+
+
+def test_normalise_title():
+    assert normalise_title("  Lucera  Women\tSilver EARRINGS ") == "lucera women silver earrings"
+    assert normalise_title(None) is None and normalise_title(float("nan")) is None and normalise_title("  ") is None
+
+
+def test_title_decides_groups_on_a_real_slice(real_slice):
+    df = real_slice
+    groups = title_decides_groups(df)
+    assert groups.shape == (len(df),) and groups.dtype == np.int64
+    sets = _as_sets(groups)
+    assert len(sets) >= 20                                         # the slice holds real such titles
+    titles = df["title"].map(normalise_title).to_numpy(dtype=object)
+    cats = df["category"].to_numpy(dtype=object)
+    real = df["group_id"].notna().to_numpy()
+    for rows in sets:
+        rows = sorted(rows)
+        assert len(set(titles[rows])) == 1 and len(set(cats[rows])) == 1
+        assert 2 <= len(rows) <= 6 and not real[rows].any()
+        # every listing of the catalog with that title is in the group
+        assert set(np.flatnonzero(titles == titles[rows[0]]).tolist()) == set(rows)
+    assert sorted(map(sorted, sets)) == sorted(map(sorted, _independent_groups(df).values()))
+    info = describe_groups(groups)
+    assert info["n_groups"] == len(sets) and info["n_queries"] == int((groups >= 0).sum())
+    # real same-product groups (identical title and photo) share titles with nothing that qualifies
+    real_titles = set(titles[real])
+    assert real_titles and not real_titles & set(titles[groups >= 0])
+
+
+def test_title_spanning_two_categories_is_excluded(real_slice):
+    groups = title_decides_groups(real_slice)
+    rows = np.flatnonzero(groups == groups[groups >= 0][0])
+    edited = real_slice.copy()
+    other = next(c for c in edited["category"].unique() if c != edited.at[rows[0], "category"])
+    edited.loc[rows[-1], "category"] = other                       # one listing of the title re-categorised
+    after = title_decides_groups(edited)
+    assert (after[rows] == -1).all()
+    assert len(_as_sets(after)) == len(_as_sets(groups)) - 1      # nothing else changes
+
+
+def test_size_bounds_are_parameters(real_slice):
+    default = _as_sets(title_decides_groups(real_slice))
+    small = _as_sets(title_decides_groups(real_slice, max_size=3))
+    assert sorted(map(sorted, small)) == sorted(sorted(s) for s in default if len(s) <= 3)
+    assert any(len(s) > 3 for s in default)
+    wide = _as_sets(title_decides_groups(real_slice, max_size=50))
+    assert sorted(map(sorted, wide)) == sorted(map(sorted, _independent_groups(real_slice, 2, 50).values()))
+    with pytest.raises(ValueError, match="min_size"):
+        title_decides_groups(real_slice, min_size=1)
+
+
+def test_reference_catalog_decides_qualification(real_slice):
+    """On a sample, titles qualify on the catalog it was drawn from: a title with 2 listings in the
+    sample but 8 in the reference is dropped."""
+    groups = title_decides_groups(real_slice)
+    rows = np.flatnonzero(groups == groups[groups >= 0][0])
+    reference = pd.concat([real_slice] + [real_slice.iloc[rows[:1]]] * 7, ignore_index=True)
+    with_ref = title_decides_groups(real_slice, reference=reference)
+    assert (with_ref[rows] == -1).all()
+    assert len(_as_sets(with_ref)) == len(_as_sets(groups)) - 1
+    assert sorted(map(sorted, _as_sets(title_decides_groups(real_slice, reference=real_slice)))) == \
+        sorted(map(sorted, _as_sets(groups)))
+
+
+def _title_onehot(df: pd.DataFrame) -> np.ndarray:
+    """A perfect "title" embedding: one unit vector per normalised title."""
+    codes = pd.factorize(df["title"].map(normalise_title).fillna("missing title " + df["product_id"]))[0]
+    out = np.zeros((len(df), codes.max() + 1), dtype=np.float32)
+    out[np.arange(len(df)), codes] = 1.0
+    return out
+
+
+def test_title_decides_search_rewards_the_title_not_the_photo(real_slice):
+    groups = title_decides_groups(real_slice)
+    title_metrics, _ = title_decides_metrics(_title_onehot(real_slice), groups)
+    assert title_metrics["title_decides_recall@1"] == 1.0 == title_metrics["title_decides_mAP"]
+    assert title_metrics["title_decides_n_queries"] == int((groups >= 0).sum())
+    photo_metrics, _ = title_decides_metrics(pixel_baseline(real_slice, progress=False), groups)
+    assert photo_metrics["title_decides_recall@1"] < 0.9
+    assert title_decides_metrics(_title_onehot(real_slice), np.full(len(real_slice), -1)) == ({}, None)
+
+
+def test_score_embeddings_adds_or_skips_the_title_decides_keys(real_slice):
+    df = real_slice.iloc[:1200].reset_index(drop=True)
+    df = pd.concat([df, real_slice[real_slice["group_id"].notna()]]).drop_duplicates("product_id")
+    df = df.reset_index(drop=True)
+    emb = pixel_baseline(df, side=8, progress=False)
+    metrics, _ = score_embeddings(emb, df, df["split"].to_numpy())
+    assert metrics["title_decides_n_queries"] == int((title_decides_groups(df) >= 0).sum()) > 0
+    assert {"title_decides_recall@1", "title_decides_recall@10", "title_decides_mAP", "probe_C"} <= set(metrics)
+    # drop every listing of a qualifying title: no title qualifies any more, the keys are absent
+    rest = df[title_decides_groups(df) < 0].reset_index(drop=True)
+    assert (title_decides_groups(rest) < 0).all()
+    metrics, _ = score_embeddings(emb[title_decides_groups(df) < 0], rest, rest["split"].to_numpy())
+    assert not any(k.startswith("title_decides") for k in metrics) and "recall@1" in metrics
+
+
+def test_modality_balance_equal_scrambled_and_tied(real_slice):
+    px = pixel_baseline(real_slice, progress=False)
+    same = modality_balance(px, px, px)
+    assert same["balance_text_overlap@10"] == 1.0 == same["balance_image_overlap@10"]
+    assert same["balance_n_queries"] == 2000
+    perm = np.random.default_rng(0).permutation(len(px))
+    scrambled = modality_balance(px, px[perm], px)
+    assert scrambled["balance_text_overlap@10"] < 0.05 and scrambled["balance_image_overlap@10"] == 1.0
+    # identical titles -> identical text vectors: ties count as shared neighbours
+    part = real_slice.iloc[:1500].reset_index(drop=True)
+    text, px = _title_onehot(part), px[:1500]
+    joint = np.concatenate([text, 0.05 * px], axis=1)
+    joint /= np.linalg.norm(joint, axis=1, keepdims=True)
+    tied = modality_balance(joint, text, px)
+    assert tied["balance_text_overlap@10"] == 1.0 > tied["balance_image_overlap@10"]
+    # the query sample is fixed by the seed and capped by the catalog size
+    assert modality_balance(joint, text, px, n_queries=10**6)["balance_n_queries"] == len(px)
+    assert modality_balance(joint, text, px) == tied
+    with pytest.raises(ValueError, match="more than k"):
+        modality_balance(px[:5], px[:5], px[:5])
+
+
+def test_balance_reading():
+    assert balance_reading(0.1, 0.8).startswith("follows the photo")
+    assert balance_reading(0.8, 0.1).startswith("follows the title")
+    assert balance_reading(0.5, 0.45).startswith("uses both")
+    assert balance_reading(0.05, 0.1).startswith("follows neither")
+
+
+def _probe_inputs(real_slice):
+    x = pixel_baseline(real_slice, side=8, progress=False)
+    y = real_slice["category"].to_numpy(dtype=object)
+    split = real_slice["split"].to_numpy()
+    return {s: (x[split == s], y[split == s]) for s in ("train", "validation", "test")}
+
+
+def test_probe_chooses_C_on_validation_rows_only(real_slice):
+    d = _probe_inputs(real_slice)
+    (xtr, ytr), (xva, yva), (xte, yte) = d["train"], d["validation"], d["test"]
+    first = probe_details(xtr, ytr, xte, yte, x_val=xva, y_val=yva)
+    assert first["C"] in (0.1, 1.0, 10.0) and set(first["validation_accuracy"]) == {0.1, 1.0, 10.0}
+    assert first["validation_accuracy"][first["C"]] == max(first["validation_accuracy"].values())
+    # other test labels (shuffled among the test rows): the same choice and validation scores
+    shuffled = probe_details(xtr, ytr, xte, np.random.default_rng(1).permutation(yte), x_val=xva, y_val=yva)
+    assert shuffled["C"] == first["C"] and shuffled["validation_accuracy"] == first["validation_accuracy"]
+    # other validation labels: other validation scores
+    other = probe_details(xtr, ytr, xte, yte, x_val=xva, y_val=np.random.default_rng(2).permutation(yva))
+    assert other["validation_accuracy"] != first["validation_accuracy"]
+
+
+def test_probe_falls_back_to_C1_without_usable_validation_rows(real_slice, caplog):
+    d = _probe_inputs(real_slice)
+    (xtr, ytr), (xva, yva), (xte, yte) = d["train"], d["validation"], d["test"]
+    with caplog.at_level(logging.INFO, logger="item_model.metrics"):
+        none = probe_details(xtr, ytr, xte, yte)
+        unseen = probe_details(xtr, ytr, xte, yte, x_val=xva, y_val=np.array(["no such class"] * len(yva)))
+    assert none["C"] == unseen["C"] == PROBE_FALLBACK_C and none["validation_accuracy"] == {}
+    assert sum("no usable validation rows" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_probe_convergence_warnings_are_silenced_and_logged_once(real_slice, caplog):
+    from sklearn.exceptions import ConvergenceWarning
+    d = _probe_inputs(real_slice)
+    (xtr, ytr), (xva, yva), (xte, yte) = d["train"], d["validation"], d["test"]
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="item_model.metrics"):
+        warnings.simplefilter("always")
+        out = probe_details(xtr, ytr, xte, yte, max_iter=3, x_val=xva, y_val=yva)
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert out["converged"] is False
+    assert sum("without converging" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_score_embeddings_records_probe_C_chosen_on_validation(real_slice):
+    df = real_slice
+    emb = pixel_baseline(df, side=8, progress=False)
+    split = df["split"].to_numpy()
+    metrics, details = score_embeddings(emb, df, split)
+    y = df["category"].to_numpy(dtype=object)
+    expect = probe_details(emb[split == "train"], y[split == "train"], emb[split == "test"], y[split == "test"],
+                           x_val=emb[split == "validation"], y_val=y[split == "validation"])
+    assert metrics["probe_C"] == expect["C"]
+    assert set(details["probe"]) == {"test_index", "y_true", "y_pred"}     # eval_details.npz unchanged
+
+
+# ---- the gate's title_decides criterion -----------------------------------------------------------
+
+TD = {"max_drop_vs": "baseline_text_minilm", "tolerance": 0.01, "reason": "title must decide"}
+
+
+def _eval(item: float | None, text: float | None = 0.95, pixels: float | None = 0.40) -> dict:
+    models = {"item": {"recall@1": 0.9}, "baseline_text_minilm": {}, "baseline_image_pixels": {}}
+    for name, v in (("item", item), ("baseline_text_minilm", text), ("baseline_image_pixels", pixels)):
+        if v is not None:
+            models[name]["title_decides_recall@1"] = v
+    return {"models": models}
+
+
+def _gate(eval_result: dict, td: dict = TD) -> dict:
+    return evaluate_gate(eval_result, {"criteria": [{"metric": "item.recall@1", "min": 0.0}], "title_decides": td})
+
+
+def test_title_decides_criterion_passes_within_tolerance_and_above_pixels():
+    b = _gate(_eval(0.945))
+    rows = [r for r in b["criteria"] if r["criterion"] == "title-decides"]
+    assert b["blessed"] and len(rows) == 2 and all(r["passed"] for r in rows)
+    assert rows[0]["threshold"] == pytest.approx(0.94) and rows[1]["threshold"] == 0.40
+
+
+def test_title_decides_criterion_blocks_a_drop_beyond_tolerance():
+    b = _gate(_eval(0.93))
+    assert not b["blessed"]
+    row = next(r for r in b["criteria"] if r["criterion"] == "title-decides" and not r["passed"])
+    assert "below baseline_text_minilm" in row["message"] and row["threshold"] == pytest.approx(0.94)
+
+
+def test_title_decides_criterion_blocks_at_or_below_the_photo_baseline():
+    b = _gate(_eval(0.40, text=0.40, pixels=0.40))              # within tolerance of text, not above pixels
+    failed = [r for r in b["criteria"] if not r["passed"]]
+    assert not b["blessed"] and len(failed) == 1 and "does not exceed baseline_image_pixels" in failed[0]["message"]
+    assert _gate(_eval(0.40, text=0.40, pixels=0.40), {**TD, "must_beat": None})["blessed"]
+
+
+def test_title_decides_criterion_passes_with_a_note_when_absent():
+    b = _gate(_eval(None))
+    row = next(r for r in b["criteria"] if r["criterion"] == "title-decides")
+    assert b["blessed"] and row["value"] is None and "not measured" in row["message"]
+    b = _gate(_eval(0.9, text=None))
+    assert b["blessed"] and any("baseline_text_minilm.title_decides_recall@1 not measured" in r["message"]
+                                for r in b["criteria"])
+
+
+@pytest.mark.parametrize("td, match", [({"tolerance": 0.01}, "max_drop_vs"),
+                                       ({**TD, "tolerance": -1}, "tolerance"),
+                                       ({**TD, "margin": 1}, "unknown field"), ("x", "mapping")])
+def test_title_decides_config_errors(td, match):
+    with pytest.raises(GateConfigError, match=match):
+        _gate(_eval(0.9), td)
+
+
+def test_default_gate_has_the_title_decides_criterion_with_a_reason():
+    cfg = load_gate_config(GATE_FILE)
+    assert cfg["title_decides"]["max_drop_vs"] == "baseline_text_minilm"
+    assert cfg["title_decides"]["tolerance"] == 0.01 and cfg["title_decides"]["reason"]
+
+
+def test_reports_show_modality_balance_and_title_decides(tmp_path):
+    from item_model.gate_report import render_gate_report
+    from item_model.steps import gate_step
+    from pipelines.cli import check_lines
+
+    result = _eval(0.5)
+    result["models"]["item"].update({"balance_text_overlap@10": 0.12, "balance_image_overlap@10": 0.71,
+                                     "balance_n_queries": 2000, "title_decides_recall@10": 0.8,
+                                     "title_decides_mAP": 0.6, "title_decides_n_queries": 120})
+    for name in ("baseline_text_minilm", "baseline_image_pixels"):
+        result["models"][name].update({"title_decides_recall@10": 0.9, "title_decides_mAP": 0.7,
+                                       "title_decides_n_queries": 120})
+    (tmp_path / "eval.json").write_text(json.dumps(result))
+    blessing = gate_step(str(tmp_path / "eval.json"), {"criteria": [{"metric": "item.recall@1", "min": 0.0}],
+                                                       "title_decides": TD},
+                         str(tmp_path / "blessing.json"), str(tmp_path / "report.md"))
+    md = (tmp_path / "report.md").read_text()
+    assert "## Modality balance" in md and "follows the photo" in md and "0.710" in md
+    assert "## Title-decides same-product search" in md and "| baseline_image_pixels | 0.4000 |" in md
+    assert "NOT BLESSED" in md and "title-decides" in md
+    page = render_gate_report(blessing, result, None, None)
+    assert "Modality balance" in page and "follows the photo" in page and "Title-decides" in page
+    lines = check_lines(result["models"])
+    assert len(lines) == 2 and all(len(line) < 100 for line in lines) and "follows the photo" in lines[0]
+    plain = blessing_markdown(blessing, eval_result={"models": {"item": {"recall@1": 0.9}}})
+    assert "Modality balance" not in plain and "Title-decides" not in plain
+    assert "Not measured" in render_gate_report(blessing, {"models": {"item": {}}}, None, None)
