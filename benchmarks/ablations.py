@@ -31,9 +31,17 @@ set_offline_defaults()
 
 logger = logging.getLogger("ablations")
 
-#: the default profile's settings (pipelines/configs/profiles.yaml) that every row starts from
-BASE_TRAIN = {"steps": 250, "batch_size": 32, "learning_rate": 1.0e-4, "warmup_steps": 25, "seed": 0}
+#: the default profile's settings (pipelines/configs/profiles.yaml) that every row starts from; the
+#: rows of the first study (2026-11) pre-trained without the same-product group members
+BASE_TRAIN = {"steps": 250, "batch_size": 32, "learning_rate": 1.0e-4, "warmup_steps": 25, "seed": 0,
+              "pretrain_listings": "train_split_without_groups"}
 OFF = 0.0
+#: the second study (issue 12): the first study's winner (MLM + MIM, 40 x 32 px in 8 x 8 patches,
+#: 500 steps), pre-trained on the whole train split; each row adds one piece
+P2_MODEL = {"itm_weight": OFF, "gmlm_weight": OFF, "gmim_weight": OFF, "infonce_weight": OFF,
+            "image_height": 40, "image_width": 32, "patch_size": 8}
+P2_TRAIN = {"steps": 500, "warmup_steps": 50, "pretrain_listings": "train_split"}
+LPFT = {"freeze_backbone_steps": 50, "learning_rate": 3.0e-4, "backbone_lr_ratio": 1 / 3}
 
 #: row name -> (description, ItemConfig overrides, TrainConfig overrides)
 ROWS: dict[str, tuple[str, dict, dict]] = {
@@ -79,6 +87,15 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
                          {"batch_size": 64, "steps": 125, "warmup_steps": 12}),
     "all_five_500": ("all five, 500 steps", {}, {"steps": 500, "warmup_steps": 50}),
     "all_five_1000": ("all five, 1000 steps", {}, {"steps": 1000, "warmup_steps": 100}),
+    # second study (issue 12): objectives that train the served vector
+    "p2_mlm_mim": ("MLM + MIM (the former default), whole train split", P2_MODEL, P2_TRAIN),
+    "p2_infonce": ("MLM + MIM + InfoNCE", {**P2_MODEL, "infonce_weight": 1.0}, P2_TRAIN),
+    "p2_infonce_md": ("MLM + MIM + InfoNCE + modality dropout 0.2",
+                      {**P2_MODEL, "infonce_weight": 1.0, "modality_dropout": 0.2}, P2_TRAIN),
+    "p2_infonce_md_lpft": ("MLM + MIM + InfoNCE + modality dropout 0.2 + LP-FT (50 frozen steps, "
+                           "new parts 3e-4, backbone 1e-4)",
+                           {**P2_MODEL, "infonce_weight": 1.0, "modality_dropout": 0.2}, {**P2_TRAIN, **LPFT}),
+    "p2_mlm_mim_lpft": ("MLM + MIM + LP-FT (no InfoNCE)", P2_MODEL, {**P2_TRAIN, **LPFT}),
 }
 METRICS = ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP")
 MODES = {"joint": "item", "text": "item_text_only", "image": "item_image_only"}
@@ -114,8 +131,21 @@ def run_baselines(cdir: Path, out: Path) -> dict:
     return res
 
 
-def run_row(name: str, cdir: Path, out: Path, threads: int) -> dict:
-    """Pre-train one row's model and score its joint, text-only and image-only embeddings."""
+def row_key(name: str, seed: int) -> str:
+    """File stem of a row's result: ``<row>`` for seed 0, ``<row>@s<seed>`` otherwise."""
+    return name if seed == 0 else f"{name}@s{seed}"
+
+
+def run_row(name: str, cdir: Path, out: Path, threads: int, seed: int = 0,
+            eval_dirs: dict[str, Path] | None = None) -> dict:
+    """Pre-train one row's model (seed ``seed``) on ``cdir``'s training rows and score its joint,
+    text-only and image-only embeddings on ``cdir`` and on every catalog of ``eval_dirs``
+    (``{"full": whole validated catalog}``: the same model, the whole catalog as gallery and probe).
+
+    The model folder and the embeddings (``emb_<catalog>_<mode>.npy``) stay in ``<out>/<row key>/``
+    (ignored by git), so later metrics can be computed without training again.
+    """
+    import numpy as np
     import torch
     from transformers import AutoTokenizer
 
@@ -127,33 +157,53 @@ def run_row(name: str, cdir: Path, out: Path, threads: int) -> dict:
     from item_model.train import TrainConfig, pretrain, save_training_curve
 
     desc, model_over, train_over = ROWS[name]
-    cfg = TrainConfig(**{**BASE_TRAIN, **train_over, "num_threads": threads, "log_every": 25})
+    train_settings = {**BASE_TRAIN, **train_over, "seed": seed}
+    cfg = TrainConfig(**{**train_settings, "num_threads": threads, "log_every": 25})
     df, _ = load_validated(str(cdir))
-    split = df["split"].to_numpy()
     bert = default_bert_path()
     torch.manual_seed(cfg.seed)
     model = ItemModel.from_bert(bert, **model_over)
     processor = ItemProcessor(AutoTokenizer.from_pretrained(bert), model.config)
-    logger.info("row %s (%s): %s %s", name, desc, model_over, train_over)
+    key = row_key(name, seed)
+    logger.info("row %s (%s): %s %s", key, desc, model_over, train_settings)
     t0 = time.perf_counter()
-    history = pretrain(model, processor, training_rows(df), cfg)
+    history = pretrain(model, processor, training_rows(df, cfg.pretrain_listings), cfg)
     train_s = time.perf_counter() - t0
-    row_dir = out / name
+    row_dir = out / key
     row_dir.mkdir(parents=True, exist_ok=True)
     save_training_curve(history, row_dir)
-    res = {"row": name, "description": desc, "model_config": model_over, "train_config": {**BASE_TRAIN, **train_over},
-           "train_wall_s": round(train_s, 1), "final_losses": history[-1], "command":
-           f".venv/bin/python benchmarks/ablations.py --rows {name} --force"}
-    for mode, key in MODES.items():
-        res[key] = score_embeddings(embed_catalog(model, processor, df, mode), df, split)[0]
-        logger.info("%s %s: %s", name, mode, {m: round(res[key][m], 4) for m in METRICS})
-    write_json_atomic(out / f"{name}.json", res)
+    model.save_pretrained(row_dir / "model")
+    processor.save_pretrained(row_dir / "model")
+    res = {"row": name, "seed": seed, "description": desc, "model_config": model_over,
+           "train_config": train_settings, "train_wall_s": round(train_s, 1), "step0_losses": history[0],
+           "final_losses": history[-1],
+           "command": f".venv/bin/python benchmarks/ablations.py --rows {name} --seeds {seed} --force"}
+    for cname, cpath in {"sample": cdir, **(eval_dirs or {})}.items():
+        edf, _ = (df, None) if cname == "sample" else load_validated(str(cpath))
+        split = edf["split"].to_numpy()
+        scores = {}
+        for mode, mkey in MODES.items():
+            emb = embed_catalog(model, processor, edf, mode)
+            np.save(row_dir / f"emb_{cname}_{mode}.npy", emb)
+            scores[mkey] = score_embeddings(emb, edf, split)[0]
+            logger.info("%s [%s] %s: %s", key, cname, mode, {m: round(scores[mkey][m], 4) for m in METRICS})
+        if cname == "sample":
+            res.update(scores)
+        else:
+            res[cname] = scores
+    write_json_atomic(out / f"{key}.json", res)
     return res
 
 
 def load_rows(out: Path) -> list[dict]:
     rows = [json.loads((out / f"{n}.json").read_text()) for n in ROWS if (out / f"{n}.json").exists()]
     return rows
+
+
+def prepare_full_catalog(catalog: str, out: Path) -> Path:
+    """The whole catalog, validated once into ``<out>/catalog_full`` (the headline's gallery and probe)."""
+    (out / "full").mkdir(parents=True, exist_ok=True)
+    return prepare_catalog(catalog, out / "full", 0)
 
 
 def report(out: Path) -> Path | None:
@@ -216,6 +266,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/ablations")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="re-run rows whose JSON exists")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default 0)")
+    ap.add_argument("--eval-full", action="store_true",
+                    help="also score each row's model on the whole validated catalog (gallery and probe)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--report", action="store_true", help="only write the table and plot")
     args = ap.parse_args()
@@ -233,12 +286,18 @@ def main() -> None:
     if not args.report:
         cdir = prepare_catalog(args.catalog, out, args.max_listings)
         run_baselines(cdir, out)
-        for name in names:
-            if (out / f"{name}.json").exists() and not args.force:
-                logger.info("row %s: reusing %s", name, out / f"{name}.json")
-                continue
-            run_row(name, cdir, out, args.threads)
-            report(out)
+        eval_dirs = {}
+        if args.eval_full:
+            eval_dirs["full"] = prepare_full_catalog(args.catalog, out)
+            run_baselines(eval_dirs["full"], out / "full")
+        for seed in [int(x) for x in args.seeds.split(",")]:
+            for name in names:
+                key = row_key(name, seed)
+                if (out / f"{key}.json").exists() and not args.force:
+                    logger.info("row %s: reusing %s", key, out / f"{key}.json")
+                    continue
+                run_row(name, cdir, out, args.threads, seed, eval_dirs)
+                report(out)
     report(out)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import BertConfig, PretrainedConfig
 
-OBJECTIVES = ("mlm", "mim", "gmlm", "gmim", "itm")
+OBJECTIVES = ("mlm", "mim", "gmlm", "gmim", "itm", "infonce")
 #: the backbone fields shared with :class:`transformers.BertConfig`
 BERT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
@@ -34,6 +34,18 @@ class ItemConfig(PretrainedConfig):
         mlm_weight / mim_weight / gmlm_weight / gmim_weight / itm_weight: loss weights; 0 switches the
             objective off (it is then not computed at all).
         mim_norm_pix: regress per-patch-normalised pixels (MAE's ``norm_pix_loss``) if True.
+        infonce_weight: weight of the product-vector InfoNCE objective: the ``[CLS]`` vector of the
+            masked training pass must pick, among the batch, the clean title-only and the clean
+            photo-only ``[CLS]`` vectors of its own listing (in-batch negatives, duplicates of its
+            title or photo excluded). 0 switches it off.
+        infonce_temperature: initial softmax temperature tau of InfoNCE (SimCSE: 0.05).
+        infonce_learn_temperature: learn tau (as CLIP's logit scale, clamped to tau >= 0.01) if True.
+        modality_dropout: share of training rows fed one stream only (half title-only, half
+            photo-only, by the attention mask), so the text-only and image-only vectors that
+            ``/similar`` serves are trained too.
+        duplicate_photo_threshold: two photos are duplicates (never InfoNCE negatives of each other)
+            when their mean absolute 8 x 8 RGB difference is below this (0-255 scale; the catalog
+            README's near-duplicate rule).
     """
 
     model_type = "item"
@@ -69,6 +81,11 @@ class ItemConfig(PretrainedConfig):
         gmim_weight: float = 1.0,
         itm_weight: float = 1.0,
         mim_norm_pix: bool = True,
+        infonce_weight: float = 1.0,
+        infonce_temperature: float = 0.05,
+        infonce_learn_temperature: bool = True,
+        modality_dropout: float = 0.0,
+        duplicate_photo_threshold: float = 6.0,
         **kwargs,
     ):
         kwargs.setdefault("tie_word_embeddings", True)
@@ -101,6 +118,15 @@ class ItemConfig(PretrainedConfig):
         self.gmim_weight = gmim_weight
         self.itm_weight = itm_weight
         self.mim_norm_pix = mim_norm_pix
+        self.infonce_weight = infonce_weight
+        self.infonce_temperature = infonce_temperature
+        self.infonce_learn_temperature = infonce_learn_temperature
+        self.modality_dropout = modality_dropout
+        self.duplicate_photo_threshold = duplicate_photo_threshold
+        if not 0.0 <= modality_dropout <= 1.0:
+            raise ValueError(f"modality_dropout={modality_dropout} must be in [0, 1]")
+        if infonce_temperature <= 0:
+            raise ValueError(f"infonce_temperature={infonce_temperature} must be > 0")
         if image_height % patch_size or image_width % patch_size:
             raise ValueError(f"image_height={image_height} and image_width={image_width} must be "
                              f"multiples of patch_size={patch_size}")
@@ -119,7 +145,7 @@ class ItemConfig(PretrainedConfig):
         return self.patch_size * self.patch_size * self.num_channels
 
     def objective_weights(self) -> dict[str, float]:
-        """``{objective: weight}`` for the five objectives (weight 0 = switched off)."""
+        """``{objective: weight}`` for the six objectives (weight 0 = switched off)."""
         return {name: float(getattr(self, f"{name}_weight")) for name in OBJECTIVES}
 
     def to_bert_config(self) -> BertConfig:

@@ -19,12 +19,22 @@ Objectives (each weighted by ``config.<name>_weight``, 0 = off):
 * GMLM - masked tokens predicted from the ``[CLS]`` state + the position embedding only.
 * GMIM - masked patches reconstructed from the ``[CLS]`` state + the patch-position embedding only.
 * ITM  - matched / mismatched image-title pair classified from ``[CLS]`` (binary cross-entropy).
+* InfoNCE - the product vector itself: the ``[CLS]`` state of the masked training pass must pick, among
+         the batch, the clean title-only and the clean photo-only ``[CLS]`` states of its own
+         listing (stop-gradient keys, in-batch negatives, duplicates of its title or photo never
+         negatives). InfoNCE: van den Oord et al. 2018; in-batch negatives and a small temperature as
+         SimCLR (Chen et al. 2020) and SimCSE (Gao et al. 2021); image-text alignment of the
+         fused vector with unimodal vectors as ALBEF's ITC (Li et al. 2021). Without it no loss reads
+         the final ``[CLS]`` state under MLM + MIM, and the served vector is a by-product.
 
+Modality dropout (``config.modality_dropout``) feeds some rows one stream only through the attention
+mask, so the text-only and image-only vectors are trained inputs, not out-of-distribution ones.
 Masked objectives are computed on matched pairs only (``itm_labels == 1``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +58,8 @@ class ItemPreTrainingOutput(ModelOutput):
         last_hidden_state: (B, L, D) float32, L = T + N (or T, or 1 + N).
         embedding: (B, D) float32, L2-normalised ``[CLS]`` state (the product embedding).
         itm_logits: (B,) float32 or None.
+        infonce_logits: ``{"text"|"image": (Q, B) float32}`` query-to-key similarity / tau of the
+            InfoNCE rows, duplicates masked to -inf (None when InfoNCE is off).
     """
 
     loss: torch.Tensor | None = None
@@ -55,6 +67,35 @@ class ItemPreTrainingOutput(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
     embedding: torch.Tensor | None = None
     itm_logits: torch.Tensor | None = None
+    infonce_logits: dict | None = None
+
+
+def infonce_loss(query: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, duplicates: torch.Tensor,
+                 logit_scale: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """InfoNCE of ``query[rows]`` against all ``keys``, the positive of query i being key i.
+
+    ``L = -mean_i log( exp(s q_i.k_i) / sum_{j not dup(i)} exp(s q_i.k_j) )`` with s = 1 / tau
+    (van den Oord et al. 2018, eq. 4; in-batch negatives as SimCLR). Keys that duplicate query i's
+    listing (``duplicates[i, j]``, j != i) are removed from its denominator, so a batch of identical
+    titles or photos neither yields NaN nor pushes duplicates apart.
+
+    Args:
+        query: (B, D) float, L2-normalised. keys: (B, D) float, L2-normalised.
+        rows: (B,) bool, the queries that take part. duplicates: (B, B) bool.
+        logit_scale: scalar, s = 1 / tau.
+
+    Returns:
+        (mean loss over the selected rows in nats, or None when no row is selected;
+        logits (Q, B) float32 with the removed entries at -inf).
+    """
+    logits = (query[rows].float() @ keys.float().T) * logit_scale.float()
+    idx = rows.nonzero(as_tuple=True)[0]
+    dup = duplicates[idx].clone()
+    dup[torch.arange(len(idx), device=dup.device), idx] = False
+    logits = logits.masked_fill(dup, float("-inf"))
+    if len(idx) == 0:
+        return None, logits
+    return F.cross_entropy(logits, idx), logits
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -96,6 +137,7 @@ class ItemPreTrainedModel(PreTrainedModel):
             module.bias.zero_()
         elif isinstance(module, ItemModel):
             module.mask_patch_embedding.normal_(0.0, std)
+            module.infonce_logit_scale.fill_(math.log(1.0 / self.config.infonce_temperature))
 
 
 class ItemModel(ItemPreTrainedModel):
@@ -129,6 +171,8 @@ class ItemModel(ItemPreTrainedModel):
         self.gmim_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=config.layer_norm_eps),
                                        nn.Linear(d, config.patch_dim))
         self.itm_head = nn.Linear(d, 1)
+        self.infonce_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.infonce_temperature)),
+                                                requires_grad=bool(config.infonce_learn_temperature))
         self.post_init()
 
     # ----------------------------------------------------------------------------- construction
@@ -181,7 +225,8 @@ class ItemModel(ItemPreTrainedModel):
         x = x + self.patch_position_embedding.weight.unsqueeze(0) + emb.token_type_embeddings.weight[1]
         return emb.dropout(emb.LayerNorm(x)), patches
 
-    def encode(self, input_ids=None, attention_mask=None, pixel_values=None, mim_mask=None):
+    def encode(self, input_ids=None, attention_mask=None, pixel_values=None, mim_mask=None,
+               text_only=None, image_only=None):
         """Run the single-stream encoder.
 
         Args:
@@ -190,6 +235,8 @@ class ItemModel(ItemPreTrainedModel):
             attention_mask: (B, T) 0/1 for the text stream (None = all ones).
             pixel_values: (B, C, H, W) float32, normalised; or None (text only).
             mim_mask: (B, N) bool patches to mask, or None.
+            text_only / image_only: (B,) bool rows whose photo / title (all but ``[CLS]`` and
+                ``[SEP]``) is hidden from attention (modality dropout), or None.
 
         Returns:
             (last_hidden_state (B, L, D), patches (B, N, P*P*C) or None, text length T).
@@ -207,6 +254,12 @@ class ItemModel(ItemPreTrainedModel):
             attention_mask = None
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if image_only is not None and image_only.any():
+            special = torch.zeros_like(attention_mask)
+            special[:, 0] = 1
+            sep = (attention_mask.sum(1) - 1).clamp(min=0)
+            special[torch.arange(len(sep), device=sep.device), sep] = 1
+            attention_mask = torch.where(image_only[:, None], attention_mask * special, attention_mask)
         parts, masks, patches = [self.embed_text(input_ids)], [attention_mask], None
         if pixel_values is not None:
             if pixel_values.shape[0] != input_ids.shape[0]:
@@ -214,7 +267,10 @@ class ItemModel(ItemPreTrainedModel):
                                  f"pixel_values {tuple(pixel_values.shape)}")
             img, patches = self.embed_patches(pixel_values, mim_mask)
             parts.append(img)
-            masks.append(torch.ones(img.shape[:2], dtype=attention_mask.dtype, device=img.device))
+            patch_mask = torch.ones(img.shape[:2], dtype=attention_mask.dtype, device=img.device)
+            if text_only is not None:
+                patch_mask = patch_mask * (~text_only[:, None]).to(patch_mask.dtype)
+            masks.append(patch_mask)
         hidden = torch.cat(parts, dim=1)
         mask2d = torch.cat(masks, dim=1)
         mask = create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=mask2d)
@@ -232,7 +288,8 @@ class ItemModel(ItemPreTrainedModel):
 
     # ----------------------------------------------------------------------------- pre-training
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, mlm_labels=None,
-                mim_mask=None, itm_labels=None, **kwargs) -> ItemPreTrainingOutput:
+                mim_mask=None, itm_labels=None, text_only=None, image_only=None, clean_input_ids=None,
+                duplicate_titles=None, duplicate_photos=None, **kwargs) -> ItemPreTrainingOutput:
         """Encode and, given targets, compute the enabled objectives.
 
         Args:
@@ -243,14 +300,22 @@ class ItemModel(ItemPreTrainedModel):
             mim_mask: (B, N) bool masked patches (MIM, GMIM).
             itm_labels: (B,) float 1 = matched pair, 0 = swapped image (ITM). Masked objectives use
                 matched rows only.
+            text_only / image_only: (B,) bool modality-dropout rows (see :meth:`encode`).
+            clean_input_ids: (B, T) long unmasked title ids, the InfoNCE title-only keys.
+            duplicate_titles / duplicate_photos: (B, B) bool, pairs never used as InfoNCE negatives.
 
         Returns:
             :class:`ItemPreTrainingOutput`. Losses: MLM/GMLM cross-entropy over masked tokens
-            (nats), MIM/GMIM mean squared error over masked patches' values, ITM binary cross-entropy.
+            (nats), MIM/GMIM mean squared error over masked patches' values, ITM binary cross-entropy,
+            InfoNCE cross-entropy over the batch (nats; ``log B`` at chance).
+
+        Raises:
+            ValueError: InfoNCE is on and ``clean_input_ids`` or the duplicate matrices are missing.
         """
         cfg = self.config
         w = cfg.objective_weights()
-        hidden, patches, t_len = self.encode(input_ids, attention_mask, pixel_values, mim_mask)
+        hidden, patches, t_len = self.encode(input_ids, attention_mask, pixel_values, mim_mask,
+                                             text_only, image_only)
         cls = hidden[:, 0]
         matched = itm_labels > 0.5 if itm_labels is not None else None
         losses: dict[str, torch.Tensor] = {}
@@ -288,6 +353,39 @@ class ItemModel(ItemPreTrainedModel):
             itm_logits = self.itm_head(cls).squeeze(-1)
             losses["itm"] = F.binary_cross_entropy_with_logits(itm_logits.float(), itm_labels.float())
 
+        infonce_logits = None
+        if w["infonce"] > 0 and pixel_values is not None:
+            if clean_input_ids is None or duplicate_titles is None or duplicate_photos is None:
+                raise ValueError("InfoNCE needs clean_input_ids, duplicate_titles and duplicate_photos "
+                                 "(PretrainingCollator provides them when infonce_weight > 0)")
+            infonce_logits, parts = self._infonce(cls, attention_mask, pixel_values, matched, text_only,
+                                                  image_only, clean_input_ids, duplicate_titles, duplicate_photos)
+            if parts:
+                losses["infonce"] = torch.stack(parts).mean()
+
         loss = sum(w[k] * v for k, v in losses.items()) if losses else None
         return ItemPreTrainingOutput(loss=loss, losses=losses, last_hidden_state=hidden,
-                                     embedding=F.normalize(cls.float(), dim=-1), itm_logits=itm_logits)
+                                     embedding=F.normalize(cls.float(), dim=-1), itm_logits=itm_logits,
+                                     infonce_logits=infonce_logits)
+
+    def _infonce(self, cls, attention_mask, pixel_values, matched, text_only, image_only, clean_input_ids,
+                 duplicate_titles, duplicate_photos) -> tuple[dict, list]:
+        """The InfoNCE terms: every matched row's ``[CLS]`` against the clean title-only keys (rows that
+        see their title) and the clean photo-only keys (rows that see their photo)."""
+        b = cls.shape[0]
+        query = F.normalize(cls, dim=-1)
+        rows = matched if matched is not None else torch.ones(b, dtype=torch.bool, device=cls.device)
+        no = torch.zeros(b, dtype=torch.bool, device=cls.device)
+        text_only = no if text_only is None else text_only
+        image_only = no if image_only is None else image_only
+        with torch.no_grad():                                   # stop-gradient keys (clean views)
+            text_key = F.normalize(self.encode(clean_input_ids, attention_mask)[0][:, 0], dim=-1)
+            image_key = F.normalize(self.encode(None, None, pixel_values)[0][:, 0], dim=-1)
+        scale = self.infonce_logit_scale.clamp(max=math.log(100.0)).exp()
+        logits, parts = {}, []
+        for kind, key, sel, dup in (("text", text_key, rows & ~image_only, duplicate_titles),
+                                    ("image", image_key, rows & ~text_only, duplicate_photos)):
+            loss, logits[kind] = infonce_loss(query, key, sel, dup.to(cls.device), scale)
+            if loss is not None:
+                parts.append(loss)
+        return logits, parts

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from .catalog import decode_image, load_image_bytes
 from .configuration_item import ItemConfig
+from .title_decides import normalise_title
 
 
 def default_bert_path() -> str:
@@ -121,11 +122,52 @@ def itm_pairs(batch_size: int, probability: float, generator: torch.Generator
     return idx, (~swap).float()
 
 
+def duplicate_titles(titles: Sequence[str | None]) -> torch.Tensor:
+    """(B, B) bool: ``[i, j]`` is True when listings i and j have the same normalised title
+    (:func:`item_model.title_decides.normalise_title`; two missing titles count as the same), the
+    diagonal included."""
+    keys = [normalise_title(t) or "" for t in titles]
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    code = torch.tensor([ids[k] for k in keys])
+    return code[:, None] == code[None, :]
+
+
+def duplicate_photos(images: Sequence[np.ndarray], threshold: float) -> torch.Tensor:
+    """(B, B) bool: ``[i, j]`` is True when photos i and j are near-duplicates: their mean absolute
+    difference after average-pooling each to 8 x 8 RGB is below ``threshold`` (uint8 scale, 0-255),
+    the rule the catalog README uses for its same-product groups. The diagonal is True.
+
+    Args:
+        images: B uint8 (H, W, 3) arrays of one size.
+    """
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    small = torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)          # (B, 192)
+    diff = (small[:, None, :] - small[None, :, :]).abs().mean(-1)
+    return diff < threshold
+
+
+def modality_rows(batch_size: int, probability: float, generator: torch.Generator,
+                  row_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Modality dropout: each row, with ``probability``, is fed one stream only, title or photo with
+    equal chance (rows outside ``row_mask`` (B,) bool stay joint).
+
+    Returns:
+        (text_only (B,) bool, image_only (B,) bool), never both True for a row.
+    """
+    u = torch.rand(batch_size, generator=generator)
+    text_only, image_only = u < probability / 2, (u >= probability / 2) & (u < probability)
+    if row_mask is not None:
+        text_only, image_only = text_only & row_mask, image_only & row_mask
+    return text_only, image_only
+
+
 class PretrainingCollator:
     """Builds one pre-training batch from ``(title, image uint8 (H, W, 3))`` pairs.
 
-    Order: ITM pairing first; MLM and MIM masks only on matched rows (masked objectives are computed
-    on matched pairs only).
+    Order: ITM pairing first; modality dropout on matched rows; MLM masks on matched rows that keep
+    their title, MIM masks on matched rows that keep their photo (masked objectives are computed on
+    matched pairs only). With InfoNCE on, the clean title ids and the (B, B) duplicate-title /
+    duplicate-photo matrices come along, so that duplicates are never negatives.
     """
 
     def __init__(self, processor: ItemProcessor, seed: int = 0):
@@ -148,20 +190,30 @@ class PretrainingCollator:
 
         Returns:
             ``input_ids``, ``attention_mask``, ``mlm_labels`` (R, T) long; ``pixel_values`` (R, 3, H, W)
-            float32; ``mim_mask`` (R, N) bool; ``itm_labels`` (R,) float32, with R = ``len(rows)``.
+            float32; ``mim_mask`` (R, N) bool; ``itm_labels`` (R,) float32; ``text_only``,
+            ``image_only`` (R,) bool (modality dropout); with InfoNCE on also ``clean_input_ids``
+            (R, T) long and ``duplicate_titles``, ``duplicate_photos`` (R, R) bool; R = ``len(rows)``.
         """
         cfg, tok = self.config, self.processor.tokenizer
         enc = self.processor.tokenize(titles)
         b = len(titles)
         image_index, itm_labels = itm_pairs(b, cfg.itm_probability if cfg.itm_weight > 0 else 0.0, self.generator)
         matched = itm_labels > 0.5
+        text_only, image_only = modality_rows(b, cfg.modality_dropout, self.generator, matched)
         input_ids, labels = mask_tokens(enc["input_ids"], enc["special_tokens_mask"], cfg.mlm_probability,
-                                        tok.mask_token_id, cfg.vocab_size, self.generator, matched)
-        mim = mask_patches(b, cfg.num_patches, cfg.mim_ratio, self.generator, matched)
+                                        tok.mask_token_id, cfg.vocab_size, self.generator, matched & ~image_only)
+        mim = mask_patches(b, cfg.num_patches, cfg.mim_ratio, self.generator, matched & ~text_only)
         rows = torch.as_tensor(list(rows), dtype=torch.long)
-        pixels = self.processor.pixel_values([load_image(int(image_index[r])) for r in rows])
-        return {"input_ids": input_ids[rows], "attention_mask": enc["attention_mask"][rows], "pixel_values": pixels,
-                "mlm_labels": labels[rows], "mim_mask": mim[rows], "itm_labels": itm_labels[rows]}
+        images = [load_image(int(image_index[r])) for r in rows]
+        out = {"input_ids": input_ids[rows], "attention_mask": enc["attention_mask"][rows],
+               "pixel_values": self.processor.pixel_values(images), "mlm_labels": labels[rows],
+               "mim_mask": mim[rows], "itm_labels": itm_labels[rows], "text_only": text_only[rows],
+               "image_only": image_only[rows]}
+        if cfg.infonce_weight > 0:
+            out["clean_input_ids"] = enc["input_ids"][rows]
+            out["duplicate_titles"] = duplicate_titles([titles[int(r)] for r in rows])
+            out["duplicate_photos"] = duplicate_photos(images, cfg.duplicate_photo_threshold)
+        return out
 
 
 class ListingDataset(torch.utils.data.Dataset):

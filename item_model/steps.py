@@ -116,10 +116,29 @@ def load_validated(catalog_dir: str) -> tuple[pd.DataFrame, dict]:
     return pd.read_parquet(d / CATALOG_FILE), json.loads((d / CATALOG_META).read_text())
 
 
-def training_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The pre-training set: train split, without same-product group members (the search labels'
-    listings stay unseen, so every group member is a held-out query)."""
-    return df[(df["split"] == "train") & df["group_id"].isna()].reset_index(drop=True)
+#: which listings pre-training may read (``train_config.pretrain_listings``); labels are never read
+PRETRAIN_LISTINGS = ("train_split", "train_split_without_groups")
+
+
+def training_rows(df: pd.DataFrame, pretrain_listings: str = "train_split") -> pd.DataFrame:
+    """The pre-training set, the same for every model of a comparison (the protocol is stated in
+    ``docs/results.md``).
+
+    * ``"train_split"`` (default): every listing of the train split. Pre-training reads titles and
+      photos only, never a category or a same-product label, and no validation/test listing (whose
+      category the probe scores) is trained on.
+    * ``"train_split_without_groups"``: the train split without same-product group members (the
+      former protocol, kept to reproduce earlier rows).
+
+    Raises:
+        ValueError: an unknown ``pretrain_listings``.
+    """
+    if pretrain_listings not in PRETRAIN_LISTINGS:
+        raise ValueError(f"train_config.pretrain_listings={pretrain_listings!r}; known: {PRETRAIN_LISTINGS}")
+    keep = df["split"] == "train"
+    if pretrain_listings == "train_split_without_groups":
+        keep &= df["group_id"].isna()
+    return df[keep].reset_index(drop=True)
 
 
 def checkpoint_key(model_config: dict, train_config: dict, catalog_fingerprint: str, bert_path: str) -> str:
@@ -161,7 +180,7 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
     cfg = TrainConfig.from_dict(coerce_numbers(train_config, TrainConfig()))
     model_config = coerce_numbers(model_config, ItemConfig())
     df, meta = load_validated(catalog_dir)
-    train = training_rows(df)
+    train = training_rows(df, cfg.pretrain_listings)
     torch.manual_seed(cfg.seed)
     model = ItemModel.from_bert(bert_path, **model_config)
     processor = ItemProcessor(AutoTokenizer.from_pretrained(bert_path), model.config)

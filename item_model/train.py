@@ -39,6 +39,9 @@ class TrainConfig:
     checkpoint_every: int = 0          # steps between checkpoints; 0 = no checkpoints
     keep_checkpoints: int = 2
     bf16_autocast: bool = False        # CPU: forward under bf16 autocast (AVX512-BF16/AMX); GPU: always bf16
+    freeze_backbone_steps: int = 0     # LP-FT: the first steps train only the new parts (patch projection, heads)
+    backbone_lr_ratio: float = 1.0     # LP-FT: the pre-trained backbone's learning rate / the new parts'
+    pretrain_listings: str = "train_split"   # which listings pre-training reads (item_model.steps.training_rows)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -59,6 +62,20 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - min_lr)
 
 
+def backbone_lr_scale(step: int, cfg: TrainConfig) -> float:
+    """The backbone's learning rate as a share of the new parts' (LP-FT, Kumar et al. 2022,
+    "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution"): 0 for the
+    first ``freeze_backbone_steps`` steps (only the patch projection and the heads learn, so the
+    random heads stop sending noise into the pre-trained encoder), then ``backbone_lr_ratio``, reached
+    by a linear ramp over ``warmup_steps``."""
+    if step < cfg.freeze_backbone_steps:
+        return 0.0
+    if cfg.freeze_backbone_steps == 0:
+        return cfg.backbone_lr_ratio
+    ramp = min(1.0, (step - cfg.freeze_backbone_steps + 1) / max(1, cfg.warmup_steps))
+    return cfg.backbone_lr_ratio * ramp
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -66,14 +83,18 @@ def seed_everything(seed: int) -> None:
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only (not biases, LayerNorm, embeddings' 1-d params), as in nanoGPT."""
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
+    """AdamW groups: weight decay on matrices only (not biases, LayerNorm, embeddings' 1-d params),
+    as in nanoGPT; and the pre-trained backbone (``bert.*``, the MLM decoder tied to its word
+    embeddings included) apart from the new parts, for LP-FT (``"backbone"`` key)."""
+    groups: dict[tuple[bool, bool], list] = {}
+    seen = set()
+    for name, p in model.named_parameters(remove_duplicate=True):
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((name.startswith("bert."), p.dim() >= 2), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "backbone": backbone}
+            for (backbone, decay), ps in sorted(groups.items())]
 
 
 def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame, cfg: TrainConfig,
@@ -100,8 +121,10 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
             uninterrupted run with the same seed and thread count).
 
     Returns:
-        training history: one dict per logged step with ``step``, ``lr``, ``loss`` and each enabled
-        objective's loss (float, averaged over the steps since the last log), ``samples_per_s``.
+        training history: a ``step`` 0 row with the first batch's losses before any update, then one
+        dict per logged step with ``step``, ``lr`` (the new parts'; the backbone's is
+        :func:`backbone_lr_scale` times it), ``loss`` and each enabled objective's loss (float,
+        averaged over the steps since the last log), ``samples_per_s``.
 
     Raises:
         ValueError: ``train_df`` is empty, or ``cfg.batch_size`` is not a multiple of the world size.
@@ -163,14 +186,20 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
         batch = collate.collate_rows([dataset.titles[i] for i in idx], lambda j: dataset.image(idx[j]), my_rows)
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
         lr = learning_rate(step, cfg)
+        backbone_scale = backbone_lr_scale(step, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * backbone_scale if group["backbone"] else lr
         with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16,
                             enabled=ctx.device.type == "cuda" or cfg.bf16_autocast):
             out = step_model(**batch)
         loss, objective_means = _global_loss(out.losses, weights, batch, ctx)
         if not torch.is_tensor(loss):                   # nothing to learn from on this rank this step
             loss = out.last_hidden_state.sum() * 0.0
+        if step == 0:
+            history.append({"step": 0, "lr": 0.0, "loss": sum(weights[k] * v for k, v in objective_means.items()),
+                            **objective_means})
+            logger.info("step 0 (before any update): loss %.4f (%s)", history[0]["loss"],
+                        " ".join(f"{k} {v:.3f}" for k, v in objective_means.items()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -218,8 +247,9 @@ def _global_loss(losses: dict[str, torch.Tensor], weights: dict[str, float], bat
         loss = sum(weights[k] * v for k, v in losses.items())
         return loss, {k: float(v.detach()) for k, v in losses.items()}
     n_tokens, n_patches = batch["mlm_labels"].ne(-100).sum(), batch["mim_mask"].sum()
-    counts = {"mlm": n_tokens, "gmlm": n_tokens, "mim": n_patches, "gmim": n_patches,
-              "itm": torch.tensor(batch["itm_labels"].shape[0], device=batch["itm_labels"].device)}
+    n_rows = torch.tensor(batch["itm_labels"].shape[0], device=batch["itm_labels"].device)
+    counts = {"mlm": n_tokens, "gmlm": n_tokens, "mim": n_patches, "gmim": n_patches, "itm": n_rows,
+              "infonce": n_rows}
     from .configuration_item import OBJECTIVES
     from .distributed import all_reduce_sum
     local = torch.stack([counts[k].float() for k in OBJECTIVES]).to(ctx.device)
@@ -245,7 +275,7 @@ def save_training_curve(history: list[dict], out_dir: str | Path) -> tuple[Path,
     steps = [r["step"] for r in history]
     axes[0].plot(steps, [r["loss"] for r in history], label="total (weighted)")
     axes[0].set_title("ITEm pre-training loss")
-    for key in ("mlm", "gmlm", "mim", "gmim", "itm"):
+    for key in ("mlm", "gmlm", "mim", "gmim", "itm", "infonce"):
         if history and key in history[0]:
             axes[1].plot(steps, [r.get(key, float("nan")) for r in history], label=key.upper())
     axes[1].set_title("per objective")

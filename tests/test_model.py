@@ -95,7 +95,7 @@ def test_collator_shapes_and_masks_only_matched(batch, tiny):
     assert (batch["mlm_labels"][mismatched] == -100).all() and not batch["mim_mask"][mismatched].any()
 
 
-def test_all_five_objectives_give_finite_scalar_losses_and_gradients(tiny, batch):
+def test_all_six_objectives_give_finite_scalar_losses_and_gradients(tiny, batch):
     model, _ = tiny
     model.train()
     out = model(**batch)
@@ -132,7 +132,7 @@ def test_global_objectives_use_only_cls(tiny, batch):
 def test_objective_weight_zero_switches_it_off(batch):
     model = ItemModel.from_bert(BERT, num_hidden_layers=1, gmlm_weight=0.0, itm_weight=0.0)
     out = model(**batch)
-    assert set(out.losses) == {"mlm", "mim", "gmim"}
+    assert set(out.losses) == {"mlm", "mim", "gmim", "infonce"}
     expected = sum(out.losses.values())
     assert torch.allclose(out.loss, expected)
 

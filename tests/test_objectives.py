@@ -1,0 +1,181 @@
+"""Issue 12's pieces on real catalog slices: the product-vector InfoNCE (duplicates never negatives,
+no NaN, gradient reaches [CLS]), modality dropout, LP-FT and the pre-training protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from item_model import catalog as cat
+from item_model.modeling_item import ItemModel, infonce_loss
+from item_model.processing_item import (ItemProcessor, ListingDataset, PretrainingCollator, default_bert_path,
+                                        duplicate_photos, duplicate_titles, modality_rows)
+from item_model.steps import training_rows
+from item_model.train import TrainConfig, backbone_lr_scale, pretrain
+from tests.conftest import CATALOG
+
+BERT = default_bert_path()
+SMALL = dict(num_hidden_layers=2, image_height=40, image_width=32, patch_size=8,
+             itm_weight=0.0, gmlm_weight=0.0, gmim_weight=0.0)
+
+
+@pytest.fixture(scope="module")
+def listings():
+    return next(cat.iter_catalog(CATALOG, batch_rows=3000)).dropna(subset=["title"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def duplicate_batch(listings):
+    """16 real listings: the first 4 share one real title (different photos), rows 4-7 are one real
+    listing repeated (identical title and photo), the rest are other listings."""
+    counts = listings["title"].value_counts()
+    title = counts.index[0]
+    assert counts.iloc[0] >= 4, "the slice must hold a title shared by 4 listings"
+    same_title = listings[listings["title"] == title].iloc[:4]
+    rest = listings[listings["title"] != title]
+    rows = pd.concat([same_title, pd.concat([rest.iloc[[0]]] * 4), rest.iloc[1:9]], ignore_index=True)
+    return rows
+
+
+def make(**over):
+    torch.manual_seed(0)
+    model = ItemModel.from_bert(BERT, **{**SMALL, **over})
+    return model, ItemProcessor(AutoTokenizer.from_pretrained(BERT), model.config)
+
+
+def collate(proc, rows, seed=0):
+    ds = ListingDataset(rows, proc)
+    return PretrainingCollator(proc, seed=seed)([ds[i] for i in range(len(ds))])
+
+
+def test_duplicate_matrices_on_real_rows(duplicate_batch):
+    model, proc = make()
+    images = [proc.image_array(r) for r in duplicate_batch.to_dict("records")]
+    dt = duplicate_titles(duplicate_batch["title"].tolist())
+    dp = duplicate_photos(images, 6.0)
+    assert dt.shape == dp.shape == (16, 16) and dt.diagonal().all() and dp.diagonal().all()
+    assert dt[:4, :4].all() and dt[4:8, 4:8].all() and not dt[0, 4]
+    assert dp[4:8, 4:8].all()                                   # one listing repeated: identical photos
+    assert not dp[8:, 8:].fill_diagonal_(False).all()
+    assert duplicate_titles(["A  Red Shirt", "a red shirt ", None, ""]).tolist()[0][1]
+    assert duplicate_titles([None, ""]).all()
+
+
+def test_infonce_with_duplicates_is_finite_and_never_pushes_duplicates_apart(duplicate_batch):
+    model, proc = make(modality_dropout=0.0)
+    batch = collate(proc, duplicate_batch)
+    model.train()
+    out = model(**batch)
+    loss = out.losses["infonce"]
+    assert torch.isfinite(loss) and loss > 0
+    text_logits, image_logits = out.infonce_logits["text"], out.infonce_logits["image"]
+    assert text_logits.shape == image_logits.shape == (16, 16)
+    # same title -> no text negative among rows 0-7 except itself; same photo -> no image negative among 4-7
+    for i in range(8):
+        group = range(0, 4) if i < 4 else range(4, 8)
+        for j in group:
+            assert (j == i) == bool(torch.isfinite(text_logits[i, j])), (i, j)
+    for i in range(4, 8):
+        for j in range(4, 8):
+            assert (j == i) == bool(torch.isfinite(image_logits[i, j])), (i, j)
+    assert torch.isfinite(text_logits.diagonal()).all() and torch.isfinite(image_logits.diagonal()).all()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_infonce_all_duplicates_gives_zero_loss_not_nan():
+    q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    loss, logits = infonce_loss(q, q, torch.ones(4, dtype=torch.bool), torch.ones(4, 4, dtype=torch.bool),
+                                torch.tensor(20.0))
+    assert float(loss) == 0.0 and torch.isinf(logits).sum() == 12
+    loss, _ = infonce_loss(q, q, torch.zeros(4, dtype=torch.bool), torch.eye(4, dtype=torch.bool), torch.tensor(20.0))
+    assert loss is None
+
+
+@pytest.mark.parametrize("objective,reads_cls", [("mlm", False), ("mim", False), ("infonce", True),
+                                                 ("gmlm", True), ("gmim", True), ("itm", True)])
+def test_which_objectives_train_the_product_vector(listings, objective, reads_cls):
+    """The product vector (final [CLS] state) gets gradient from every embedding objective, and from
+    none under MLM + MIM alone (the former default's flaw)."""
+    weights = {f"{k}_weight": float(k == objective) for k in ("mlm", "mim", "gmlm", "gmim", "itm", "infonce")}
+    model, proc = make(**weights, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    batch = collate(proc, listings.iloc[:16])
+    model.train()
+    captured = {}
+    orig = model.encode
+
+    def encode(*a, **k):
+        hidden, patches, t = orig(*a, **k)
+        if hidden.requires_grad and "h" not in captured:
+            hidden.retain_grad()
+            captured["h"] = hidden
+        return hidden, patches, t
+    model.encode = encode
+    out = model(**batch)
+    assert set(out.losses) == {objective}
+    out.loss.backward()
+    cls_grad = captured["h"].grad[:, 0].abs().sum()
+    assert (cls_grad > 0) == reads_cls
+
+
+def test_modality_dropout_rows_and_masks(listings):
+    g = torch.Generator().manual_seed(0)
+    t, i = modality_rows(10000, 0.4, g)
+    assert not (t & i).any() and 0.18 < t.float().mean() < 0.22 and 0.18 < i.float().mean() < 0.22
+    model, proc = make(modality_dropout=0.5, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    batch = collate(proc, listings.iloc[:32], seed=1)
+    assert batch["text_only"].any() and batch["image_only"].any()
+    assert (batch["mlm_labels"][batch["image_only"]] == -100).all()
+    assert not batch["mim_mask"][batch["text_only"]].any()
+    model.eval()
+    with torch.no_grad():
+        hidden, _, _ = model.encode(batch["clean_input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                    None, batch["text_only"], batch["image_only"])
+        rows = batch["text_only"].nonzero(as_tuple=True)[0]
+        alone, _, _ = model.encode(batch["clean_input_ids"][rows], batch["attention_mask"][rows])
+    # a text-only row of the joint pass is exactly the title stream fed alone: the photo is not attended
+    torch.testing.assert_close(hidden[rows, 0], alone[:, 0], atol=1e-4, rtol=1e-4)
+    # an image-only row does not see its title: other title tokens, the same [CLS]
+    r = int(batch["image_only"].nonzero()[0])
+    ids = batch["clean_input_ids"].clone()
+    words = batch["attention_mask"][r].bool().clone()
+    words[0] = False
+    words[int(batch["attention_mask"][r].sum()) - 1] = False
+    ids[r, words] = 2000
+    with torch.no_grad():
+        again, _, _ = model.encode(ids, batch["attention_mask"], batch["pixel_values"], None,
+                                   batch["text_only"], batch["image_only"])
+    torch.testing.assert_close(again[r, 0], hidden[r, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_lp_ft_freezes_the_backbone_then_lowers_its_rate(listings):
+    cfg = TrainConfig(steps=3, batch_size=8, warmup_steps=2, freeze_backbone_steps=3, backbone_lr_ratio=0.25,
+                      log_every=1, learning_rate=1e-3)
+    assert backbone_lr_scale(0, cfg) == backbone_lr_scale(2, cfg) == 0.0
+    assert backbone_lr_scale(3, cfg) == pytest.approx(0.125) and backbone_lr_scale(10, cfg) == 0.25
+    model, proc = make()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = pretrain(model, proc, listings.iloc[:40], cfg, progress=False)
+    after = model.state_dict()
+    assert history[0]["step"] == 0 and history[0]["mlm"] > 5.0      # random MLM transform at step 0
+    assert [h["step"] for h in history] == [0, 1, 2, 3]
+    bert = [k for k in after if k.startswith("bert.")]
+    assert bert and all(torch.equal(before[k], after[k]) for k in bert)
+    assert not torch.equal(before["patch_embedding.weight"], after["patch_embedding.weight"])
+    assert not torch.equal(before["mlm_head.predictions.transform.dense.weight"],
+                           after["mlm_head.predictions.transform.dense.weight"])
+
+
+def test_pretraining_protocols(listings):
+    df = listings.assign(split=np.where(np.arange(len(listings)) % 5 == 0, "test", "train"),
+                         group_id=np.where(np.arange(len(listings)) % 7 == 0, 1.0, np.nan))
+    all_train = training_rows(df)
+    assert (all_train["split"] == "train").all() and len(all_train) == (df["split"] == "train").sum()
+    no_groups = training_rows(df, "train_split_without_groups")
+    assert no_groups["group_id"].isna().all() and len(no_groups) < len(all_train)
+    with pytest.raises(ValueError, match="pretrain_listings"):
+        training_rows(df, "everything")
