@@ -15,7 +15,7 @@ import pytest
 from item_model import catalog as cat
 from item_model.evaluation import modality_balance, pixel_baseline, score_embeddings, title_decides_metrics
 from item_model.gate import GateConfigError, balance_reading, blessing_markdown, evaluate_gate, load_gate_config
-from item_model.metrics import PROBE_FALLBACK_C, probe_details
+from item_model.metrics import PROBE_CS, PROBE_FALLBACK_C, probe_details
 from item_model.title_decides import describe_groups, normalise_title, title_decides_groups
 from pipelines.config import GATE_FILE
 from tests.conftest import write_slice
@@ -183,8 +183,11 @@ def test_probe_chooses_C_on_validation_rows_only(real_slice):
     d = _probe_inputs(real_slice)
     (xtr, ytr), (xva, yva), (xte, yte) = d["train"], d["validation"], d["test"]
     first = probe_details(xtr, ytr, xte, yte, x_val=xva, y_val=yva)
-    assert first["C"] in (0.1, 1.0, 10.0) and set(first["validation_accuracy"]) == {0.1, 1.0, 10.0}
+    grid = sorted(PROBE_CS)
+    tried = list(first["validation_accuracy"])                       # ascending, stops past the peak
+    assert first["C"] in tried and tried == grid[:len(tried)]
     assert first["validation_accuracy"][first["C"]] == max(first["validation_accuracy"].values())
+    assert len(tried) == len(grid) or first["validation_accuracy"][tried[-1]] < first["validation_accuracy"][first["C"]]
     # other test labels (shuffled among the test rows): the same choice and validation scores
     shuffled = probe_details(xtr, ytr, xte, np.random.default_rng(1).permutation(yte), x_val=xva, y_val=yva)
     assert shuffled["C"] == first["C"] and shuffled["validation_accuracy"] == first["validation_accuracy"]
