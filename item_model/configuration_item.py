@@ -43,6 +43,11 @@ class ItemConfig(PretrainedConfig):
         modality_dropout: share of training rows fed one stream only (half title-only, half
             photo-only, by the attention mask), so the text-only and image-only vectors that
             ``/similar`` serves are trained too.
+        readout_text_weight: the served product vector of a listing with both title and photo is
+            ``normalize(w * t + j)``, t the L2-normalised ``[CLS]`` of the title stream fed alone,
+            j that of the joint pass, w this weight (0 = the joint ``[CLS]`` alone, the former
+            read-out). With w > 1 an identical title outranks any photo resemblance while the photo
+            still orders listings with equal titles (docs/results.md); costs a second, title-only pass.
         duplicate_photo_threshold: two photos are duplicates (never InfoNCE negatives of each other)
             when their mean absolute 8 x 8 RGB difference is below this (0-255 scale; the catalog
             README's near-duplicate rule).
@@ -86,6 +91,7 @@ class ItemConfig(PretrainedConfig):
         infonce_learn_temperature: bool = True,
         modality_dropout: float = 0.0,
         duplicate_photo_threshold: float = 6.0,
+        readout_text_weight: float = 0.0,
         **kwargs,
     ):
         kwargs.setdefault("tie_word_embeddings", True)
@@ -123,6 +129,9 @@ class ItemConfig(PretrainedConfig):
         self.infonce_learn_temperature = infonce_learn_temperature
         self.modality_dropout = modality_dropout
         self.duplicate_photo_threshold = duplicate_photo_threshold
+        self.readout_text_weight = readout_text_weight
+        if readout_text_weight < 0:
+            raise ValueError(f"readout_text_weight={readout_text_weight} must be >= 0")
         if not 0.0 <= modality_dropout <= 1.0:
             raise ValueError(f"modality_dropout={modality_dropout} must be in [0, 1]")
         if infonce_temperature <= 0:

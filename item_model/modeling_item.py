@@ -279,12 +279,21 @@ class ItemModel(ItemPreTrainedModel):
 
     @torch.no_grad()
     def embed(self, input_ids=None, attention_mask=None, pixel_values=None) -> torch.Tensor:
-        """Product embedding: the final ``[CLS]`` state, L2-normalised. (B, D) float32.
+        """Product embedding, L2-normalised. (B, D) float32.
 
-        Pass both streams for the joint embedding, or one for a text-only / image-only embedding.
+        Pass both streams for the joint embedding, or one for a text-only / image-only embedding
+        (the final ``[CLS]`` state of that stream fed alone). The joint embedding is the final
+        ``[CLS]`` state of the joint pass j, or, with ``config.readout_text_weight`` w > 0,
+        ``normalize(w * t + j)`` with t the title stream's own ``[CLS]`` (both L2-normalised first),
+        so that the title's identity survives in the served vector.
         """
         hidden, _, _ = self.encode(input_ids, attention_mask, pixel_values)
-        return F.normalize(hidden[:, 0].float(), dim=-1)
+        joint = F.normalize(hidden[:, 0].float(), dim=-1)
+        w = float(getattr(self.config, "readout_text_weight", 0.0) or 0.0)
+        if w > 0 and input_ids is not None and pixel_values is not None:
+            text = F.normalize(self.encode(input_ids, attention_mask)[0][:, 0].float(), dim=-1)
+            joint = F.normalize(w * text + joint, dim=-1)
+        return joint
 
     # ----------------------------------------------------------------------------- pre-training
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, mlm_labels=None,

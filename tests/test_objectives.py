@@ -179,3 +179,22 @@ def test_pretraining_protocols(listings):
     assert no_groups["group_id"].isna().all() and len(no_groups) < len(all_train)
     with pytest.raises(ValueError, match="pretrain_listings"):
         training_rows(df, "everything")
+
+
+def test_readout_text_weight_mixes_the_title_stream_into_the_served_vector(listings):
+    model, proc = make(readout_text_weight=4.0)
+    model.eval()
+    rows = listings.iloc[:6]
+    enc = proc.tokenize(rows["title"].tolist())
+    px = proc.pixel_values([proc.image_array(r) for r in rows.to_dict("records")])
+    served = model.embed(enc["input_ids"], enc["attention_mask"], px)
+    text = model.embed(enc["input_ids"], enc["attention_mask"])
+    with torch.no_grad():
+        joint = torch.nn.functional.normalize(model.encode(enc["input_ids"], enc["attention_mask"], px)[0][:, 0], dim=-1)
+    expected = torch.nn.functional.normalize(4.0 * text + joint, dim=-1)
+    torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(served.norm(dim=-1), torch.ones(6), atol=1e-5, rtol=1e-5)
+    model.config.readout_text_weight = 0.0                      # the former read-out: joint [CLS] alone
+    torch.testing.assert_close(model.embed(enc["input_ids"], enc["attention_mask"], px), joint, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="readout_text_weight"):
+        make(readout_text_weight=-1.0)
