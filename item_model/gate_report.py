@@ -12,7 +12,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from .gate import TITLE_DECIDES_REPORT_MODELS, balance_reading, balance_values
+from .gate import TITLE_DECIDES_REPORT_MODELS, balance_reading, balance_values, modality_gains
 from .significance import bootstrap_ci
 
 BAR_METRICS = ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP")
@@ -120,7 +120,7 @@ def modality_balance_html(eval_result: dict) -> str:
             f"neighbours of ITEm's own single-modality embedding ({n or '?'} sampled catalog listings "
             f"as queries, the whole catalog searched).</p>"
             + bar("text-only", t) + bar("image-only", i)
-            + f"<p><b>Reading:</b> the joint vector {html.escape(balance_reading(t, i))}.</p>")
+            + f"<p><b>Reading:</b> the joint vector {html.escape(balance_reading(t, i, modality_gains(eval_result)))}.</p>")
 
 
 def title_decides_html(eval_result: dict) -> str:

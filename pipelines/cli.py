@@ -228,13 +228,13 @@ def check_lines(models: dict) -> list[str]:
     modality balance (item's top-10 overlap with its text-only / image-only embeddings, and the
     reading of :func:`item_model.gate.balance_reading`) and the title-decides Recall@1 of item and
     the text/pixel baselines; a line is left out when eval.json lacks its metrics."""
-    from item_model.gate import balance_reading, balance_values
+    from item_model.gate import balance_reading, balance_values, modality_gains
     lines = []
     balance = balance_values({"models": models})
     if balance is not None:
         t, i, _ = balance
         lines.append(f"modality balance (top-10 overlap) text {t:.2f}, image {i:.2f}: "
-                     f"{balance_reading(t, i).split(':')[0]}")
+                     f"{balance_reading(t, i, modality_gains({'models': models})).split(':')[0].split(',')[0]}")
     r1 = {n: models.get(n, {}).get("title_decides_recall@1") for n in
           ("item", "baseline_text_minilm", "baseline_image_pixels")}
     if r1["item"] is not None:

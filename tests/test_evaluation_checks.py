@@ -318,3 +318,15 @@ def test_reports_show_modality_balance_and_title_decides(tmp_path):
     plain = blessing_markdown(blessing, eval_result={"models": {"item": {"recall@1": 0.9}}})
     assert "Modality balance" not in plain and "Title-decides" not in plain
     assert "Not measured" in render_gate_report(blessing, {"models": {"item": {}}}, None, None)
+
+
+def test_balance_reading_sees_the_weaker_modality_deciding_within():
+    from item_model.gate import modality_gains
+    ev = {"models": {"item": {"recall@1": 0.98, "title_decides_recall@1": 0.99},
+                     "item_text_only": {"recall@1": 0.70}, "item_image_only": {"title_decides_recall@1": 0.08}}}
+    gains = modality_gains(ev)
+    assert gains["photo"] == pytest.approx(0.28) and gains["title"] == pytest.approx(0.91)
+    assert balance_reading(0.9, 0.07, gains).startswith("follows the title's neighbourhood, and the photo orders")
+    assert balance_reading(0.9, 0.07, {"photo": 0.01}).startswith("follows the title: ")
+    assert balance_reading(0.07, 0.9, gains).startswith("follows the photo's neighbourhood, and the title orders")
+    assert modality_gains({"models": {}}) == {}
