@@ -109,7 +109,9 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
     (:mod:`item_model.distributed`): ``cfg.batch_size`` is the global batch, each rank loads and
     processes its ``batch_size / world_size`` listings of it, each objective is normalised by its
     global count (so the loss and gradients equal the one-process ones), and only rank 0 writes
-    checkpoints. On a GPU the forward pass runs under bf16 autocast; on a CPU with
+    checkpoints. InfoNCE's in-batch negatives are each rank's own rows (as SimCLR without a
+    cross-device gather), so only that objective differs from the one-process run. On a GPU the
+    forward pass runs under bf16 autocast; on a CPU with
     ``cfg.bf16_autocast`` too (1.56x the fp32 samples/s on this project's AVX512-BF16 CPU,
     ``benchmarks/train_throughput.py --bf16``); master weights and the optimizer stay fp32.
 
