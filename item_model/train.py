@@ -277,9 +277,10 @@ def save_training_curve(history: list[dict], out_dir: str | Path) -> tuple[Path,
     steps = [r["step"] for r in history]
     axes[0].plot(steps, [r["loss"] for r in history], label="total (weighted)")
     axes[0].set_title("ITEm pre-training loss")
-    for key in ("mlm", "gmlm", "mim", "gmim", "itm", "infonce"):
+    for key, label in (("mlm", "MLM"), ("gmlm", "GMLM"), ("mim", "MIM"), ("gmim", "GMIM"), ("itm", "ITM"),
+                       ("infonce", "InfoNCE")):
         if history and key in history[0]:
-            axes[1].plot(steps, [r.get(key, float("nan")) for r in history], label=key.upper())
+            axes[1].plot(steps, [r.get(key, float("nan")) for r in history], label=label)
     axes[1].set_title("per objective")
     for ax in axes:
         ax.set_xlabel("step")
