@@ -195,6 +195,28 @@ def run_row(name: str, cdir: Path, out: Path, threads: int, seed: int = 0,
     return res
 
 
+def embed_saved_row(key: str, out: Path, cname: str, cdir: Path, modes=("joint", "text")) -> None:
+    """Embed catalog ``cdir`` (named ``cname``) with the model a row already trained and saved in
+    ``<out>/<key>/model``: ``emb_<cname>_<mode>.npy`` beside it (joint = the ``[CLS]`` of the joint
+    pass, the row's own read-out weight 0), for :mod:`benchmarks.model_comparison`."""
+    import numpy as np
+
+    from item_model.evaluation import embed_catalog
+    from item_model.modeling_item import ItemModel
+    from item_model.processing_item import ItemProcessor
+    from item_model.steps import load_validated
+    model_dir = out / key / "model"
+    model = ItemModel.from_pretrained(model_dir)
+    model.config.readout_text_weight = 0.0
+    processor = ItemProcessor.from_pretrained(model_dir, model.config)
+    df, _ = load_validated(str(cdir))
+    for mode in modes:
+        path = out / key / f"emb_{cname}_{mode}.npy"
+        if not path.exists():
+            logger.info("%s: embedding %s (%d listings, %s)", key, cname, len(df), mode)
+            np.save(path, embed_catalog(model, processor, df, mode))
+
+
 def load_rows(out: Path) -> list[dict]:
     rows = [json.loads((out / f"{n}.json").read_text()) for n in ROWS if (out / f"{n}.json").exists()]
     return rows
@@ -269,6 +291,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default 0)")
     ap.add_argument("--eval-full", action="store_true",
                     help="also score each row's model on the whole validated catalog (gallery and probe)")
+    ap.add_argument("--embed-full", action="store_true",
+                    help="only embed the whole validated catalog with rows already trained (no training)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--report", action="store_true", help="only write the table and plot")
     args = ap.parse_args()
@@ -283,6 +307,12 @@ def main() -> None:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise SystemExit(f"unknown row(s) {unknown}; known: {list(ROWS)}")
+    if args.embed_full:
+        full = prepare_full_catalog(args.catalog, out)
+        for seed in [int(x) for x in args.seeds.split(",")]:
+            for name in names:
+                embed_saved_row(row_key(name, seed), out, "full", full)
+        return
     if not args.report:
         cdir = prepare_catalog(args.catalog, out, args.max_listings)
         run_baselines(cdir, out)

@@ -55,18 +55,22 @@ def baseline_embeddings(df) -> dict[str, np.ndarray]:
             "baseline_concat": concat_baseline(text, pixels)}
 
 
-def compare(ablation_dir: Path, rows: list[str], seeds: list[int], weights: list[float]) -> dict:
-    """Score every (row, seed, read-out) and the baselines; bootstrap served - best baseline."""
+def compare(ablation_dir: Path, rows: list[str], seeds: list[int], weights: list[float],
+            catalog: str = "sample") -> dict:
+    """Score every (row, seed, read-out) and the baselines on ``catalog`` (``"sample"``: the rows'
+    12,000-listing catalog; ``"full"``: the whole catalog, embedded by ``ablations.py --embed-full``);
+    bootstrap served - best baseline."""
     from item_model.evaluation import score_embeddings
     from item_model.significance import paired_bootstrap
     from item_model.steps import load_validated
 
-    df, _ = load_validated(str(ablation_dir / "catalog"))
+    cdir = ablation_dir / "catalog" if catalog == "sample" else ablation_dir / "full" / "catalog"
+    df, _ = load_validated(str(cdir))
     split = df["split"].to_numpy()
     base_scores, base_details = {}, {}
     for name, emb in baseline_embeddings(df).items():
         base_scores[name], base_details[name] = score_embeddings(emb, df, split)
-    out = {"catalog": str(ablation_dir / "catalog"), "n_listings": int(len(df)), "baselines": base_scores,
+    out = {"catalog": str(cdir), "n_listings": int(len(df)), "baselines": base_scores,
            "rows": {}}
     best = {m: max(BASELINES, key=lambda b: base_scores[b][m]) for m in METRICS}
     out["best_baseline"] = best
@@ -74,14 +78,14 @@ def compare(ablation_dir: Path, rows: list[str], seeds: list[int], weights: list
         res = {}
         for seed in seeds:
             d = ablation_dir / (row if seed == 0 else f"{row}@s{seed}")
-            if not (d / "emb_sample_joint.npy").exists():
+            if not (d / f"emb_{catalog}_joint.npy").exists():
                 logger.warning("no embeddings for %s seed %d in %s: skipped", row, seed, d)
                 continue
-            joint, text = np.load(d / "emb_sample_joint.npy"), np.load(d / "emb_sample_text.npy")
+            joint, text = np.load(d / f"emb_{catalog}_joint.npy"), np.load(d / f"emb_{catalog}_text.npy")
             kinds = {f"served_w{w:g}": served_vector(joint, text, w) for w in weights}
             kinds["text_only"] = text
-            if (d / "emb_sample_image.npy").exists():
-                kinds["image_only"] = np.load(d / "emb_sample_image.npy")
+            if (d / f"emb_{catalog}_image.npy").exists():
+                kinds["image_only"] = np.load(d / f"emb_{catalog}_image.npy")
             for kind, emb in kinds.items():
                 scores, details = score_embeddings(emb, df, split)
                 entry = {"metrics": {m: scores[m] for m in METRICS if m in scores}}
@@ -159,13 +163,15 @@ def main() -> None:
     ap.add_argument("--rows", default="p2_mlm_mim,p2_infonce_md_lpft")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--weights", default="0,4", help="read-out weights w of the title stream (0 = joint [CLS])")
-    ap.add_argument("--out", default="benchmarks/results/model_comparison")
+    ap.add_argument("--catalog", choices=("sample", "full"), default="sample",
+                    help="the rows' 12,000-listing sample, or the whole catalog (after ablations.py --embed-full)")
+    ap.add_argument("--out", default="", help="default benchmarks/results/model_comparison[_full]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    out = Path(args.out)
+    out = Path(args.out or ("benchmarks/results/model_comparison" + ("_full" if args.catalog == "full" else "")))
     out.mkdir(parents=True, exist_ok=True)
     result = compare(Path(args.ablations), args.rows.split(","), [int(s) for s in args.seeds.split(",")],
-                     [float(w) for w in args.weights.split(",")])
+                     [float(w) for w in args.weights.split(",")], args.catalog)
     write_report(result, out)
     print((out / "model_comparison.md").read_text())
 
