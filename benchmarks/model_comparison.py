@@ -56,10 +56,10 @@ def baseline_embeddings(df) -> dict[str, np.ndarray]:
 
 
 def compare(ablation_dir: Path, rows: list[str], seeds: list[int], weights: list[float],
-            catalog: str = "sample") -> dict:
+            catalog: str = "sample", served_only: bool = False) -> dict:
     """Score every (row, seed, read-out) and the baselines on ``catalog`` (``"sample"``: the rows'
     12,000-listing catalog; ``"full"``: the whole catalog, embedded by ``ablations.py --embed-full``);
-    bootstrap served - best baseline."""
+    bootstrap served - best baseline. ``served_only`` skips the text-only / image-only vectors."""
     from item_model.evaluation import score_embeddings
     from item_model.significance import paired_bootstrap
     from item_model.steps import load_validated
@@ -83,8 +83,9 @@ def compare(ablation_dir: Path, rows: list[str], seeds: list[int], weights: list
                 continue
             joint, text = np.load(d / f"emb_{catalog}_joint.npy"), np.load(d / f"emb_{catalog}_text.npy")
             kinds = {f"served_w{w:g}": served_vector(joint, text, w) for w in weights}
-            kinds["text_only"] = text
-            if (d / f"emb_{catalog}_image.npy").exists():
+            if not served_only:
+                kinds["text_only"] = text
+            if not served_only and (d / f"emb_{catalog}_image.npy").exists():
                 kinds["image_only"] = np.load(d / f"emb_{catalog}_image.npy")
             for kind, emb in kinds.items():
                 scores, details = score_embeddings(emb, df, split)
@@ -165,13 +166,14 @@ def main() -> None:
     ap.add_argument("--weights", default="0,4", help="read-out weights w of the title stream (0 = joint [CLS])")
     ap.add_argument("--catalog", choices=("sample", "full"), default="sample",
                     help="the rows' 12,000-listing sample, or the whole catalog (after ablations.py --embed-full)")
+    ap.add_argument("--served-only", action="store_true", help="score only the served vectors (and baselines)")
     ap.add_argument("--out", default="", help="default benchmarks/results/model_comparison[_full]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out or ("benchmarks/results/model_comparison" + ("_full" if args.catalog == "full" else "")))
     out.mkdir(parents=True, exist_ok=True)
     result = compare(Path(args.ablations), args.rows.split(","), [int(s) for s in args.seeds.split(",")],
-                     [float(w) for w in args.weights.split(",")], args.catalog)
+                     [float(w) for w in args.weights.split(",")], args.catalog, args.served_only)
     write_report(result, out)
     print((out / "model_comparison.md").read_text())
 
