@@ -103,7 +103,7 @@ MODES = {"joint": "item", "text": "item_text_only", "image": "item_image_only"}
 
 def prepare_catalog(catalog: str, out: Path, max_listings: int) -> Path:
     """The pipeline's validate step, once: ``<out>/catalog`` (validated parquet + split)."""
-    from item_model.steps import CATALOG_META, validate_step
+    from item_model.lifecycle.steps import CATALOG_META, validate_step
     cdir = out / "catalog"
     if not (cdir / CATALOG_META).exists():
         logger.info("validating %s (max_listings=%d) into %s", catalog, max_listings, cdir)
@@ -117,7 +117,7 @@ def run_baselines(cdir: Path, out: Path) -> dict:
     from item_model.evaluation import concat_baseline, pixel_baseline, score_embeddings, text_baseline
     from item_model.io import write_json_atomic
     from item_model.processing_item import default_bert_path
-    from item_model.steps import load_validated
+    from item_model.lifecycle.steps import load_validated
     path = out / "baselines.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -153,7 +153,7 @@ def run_row(name: str, cdir: Path, out: Path, threads: int, seed: int = 0,
     from item_model.io import write_json_atomic
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor, default_bert_path
-    from item_model.steps import load_validated, training_rows
+    from item_model.lifecycle.steps import load_validated, training_rows
     from item_model.train import TrainConfig, pretrain, save_training_curve
 
     desc, model_over, train_over = ROWS[name]
@@ -204,7 +204,7 @@ def embed_saved_row(key: str, out: Path, cname: str, cdir: Path, modes=("joint",
     from item_model.evaluation import embed_catalog
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
-    from item_model.steps import load_validated
+    from item_model.lifecycle.steps import load_validated
     model_dir = out / key / "model"
     model = ItemModel.from_pretrained(model_dir)
     model.config.readout_text_weight = 0.0

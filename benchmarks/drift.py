@@ -49,7 +49,7 @@ from pipelines.env import set_offline_defaults  # noqa: E402
 
 set_offline_defaults()
 
-from item_model.embedding_io import MODALITIES  # noqa: E402
+from item_model.lifecycle.embedding_io import MODALITIES  # noqa: E402
 from monitoring.calibration import calibrate  # noqa: E402
 from monitoring.drift import DriftConfig, DriftInputError, drift_score, reference_size, resolve_model  # noqa: E402
 
@@ -63,7 +63,7 @@ EVIDENTLY_MODEL_DEFAULT = 0.55       # ModelDriftMethod().threshold: EmbeddingsD
 
 def tiny_model(catalog: Path, cache: Path) -> tuple[str, Path]:
     """Train (once) the test suite's tiny ITEm model on a 400-listing sample of the catalog."""
-    from item_model import steps
+    from item_model.lifecycle import steps
 
     model_dir = cache / "tiny-model"
     if not (model_dir / "model.safetensors").exists():
@@ -82,7 +82,7 @@ def listing_sets(catalog: Path, reference_size_: int, holdout: int, drifted: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from item_model.catalog import to_canonical
+    from item_model.data.catalog import to_canonical
 
     table = pa.concat_tables([pq.read_table(s) for s in sorted((catalog / "data").glob("*.parquet"))])
     year = table.column("year").to_numpy(zero_copy_only=False)
@@ -110,7 +110,7 @@ def embed_sets(model_dir: Path, sets: dict, cache_file: Path) -> dict[str, dict[
         if all(len(out[k]["joint"]) == len(v) for k, v in sets.items()):
             logger.info("embeddings read from %s", cache_file)
             return out
-    from item_model.embedding_io import embed_modalities
+    from item_model.lifecycle.embedding_io import embed_modalities
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
 

@@ -7,7 +7,7 @@ and /similar latency over a catalog index the size of the full catalog (44,441 l
 
 What is measured, in one run on this machine:
 
-* in-process: photos decoded (``item_model.catalog.decode_image``) and embedded with
+* in-process: photos decoded (``item_model.image_utils.decode_image``) and embedded with
   ``embed_listings`` in batches of 8, 16 and ``--batch-size`` (the service's max batch) with 1 and
   all torch threads, best of 3 passes each; the baseline is the best of all of them, measured
   before the server starts and again after it stops (the machine is shared: take the best);
@@ -81,7 +81,7 @@ def read_catalog_columns(catalog: Path) -> pd.DataFrame:
 
 def read_query_listings(catalog: Path, n: int) -> pd.DataFrame:
     """The first ``n`` listings of shard 0 with a title and a photo: ``title``, ``image_bytes``."""
-    from item_model.catalog import shard_paths, to_canonical
+    from item_model.data.catalog import shard_paths, to_canonical
     df = to_canonical(pq.read_table(shard_paths(catalog)[0]).slice(0, 2 * n), "shard 0")
     df = df[df["title"].notna() & df["image_bytes"].notna()].head(n)
     return df[["product_id", "title", "image_bytes"]].reset_index(drop=True)
@@ -119,7 +119,7 @@ def build_model_folder(kind: str, out: Path, bentoml_home: str | None, tag: str 
 
 def package(model_dir: Path, index_df: pd.DataFrame, dim: int, home: Path) -> str:
     """Save the model folder plus a random-vector catalog index into a fresh BentoML store at ``home``."""
-    from item_model.index import save_catalog_index
+    from item_model.lifecycle.index import save_catalog_index
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((len(index_df), dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -137,7 +137,7 @@ def in_process_throughput(model_dir: Path, queries: pd.DataFrame, batch_size: in
     embeddings/s over ``passes`` passes and thread counts is the baseline."""
     import torch
 
-    from item_model.catalog import decode_image
+    from item_model.image_utils import decode_image
     from item_model.evaluation import embed_listings
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor

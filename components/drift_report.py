@@ -28,7 +28,7 @@ def drift_report(
     import logging
     import tempfile
 
-    from item_model import storage
+    from item_model.data import storage
     from monitoring.drift import drift_report_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -23,7 +23,7 @@ def evaluate(
     by serving and drift monitoring). The registry's champion is re-evaluated on the same split."""
     import logging
 
-    from item_model.steps import evaluate_step
+    from item_model.lifecycle.steps import evaluate_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = evaluate_step(validated_catalog.path, model.path, eval_json.path, bert_path, modality_ablation,

@@ -6,7 +6,7 @@ and every objective is normalised by its *global* count of masked tokens / patch
 loss curve equals that of one process with the same global batch (up to float summation order
 and dropout draws). Only rank 0 writes artifacts.
 
-    torchrun --nproc_per_node 2 -m item_model.distributed VALIDATED_CATALOG_DIR MODEL_DIR \\
+    torchrun --nproc_per_node 2 -m item_model.lifecycle.torchrun_pretrain VALIDATED_CATALOG_DIR MODEL_DIR \\
         --train-config '{"steps": 250, "batch_size": 32}' [--model-config '{}'] [--checkpoint-root DIR]
 
 On a Kubeflow cluster the same command is the entry point of each replica of a PyTorchJob
@@ -16,8 +16,6 @@ On a Kubeflow cluster the same command is the entry point of each replica of a P
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -81,26 +79,3 @@ def finish_distributed(ctx: DistributedContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``torchrun ... -m item_model.distributed`` entry point: :func:`item_model.steps.pretrain_step`."""
-    from .steps import pretrain_step
-
-    ap = argparse.ArgumentParser(description="ITEm pre-training, data-parallel under torchrun")
-    ap.add_argument("catalog_dir", help="validated catalog artifact (validate step output)")
-    ap.add_argument("model_dir", help="where rank 0 writes the Hugging Face model folder")
-    ap.add_argument("--model-config", default="{}", help="ItemConfig overrides, JSON")
-    ap.add_argument("--train-config", default="{}", help="TrainConfig fields, JSON (batch_size = global batch)")
-    ap.add_argument("--bert-path", default="")
-    ap.add_argument("--checkpoint-root", default="")
-    ap.add_argument("--resume", action="store_true")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(name)s: %(message)s")
-    pretrain_step(args.catalog_dir, args.model_dir, json.loads(args.model_config), json.loads(args.train_config),
-                  args.bert_path, progress=os.environ.get("RANK", "0") == "0",
-                  checkpoint_root=args.checkpoint_root, resume=args.resume)
-
-
-if __name__ == "__main__":
-    main()

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .catalog import decode_image, load_image_bytes
+from .image_utils import decode_image, load_image_bytes
 from .io import PROGRESS_INTERVAL
 from .metrics import PROBE_CS, accuracy, macro_f1, probe_details, retrieval_details
 from .modeling_item import ItemModel
@@ -226,7 +226,7 @@ def modality_balance(joint: np.ndarray, text: np.ndarray, image: np.ndarray, k: 
     :func:`top_k`, 1e-6 slack). Without ties this is exactly the set overlap.
 
     Reading: near 1 with one modality and low with the other = the joint vector follows that
-    modality; both low = it follows neither single-modality view (:func:`item_model.gate.balance_reading`).
+    modality; both low = it follows neither single-modality view (:func:`item_model.lifecycle.gate.balance_reading`).
 
     Args:
         joint, text, image: (n, D) float32 rows aligned with the same catalog (L2-normalised; inner

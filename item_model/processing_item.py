@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer
 
-from .catalog import decode_image, load_image_bytes
+from .image_utils import decode_image, load_image_bytes
 from .configuration_item import ItemConfig
 from .title_decides import normalise_title
 

@@ -41,7 +41,7 @@ class TrainConfig:
     bf16_autocast: bool = False        # CPU: forward under bf16 autocast (AVX512-BF16/AMX); GPU: always bf16
     freeze_backbone_steps: int = 0     # LP-FT: the first steps train only the new parts (patch projection, heads)
     backbone_lr_ratio: float = 1.0     # LP-FT: the pre-trained backbone's learning rate / the new parts'
-    pretrain_listings: str = "train_split"   # which listings pre-training reads (item_model.steps.training_rows)
+    pretrain_listings: str = "train_split"   # which listings pre-training reads (item_model.lifecycle.steps.training_rows)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

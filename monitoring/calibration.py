@@ -41,12 +41,11 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from item_model.data import storage
 from item_model.io import PROGRESS_INTERVAL, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-STORAGE_ENV = "ITEM_STORAGE_ROOT"
-DEFAULT_STORAGE_ROOT = "./item-storage"
 CALIBRATION_DIR = "calibration"
 
 #: score(reference (m, D), current (n, D)) -> float; larger = more drift
@@ -54,8 +53,9 @@ ScoreFn = Callable[[np.ndarray, np.ndarray], float]
 
 
 def storage_root(root: str | Path | None = None) -> Path:
-    """The storage root: ``root`` if given, else ``$ITEM_STORAGE_ROOT``, else ``./item-storage``."""
-    return Path(root or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE_ROOT)
+    """The local storage root the calibration cache lives under
+    (:func:`item_model.data.storage.storage_root`; a ``gs://`` root is not supported here)."""
+    return Path(storage.storage_root(root))
 
 
 def pool_fingerprint(pool: np.ndarray) -> str:

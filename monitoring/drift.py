@@ -2,7 +2,7 @@
 thresholds, per modality (joint, text-only, image-only).
 
 * Reference: the champion's catalog index, stored with the model at package time
-  (``<BentoML model>/catalog_index``, :mod:`item_model.index`): the embeddings of the catalog it was
+  (``<BentoML model>/catalog_index``, :mod:`item_model.lifecycle.index`): the embeddings of the catalog it was
   trained and validated on, joint and, when the model was evaluated with the modality ablation,
   text-only and image-only.
 * Current: a new catalog batch (a folder in the catalog layout), embedded by the same model in each
@@ -42,10 +42,10 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from item_model.embedding_io import (INDEX_KINDS, MODALITIES, check_embeddings, load_embeddings,
+from item_model.lifecycle.embedding_io import (INDEX_KINDS, MODALITIES, check_embeddings, load_embeddings,
                                      sample_rows, save_embeddings)
 from item_model.io import write_json_atomic
-from item_model.steps import record_failure
+from item_model.lifecycle.steps import record_failure
 
 from .calibration import CalibrationStore, calibrate, pool_fingerprint
 
@@ -312,7 +312,7 @@ def detect_drift(reference: dict[str, np.ndarray], current: dict[str, np.ndarray
 
     Args:
         reference: ``{modality: (n_P, D) float32}`` (e.g. :func:`load_reference`).
-        current: ``{modality: (n_m, D) float32}`` (e.g. :func:`item_model.embedding_io.load_embeddings`).
+        current: ``{modality: (n_m, D) float32}`` (e.g. :func:`item_model.lifecycle.embedding_io.load_embeddings`).
 
     Returns:
         (summary: ``{"drift", "drifted_modalities", "tested_modalities", "modalities": {modality:
@@ -416,7 +416,7 @@ def load_reference(model_path: str | Path) -> tuple[dict[str, np.ndarray], dict]
     Raises:
         DriftInputError: the model has no catalog index.
     """
-    from item_model.index import load_catalog_index
+    from item_model.lifecycle.index import load_catalog_index
 
     path = Path(model_path) / INDEX_DIR
     if not (path / "index.json").exists():
@@ -571,7 +571,7 @@ def embed_current_step(current: str, model_tag: str, bentoml_home: str | None, o
                        since: str = "", until: str = "", max_rows: int = 1000, seed: int = 0,
                        progress: bool = True) -> dict:
     """Embed the current window with the reference model and write the embeddings artifact
-    (:mod:`item_model.embedding_io`).
+    (:mod:`item_model.lifecycle.embedding_io`).
 
     * catalog folder: rows with a title and an image, a seeded random sample of at most ``max_rows``,
       embedded by the model in the joint, text-only and image-only modes;
@@ -583,7 +583,7 @@ def embed_current_step(current: str, model_tag: str, bentoml_home: str | None, o
 
     Raises:
         DriftInputError: see :func:`source_type`, :func:`load_traffic_window`,
-            :func:`traffic_embeddings`; an empty catalog window. item_model.catalog.CatalogError: an
+            :func:`traffic_embeddings`; an empty catalog window. item_model.data.catalog.CatalogError: an
             unreadable catalog.
     """
     tag, model_path = resolve_model(model_tag, bentoml_home)
@@ -592,8 +592,8 @@ def embed_current_step(current: str, model_tag: str, bentoml_home: str | None, o
                   "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     t0 = time.perf_counter()
     if kind == "catalog":
-        from item_model.catalog import read_catalog
-        from item_model.embedding_io import embed_modalities, usable_listings
+        from item_model.data.catalog import read_catalog
+        from item_model.lifecycle.embedding_io import embed_modalities, usable_listings
         from item_model.modeling_item import ItemModel
         from item_model.processing_item import ItemProcessor
 

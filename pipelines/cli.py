@@ -6,7 +6,7 @@
     item submit --host URL [--pipeline training|monitoring] [--param KEY=VALUE ...]
 
 Locations (catalog, registry, output folder) are local paths or ``gs://bucket/prefix`` URIs
-(:mod:`item_model.storage`).
+(:mod:`item_model.data.storage`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from pipelines.env import set_offline_defaults
 
 set_offline_defaults()
 
-from item_model import storage  # noqa: E402
+from item_model.data import storage  # noqa: E402
 from pipelines import config as pconfig  # noqa: E402
+from pipelines.summary import print_summary  # noqa: E402
 
 
 class RunFailed(click.ClickException):
@@ -39,9 +40,9 @@ def preflight(catalog: str) -> None:
     columns and the group file can be read.
 
     Raises:
-        item_model.catalog.CatalogError: naming the folder, file or column at fault.
+        item_model.data.catalog.CatalogError: naming the folder, file or column at fault.
     """
-    from item_model import catalog as cat
+    from item_model.data import catalog as cat
     for path in cat.shard_paths(catalog):
         cat.check_columns(path, cat._open_shard(path).schema_arrow.names)
     cat.read_groups(catalog)
@@ -173,7 +174,7 @@ def upload_run(run_dir: Path, remote: str, summary: dict) -> dict:
     local copy. Returns the rewritten summary.
 
     Raises:
-        item_model.storage.StorageError: an upload failed (the local run folder is kept then).
+        item_model.data.storage.StorageError: an upload failed (the local run folder is kept then).
     """
     import shutil
     local = str(run_dir)
@@ -193,70 +194,6 @@ def upload_run(run_dir: Path, remote: str, summary: dict) -> dict:
     storage.write_json(storage.join(remote, "summary.json"), summary)     # last: the run is complete
     shutil.rmtree(run_dir.parent, ignore_errors=True)
     return summary
-
-
-def print_summary(summary: dict) -> None:
-    """One screen: metrics beside baselines, the gate's verdict, the artifacts' paths."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    models = summary.get("eval", {}).get("models", {})
-    table = Table(title=f"ITEm vs baselines ({summary.get('eval', {}).get('n_listings', '?')} listings; "
-                        f"search over all, probe on the test split)")
-    cols = ["category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP"]
-    table.add_column("embedding")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for name, m in models.items():
-        table.add_row(name, *(f"{m[c]:.4f}" for c in cols), style="bold" if name == "item" else None)
-    console.print(table)
-    for line in check_lines(models):
-        console.print(line, highlight=False)
-    blessing = summary.get("blessing", {})
-    console.print(blessing_table(blessing))
-    console.print(f"wall time        {summary['wall_time_s']:.0f} s")
-    for key in ("data_docs", "quarantine", "eval_json", "gate_report", "gate_report_html", "training_curve",
-                "model_dir", "registry_version"):
-        console.print(f"{key:16s} {summary.get(key)}")
-    console.print(f"{'bento model':16s} {summary.get('bento_model') or '(not packaged: not blessed)'}")
-    console.print(f"{'summary':16s} {storage.join(summary['run_dir'], 'summary.json')}")
-
-
-def check_lines(models: dict) -> list[str]:
-    """Up to two summary lines (each under 100 columns) under the metrics table: the served vector's
-    modality balance (item's top-10 overlap with its text-only / image-only embeddings, and the
-    reading of :func:`item_model.gate.balance_reading`) and the title-decides Recall@1 of item and
-    the text/pixel baselines; a line is left out when eval.json lacks its metrics."""
-    from item_model.gate import balance_reading, balance_values, modality_gains
-    lines = []
-    balance = balance_values({"models": models})
-    if balance is not None:
-        t, i, _ = balance
-        lines.append(f"modality balance (top-10 overlap) text {t:.2f}, image {i:.2f}: "
-                     f"{balance_reading(t, i, modality_gains({'models': models})).split(':')[0].split(',')[0]}")
-    r1 = {n: models.get(n, {}).get("title_decides_recall@1") for n in
-          ("item", "baseline_text_minilm", "baseline_image_pixels")}
-    if r1["item"] is not None:
-        others = ", ".join(f"{label} {r1[n]:.4f}" for label, n in (("text", "baseline_text_minilm"),
-                                                                    ("pixels", "baseline_image_pixels"))
-                           if r1[n] is not None)
-        lines.append(f"title-decides R@1 item {r1['item']:.4f}" + (f" (baselines: {others})" if others else ""))
-    return lines
-
-
-def blessing_table(blessing: dict, title: str = "Promotion gate"):
-    """A rich table of every gate criterion: criterion, metric, value, threshold, verdict, note."""
-    from rich.table import Table
-    table = Table(title=f"{title}: " + ("[green]BLESSED[/]" if blessing.get("blessed") else "[red]NOT BLESSED[/]"))
-    for c in ("criterion", "metric", "value", "threshold", "verdict", "note"):
-        table.add_column(c, overflow="fold")
-    for r in blessing.get("criteria", []):
-        note = r["message"] if (not r["passed"] or r.get("criterion") == "significance") else r.get("reason", "")
-        table.add_row(r.get("criterion", "floor"), r["metric"], "missing" if r["value"] is None else f"{r['value']:.4f}",
-                      "-" if r["threshold"] is None else f"{r['comparison']} {r['threshold']:.4f}",
-                      "[green]pass[/]" if r["passed"] else "[red]FAIL[/]", note)
-    return table
 
 
 @click.group()
@@ -288,8 +225,8 @@ def main(verbose: bool) -> None:
 def run_cmd(catalog, profile, gate_config, overrides, output_dir, bentoml_home, model_name, bert_path, registry,
             resume, checkpoint_root, as_json):
     """Run the training pipeline locally through kfp.local on a catalog."""
-    from item_model.catalog import CatalogError
-    from item_model.gate import GateConfigError
+    from item_model.data.catalog import CatalogError
+    from item_model.lifecycle.gate import GateConfigError
 
     try:
         preflight(catalog)

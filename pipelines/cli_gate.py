@@ -18,7 +18,7 @@ registry_option = click.option("--registry", default="", help="Registry root (de
 
 
 def _registry(root: str):
-    from item_model.registry import ModelRegistry
+    from item_model.lifecycle.registry import ModelRegistry
     return ModelRegistry(root or pconfig.default_registry())
 
 
@@ -38,8 +38,8 @@ def show(version: str, registry: str) -> None:
     """Show the gate of VERSION (a version id or prefix, 'latest' or 'champion')."""
     from rich.console import Console
 
-    from item_model.registry import RegistryError
-    from pipelines.cli import blessing_table
+    from item_model.lifecycle.registry import RegistryError
+    from pipelines.summary import blessing_table
 
     reg = _registry(registry)
     try:
@@ -93,7 +93,7 @@ def approve(version: str, reason: str, package: bool, bentoml_home: str, registr
     """Promote VERSION to champion by hand, whatever its gate said."""
     import getpass
 
-    from item_model.registry import RegistryError
+    from item_model.lifecycle.registry import RegistryError
     reg = _registry(registry)
     try:
         v = reg.resolve(version)
@@ -130,7 +130,7 @@ def _package_version(path, bentoml_home: str, version: str, approved_by: str, sa
 @registry_option
 def reject(version: str, reason: str, registry: str) -> None:
     """Block VERSION by hand; if it is the champion, the previous champion comes back."""
-    from item_model.registry import RegistryError
+    from item_model.lifecycle.registry import RegistryError
     reg = _registry(registry)
     try:
         v = reg.resolve(version)
@@ -152,7 +152,7 @@ def screenshot(version: str, output: str, chromium: str, registry: str) -> None:
     import subprocess
     import tempfile
 
-    from item_model.registry import RegistryError
+    from item_model.lifecycle.registry import RegistryError
     reg = _registry(registry)
     try:
         html = reg.version_path(reg.resolve(version)) / "gate_report.html"

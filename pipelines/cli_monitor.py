@@ -44,7 +44,7 @@ def preflight(current: str, model_tag: str, bentoml_home: str, since: str, until
         ``{"model_tag": resolved tag, "model_path", "source_type", "reference_dim", "window": counts}``.
 
     Raises:
-        monitoring.drift.DriftInputError / item_model.catalog.CatalogError: naming the field or file.
+        monitoring.drift.DriftInputError / item_model.data.catalog.CatalogError: naming the field or file.
     """
     from monitoring import drift
 
@@ -66,11 +66,11 @@ def check_catalog(catalog: str) -> None:
     """The catalog folder, its shards and their required columns can be read (no rows are read).
 
     Raises:
-        item_model.catalog.CatalogError: naming the folder, shard or column.
+        item_model.data.catalog.CatalogError: naming the folder, shard or column.
     """
     import pyarrow.parquet as pq
 
-    from item_model import catalog as cat
+    from item_model.data import catalog as cat
     for shard in cat.shard_paths(catalog):
         try:
             names = pq.read_schema(shard).names
@@ -213,8 +213,8 @@ def monitor_cmd(current, model_tag, bentoml_home, storage_root, since, until, dr
     run the training pipeline."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from item_model.catalog import CatalogError
-    from item_model.gate import GateConfigError
+    from item_model.data.catalog import CatalogError
+    from item_model.lifecycle.gate import GateConfigError
     from monitoring.calibration import storage_root as default_storage
     from monitoring.drift import DriftConfig, DriftInputError
     from pipelines import config as pconfig

@@ -64,7 +64,7 @@ def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, stora
         env["ITEM_MODEL_TAG"] = tag
     # relative to where the command runs (bentoml serve runs in the repository root)
     # (a gs://bucket/prefix storage root is passed on as it is: the traffic log writes to GCS)
-    from item_model import storage
+    from item_model.data import storage
     root = storage_root or env.get("ITEM_STORAGE_ROOT") or "item-storage"
     env["ITEM_STORAGE_ROOT"] = root if storage.is_gcs(root) else str(Path(root).expanduser().resolve())
     if traffic_sample is not None:

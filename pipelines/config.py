@@ -8,8 +8,10 @@ from typing import Any
 
 import yaml
 
-from item_model import storage
-from item_model.gate import load_gate_config
+from item_model.data import storage
+from item_model.data.storage import storage_root
+from item_model.lifecycle.registry import default_registry
+from item_model.lifecycle.gate import load_gate_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROFILES_FILE = CONFIG_DIR / "profiles.yaml"
@@ -56,22 +58,6 @@ def apply_overrides(profile: dict, overrides: list[str]) -> dict:
         else:
             out[section] = value
     return out
-
-
-def default_registry() -> str:
-    """Registry root: ``$ITEM_REGISTRY``, else ``$ITEM_STORAGE_ROOT/registry`` (default ``./item-storage``);
-    a folder or a ``gs://bucket/prefix``."""
-    import os
-    if os.environ.get("ITEM_REGISTRY"):
-        return os.environ["ITEM_REGISTRY"]
-    return storage.join(storage_root(), "registry")
-
-
-def storage_root() -> Path | str:
-    """``$ITEM_STORAGE_ROOT`` (default ``./item-storage``): an absolute Path, or a ``gs://`` URI (str)."""
-    import os
-    root = os.environ.get("ITEM_STORAGE_ROOT", "item-storage")
-    return storage.normalize(root) if storage.is_gcs(root) else Path(root).resolve()
 
 
 def location(path: str) -> str:

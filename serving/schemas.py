@@ -82,7 +82,7 @@ def decode_base64_image(value: str) -> bytes:
 
 
 def decode_listing_image(data: bytes, size_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Encoded image bytes -> RGB uint8 (H, W, 3) at ``size_hw`` (``item_model.catalog.decode_image``),
+    """Encoded image bytes -> RGB uint8 (H, W, 3) at ``size_hw`` (``item_model.image_utils.decode_image``),
     after checking the header: at most ``MAX_IMAGE_SIDE`` pixels a side (so a small file cannot
     decompress into gigabytes).
 
@@ -91,7 +91,7 @@ def decode_listing_image(data: bytes, size_hw: tuple[int, int] | None = None) ->
     """
     from PIL import Image
 
-    from item_model.catalog import decode_image
+    from item_model.image_utils import decode_image
 
     try:
         with Image.open(io.BytesIO(data)) as im:

@@ -5,7 +5,7 @@ catalog index packaged with the model (``POST /similar``).
 
 The model is the champion: ``ITEM_MODEL_TAG`` when set, else ``item:latest`` in the BentoML model
 store (:func:`resolve_model_tag`). Its store entry holds the Hugging Face model folder and, built at
-package time, ``catalog_index/`` (:mod:`item_model.index`): the embeddings of the catalog the model
+package time, ``catalog_index/`` (:mod:`item_model.lifecycle.index`): the embeddings of the catalog the model
 was validated on, with ids and titles.
 
 Endpoints (BentoML also serves ``/livez``, ``/readyz``, ``/healthz``, ``/metrics`` (Prometheus) and
@@ -367,7 +367,7 @@ class ItemService:
     def __init__(self) -> None:
         import torch
 
-        from item_model.index import load_catalog_index
+        from item_model.lifecycle.index import load_catalog_index
         from item_model.modeling_item import ItemModel
         from item_model.processing_item import ItemProcessor
         from serving.traffic_log import TrafficLog, TrafficLogConfig

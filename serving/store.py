@@ -29,7 +29,7 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
     """Save a blessed model folder into the BentoML model store with ``bentoml.models.create``.
 
     The store entry holds the Hugging Face model folder plus ``eval.json``, ``blessing.json`` and,
-    when ``index_dir`` is given, the catalog index in ``catalog_index/`` (:mod:`item_model.index`);
+    when ``index_dir`` is given, the catalog index in ``catalog_index/`` (:mod:`item_model.lifecycle.index`);
     labels carry the verdict and catalog fingerprint, metadata the headline metrics and code version.
     BentoML writes the entry under a temporary name and moves it into the store when the ``with``
     block ends, so a failure leaves no half-written model.
@@ -44,7 +44,7 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
     Raises:
         ValueError: the blessing says the model is not blessed and there is no approval (nothing is saved).
     """
-    from item_model.steps import CATALOG_META, code_version
+    from item_model.lifecycle.steps import CATALOG_META, code_version
 
     blessing = json.loads(Path(blessing_path).read_text())
     if not blessing.get("blessed") and not approved_by:
@@ -87,7 +87,7 @@ def champion_tag(bentoml_home: str | None = None, registry_root: str | None = No
 
     Args:
         bentoml_home: the store (default ``$BENTOML_HOME``, else ``~/bentoml``).
-        registry_root: the registry (default :func:`pipelines.config.default_registry`:
+        registry_root: the registry (default :func:`item_model.lifecycle.registry.default_registry`:
             ``$ITEM_REGISTRY``, else ``$ITEM_STORAGE_ROOT/registry``); a folder or ``gs://`` URI.
 
     Returns:
@@ -99,8 +99,7 @@ def champion_tag(bentoml_home: str | None = None, registry_root: str | None = No
     """
     import yaml
 
-    from item_model.registry import ModelRegistry
-    from pipelines.config import default_registry
+    from item_model.lifecycle.registry import ModelRegistry, default_registry
 
     root = registry_root or default_registry()
     pointer = ModelRegistry(root).champion()

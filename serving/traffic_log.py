@@ -6,7 +6,7 @@ Layout::
 
     <storage root>/traffic/<YYYY-MM-DD>/traffic-<YYYYmmddTHHMMSS>Z-<pid>-<seq>.parquet
 
-The storage root is a local folder or a ``gs://bucket/prefix`` (:mod:`item_model.storage`). Each
+The storage root is a local folder or a ``gs://bucket/prefix`` (:mod:`item_model.data.storage`). Each
 file holds at most ``rows_per_file`` rows, all from one UTC hour, and is written atomically (locally a
 temporary file moved into place; on GCS one upload, which only appears once complete), so readers
 never see half a file. Rows are buffered in memory
@@ -44,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from item_model import storage
+from item_model.data import storage
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def read_traffic_log(storage_root: str | Path, since: datetime | None = None) ->
     Returns an empty frame with the columns when there is no log yet.
 
     Raises:
-        item_model.storage.StorageError: a file cannot be read (names it).
+        item_model.data.storage.StorageError: a file cannot be read (names it).
     """
     import io
     tables = [pq.read_table(io.BytesIO(storage.read_bytes(p)), schema=SCHEMA) for p in traffic_files(storage_root)]

@@ -65,7 +65,7 @@ def packaged_model(tmp_path_factory, slice_catalog) -> dict:
 
     Returns ``{"bentoml_home", "tag", "model_dir", "catalog_dir", "index_dir", "eval_path"}``.
     """
-    from item_model import steps
+    from item_model.lifecycle import steps
 
     root = tmp_path_factory.mktemp("packaged")
     paths = {k: str(root / k) for k in ("catalog", "model", "index", "docs")}
@@ -98,7 +98,7 @@ def gcs_emulator():
     import time
     import urllib.request
 
-    from item_model import storage
+    from item_model.data import storage
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

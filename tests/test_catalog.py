@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from item_model import catalog as cat
+from item_model import image_utils
+from item_model.data import catalog as cat
 from tests.conftest import CATALOG, write_slice
 
 
@@ -96,5 +97,5 @@ def test_bad_group_file_is_named(tmp_path):
 
 def test_decode_image_resizes_and_converts_greyscale():
     df = cat.read_catalog(CATALOG).iloc[:2000]
-    arrays = [cat.decode_image(b, (80, 64)) for b in df["image_bytes"]]
+    arrays = [image_utils.decode_image(b, (80, 64)) for b in df["image_bytes"]]
     assert all(a.shape == (80, 64, 3) and a.dtype == np.uint8 for a in arrays)

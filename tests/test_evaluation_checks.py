@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from item_model import catalog as cat
+from item_model.data import catalog as cat
 from item_model.evaluation import modality_balance, pixel_baseline, score_embeddings, title_decides_metrics
-from item_model.gate import GateConfigError, balance_reading, blessing_markdown, evaluate_gate, load_gate_config
+from item_model.lifecycle.gate import GateConfigError, balance_reading, blessing_markdown, evaluate_gate, load_gate_config
 from item_model.metrics import PROBE_CS, PROBE_FALLBACK_C, probe_details
 from item_model.title_decides import describe_groups, normalise_title, title_decides_groups
 from pipelines.config import GATE_FILE
@@ -24,7 +24,7 @@ from tests.conftest import write_slice
 @pytest.fixture(scope="module")
 def real_slice(tmp_path_factory) -> pd.DataFrame:
     """3,000 real listings of shard 0 plus the members of 100 real same-product groups, read with
-    :func:`item_model.catalog.read_catalog`, with the project's hash split."""
+    :func:`item_model.data.catalog.read_catalog`, with the project's hash split."""
     folder = write_slice(tmp_path_factory.mktemp("checks"), n_plain=3000, n_groups=100)
     df = cat.read_catalog(folder)
     df["split"] = cat.assign_split(df["product_id"].tolist())
@@ -292,9 +292,9 @@ def test_default_gate_has_the_title_decides_criterion_with_a_reason():
 
 
 def test_reports_show_modality_balance_and_title_decides(tmp_path):
-    from item_model.gate_report import render_gate_report
-    from item_model.steps import gate_step
-    from pipelines.cli import check_lines
+    from item_model.lifecycle.gate_report import render_gate_report
+    from item_model.lifecycle.steps import gate_step
+    from pipelines.summary import check_lines
 
     result = _eval(0.5)
     result["models"]["item"].update({"balance_text_overlap@10": 0.12, "balance_image_overlap@10": 0.71,
@@ -321,7 +321,7 @@ def test_reports_show_modality_balance_and_title_decides(tmp_path):
 
 
 def test_balance_reading_sees_the_weaker_modality_deciding_within():
-    from item_model.gate import modality_gains
+    from item_model.lifecycle.gate import modality_gains
     ev = {"models": {"item": {"recall@1": 0.98, "title_decides_recall@1": 0.99},
                      "item_text_only": {"recall@1": 0.70}, "item_image_only": {"title_decides_recall@1": 0.08}}}
     gains = modality_gains(ev)

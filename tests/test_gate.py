@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from item_model.gate import GateConfigError, blessing_markdown, evaluate_gate, load_gate_config
-from item_model.steps import gate_step
+from item_model.lifecycle.gate import GateConfigError, blessing_markdown, evaluate_gate, load_gate_config
+from item_model.lifecycle.steps import gate_step
 from pipelines.config import GATE_FILE
 
 EVAL = {"models": {"item": {"recall@1": 0.91, "recall@10": 0.99, "category_accuracy": 0.95,

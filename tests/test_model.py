@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from item_model import catalog as cat
+from item_model.data import catalog as cat
 from item_model.configuration_item import OBJECTIVES, ItemConfig
 from item_model.evaluation import embed_listings
 from item_model.modeling_item import ItemModel, normalize_patches, patchify

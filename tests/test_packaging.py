@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from item_model.index import load_catalog_index
+from item_model.lifecycle.index import load_catalog_index
 
 
 def test_packaged_model_holds_weights_index_and_metadata(packaged_model):

@@ -64,7 +64,7 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     meta = yaml.safe_load((stored / "model.yaml").read_text())
     assert meta["labels"]["blessed"] == "true" and len(meta["metadata"]["catalog_fingerprint"]) == 64
     assert (stored / "model.safetensors").exists() and (stored / "blessing.json").exists()
-    from item_model.index import load_catalog_index
+    from item_model.lifecycle.index import load_catalog_index
     listings, embeddings, index_meta = load_catalog_index(stored / "catalog_index")
     assert len(listings) == summary["catalog"]["n_valid"] == embeddings["item"].shape[0]
     np.testing.assert_allclose(np.linalg.norm(embeddings["item"], axis=1), 1.0, atol=1e-5)
@@ -85,7 +85,7 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     assert models["baseline_image_pixels"]["recall@10"] > 0.5                      # real photos, real groups
     assert "ITEm vs baselines" in proc.stdout and "BLESSED" in proc.stdout
     # registered and promoted: the registry's champion is this run's version, with its gate report
-    from item_model.registry import ModelRegistry
+    from item_model.lifecycle.registry import ModelRegistry
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.champion()["version"] == summary["registry_version"] == meta["metadata"]["registry_version"]
     assert (registry.version_path(summary["registry_version"]) / "gate_report.html").exists()
@@ -101,7 +101,7 @@ def test_run_not_blessed_skips_package(tmp_path, slice_catalog):
     assert "package" not in summary["tasks_run"] and "gate" in summary["tasks_run"]
     assert summary["bento_model"] is None and bento_models(tmp_path / "bentoml") == []
     assert "NOT BLESSED" in Path(summary["gate_report"]).read_text()
-    from item_model.registry import ModelRegistry
+    from item_model.lifecycle.registry import ModelRegistry
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.champion() is None and registry.versions() == [summary["registry_version"]]
     assert registry.history()[-1]["action"] == "blocked"

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from item_model import steps
-from item_model.gate import evaluate_gate
-from item_model.registry import ConcurrentPromotionError, ModelRegistry, RegistryError
-from item_model.significance import load_details, paired_bootstrap
+from item_model.lifecycle import steps
+from item_model.lifecycle.gate import evaluate_gate
+from item_model.lifecycle.registry import ConcurrentPromotionError, ModelRegistry, RegistryError
+from item_model.lifecycle.significance import load_details, paired_bootstrap
 
 ITEM = str(Path(sys.executable).parent / "item")
 GATE = {"floors": [{"metric": "item.recall@10", "min": 0.0}],
@@ -154,7 +154,7 @@ def test_crash_between_version_and_pointer_keeps_old_champion(tmp_path, packaged
     registry = ModelRegistry(tmp_path / "registry")
     old = registry.register(packaged_model["model_dir"], {}, {"blessed": True})
     registry.promote(old, gate="test", automatic=True, reason="first")
-    code = ("import sys; from item_model.registry import ModelRegistry; r = ModelRegistry(sys.argv[1]); "
+    code = ("import sys; from item_model.lifecycle.registry import ModelRegistry; r = ModelRegistry(sys.argv[1]); "
             "v = r.register(sys.argv[2], {}, {'blessed': True}); print(v, flush=True); "
             "r.promote(v, gate='test', automatic=True, reason='second')")
     proc = subprocess.run([sys.executable, "-c", code, str(registry.root), packaged_model["model_dir"]],
@@ -188,7 +188,7 @@ def test_versions_are_immutable_and_resolvable(tmp_path, packaged_model):
     with pytest.raises(RegistryError, match="unknown model version"):
         registry.promote("nope", gate="t", automatic=True, reason="r")
     details = load_details  # imported for the npz round trip below
-    from item_model.significance import save_details
+    from item_model.lifecycle.significance import save_details
     save_details(tmp_path / "d.npz", {"item": _details(np.ones(3), np.array(["a", "b", "c"], dtype=object),
                                                        np.array(["a", "b", "b"], dtype=object))})
     back = details(tmp_path / "d.npz")

@@ -130,7 +130,7 @@ def in_process(packaged_model):
 def test_embed_round_trip_equals_in_process_embedding(server, packaged_model, catalog_rows, in_process):
     import bentoml
 
-    from item_model.catalog import decode_image
+    from item_model.image_utils import decode_image
     from item_model.evaluation import embed_listings
 
     rows = catalog_rows.iloc[:12]

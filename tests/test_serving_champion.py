@@ -24,7 +24,7 @@ SAVE = ("import sys; from serving.store import save_to_bentoml; "
 @pytest.fixture(scope="module")
 def champion_store(packaged_model, tmp_path_factory):
     """``{"home", "registry", "champion_tag", "newer_tag", "version"}``: a fresh store and registry."""
-    from item_model.registry import ModelRegistry
+    from item_model.lifecycle.registry import ModelRegistry
 
     tmp = tmp_path_factory.mktemp("champion")
     m = packaged_model

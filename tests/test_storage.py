@@ -1,4 +1,4 @@
-"""Google Cloud Storage through item_model.storage, against a real gcp-storage-emulator started by the
+"""Google Cloud Storage through item_model.data.storage, against a real gcp-storage-emulator started by the
 tests (fixture ``gcs_emulator``): the storage interface, catalog shards and gs:// image URIs, the
 serving traffic log, the model registry's API, and a full local pipeline run (kfp.local, ``tiny``
 profile) with its catalog, registry and reports on gs://.
@@ -25,7 +25,8 @@ import pytest
 import requests
 import yaml
 
-from item_model import storage
+from item_model import image_utils
+from item_model.data import storage
 from tests.conftest import write_slice
 
 ITEM = str(Path(sys.executable).parent / "item")
@@ -84,7 +85,7 @@ def test_storage_interface_on_emulator(gcs_prefix, tmp_path, monkeypatch):
 
 
 def test_catalog_and_image_uris_from_gcs(gcs_prefix, tmp_path):
-    from item_model import catalog as cat
+    from item_model.data import catalog as cat
     local = write_slice(tmp_path / "catalog", n_plain=40, n_groups=3)
     uri = storage.join(gcs_prefix, "catalog")
     storage.upload_tree(local, uri)
@@ -95,7 +96,7 @@ def test_catalog_and_image_uris_from_gcs(gcs_prefix, tmp_path):
     row = from_disk.iloc[0]
     storage.write_bytes(storage.join(gcs_prefix, "images", "0.jpg"), row["image_bytes"])
     ref = {"product_id": row["product_id"], "image_bytes": None, "image_uri": storage.join(gcs_prefix, "images", "0.jpg")}
-    assert cat.decode_image(cat.load_image_bytes(ref)).shape[2] == 3
+    assert image_utils.decode_image(image_utils.load_image_bytes(ref)).shape[2] == 3
     with pytest.raises(cat.CatalogError, match="holds no data/"):
         cat.shard_paths(storage.join(gcs_prefix, "no-catalog"))
 
@@ -115,7 +116,7 @@ def test_traffic_log_on_gcs(gcs_prefix):
 
 # --------------------------------------------------------------------------- registry on gs://
 def test_registry_round_trip_on_gcs(gcs_prefix, tmp_path, monkeypatch):
-    from item_model.registry import ConcurrentPromotionError, ModelRegistry, RegistryError
+    from item_model.lifecycle.registry import ConcurrentPromotionError, ModelRegistry, RegistryError
     registry = ModelRegistry(storage.join(gcs_prefix, "registry"), cache_dir=tmp_path / "cache")
     (tmp_path / "eval.json").write_text(json.dumps({"models": {}}))
     a = registry.register(_fake_model(tmp_path / "a", 1), {"eval.json": tmp_path / "eval.json"}, {"run": "a"})
@@ -242,7 +243,7 @@ def test_concurrent_promotion_on_gcs_has_one_winner(gcs_emulator, gcs_prefix, tm
     both read it, both pass their own checks, both write; exactly one wins, the other gets
     ConcurrentPromotionError. FAKE transport (see PreconditionEnforcingSession) in front of the real
     emulator, because the emulator does not enforce ``if_generation_match``."""
-    from item_model.registry import ConcurrentPromotionError, ModelRegistry
+    from item_model.lifecycle.registry import ConcurrentPromotionError, ModelRegistry
     root = storage.join(gcs_prefix, "registry")
     setup = ModelRegistry(root)
     a = setup.register(_fake_model(tmp_path / "a", 1), {}, {})
@@ -281,7 +282,7 @@ def test_concurrent_promotion_on_gcs_has_one_winner(gcs_emulator, gcs_prefix, tm
 def test_pipeline_run_with_catalog_registry_and_reports_on_gcs(gcs_emulator, gcs_prefix, tmp_path):
     """`item run` (kfp.local, tiny profile) reading the catalog from gs://, registering and promoting
     into a gs:// registry and uploading the run's reports to gs://; `item gate` reads it back."""
-    from item_model.registry import ModelRegistry
+    from item_model.lifecycle.registry import ModelRegistry
     local = write_slice(tmp_path / "catalog", n_plain=120, n_groups=12)
     catalog = storage.join(gcs_prefix, "catalog")
     storage.upload_tree(local, catalog)

@@ -1,4 +1,4 @@
-"""Tests of item_model.validation on a real slice of the fashion catalog (GX 1.x, no mocks)."""
+"""Tests of item_model.data.validation on a real slice of the fashion catalog (GX 1.x, no mocks)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from item_model.catalog import OPTIONAL_ATTRIBUTES, read_catalog
-from item_model.validation import (
+from item_model.data.catalog import OPTIONAL_ATTRIBUTES, read_catalog
+from item_model.data.validation import (
     CatalogValidationError,
     ValidationConfig,
     ValidationOutcome,

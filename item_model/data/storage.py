@@ -305,7 +305,7 @@ def write_bytes(location: Location, data: bytes, *, if_generation_match: int | N
             blob = _blob(str(location), client)
             blob.upload_from_string(data, content_type=content_type, if_generation_match=if_generation_match)
             return int(blob.generation) if blob.generation is not None else None
-    from .io import atomic_path
+    from ..io import atomic_path
     with atomic_path(location) as tmp:
         tmp.write_bytes(data)
     return None
@@ -318,7 +318,7 @@ def write_text(location: Location, text: str, **kwargs) -> int | None:
 
 def write_json(location: Location, obj: Any, **kwargs) -> int | None:
     """Indented JSON, see :func:`write_bytes`."""
-    from .io import _json_default
+    from ..io import _json_default
     text = json.dumps(obj, indent=2, default=_json_default) + "\n"
     return write_bytes(location, text.encode("utf-8"), content_type="application/json", **kwargs)
 
@@ -344,7 +344,7 @@ def upload_file(src: Location, location: Location, *, if_generation_match: int |
             blob = _blob(str(location), client, chunk_size=CHUNK_SIZE if size >= RESUMABLE_THRESHOLD else None)
             blob.upload_from_filename(str(src), if_generation_match=if_generation_match)
             return int(blob.generation) if blob.generation is not None else None
-    from .io import atomic_path
+    from ..io import atomic_path
     with atomic_path(location) as tmp:
         shutil.copy2(src, tmp)
     return None
@@ -428,3 +428,21 @@ def delete_tree(location: Location, client=None) -> None:
             delete(join(location, rel), client=client)
         return
     shutil.rmtree(location, ignore_errors=True)
+
+
+
+#: the environment variable naming the project's storage root, and its default (a local folder)
+STORAGE_ENV = "ITEM_STORAGE_ROOT"
+DEFAULT_STORAGE_ROOT = "item-storage"
+
+
+def storage_root(root: str | Path | None = None) -> Path | str:
+    """The project's storage root (registry, checkpoints, calibrations, traffic log): ``root`` if given,
+    else ``$ITEM_STORAGE_ROOT``, else ``./item-storage``; an absolute ``Path``, or a ``gs://`` URI (str)."""
+    root = str(root or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE_ROOT)
+    return normalize(root) if is_gcs(root) else Path(root).resolve()
+
+# gs:// image URIs of catalog rows are read through this module (item_model.image_utils stays platform-free)
+from ..image_utils import register_uri_reader  # noqa: E402
+
+register_uri_reader("gs", read_bytes)

@@ -104,7 +104,7 @@ def worst_categories(details: dict, n: int = 10) -> str:
 
 def modality_balance_html(eval_result: dict) -> str:
     """HTML "modality balance" section body: item's top-10 overlaps with its text-only and
-    image-only embeddings as two bars and a one-line reading (:func:`item_model.gate.balance_reading`);
+    image-only embeddings as two bars and a one-line reading (:func:`item_model.lifecycle.gate.balance_reading`);
     a note when eval.json has no balance (the evaluate step ran without the modality ablation)."""
     balance = balance_values(eval_result)
     if balance is None:

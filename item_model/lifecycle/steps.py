@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import catalog as cat
-from .io import write_json_atomic, write_text_atomic
+from ..data import catalog as cat
+from ..io import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def validate_step(catalog: str, out_catalog_dir: str, quarantine_path: str, resu
     """Read ``catalog``, validate it (Great Expectations), write the validated catalog with its split.
 
     Args:
-        catalog: catalog folder (layout of :mod:`item_model.catalog`).
+        catalog: catalog folder (layout of :mod:`item_model.data.catalog`).
         out_catalog_dir: folder for the validated catalog artifact.
         quarantine_path: parquet of quarantined rows (``product_id``, ``title``, ``reason``, ``row``).
         result_path: GX validation result JSON.
@@ -69,7 +69,7 @@ def validate_step(catalog: str, out_catalog_dir: str, quarantine_path: str, resu
         validation.CatalogValidationError: a table-level expectation failed or too many rows failed
             row-level ones (names the expectation and example rows). Nothing is written then.
     """
-    from .validation import ValidationConfig, validate_catalog
+    from ..data.validation import ValidationConfig, validate_catalog
 
     df = cat.read_catalog(catalog, max_listings=max_listings or None, split=split)
     outcome = validate_catalog(df, ValidationConfig(max_quarantine_fraction=max_quarantine_fraction),
@@ -79,7 +79,7 @@ def validate_step(catalog: str, out_catalog_dir: str, quarantine_path: str, resu
     out = Path(out_catalog_dir)
     out.mkdir(parents=True, exist_ok=True)
     cat.write_parquet_atomic(valid, out / CATALOG_FILE)
-    from .io import atomic_path
+    from ..io import atomic_path
     with atomic_path(out / SPLIT_FILE) as tmp:
         valid[["product_id", "split"]].to_csv(tmp, index=False)
     cat.write_parquet_atomic(outcome.quarantine, quarantine_path)
@@ -170,12 +170,12 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
     import torch
     from transformers import AutoTokenizer
 
-    from .modeling_item import ItemModel
-    from .processing_item import ItemProcessor, default_bert_path
-    from .train import TrainConfig, pretrain, save_training_curve
+    from ..modeling_item import ItemModel
+    from ..processing_item import ItemProcessor, default_bert_path
+    from ..train import TrainConfig, pretrain, save_training_curve
 
     bert_path = bert_path or default_bert_path()
-    from .configuration_item import ItemConfig
+    from ..configuration_item import ItemConfig
 
     cfg = TrainConfig.from_dict(coerce_numbers(train_config, TrainConfig()))
     model_config = coerce_numbers(model_config, ItemConfig())
@@ -195,7 +195,7 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
     t0 = time.perf_counter()
     history = pretrain(model, processor, train, cfg, progress=progress, checkpoint_dir=ckpt_dir, resume=resume)
     wall = time.perf_counter() - t0
-    from .distributed import finish_distributed, init_distributed
+    from ..distributed import finish_distributed, init_distributed
     ctx = init_distributed()
     summary = {"train_config": cfg.__dict__, "model_config_overrides": model_config, "bert_path": bert_path,
                "n_train": int(len(train)), "wall_time_s": wall, "checkpoint_dir": str(ckpt_dir or ""),
@@ -218,7 +218,7 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
                   details_path: str | None = None, registry_root: str = "") -> dict:
     """Evaluate the model, the champion (if the registry has one) and the baselines on the validated
     catalog; write ``eval.json``, the per-item details (``details_path``, for the gate's bootstrap
-    tests and report) and the catalog index (``index_dir``, :mod:`item_model.index`).
+    tests and report) and the catalog index (``index_dir``, :mod:`item_model.lifecycle.index`).
 
     The champion is re-evaluated here, on the same split and gallery as the challenger, so the gate
     never compares numbers from different catalogs.
@@ -227,10 +227,10 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
         the ``eval.json`` content; ``models`` holds ``champion`` when there is one, and ``champion``
         the champion's version.
     """
-    from .evaluation import evaluate_catalog
-    from .modeling_item import ItemModel
-    from .processing_item import ItemProcessor, default_bert_path
-    from .title_decides import describe_groups, title_decides_groups
+    from ..evaluation import evaluate_catalog
+    from ..modeling_item import ItemModel
+    from ..processing_item import ItemProcessor, default_bert_path
+    from ..title_decides import describe_groups, title_decides_groups
 
     bert_path = bert_path or default_bert_path()
     df, meta = load_validated(catalog_dir)

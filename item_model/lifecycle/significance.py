@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import macro_f1
+from ..metrics import macro_f1
 
 RETRIEVAL_METRICS = ("recall@1", "recall@10", "mAP")
 PROBE_METRICS = ("category_accuracy", "category_macro_f1")
@@ -89,7 +89,7 @@ def paired_bootstrap(challenger: dict, champion: dict, metric: str, n_resamples:
 def save_details(path, details: dict[str, dict]) -> None:
     """Write ``{model: {"retrieval": {...}, "probe": {...}}}`` to one ``.npz`` (no pickling: labels
     are stored as unicode arrays). Keys are ``<model>/<part>/<name>``."""
-    from .io import atomic_path
+    from ..io import atomic_path
     flat = {}
     for model, parts in details.items():
         for part, arrays in parts.items():

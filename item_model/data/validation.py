@@ -1,6 +1,6 @@
 """Catalog data validation with Great Expectations 1.x: stop, quarantine or warn.
 
-:func:`validate_catalog` checks a canonical catalog DataFrame (see :mod:`item_model.catalog`) in
+:func:`validate_catalog` checks a canonical catalog DataFrame (see :mod:`item_model.data.catalog`) in
 three Great Expectations suites, run on an ephemeral GX context against a pandas dataframe asset
 (``batch_parameters={"dataframe": ...}``):
 
@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .catalog import load_image_bytes
-from .io import PROGRESS_INTERVAL, write_json_atomic
+from ..image_utils import load_image_bytes
+from ..io import PROGRESS_INTERVAL, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -472,7 +472,7 @@ def validate_catalog(df: pd.DataFrame, config: ValidationConfig = ValidationConf
     """Validate a canonical catalog with Great Expectations; quarantine bad rows or stop the run.
 
     Args:
-        df: canonical catalog (see :mod:`item_model.catalog`): ``product_id`` (str), ``title`` (str),
+        df: canonical catalog (see :mod:`item_model.data.catalog`): ``product_id`` (str), ``title`` (str),
             ``category`` (str), ``image_bytes`` (bytes) and/or ``image_uri`` (str), optional
             ``gender``/``colour``/``season``/``usage`` (str) and ``year`` (Int64); other columns pass
             through. Any index; it is not modified.

@@ -1,5 +1,5 @@
 """Kubeflow Training Operator glue for data-parallel pre-training on a cluster: the ``PyTorchJob``
-(``kubeflow.org/v1``) manifest that runs ``torchrun -m item_model.distributed`` in every replica, and
+(``kubeflow.org/v1``) manifest that runs ``torchrun -m item_model.lifecycle.torchrun_pretrain`` in every replica, and
 launching / awaiting it with the Kubernetes API. Used by :mod:`components.pretrain_ddp`."""
 
 import json

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path, write_json_atomic
+from ..io import atomic_path, write_json_atomic
 
 LISTING_COLUMNS = ["product_id", "title", "category", "split", "year", "group_id"]
 

@@ -21,7 +21,7 @@ column            dtype       meaning
 ================  ==========  =============================================================
 
 Folder layout read by :func:`read_catalog`, in a local folder or under a ``gs://bucket/prefix``
-(shards, the group file and ``gs://`` image URIs are read through :mod:`item_model.storage`; the layout of
+(shards, the group file and ``gs://`` image URIs are read through :mod:`item_model.data.storage`; the layout of
 ``shared/datasets/fashion-product-images-small`` and of the Hugging Face mirror
 ``ashraq/fashion-product-images-small``)::
 
@@ -82,7 +82,7 @@ class SplitSpec:
 
 def shard_paths(catalog: str | Path) -> list[Path] | list[str]:
     """Sorted parquet shards of a catalog folder (local ``Path`` objects) or of a ``gs://bucket/prefix``
-    catalog (``gs://`` URI strings, listed through :mod:`item_model.storage`).
+    catalog (``gs://`` URI strings, listed through :mod:`item_model.data.storage`).
 
     Raises:
         CatalogError: the folder or its ``data/`` subfolder does not exist, or holds no ``*.parquet``.
@@ -318,39 +318,8 @@ def fingerprint(df: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def load_image_bytes(row: pd.Series | dict) -> bytes:
-    """The encoded image of a canonical row: ``image_bytes``, else the file/``gs://`` object at ``image_uri``.
-
-    Raises:
-        ValueError: the row has neither, naming the ``product_id``.
-        item_model.storage.StorageNotFound: ``image_uri`` names no file/object.
-    """
-    data = row.get("image_bytes")
-    if isinstance(data, (bytes, bytearray)) and len(data) > 0:
-        return bytes(data)
-    uri = row.get("image_uri")
-    if isinstance(uri, str) and uri:
-        from . import storage
-        return storage.read_bytes(uri)           # a local path or a gs:// object
-    raise ValueError(f"row product_id={row.get('product_id')!r}: field 'image_bytes' is empty and no 'image_uri'")
-
-
-def decode_image(data: bytes, size_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode JPEG/PNG bytes to RGB uint8 (H, W, 3), resized (bilinear) to ``size_hw`` = (height, width).
-
-    Raises:
-        PIL.UnidentifiedImageError / OSError: the bytes are not a decodable image.
-    """
-    from PIL import Image
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        if size_hw is not None and (im.height, im.width) != tuple(size_hw):
-            im = im.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
-
-
 def write_parquet_atomic(df: pd.DataFrame, path: str | Path) -> None:
     """Write ``df`` to parquet via a temporary file and ``os.replace`` (never half-written)."""
-    from .io import atomic_path
+    from ..io import atomic_path
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)

@@ -2,7 +2,7 @@
 modalities at once. Written by the monitoring pipeline's embed step and read by its drift step
 (no Kubeflow, BentoML or Evidently imports here).
 
-Modalities are named as the drift monitor names them; the catalog index (:mod:`item_model.index`)
+Modalities are named as the drift monitor names them; the catalog index (:mod:`item_model.lifecycle.index`)
 stores the same three under its own kind names (:data:`INDEX_KINDS`):
 
 =============  =====================  =============================================================
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path, write_json_atomic
+from ..io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def embed_modalities(model, processor, df: pd.DataFrame, modalities: tuple[str, 
     Returns:
         ``{modality: (len(df), D) float32}``, L2-normalised rows aligned with ``df``.
     """
-    from .evaluation import embed_catalog
+    from ..evaluation import embed_catalog
 
     out = {}
     for modality in modalities:

@@ -1,5 +1,5 @@
 """Model registry: immutable model versions, a champion pointer and an append-only promotion history
-over a storage root: a local folder or a ``gs://bucket/prefix`` (through :mod:`item_model.storage`).
+over a storage root: a local folder or a ``gs://bucket/prefix`` (through :mod:`item_model.data.storage`).
 
 Layout under the root::
 
@@ -45,8 +45,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from . import storage
-from .io import sha256_file, write_json_atomic
+from ..data import storage
+from ..io import sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -402,3 +402,12 @@ class ModelRegistry:
             if not any(h["action"] == "promote" and h["version"] == champ["version"] for h in self.history()):
                 problems.append(f"champion {champ['version']} has no promotion in the history")
         return problems
+
+
+def default_registry() -> str:
+    """Registry root: ``$ITEM_REGISTRY``, else ``<storage root>/registry``
+    (:func:`item_model.data.storage.storage_root`); a folder or a ``gs://bucket/prefix``."""
+    import os
+    if os.environ.get("ITEM_REGISTRY"):
+        return os.environ["ITEM_REGISTRY"]
+    return storage.join(storage.storage_root(), "registry")

@@ -1,0 +1,70 @@
+"""What the ``item`` commands print: the run summary (metrics table, balance and title-decides lines,
+the promotion gate) and the gate table ``item gate show`` reuses."""
+
+from __future__ import annotations
+
+from item_model.data import storage
+
+
+def print_summary(summary: dict) -> None:
+    """One screen: metrics beside baselines, the gate's verdict, the artifacts' paths."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    models = summary.get("eval", {}).get("models", {})
+    table = Table(title=f"ITEm vs baselines ({summary.get('eval', {}).get('n_listings', '?')} listings; "
+                        f"search over all, probe on the test split)")
+    cols = ["category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP"]
+    table.add_column("embedding")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, m in models.items():
+        table.add_row(name, *(f"{m[c]:.4f}" for c in cols), style="bold" if name == "item" else None)
+    console.print(table)
+    for line in check_lines(models):
+        console.print(line, highlight=False)
+    blessing = summary.get("blessing", {})
+    console.print(blessing_table(blessing))
+    console.print(f"wall time        {summary['wall_time_s']:.0f} s")
+    for key in ("data_docs", "quarantine", "eval_json", "gate_report", "gate_report_html", "training_curve",
+                "model_dir", "registry_version"):
+        console.print(f"{key:16s} {summary.get(key)}")
+    console.print(f"{'bento model':16s} {summary.get('bento_model') or '(not packaged: not blessed)'}")
+    console.print(f"{'summary':16s} {storage.join(summary['run_dir'], 'summary.json')}")
+
+
+def check_lines(models: dict) -> list[str]:
+    """Up to two summary lines (each under 100 columns) under the metrics table: the served vector's
+    modality balance (item's top-10 overlap with its text-only / image-only embeddings, and the
+    reading of :func:`item_model.lifecycle.gate.balance_reading`) and the title-decides Recall@1 of item and
+    the text/pixel baselines; a line is left out when eval.json lacks its metrics."""
+    from item_model.lifecycle.gate import balance_reading, balance_values, modality_gains
+    lines = []
+    balance = balance_values({"models": models})
+    if balance is not None:
+        t, i, _ = balance
+        lines.append(f"modality balance (top-10 overlap) text {t:.2f}, image {i:.2f}: "
+                     f"{balance_reading(t, i, modality_gains({'models': models})).split(':')[0].split(',')[0]}")
+    r1 = {n: models.get(n, {}).get("title_decides_recall@1") for n in
+          ("item", "baseline_text_minilm", "baseline_image_pixels")}
+    if r1["item"] is not None:
+        others = ", ".join(f"{label} {r1[n]:.4f}" for label, n in (("text", "baseline_text_minilm"),
+                                                                    ("pixels", "baseline_image_pixels"))
+                           if r1[n] is not None)
+        lines.append(f"title-decides R@1 item {r1['item']:.4f}" + (f" (baselines: {others})" if others else ""))
+    return lines
+
+
+def blessing_table(blessing: dict, title: str = "Promotion gate"):
+    """A rich table of every gate criterion: criterion, metric, value, threshold, verdict, note."""
+    from rich.table import Table
+    table = Table(title=f"{title}: " + ("[green]BLESSED[/]" if blessing.get("blessed") else "[red]NOT BLESSED[/]"))
+    for c in ("criterion", "metric", "value", "threshold", "verdict", "note"):
+        table.add_column(c, overflow="fold")
+    for r in blessing.get("criteria", []):
+        note = r["message"] if (not r["passed"] or r.get("criterion") == "significance") else r.get("reason", "")
+        table.add_row(r.get("criterion", "floor"), r["metric"], "missing" if r["value"] is None else f"{r['value']:.4f}",
+                      "-" if r["threshold"] is None else f"{r['comparison']} {r['threshold']:.4f}",
+                      "[green]pass[/]" if r["passed"] else "[red]FAIL[/]", note)
+    return table
