@@ -103,7 +103,8 @@ MODES = {"joint": "item", "text": "item_text_only", "image": "item_image_only"}
 
 def prepare_catalog(catalog: str, out: Path, max_listings: int) -> Path:
     """The pipeline's validate step, once: ``<out>/catalog`` (validated parquet + split)."""
-    from item_model.lifecycle.steps import CATALOG_META, validate_step
+    from item_model.lifecycle.artifacts import CATALOG_META
+    from item_model.lifecycle.steps import validate_step
     cdir = out / "catalog"
     if not (cdir / CATALOG_META).exists():
         logger.info("validating %s (max_listings=%d) into %s", catalog, max_listings, cdir)

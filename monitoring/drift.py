@@ -45,14 +45,13 @@ import pandas as pd
 from item_model.lifecycle.embedding_io import (INDEX_KINDS, MODALITIES, check_embeddings, load_embeddings,
                                      sample_rows, save_embeddings)
 from item_model.io import write_json_atomic
+from item_model.lifecycle.artifacts import INDEX_DIR, TrafficLogError, read_traffic_files
 from item_model.lifecycle.steps import record_failure
 
 from .calibration import CalibrationStore, calibrate, pool_fingerprint
 
 logger = logging.getLogger(__name__)
 
-INDEX_DIR = "catalog_index"          # the catalog index's folder inside a packaged model (serving.store.INDEX_DIR)
-TRAFFIC_REQUIRED = ("timestamp", "model_tag", "embedding")
 #: traffic-log ``kind`` values -> modality, when the rows carry no has_title/has_image flags
 TRAFFIC_KINDS = {"joint": "joint", "item": "joint", "text": "text", "item_text_only": "text", "title": "text",
                  "image": "image", "item_image_only": "image", "photo": "image"}
@@ -470,24 +469,14 @@ def load_traffic_window(path: str | Path, since: str | None = None, until: str |
         DriftInputError: no parquet file, an unreadable file, a missing column, an unparsable
             ``timestamp``, or an empty window (naming the log's time span).
     """
-    import pyarrow.parquet as pq
-
     p = Path(path)
     files = [p] if p.is_file() else sorted(p.rglob("*.parquet"))
     if not files:
         raise DriftInputError(f"traffic log {str(p)!r} holds no *.parquet file")
-    frames = []
-    for f in files:
-        try:
-            table = pq.read_table(f)
-        except Exception as exc:
-            raise DriftInputError(f"traffic log file {str(f)!r} is unreadable: {exc}") from exc
-        missing = [c for c in TRAFFIC_REQUIRED if c not in table.column_names]
-        if missing:
-            raise DriftInputError(f"traffic log file {str(f)!r} lacks column(s) {missing}; "
-                                  f"found {table.column_names}")
-        frames.append(table.to_pandas())
-    df = pd.concat(frames, ignore_index=True)
+    try:
+        df = read_traffic_files(files)
+    except TrafficLogError as exc:
+        raise DriftInputError(str(exc)) from exc
     ts = pd.to_datetime(df["timestamp"], utc=True, errors="coerce")
     if ts.isna().any():
         rows = np.flatnonzero(ts.isna().to_numpy())[:5].tolist()

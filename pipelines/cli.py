@@ -315,16 +315,10 @@ def submit_cmd(host, cluster_file, which, profile, overrides, params, experiment
                existing_token, output_dir, dry_run):
     """Compile a pipeline for the cluster and submit a run with kfp.Client (experiment, run name,
     parameters, pipeline root on GCS)."""
-    import yaml
     cluster = _cluster(cluster_file)
     try:
         prof = pconfig.apply_overrides(pconfig.load_profile(profile), list(overrides))
-        extra = {}
-        for item in params:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ValueError(f"--param {item!r} is not KEY=VALUE")
-            extra[key] = yaml.safe_load(raw)
+        extra = pconfig.parse_key_values(params, "--param")
         gate_cfg = pconfig.load_gate_config(pconfig.GATE_FILE)
         training = pconfig.cluster_arguments(cluster, prof, gate_cfg,
                                              {k: v for k, v in extra.items() if which == "training"})

@@ -174,14 +174,10 @@ def print_run(summary: dict) -> None:
 
 
 def _parse_pairs(pairs: tuple[str, ...], what: str) -> dict:
-    import yaml
-    out = {}
-    for item in pairs:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
-        out[key] = yaml.safe_load(raw)
-    return out
+    try:
+        return pconfig.parse_key_values(pairs, what)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=what) from exc
 
 
 @click.command("monitor")

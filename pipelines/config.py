@@ -44,14 +44,26 @@ def load_profile(name: str, path: str | Path = PROFILES_FILE) -> dict:
     return profile
 
 
+def parse_key_values(items: list[str] | tuple[str, ...], option: str = "override") -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` -> ``{KEY: VALUE parsed as YAML}`` (later keys win), the one parser of the
+    CLI's ``--set``, ``--param`` and ``--drift`` options.
+
+    Raises:
+        ValueError: an item without ``=`` (the message names ``option`` and the item).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"{option} {item!r} is not KEY=VALUE")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
 def apply_overrides(profile: dict, overrides: list[str]) -> dict:
     """Apply ``section.key=value`` overrides (value parsed as YAML), e.g. ``train_config.steps=20``."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in profile.items()}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
-        value: Any = yaml.safe_load(raw)
+    for key, value in parse_key_values(overrides).items():
         section, _, sub = key.partition(".")
         if sub:
             out.setdefault(section, {})[sub] = value
@@ -90,7 +102,7 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
     }
 
 
-__all__ = ["load_profile", "load_profiles", "apply_overrides", "pipeline_arguments", "load_gate_config",
+__all__ = ["load_profile", "load_profiles", "apply_overrides", "parse_key_values", "pipeline_arguments", "load_gate_config",
            "DEFAULT_CATALOG", "GATE_FILE"]
 
 

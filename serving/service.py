@@ -19,7 +19,7 @@ the OpenAPI document at ``/docs.json``):
   catalog listings by cosine similarity (exact search: a float32 matrix product and
   ``np.argpartition``; a ``product_id`` query uses its stored embedding and excludes itself; a
   title-only or photo-only listing is searched against the catalog's embeddings of that kind
-  when the index holds them, see :data:`INDEX_OF_KIND`).
+  when the index holds them, see :data:`INDEX_KINDS`).
 
 Bad input never reaches the model: every listing is validated and its photo decoded before
 batching (:mod:`serving.schemas`), and :class:`RequestGuard` enforces content types and the body
@@ -54,7 +54,7 @@ from bentoml.exceptions import InvalidArgument, NotFound  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from serving import schemas  # noqa: E402
-from serving.store import INDEX_DIR  # noqa: E402
+from item_model.lifecycle.artifacts import INDEX_DIR, INDEX_KINDS  # noqa: E402
 from serving.schemas import (MAX_K, MAX_LISTINGS, Embedding, Listing, Neighbour, ProductId,  # noqa: E402
                              SimilarResult, top_k)
 
@@ -65,7 +65,6 @@ MODEL_VERSION_HEADER = "x-item-model-version"
 #: the catalog embeddings a listing query is searched against, by the query's kind: a title-only
 #: or photo-only embedding scores same products far better against the catalog's embeddings of the
 #: same kind (tiny test model: Recall@10 0.88 / 1.00) than against the joint ones (0.00 / 0.15)
-INDEX_OF_KIND = {"joint": "item", "text": "item_text_only", "image": "item_image_only"}
 
 #: listings per model call (BentoML splits bigger requests) and the longest a request may wait in
 #: the batching queue before it is answered 503 (overloaded)
@@ -461,7 +460,7 @@ class ItemService:
         else:
             import anyio
             kind = listing.kind
-            searched = INDEX_OF_KIND[kind] if INDEX_OF_KIND[kind] in self.indexes else "item"
+            searched = INDEX_KINDS[kind] if INDEX_KINDS[kind] in self.indexes else "item"
             rows, scores = await anyio.to_thread.run_sync(
                 lambda: top_k(self.indexes[searched], self._embed([listing])[0], k))
         return SimilarResult(

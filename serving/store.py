@@ -8,9 +8,10 @@ import os
 import shutil
 from pathlib import Path
 
+from item_model.lifecycle.artifacts import INDEX_DIR
+
 logger = logging.getLogger(__name__)
 
-INDEX_DIR = "catalog_index"
 
 
 def _bentoml(bentoml_home: str | None):
@@ -44,7 +45,8 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
     Raises:
         ValueError: the blessing says the model is not blessed and there is no approval (nothing is saved).
     """
-    from item_model.lifecycle.steps import CATALOG_META, code_version
+    from item_model.lifecycle.artifacts import CATALOG_META
+    from item_model.lifecycle.steps import code_version
 
     blessing = json.loads(Path(blessing_path).read_text())
     if not blessing.get("blessed") and not approved_by:

@@ -45,20 +45,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from item_model.data import storage
+from item_model.lifecycle.artifacts import TRAFFIC_DIR, TRAFFIC_SCHEMA
 
 logger = logging.getLogger(__name__)
-
-TRAFFIC_DIR = "traffic"
-SCHEMA = pa.schema([
-    ("timestamp", pa.timestamp("us", tz="UTC")),
-    ("model_tag", pa.string()),
-    ("kind", pa.string()),
-    ("embedding", pa.list_(pa.float32())),
-    ("has_title", pa.bool_()),
-    ("has_image", pa.bool_()),
-    ("title_length", pa.int32()),
-])
-
 
 @dataclass(frozen=True)
 class TrafficLogConfig:
@@ -202,14 +191,14 @@ class TrafficLog:
             embedding = pa.ListArray.from_arrays(np.arange(0, len(rows) * dim + 1, dim, dtype=np.int32),
                                                  pa.array(flat, type=pa.float32()))
             table = pa.Table.from_arrays([
-                pa.array(cols[0], type=SCHEMA.field("timestamp").type),
+                pa.array(cols[0], type=TRAFFIC_SCHEMA.field("timestamp").type),
                 pa.array(cols[1], type=pa.string()),
                 pa.array(cols[2], type=pa.string()),
                 embedding,
                 pa.array(cols[4], type=pa.bool_()),
                 pa.array(cols[5], type=pa.bool_()),
                 pa.array(cols[6], type=pa.int32()),
-            ], schema=SCHEMA)
+            ], schema=TRAFFIC_SCHEMA)
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink)
             storage.write_bytes(path, sink.getvalue().to_pybytes())   # atomic locally and on GCS
@@ -220,34 +209,3 @@ class TrafficLog:
         self.files_written.append(path)
         logger.info("traffic log: wrote %d rows to %s", len(rows), path)
         return path
-
-
-def traffic_files(storage_root: str | Path) -> list[Path] | list[str]:
-    """The traffic log's parquet files under ``storage_root``, oldest first (by name): ``Path``
-    objects for a local root, ``gs://`` URI strings for a GCS root."""
-    directory = storage.join(storage_root, TRAFFIC_DIR)
-    names = [n for n in storage.list_files(directory) if n.count("/") == 1
-             and n.split("/")[1].startswith("traffic-") and n.endswith(".parquet")]
-    return [_location(storage.join(directory, n)) for n in sorted(names, key=lambda n: n.split("/")[1])]
-
-
-def _location(location: str) -> Path | str:
-    return location if storage.is_gcs(location) else Path(location)
-
-
-def read_traffic_log(storage_root: str | Path, since: datetime | None = None) -> pd.DataFrame:
-    """Read the traffic log (local or ``gs://``) into one DataFrame (the columns of :data:`SCHEMA`;
-    ``embedding`` holds float32 arrays), optionally only rows at or after ``since`` (an aware datetime).
-
-    Returns an empty frame with the columns when there is no log yet.
-
-    Raises:
-        item_model.data.storage.StorageError: a file cannot be read (names it).
-    """
-    import io
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(p)), schema=SCHEMA) for p in traffic_files(storage_root)]
-    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-    df = table.to_pandas()
-    if since is not None and len(df):
-        df = df[df["timestamp"] >= pd.Timestamp(since)].reset_index(drop=True)
-    return df

@@ -334,7 +334,7 @@ def test_health_metrics_and_openapi(server):
 
 # -------------------------------------------------------------------------------- traffic log
 def test_traffic_log_holds_served_embeddings(server, packaged_model, catalog_rows):
-    from serving.traffic_log import SCHEMA, read_traffic_log, traffic_files
+    from item_model.lifecycle.artifacts import TRAFFIC_SCHEMA as SCHEMA, read_traffic_log, traffic_files
 
     rows = catalog_rows.iloc[20:28]
     listings = [{"title": t, "image": _b64(b)} if i % 2 else {"title": t} for i, (t, b)
@@ -363,7 +363,8 @@ def test_traffic_log_holds_served_embeddings(server, packaged_model, catalog_row
 
 
 def test_traffic_log_rotates_by_rows_and_hour_and_samples(tmp_path):
-    from serving.traffic_log import TrafficLog, TrafficLogConfig, read_traffic_log, traffic_files
+    from item_model.lifecycle.artifacts import read_traffic_log, traffic_files
+    from serving.traffic_log import TrafficLog, TrafficLogConfig
 
     now = [datetime(2026, 5, 1, 9, 59, 30, tzinfo=timezone.utc)]
     log = TrafficLog(TrafficLogConfig(str(tmp_path), sample_rate=1.0, rows_per_file=5), "item:v1", seed=0,

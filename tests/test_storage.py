@@ -102,7 +102,8 @@ def test_catalog_and_image_uris_from_gcs(gcs_prefix, tmp_path):
 
 
 def test_traffic_log_on_gcs(gcs_prefix):
-    from serving.traffic_log import TrafficLog, TrafficLogConfig, read_traffic_log, traffic_files
+    from item_model.lifecycle.artifacts import read_traffic_log, traffic_files
+    from serving.traffic_log import TrafficLog, TrafficLogConfig
     clock = lambda: datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
     log = TrafficLog(TrafficLogConfig(gcs_prefix, sample_rate=1.0, rows_per_file=4), "item:v1", seed=0, clock=clock)
     emb = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)

@@ -30,12 +30,11 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_path, write_json_atomic
+from .artifacts import INDEX_KINDS
 
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("joint", "text", "image")
-#: modality -> kind name in the catalog index's embeddings.npz
-INDEX_KINDS = {"joint": "item", "text": "item_text_only", "image": "item_image_only"}
 #: modality -> ``mode`` of :func:`item_model.evaluation.embed_catalog`
 EMBED_MODES = {"joint": "joint", "text": "text", "image": "image"}
 EMBEDDINGS_FILE, META_FILE = "embeddings.npz", "embeddings.json"

@@ -28,7 +28,7 @@ from ..io import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-CATALOG_FILE, SPLIT_FILE, CATALOG_META = "catalog.parquet", "split.csv", "catalog.json"
+from .artifacts import CATALOG_FILE, CATALOG_META, SPLIT_FILE
 ERROR_DIR_ENV = "ITEM_ERROR_DIR"
 
 
