@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -102,35 +99,42 @@ def find_outputs(run_dir: Path) -> dict[str, Path]:
     return {t.name: t for t in runs[-1].iterdir() if t.is_dir()}
 
 
-def run_pipeline(arguments: dict, run_dir: Path) -> dict:
-    """Run the training pipeline through ``kfp.local`` (SubprocessRunner, current environment, no
-    per-task pip installs) with task outputs under ``run_dir``.
+def run_pipeline(arguments: dict, run_dir: Path, verbose: bool = False) -> dict:
+    """Run the training pipeline through the local runner (:func:`pipelines.local_runner.run_locally`)
+    with task outputs under ``run_dir``.
 
     Returns:
         a summary dict: ``status``, ``run_dir``, artifact paths, eval results, blessing, BentoML tag.
 
     Raises:
-        RunFailed: a task failed (message: the task and its own error message).
+        RunFailed: a task failed (message: the step's own error and the last lines of its log).
     """
-    from kfp import local
-
+    from pipelines.local_runner import PipelineFailed, run_locally
     from pipelines.training import training_pipeline
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    error_dir = run_dir / "errors"
-    os.environ["ITEM_ERROR_DIR"] = str(error_dir)
-    # tasks run `python3` replaced by this interpreter; keep this venv's tools first on PATH too
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir),
-               raise_on_error=True)
-    t0 = time.perf_counter()
     try:
-        training_pipeline(**arguments)
-    except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
-        messages = [json.loads(p.read_text()) for p in sorted(error_dir.glob("*.json"))]
-        detail = "; ".join(f"{m['step']}: {m['error']}: {m['message']}" for m in messages) or str(exc)
-        raise RunFailed(f"pipeline stopped: {detail}\nNothing was packaged. Task outputs: {run_dir}") from exc
-    return summarize(run_dir, time.perf_counter() - t0)
+        wall = run_locally(training_pipeline, arguments, run_dir, what="pipeline", verbose=verbose,
+                           key_figure=training_key_figure)
+    except PipelineFailed as exc:
+        raise RunFailed(exc.message.replace("\nTask outputs:", "\nNothing was packaged. Task outputs:")) from exc
+    return summarize(run_dir, wall)
+
+
+def training_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
+    """The figure ``item run`` shows on a finished task's line: the served vector's metrics after
+    ``evaluate``, the verdict after ``gate``; other tasks: their last INFO message (empty here)."""
+    if task == "pretrain" and (task_dir / "model" / "training_curve.json").exists():
+        last = json.loads((task_dir / "model" / "training_curve.json").read_text())[-1]
+        return f"step {last['step']}: loss {last['loss']:.3f}, {last.get('samples_per_s', 0):.1f} samples/s"
+    if task == "evaluate" and (task_dir / "eval_json").exists():
+        m = json.loads((task_dir / "eval_json").read_text())["models"]["item"]
+        return (f"item R@1 {m['recall@1']:.4f}, mAP {m['mAP']:.4f}, "
+                f"category acc {m['category_accuracy']:.4f}")
+    if task == "gate" and (task_dir / "blessing").exists():
+        b = json.loads((task_dir / "blessing").read_text())
+        failed = [c["metric"] for c in b.get("criteria", []) if not c["passed"]]
+        return "BLESSED" if b.get("blessed") else "NOT BLESSED (" + ", ".join(failed) + ")"
+    return ""
 
 
 def summarize(run_dir: Path, wall_s: float) -> dict:
@@ -198,8 +202,10 @@ def upload_run(run_dir: Path, remote: str, summary: dict) -> dict:
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx, verbose: bool) -> None:
     """ITEm-MLOps: validate a catalog, pre-train, evaluate, gate and package ITEm (Kubeflow Pipelines)."""
+    ctx.obj = {"verbose": verbose}
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")
 
@@ -222,8 +228,11 @@ def main(verbose: bool) -> None:
 @click.option("--resume", is_flag=True, help="Continue pre-training from the last checkpoint of the same settings.")
 @click.option("--checkpoint-root", default="", help="Checkpoint folder (default: ./item-storage/checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of tables.")
-def run_cmd(catalog, profile, gate_config, overrides, output_dir, bentoml_home, model_name, bert_path, registry,
-            resume, checkpoint_root, as_json):
+@click.option("--verbose", "stream", is_flag=True,
+              help="Stream kfp.local's whole output (every task's log) instead of one line per task.")
+@click.pass_context
+def run_cmd(ctx, catalog, profile, gate_config, overrides, output_dir, bentoml_home, model_name, bert_path, registry,
+            resume, checkpoint_root, as_json, stream):
     """Run the training pipeline locally through kfp.local on a catalog."""
     from item_model.data.catalog import CatalogError
     from item_model.lifecycle.gate import GateConfigError
@@ -242,7 +251,7 @@ def run_cmd(catalog, profile, gate_config, overrides, output_dir, bentoml_home, 
     click.echo(f"          catalog {catalog}\n          outputs {remote or run_dir}")
     args = pconfig.pipeline_arguments(catalog, prof, gate_cfg, bentoml_home, model_name, bert_path, registry,
                                       checkpoint_root, resume)
-    summary = run_pipeline(args, run_dir)
+    summary = run_pipeline(args, run_dir, verbose=stream or bool((ctx.obj or {}).get("verbose")))
     if remote:
         summary = upload_run(run_dir, remote, summary)
     if as_json:

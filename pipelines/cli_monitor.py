@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -87,33 +86,37 @@ def find_run(run_dir: Path) -> Path | None:
     return runs[-1] if runs else None
 
 
-def run_monitoring(arguments: dict, run_dir: Path) -> dict:
-    """Run the monitoring pipeline through ``kfp.local`` (SubprocessRunner, current environment, no
-    per-task installs) with task outputs under ``run_dir``.
+def run_monitoring(arguments: dict, run_dir: Path, verbose: bool = False) -> dict:
+    """Run the monitoring pipeline through the local runner (:func:`pipelines.local_runner.run_locally`)
+    with task outputs under ``run_dir``.
 
     Returns:
         :func:`summarize`'s dict.
 
     Raises:
-        MonitorFailed: a task failed (message: the step and its own error message).
+        MonitorFailed: a task failed (message: the step's own error and the last lines of its log).
     """
-    from kfp import local
-
+    from pipelines.local_runner import PipelineFailed, run_locally
     from pipelines.monitoring import monitoring_pipeline
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    error_dir = run_dir / "errors"
-    os.environ["ITEM_ERROR_DIR"] = str(error_dir)
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir), raise_on_error=True)
-    t0 = time.perf_counter()
     try:
-        monitoring_pipeline(**arguments)
-    except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
-        messages = [json.loads(p.read_text()) for p in sorted(error_dir.glob("*.json"))]
-        detail = "; ".join(f"{m['step']}: {m['error']}: {m['message']}" for m in messages) or str(exc)
-        raise MonitorFailed(f"monitoring pipeline stopped: {detail}\nTask outputs: {run_dir}") from exc
-    return summarize(run_dir, time.perf_counter() - t0)
+        wall = run_locally(monitoring_pipeline, arguments, run_dir, what="monitoring pipeline", verbose=verbose,
+                           key_figure=monitoring_key_figure)
+    except PipelineFailed as exc:
+        raise MonitorFailed(exc.message) from exc
+    return summarize(run_dir, wall)
+
+
+def monitoring_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
+    """The figure ``item monitor`` shows on a finished task's line: the verdict and drift scores after
+    ``drift-report``; other tasks: their last INFO message (empty here)."""
+    if task == "drift-report" and (task_dir / "summary").exists():
+        d = json.loads((task_dir / "summary").read_text())
+        scores = ", ".join(f"{m} {r['score']:.3g}/{r['threshold']:.3g}" for m, r in d.get("modalities", {}).items()
+                           if r.get("status") == "tested")
+        return ("DRIFT " + ",".join(d.get("drifted_modalities", [])) if d.get("drift") else "no drift") + \
+            (f" (drift score/threshold: {scores})" if scores else "")
+    return ""
 
 
 def summarize(run_dir: Path, wall_s: float) -> dict:
@@ -202,8 +205,11 @@ def _parse_pairs(pairs: tuple[str, ...], what: str) -> dict:
 @click.option("--output-dir", default="runs", show_default=True, help="Folder for run outputs (one subfolder a run).")
 @click.option("--fail-on-drift", is_flag=True, help=f"Exit with code {DRIFT_EXIT_CODE} when drift is found.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def monitor_cmd(current, model_tag, bentoml_home, storage_root, since, until, drift_overrides, retrain, catalog,
-                profile, gate_config, overrides, registry, output_dir, fail_on_drift, as_json):
+@click.option("--verbose", "stream", is_flag=True,
+              help="Stream kfp.local's whole output (every task's log) instead of one line per task.")
+@click.pass_context
+def monitor_cmd(ctx, current, model_tag, bentoml_home, storage_root, since, until, drift_overrides, retrain, catalog,
+                profile, gate_config, overrides, registry, output_dir, fail_on_drift, as_json, stream):
     """Test a catalog batch or a traffic-log window for embedding drift against the champion (Evidently,
     calibrated thresholds, per modality); on drift write a retraining recommendation and, with --retrain,
     run the training pipeline."""
@@ -241,7 +247,7 @@ def monitor_cmd(current, model_tag, bentoml_home, storage_root, since, until, dr
     click.echo(f"item monitor: {checked['source_type']} {current} against {checked['model_tag']}"
                + (f"; retrain on {catalog} (profile {profile}) if drift" if retrain else ""))
     click.echo(f"              outputs {run_dir}")
-    summary = run_monitoring(arguments, run_dir)
+    summary = run_monitoring(arguments, run_dir, verbose=stream or bool((ctx.obj or {}).get("verbose")))
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:

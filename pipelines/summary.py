@@ -15,23 +15,24 @@ def print_summary(summary: dict) -> None:
     models = summary.get("eval", {}).get("models", {})
     table = Table(title=f"ITEm vs baselines ({summary.get('eval', {}).get('n_listings', '?')} listings; "
                         f"search over all, probe on the test split)")
-    cols = ["category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP"]
+    cols = {"category_accuracy": "cat. acc", "category_macro_f1": "macro-F1", "recall@1": "R@1",
+            "recall@10": "R@10", "mAP": "mAP"}
     table.add_column("embedding")
-    for c in cols:
-        table.add_column(c, justify="right")
+    for header in cols.values():
+        table.add_column(header, justify="right")
     for name, m in models.items():
         table.add_row(name, *(f"{m[c]:.4f}" for c in cols), style="bold" if name == "item" else None)
     console.print(table)
     for line in check_lines(models):
         console.print(line, highlight=False)
     blessing = summary.get("blessing", {})
-    console.print(blessing_table(blessing))
+    console.print(blessing_table(blessing, notes="failed"))
     console.print(f"wall time        {summary['wall_time_s']:.0f} s")
     for key in ("data_docs", "quarantine", "eval_json", "gate_report", "gate_report_html", "training_curve",
                 "model_dir", "registry_version"):
-        console.print(f"{key:16s} {summary.get(key)}")
-    console.print(f"{'bento model':16s} {summary.get('bento_model') or '(not packaged: not blessed)'}")
-    console.print(f"{'summary':16s} {storage.join(summary['run_dir'], 'summary.json')}")
+        console.print(f"{key:16s} {summary.get(key)}", soft_wrap=True)
+    console.print(f"{'bento model':16s} {summary.get('bento_model') or '(not packaged: not blessed)'}", soft_wrap=True)
+    console.print(f"{'summary':16s} {storage.join(summary['run_dir'], 'summary.json')}", soft_wrap=True)
 
 
 def check_lines(models: dict) -> list[str]:
@@ -56,14 +57,21 @@ def check_lines(models: dict) -> list[str]:
     return lines
 
 
-def blessing_table(blessing: dict, title: str = "Promotion gate"):
-    """A rich table of every gate criterion: criterion, metric, value, threshold, verdict, note."""
+def blessing_table(blessing: dict, title: str = "Promotion gate", notes: str = "all"):
+    """A rich table of every gate criterion: criterion, metric, value, threshold, verdict, note.
+
+    Args:
+        notes: ``"all"``: every criterion's note (why it exists, for ``item gate show``); ``"failed"``:
+            only the notes of failed criteria and of the significance test (the run summary).
+    """
     from rich.table import Table
     table = Table(title=f"{title}: " + ("[green]BLESSED[/]" if blessing.get("blessed") else "[red]NOT BLESSED[/]"))
-    for c in ("criterion", "metric", "value", "threshold", "verdict", "note"):
-        table.add_column(c, overflow="fold")
+    for c in ("criterion", "metric", "value", "threshold", "verdict"):
+        table.add_column(c, no_wrap=True)
+    table.add_column("note", overflow="fold", min_width=16)
     for r in blessing.get("criteria", []):
-        note = r["message"] if (not r["passed"] or r.get("criterion") == "significance") else r.get("reason", "")
+        note = r["message"] if (not r["passed"] or r.get("criterion") == "significance") else \
+            (r.get("reason", "") if notes == "all" else "")
         table.add_row(r.get("criterion", "floor"), r["metric"], "missing" if r["value"] is None else f"{r['value']:.4f}",
                       "-" if r["threshold"] is None else f"{r['comparison']} {r['threshold']:.4f}",
                       "[green]pass[/]" if r["passed"] else "[red]FAIL[/]", note)

@@ -84,6 +84,16 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     assert models["item"]["n_queries"] == summary["catalog"]["n_group_members"] > 50
     assert models["baseline_image_pixels"]["recall@10"] > 0.5                      # real photos, real groups
     assert "ITEm vs baselines" in proc.stdout and "BLESSED" in proc.stdout
+    # the quiet terminal (pipelines/local_runner.py): one line per task, each task's output in its log.txt
+    assert "executor_input" not in proc.stdout and "Streamed logs" not in proc.stdout
+    run = Path(summary["run_dir"])
+    task_lines = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("  ") and len(ln.split()) >= 3]
+    assert [t[0] for t in task_lines if t[1] == "ok"] == [t["task"] for t in json.loads((run / "tasks.json").read_text())]
+    assert {"validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package"} <= {t[0] for t in task_lines}
+    for task in summary["tasks_run"]:
+        log = next(run.glob(f"item-training-*/{task}/log.txt"))
+        assert "[KFP Executor" in log.read_text(), task
+    assert any("R@1" in " ".join(t) for t in task_lines if t[0] == "evaluate")
     # registered and promoted: the registry's champion is this run's version, with its gate report
     from item_model.lifecycle.registry import ModelRegistry
     registry = ModelRegistry(tmp_path / "registry")
@@ -143,5 +153,17 @@ def test_bad_catalog_stops_before_training(tmp_path, case, mutate, after, expect
     assert bento_models(tmp_path / "bentoml") == [] and not (tmp_path / "registry" / "versions").exists()
     if case == "duplicate-ids":
         assert "pipeline stopped: validate_step" in out
+        assert "last lines of" in out and "validate-catalog/log.txt" in out      # the failing task's log tail
     if case == "broken-images":
         assert "expect_column_values_to_be_in_set" in out or "image_decodes" in out
+
+
+def test_verbose_streams_kfp_local_output(tmp_path):
+    """``item run --verbose`` restores kfp.local's own stream (executor input, every task's lines)."""
+    catalog = tmp_path / "catalog"
+    write_slice(catalog, n_plain=120, n_groups=10, mutate=_duplicate_ids)
+    proc, _ = run_item(tmp_path, catalog, "--set", "max_listings=0", "--verbose")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "pipeline stopped: validate_step" in out
+    assert "Streamed logs" in out and "[KFP Executor" in out
+    assert "last lines of" not in out                       # the log tail is the quiet mode's
