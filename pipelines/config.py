@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from item_model.data import storage
 from item_model.data.storage import storage_root
 from item_model.lifecycle.registry import default_registry
 from item_model.lifecycle.gate import load_gate_config
+from pipelines.params import TrainingParams
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROFILES_FILE = CONFIG_DIR / "profiles.yaml"
@@ -81,25 +83,26 @@ def location(path: str) -> str:
 def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_home: str = "",
                        model_name: str = "item", bert_path: str = "", registry_root: str = "",
                        checkpoint_root: str = "", resume: bool = False) -> dict:
-    """The training pipeline's parameters for a catalog, a profile and a gate config."""
-    return {
-        "catalog": location(str(catalog)),
-        "max_listings": int(profile.get("max_listings") or 0),
-        "max_quarantine_fraction": float(profile.get("max_quarantine_fraction", 0.01)),
-        "model_config": dict(profile.get("model_config") or {}),
-        "train_config": dict(profile.get("train_config") or {}),
-        "modality_ablation": bool(profile.get("modality_ablation", True)),
-        "bert_path": bert_path,
+    """The training pipeline's parameters (:class:`pipelines.params.TrainingParams` as a dict) for a
+    catalog, a profile and a gate config."""
+    return asdict(TrainingParams(
+        catalog=location(str(catalog)),
+        max_listings=int(profile.get("max_listings") or 0),
+        max_quarantine_fraction=float(profile.get("max_quarantine_fraction", 0.01)),
+        model_config=dict(profile.get("model_config") or {}),
+        train_config=dict(profile.get("train_config") or {}),
+        modality_ablation=bool(profile.get("modality_ablation", True)),
+        bert_path=bert_path,
         # checkpoints stay on a local/mounted disk (item_model.checkpoint writes files); with a gs://
         # storage root they default to ./item-storage/checkpoints
-        "checkpoint_root": checkpoint_root or str((Path("item-storage") if storage.is_gcs(storage_root())
-                                                   else Path(storage_root())).resolve() / "checkpoints"),
-        "resume": bool(resume),
-        "gate_config": gate_config,
-        "registry_root": location(registry_root or default_registry()),
-        "model_name": model_name,
-        "bentoml_home": bentoml_home,
-    }
+        checkpoint_root=checkpoint_root or str((Path("item-storage") if storage.is_gcs(storage_root())
+                                                else Path(storage_root())).resolve() / "checkpoints"),
+        resume=bool(resume),
+        gate_config=gate_config,
+        registry_root=location(registry_root or default_registry()),
+        model_name=model_name,
+        bentoml_home=bentoml_home,
+    ))
 
 
 __all__ = ["load_profile", "load_profiles", "apply_overrides", "parse_key_values", "pipeline_arguments", "load_gate_config",

@@ -2,9 +2,8 @@
 recommendation -> (if drift and retrain) the training pipeline, nested as a sub-pipeline.
 
 The DAG only; the logic is in :mod:`monitoring.drift`, the parameters come from ``item monitor``
-(:mod:`pipelines.cli_monitor`). The parameters after ``retrain`` are the training pipeline's own
-(``pipelines.config.pipeline_arguments``), forwarded to the nested run: when the training pipeline
-gains a parameter, add it here too (``tests/test_monitoring.py`` compiles this pipeline).
+(:mod:`pipelines.cli_monitor`). The parameters after ``retrain`` are the training pipeline's own,
+forwarded to the nested run; both lists come from :mod:`pipelines.params`.
 
 :data:`monitoring_pipeline` has no cluster settings (``item monitor`` through kfp.local);
 :func:`build_monitoring_pipeline` with a cluster config builds it for a Kubeflow cluster
@@ -16,6 +15,7 @@ from kfp import dsl
 from components.drift_report import drift_report
 from components.embed_current import embed_current
 from components.recommend_retraining import recommend_retraining
+from pipelines.params import MONITORING_SPECS, pipeline_signature, training_subset
 from pipelines.training import apply_cluster, build_training_pipeline
 
 PIPELINE_NAME = "item-monitoring"
@@ -30,28 +30,11 @@ def build_monitoring_pipeline(cluster: dict | None = None):
                   description="Embed a new catalog batch or a traffic-log window with the champion ITEm model, test "
                               "its embeddings for drift per modality against the champion's reference (Evidently, "
                               "calibrated thresholds), and on drift recommend (and optionally run) retraining.")
-    def monitoring_pipeline(
-        current: str,
-        model_tag: str,
-        bentoml_home: str,
-        storage_root: str,
-        since: str,
-        until: str,
-        drift_config: dict,
-        retrain: bool,
-        catalog: str,
-        max_listings: int,
-        max_quarantine_fraction: float,
-        model_config: dict,
-        train_config: dict,
-        modality_ablation: bool,
-        bert_path: str,
-        checkpoint_root: str,
-        resume: bool,
-        gate_config: dict,
-        registry_root: str,
-        model_name: str,
-    ):
+    @pipeline_signature(MONITORING_SPECS)
+    def monitoring_pipeline(p: dict):
+        """The DAG over :class:`pipelines.params.MonitoringOnlyParams` then the training parameters."""
+        current, model_tag, bentoml_home, storage_root = p["current"], p["model_tag"], p["bentoml_home"], p["storage_root"]
+        since, until, drift_config, retrain, catalog = p["since"], p["until"], p["drift_config"], p["retrain"], p["catalog"]
         embedded = apply_cluster(embed_current(current=current, model_tag=model_tag, bentoml_home=bentoml_home,
                                                since=since, until=until, drift_config=drift_config),
                                  "embed-current", cluster)
@@ -63,12 +46,7 @@ def build_monitoring_pipeline(cluster: dict | None = None):
             recommended = apply_cluster(recommend_retraining(drift_summary=report.outputs["summary"], retrain=retrain,
                                                              catalog=catalog), "recommend-retraining", cluster)
             with dsl.If(retrain == True, name="retrain"):  # noqa: E712
-                training_pipeline(catalog=catalog, max_listings=max_listings,
-                                  max_quarantine_fraction=max_quarantine_fraction, model_config=model_config,
-                                  train_config=train_config, modality_ablation=modality_ablation, bert_path=bert_path,
-                                  checkpoint_root=checkpoint_root, resume=resume, gate_config=gate_config,
-                                  registry_root=registry_root, model_name=model_name,
-                                  bentoml_home=bentoml_home).after(recommended)
+                training_pipeline(**training_subset(p)).after(recommended)
 
     return monitoring_pipeline
 

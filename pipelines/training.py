@@ -18,6 +18,7 @@ from components.pretrain import pretrain
 from components.pretrain_ddp import pretrain_ddp
 from components.register_model import register_model
 from components.validate_catalog import validate_catalog
+from pipelines.params import TRAINING_SPECS, pipeline_signature
 
 PIPELINE_NAME = "item-training"
 #: the DAG's task names (kfp.local writes each task's outputs to a folder of that name)
@@ -78,21 +79,14 @@ def build_training_pipeline(cluster: dict | None = None):
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Validate a product catalog, pre-train ITEm, evaluate it beside baselines, "
                               "gate it, and package it for BentoML when blessed.")
-    def training_pipeline(
-        catalog: str,
-        max_listings: int,
-        max_quarantine_fraction: float,
-        model_config: dict,
-        train_config: dict,
-        modality_ablation: bool,
-        bert_path: str,
-        checkpoint_root: str,
-        resume: bool,
-        gate_config: dict,
-        registry_root: str,
-        model_name: str,
-        bentoml_home: str,
-    ):
+    @pipeline_signature(TRAINING_SPECS)
+    def training_pipeline(p: dict):
+        """The DAG over :class:`pipelines.params.TrainingParams` (``p``: name -> pipeline channel)."""
+        catalog, max_listings, max_quarantine_fraction = p["catalog"], p["max_listings"], p["max_quarantine_fraction"]
+        model_config, train_config, modality_ablation = p["model_config"], p["train_config"], p["modality_ablation"]
+        bert_path, checkpoint_root, resume = p["bert_path"], p["checkpoint_root"], p["resume"]
+        gate_config, registry_root = p["gate_config"], p["registry_root"]
+        model_name, bentoml_home = p["model_name"], p["bentoml_home"]
         validated = apply_cluster(validate_catalog(catalog=catalog, max_listings=max_listings,
                                                    max_quarantine_fraction=max_quarantine_fraction),
                                   "validate-catalog", cluster)

@@ -1,0 +1,31 @@
+"""The pipelines' parameters are declared once (pipelines/params.py) and every list is derived from it."""
+
+from __future__ import annotations
+
+import yaml
+
+from pipelines import config as pconfig
+from pipelines.cli import compile_monitoring, compile_pipeline
+from pipelines.params import MONITORING_SPECS, TRAINING_FIELDS, MonitoringOnlyParams, TrainingParams
+
+
+def test_compiled_pipelines_take_the_declared_parameters(tmp_path):
+    training = yaml.safe_load(compile_pipeline(tmp_path / "t.yaml").read_text())
+    monitoring = yaml.safe_load(compile_monitoring(tmp_path / "m.yaml").read_text())
+    assert set(training["root"]["inputDefinitions"]["parameters"]) == set(TRAINING_FIELDS)
+    assert set(monitoring["root"]["inputDefinitions"]["parameters"]) == {n for n, _ in MONITORING_SPECS}
+    own = {f for f in MonitoringOnlyParams.__dataclass_fields__}
+    assert {n for n, _ in MONITORING_SPECS} == own | set(TRAINING_FIELDS)
+    # the nested training run receives every training parameter
+    nested = next(c for name, c in monitoring["components"].items() if name.startswith("comp-item-training"))
+    assert set(nested["inputDefinitions"]["parameters"]) == set(TRAINING_FIELDS)
+    types = training["root"]["inputDefinitions"]["parameters"]
+    assert types["max_listings"]["parameterType"] == "NUMBER_INTEGER" and types["model_config"]["parameterType"] == "STRUCT"
+
+
+def test_item_run_and_cluster_arguments_are_the_dataclass_fields():
+    prof, gate = pconfig.load_profile("tiny"), pconfig.load_gate_config(pconfig.GATE_FILE)
+    args = pconfig.pipeline_arguments("../shared/datasets/fashion-product-images-small", prof, gate)
+    assert list(args) == list(TrainingParams.__dataclass_fields__)
+    cluster = pconfig.load_cluster_config()
+    assert set(pconfig.cluster_arguments(cluster, prof, gate)) == set(TRAINING_FIELDS)
