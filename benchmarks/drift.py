@@ -51,7 +51,8 @@ set_offline_defaults()
 
 from item_model.lifecycle.embedding_io import MODALITIES  # noqa: E402
 from monitoring.calibration import calibrate  # noqa: E402
-from monitoring.drift import DriftConfig, DriftInputError, drift_score, reference_size, resolve_model  # noqa: E402
+from monitoring.drift import DriftConfig, DriftInputError, drift_score, reference_size  # noqa: E402
+from monitoring.inputs import resolve_model  # noqa: E402
 
 logger = logging.getLogger("benchmarks.drift")
 DEFAULT_CATALOG = ROOT.parent / "shared" / "datasets" / "fashion-product-images-small"

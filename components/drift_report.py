@@ -29,7 +29,7 @@ def drift_report(
     import tempfile
 
     from item_model.data import storage
-    from monitoring.drift import drift_report_step
+    from monitoring.steps import drift_report_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # the calibration cache lives under the storage root; a gs:// root is staged locally and synced back

@@ -23,7 +23,8 @@ def embed_current(
     import logging
 
     from item_model.data import storage
-    from monitoring.drift import DriftConfig, embed_current_step
+    from monitoring.drift import DriftConfig
+    from monitoring.steps import embed_current_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = DriftConfig.from_dict(drift_config)

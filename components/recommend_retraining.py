@@ -18,7 +18,7 @@ def recommend_retraining(
     as Markdown."""
     import logging
 
-    from monitoring.drift import recommend_step
+    from monitoring.steps import recommend_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     rec = recommend_step(drift_summary.path, retrain, catalog, recommendation.path, recommendation_md.path)

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path

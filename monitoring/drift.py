@@ -22,39 +22,28 @@ thresholds, per modality (joint, text-only, image-only).
 * Verdict: a modality drifts when its score exceeds its threshold; the window drifts when any tested
   modality drifts (at most 3 x 0.99 % false alarms by the union bound).
 
-The step functions at the end (:func:`embed_current_step`, :func:`drift_report_step`,
-:func:`recommend_step`) are what the monitoring pipeline's KFP components call.
+This module is the scoring; :mod:`monitoring.inputs` reads the reference and the current window, and
+:mod:`monitoring.steps` holds the step functions the monitoring pipeline's KFP components call.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
-import time
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from item_model.lifecycle.embedding_io import (INDEX_KINDS, MODALITIES, check_embeddings, load_embeddings,
-                                     sample_rows, save_embeddings)
-from item_model.io import write_json_atomic
-from item_model.lifecycle.artifacts import INDEX_DIR, TrafficLogError, read_traffic_files
-from item_model.lifecycle.steps import record_failure
+from item_model.lifecycle.artifacts import INDEX_KINDS
+from item_model.lifecycle.embedding_io import MODALITIES, check_embeddings, sample_rows
 
 from .calibration import CalibrationStore, calibrate, pool_fingerprint
 
 logger = logging.getLogger(__name__)
 
-#: traffic-log ``kind`` values -> modality, when the rows carry no has_title/has_image flags
-TRAFFIC_KINDS = {"joint": "joint", "item": "joint", "text": "text", "item_text_only": "text", "title": "text",
-                 "image": "image", "item_image_only": "image", "photo": "image"}
 METHODS = ("mmd", "model", "distance", "ratio")
 
 
@@ -376,299 +365,5 @@ def method_description(config: DriftConfig) -> dict:
             "verdict": "drift when score > threshold; the window drifts when any tested modality drifts"}
 
 
-# --------------------------------------------------------------------------------------------------
-# the reference (from the packaged model) and the current window (catalog folder or traffic log)
-
-def resolve_model(model_tag: str = "item:latest", bentoml_home: str | None = None) -> tuple[str, Path]:
-    """Find a model in a BentoML model store.
-
-    Args:
-        model_tag: ``name:version`` or ``name:latest`` (or just ``name``).
-        bentoml_home: the store root (``<home>/models/...``); default ``$BENTOML_HOME`` or ``~/bentoml``.
-
-    Returns:
-        (the resolved tag ``name:version``, the model's folder).
-
-    Raises:
-        DriftInputError: no such model in that store.
-    """
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    home = Path(bentoml_home or os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
-    import bentoml
-    from bentoml._internal.models.model import ModelStore
-    from bentoml.exceptions import BentoMLException
-
-    try:
-        model = bentoml.models.get(model_tag, _model_store=ModelStore(str(home / "models")))
-    except (BentoMLException, ValueError) as exc:
-        raise DriftInputError(f"model {model_tag!r} is not in the BentoML store {home / 'models'}: {exc}") from exc
-    return str(model.tag), Path(model.path)
-
-
-def load_reference(model_path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """The reference embeddings stored with a packaged model (its ``catalog_index/``).
-
-    Returns:
-        (``{modality: (n, D) float32}`` for the kinds the index holds, the index's ``index.json``
-        plus ``"path"``).
-
-    Raises:
-        DriftInputError: the model has no catalog index.
-    """
-    from item_model.lifecycle.index import load_catalog_index
-
-    path = Path(model_path) / INDEX_DIR
-    if not (path / "index.json").exists():
-        raise DriftInputError(f"model folder {str(model_path)!r} has no {INDEX_DIR}/ (the reference embeddings "
-                              "stored at package time); re-package the model with its catalog index")
-    _, embeddings, meta = load_catalog_index(path)
-    by_kind = {kind: modality for modality, kind in INDEX_KINDS.items()}
-    reference = {by_kind[k]: e for k, e in embeddings.items() if k in by_kind}
-    return reference, {**meta, "path": str(path)}
-
-
-def source_type(path: str | Path) -> str:
-    """``"catalog"`` for a folder in the catalog layout (``data/*.parquet``), ``"traffic"`` for a
-    traffic-log parquet file or a folder of them.
-
-    Raises:
-        DriftInputError: the path does not exist or is neither.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise DriftInputError(f"current {str(p)!r} does not exist")
-    if p.is_dir() and (p / "data").is_dir():
-        return "catalog"
-    if (p.is_file() and p.suffix == ".parquet") or (p.is_dir() and next(p.rglob("*.parquet"), None)):
-        return "traffic"
-    raise DriftInputError(f"current {str(p)!r} is neither a catalog folder (data/*.parquet) nor a traffic log "
-                          "(*.parquet files with timestamp, model_tag, kind, embedding)")
-
-
-def _timestamp(value: str | None, name: str) -> pd.Timestamp | None:
-    if not value:
-        return None
-    try:
-        ts = pd.Timestamp(value)
-    except ValueError as exc:
-        raise DriftInputError(f"{name} {value!r} is not an ISO date/time: {exc}") from exc
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-def load_traffic_window(path: str | Path, since: str | None = None, until: str | None = None) -> pd.DataFrame:
-    """Rows of a traffic log with ``since <= timestamp < until`` (UTC; either bound optional).
-
-    The log (written by serving) is parquet files under a folder, searched recursively, or one file,
-    with columns ``timestamp``, ``model_tag``, ``kind``, ``embedding`` (list<float32>), ``has_title``,
-    ``has_image``, ``title_length``; ``timestamp``, ``model_tag`` and ``embedding`` are required here.
-
-    Returns:
-        the window's rows sorted by ``timestamp`` (datetime64[ns, UTC]), RangeIndex.
-
-    Raises:
-        DriftInputError: no parquet file, an unreadable file, a missing column, an unparsable
-            ``timestamp``, or an empty window (naming the log's time span).
-    """
-    p = Path(path)
-    files = [p] if p.is_file() else sorted(p.rglob("*.parquet"))
-    if not files:
-        raise DriftInputError(f"traffic log {str(p)!r} holds no *.parquet file")
-    try:
-        df = read_traffic_files(files)
-    except TrafficLogError as exc:
-        raise DriftInputError(str(exc)) from exc
-    ts = pd.to_datetime(df["timestamp"], utc=True, errors="coerce")
-    if ts.isna().any():
-        rows = np.flatnonzero(ts.isna().to_numpy())[:5].tolist()
-        raise DriftInputError(f"traffic log {str(p)!r}: field 'timestamp' is not a date/time in rows {rows}")
-    df["timestamp"] = ts
-    lo, hi = _timestamp(since, "since"), _timestamp(until, "until")
-    keep = np.ones(len(df), dtype=bool)
-    if lo is not None:
-        keep &= (ts >= lo).to_numpy()
-    if hi is not None:
-        keep &= (ts < hi).to_numpy()
-    if not keep.any():
-        span = f"from {ts.min()} to {ts.max()}" if len(df) else "no rows at all"
-        raise DriftInputError(f"empty window: traffic log {str(p)!r} has no rows with {since or '-inf'} <= "
-                              f"timestamp < {until or '+inf'} ({len(df)} rows in the log, {span})")
-    return df[keep].sort_values("timestamp", kind="stable").reset_index(drop=True)
-
-
-def traffic_modalities(df: pd.DataFrame) -> np.ndarray:
-    """The modality of each traffic row: from ``has_title``/``has_image`` when present (both ->
-    joint, title only -> text, image only -> image), else from ``kind`` (:data:`TRAFFIC_KINDS`).
-
-    Raises:
-        DriftInputError: a row's modality cannot be told (names the field and values).
-    """
-    if {"has_title", "has_image"} <= set(df.columns):
-        t = df["has_title"].fillna(False).astype(bool).to_numpy()
-        i = df["has_image"].fillna(False).astype(bool).to_numpy()
-        out = np.where(t & i, "joint", np.where(t, "text", np.where(i, "image", "")))
-        if (out == "").any():
-            rows = np.flatnonzero(out == "")[:5].tolist()
-            raise DriftInputError(f"traffic rows {rows} have has_title=false and has_image=false")
-        return out.astype(object)
-    if "kind" not in df.columns:
-        raise DriftInputError("traffic log has neither has_title/has_image nor 'kind' to tell each row's modality")
-    out = df["kind"].map(TRAFFIC_KINDS)
-    if out.isna().any():
-        bad = sorted(set(df.loc[out.isna(), "kind"].astype(str)))[:5]
-        raise DriftInputError(f"traffic log field 'kind' has unknown value(s) {bad}; known: {sorted(TRAFFIC_KINDS)}")
-    return out.to_numpy(dtype=object)
-
-
-def traffic_embeddings(df: pd.DataFrame, model_tag: str, dim: int | None = None) -> dict[str, np.ndarray]:
-    """Split a traffic window into ``{modality: (n_m, D) float32}`` after checking it.
-
-    Args:
-        model_tag: the reference model's resolved tag; every row must have been served by it.
-        dim: the reference's embedding dimension.
-
-    Raises:
-        DriftInputError: model version mismatch (field ``model_tag``), or embeddings of another or of
-            mixed dimension (field ``embedding``).
-    """
-    tags = df["model_tag"].astype(str).value_counts()
-    if set(tags.index) != {model_tag}:
-        raise DriftInputError(f"model version mismatch: field 'model_tag' of the traffic window holds "
-                              f"{tags.to_dict()}, but the reference is {model_tag}; choose a window served by "
-                              f"{model_tag} (--since/--until) or the model that served it (--model-tag)")
-    lengths = df["embedding"].map(lambda v: -1 if v is None else len(v)).to_numpy()
-    found = sorted(set(lengths.tolist()))
-    if len(found) > 1 or (dim is not None and found[0] != dim):
-        raise DriftInputError(f"wrong embedding dimension: field 'embedding' of the traffic window has length(s) "
-                              f"{found}, expected {dim if dim is not None else 'one length'} "
-                              f"(the reference model {model_tag})")
-    emb = np.stack(df["embedding"].to_numpy()).astype(np.float32)
-    modality = traffic_modalities(df)
-    return {m: emb[modality == m] for m in MODALITIES if (modality == m).any()}
-
-
-def reference_dim(model_path: str | Path) -> int | None:
-    """The embedding dimension D of a packaged model's catalog index (``index.json``), or None."""
-    meta = Path(model_path) / INDEX_DIR / "index.json"
-    return int(json.loads(meta.read_text())["dim"]) if meta.exists() else None
-
-
-# --------------------------------------------------------------------------------------------------
-# pipeline steps (plain functions over local paths; the KFP components in components/ call these)
-
-@record_failure
-def embed_current_step(current: str, model_tag: str, bentoml_home: str | None, out_dir: str,
-                       since: str = "", until: str = "", max_rows: int = 1000, seed: int = 0,
-                       progress: bool = True) -> dict:
-    """Embed the current window with the reference model and write the embeddings artifact
-    (:mod:`item_model.lifecycle.embedding_io`).
-
-    * catalog folder: rows with a title and an image, a seeded random sample of at most ``max_rows``,
-      embedded by the model in the joint, text-only and image-only modes;
-    * traffic log: the rows with ``since <= timestamp < until``, each under its own modality, after
-      checking ``model_tag`` and the ``embedding`` dimension against the model.
-
-    Returns:
-        the artifact's ``embeddings.json`` content.
-
-    Raises:
-        DriftInputError: see :func:`source_type`, :func:`load_traffic_window`,
-            :func:`traffic_embeddings`; an empty catalog window. item_model.data.catalog.CatalogError: an
-            unreadable catalog.
-    """
-    tag, model_path = resolve_model(model_tag, bentoml_home)
-    kind = source_type(current)
-    meta: dict = {"model_tag": tag, "source": str(Path(current).resolve()), "source_type": kind,
-                  "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    t0 = time.perf_counter()
-    if kind == "catalog":
-        from item_model.data.catalog import read_catalog
-        from item_model.lifecycle.embedding_io import embed_modalities, usable_listings
-        from item_model.modeling_item import ItemModel
-        from item_model.processing_item import ItemProcessor
-
-        df, dropped = usable_listings(read_catalog(current))
-        if df.empty:
-            raise DriftInputError(f"empty window: catalog {current!r} has no listing with a title and an image "
-                                  f"(dropped {dropped})")
-        n_all = len(df)
-        df = df.iloc[sample_rows(len(df), max_rows, seed)].reset_index(drop=True)
-        model = ItemModel.from_pretrained(model_path)
-        processor = ItemProcessor.from_pretrained(model_path, model.config)
-        logger.info("embedding %d of %d listings of %s with %s (joint, text, image)", len(df), n_all, current, tag)
-        embeddings = embed_modalities(model, processor, df, progress=progress)
-        years = pd.to_numeric(df["year"], errors="coerce").dropna().astype(int)
-        meta.update(n_listings=n_all, n_embedded=len(df), dropped=dropped,
-                    years=years.value_counts().sort_index().to_dict() if len(years) else {},
-                    product_ids=df["product_id"].astype(str).tolist())
-    else:
-        window = load_traffic_window(current, since or None, until or None)
-        embeddings = traffic_embeddings(window, tag, reference_dim(model_path))
-        meta.update(since=since or None, until=until or None, n_rows=len(window),
-                    first_timestamp=window["timestamp"].min().isoformat(),
-                    last_timestamp=window["timestamp"].max().isoformat())
-    meta["embed_time_s"] = round(time.perf_counter() - t0, 1)
-    save_embeddings(out_dir, embeddings, meta)
-    logger.info("current window: %s", {m: len(e) for m, e in embeddings.items()})
-    return {**meta, "counts": {m: len(e) for m, e in embeddings.items()}}
-
-
-@record_failure
-def drift_report_step(current_dir: str, model_tag: str, bentoml_home: str | None, storage: str | None,
-                      drift_config: dict | None, html_path: str, summary_path: str, progress: bool = True) -> dict:
-    """Test the current embeddings against the model's reference, per modality; write the Evidently
-    HTML report and the JSON summary.
-
-    Returns:
-        the summary (also written to ``summary_path``): :func:`detect_drift`'s plus ``model_tag``,
-        ``current``, ``reference``, ``calibration_file``, ``html_report``, ``wall_time_s``.
-
-    Raises:
-        DriftInputError: model version mismatch between the current embeddings (``model_tag``) and
-            the reference; a wrong ``embedding`` dimension; an empty window; no testable modality.
-    """
-    from .report import write_html
-
-    t0 = time.perf_counter()
-    config = DriftConfig.from_dict(drift_config)
-    tag, model_path = resolve_model(model_tag, bentoml_home)
-    reference, ref_meta = load_reference(model_path)
-    current, cur_meta = load_embeddings(current_dir)
-    if cur_meta.get("model_tag") != tag:
-        raise DriftInputError(f"model version mismatch: the current embeddings' field 'model_tag' is "
-                              f"{cur_meta.get('model_tag')!r} but the reference model is {tag!r}")
-    store = CalibrationStore(storage)
-    summary, snapshots = detect_drift(reference, current, config, store, tag, progress=progress)
-    summary = {"model_tag": tag, **summary,
-               "current": {k: v for k, v in cur_meta.items() if k != "product_ids"},
-               "reference": {"path": ref_meta["path"], "n": ref_meta["n"], "dim": ref_meta["dim"],
-                             "kinds": ref_meta["kinds"], "catalog_fingerprint": ref_meta.get("catalog_fingerprint")},
-               "calibration_file": str(store.path(tag).resolve()), "html_report": str(html_path),
-               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_html(snapshots, summary, html_path)
-    summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
-    write_json_atomic(summary_path, summary)
-    return summary
-
-
-@record_failure
-def recommend_step(summary_path: str, retrain: bool, catalog: str, json_path: str, markdown_path: str) -> dict:
-    """Write the retraining recommendation (JSON and Markdown) for a drifted window.
-
-    Returns:
-        the recommendation dict (see :func:`monitoring.report.recommendation`).
-    """
-    from item_model.io import write_text_atomic
-
-    from .report import recommendation, recommendation_markdown
-
-    summary = json.loads(Path(summary_path).read_text())
-    rec = recommendation(summary, retrain=retrain, catalog=catalog)
-    write_json_atomic(json_path, rec)
-    write_text_atomic(markdown_path, recommendation_markdown(rec))
-    return rec
-
-
-__all__ = ["DriftConfig", "DriftInputError", "detect_drift", "modality_drift", "drift_score", "window_size",
-           "reference_size", "evidently_method", "evidently_snapshot", "resolve_model", "load_reference",
-           "source_type", "load_traffic_window", "traffic_embeddings", "traffic_modalities",
-           "embed_current_step", "drift_report_step", "recommend_step"]
+__all__ = ["DriftConfig", "DriftInputError", "METHODS", "detect_drift", "modality_drift", "drift_score", "window_size",
+           "reference_size", "evidently_method", "evidently_snapshot", "method_description"]

@@ -1,6 +1,6 @@
 """Drift outputs: the Evidently HTML report (one page, every tested modality), the one-screen terminal
 summary, and the retraining recommendation (JSON + Markdown). The JSON summary itself is the dict
-:func:`monitoring.drift.drift_report_step` returns and writes."""
+:func:`monitoring.steps.drift_report_step` returns and writes."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from pipelines.env import set_offline_defaults
 
 set_offline_defaults()
 
+from pipelines import config as pconfig  # noqa: E402
 from pipelines.training import TASKS as TRAINING_TASKS  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -45,19 +46,19 @@ def preflight(current: str, model_tag: str, bentoml_home: str, since: str, until
     Raises:
         monitoring.drift.DriftInputError / item_model.data.catalog.CatalogError: naming the field or file.
     """
-    from monitoring import drift
+    from monitoring import inputs
 
-    kind = drift.source_type(current)
-    tag, path = drift.resolve_model(model_tag, bentoml_home or None)
-    dim = drift.reference_dim(path)
+    kind = inputs.source_type(current)
+    tag, path = inputs.resolve_model(model_tag, bentoml_home or None)
+    dim = inputs.reference_dim(path)
     if dim is None:
-        drift.load_reference(path)                      # raises: the model has no catalog index
+        inputs.load_reference(path)                      # raises: the model has no catalog index
     out = {"model_tag": tag, "model_path": str(path), "source_type": kind, "reference_dim": dim}
     if kind == "catalog":
         check_catalog(current)
     else:
-        window = drift.load_traffic_window(current, since or None, until or None)
-        out["window"] = {m: len(e) for m, e in drift.traffic_embeddings(window, tag, dim).items()}
+        window = inputs.load_traffic_window(current, since or None, until or None)
+        out["window"] = {m: len(e) for m, e in inputs.traffic_embeddings(window, tag, dim).items()}
     return out
 
 

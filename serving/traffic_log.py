@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -183,7 +182,8 @@ class TrafficLog:
         first = rows[0][0]
         self._seq += 1
         name = f"traffic-{first.strftime('%Y%m%dT%H%M%S')}Z-{os.getpid()}-{self._seq:06d}.parquet"
-        path = _location(storage.join(self.directory, first.strftime("%Y-%m-%d"), name))
+        path = storage.join(self.directory, first.strftime("%Y-%m-%d"), name)
+        path = path if storage.is_gcs(path) else Path(path)
         try:
             cols = list(zip(*rows))
             dim = len(cols[3][0])

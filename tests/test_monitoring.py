@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from item_model.lifecycle.embedding_io import MODALITIES, load_embeddings, save_embeddings
-from monitoring import drift
+from monitoring import drift, inputs, steps
 from monitoring.calibration import CalibrationStore, conformal_threshold
 from monitoring.drift import DriftConfig, DriftInputError, detect_drift
 from tests.conftest import CATALOG
@@ -185,15 +185,15 @@ def test_traffic_log_window_per_modality(packaged_model, tmp_path):
     write_traffic(traffic, emb["item"][:160], tag, "2026-01-01", [True] * 160, [True] * 160, "a.parquet")
     write_traffic(traffic, emb["item_text_only"][:80], tag, "2026-01-02", [True] * 80, [False] * 80, "b.parquet")
     write_traffic(traffic, emb["item_image_only"][:30], tag, "2026-01-03", [False] * 30, [True] * 30, "c.parquet")
-    window = drift.load_traffic_window(traffic, since="2026-01-01T00:10:00", until="2026-01-04")
+    window = inputs.load_traffic_window(traffic, since="2026-01-01T00:10:00", until="2026-01-04")
     assert len(window) == 150 + 80 + 30 and window["timestamp"].is_monotonic_increasing
     out = tmp_path / "current"
-    meta = drift.embed_current_step(str(traffic), "item:latest", packaged_model["bentoml_home"], str(out),
+    meta = steps.embed_current_step(str(traffic), "item:latest", packaged_model["bentoml_home"], str(out),
                                     since="2026-01-01T00:10:00", until="2026-01-04")
     assert meta["model_tag"] == tag and meta["counts"] == {"joint": 150, "text": 80, "image": 30}
     current, cur_meta = load_embeddings(out)
     np.testing.assert_array_equal(current["joint"], emb["item"][10:160])
-    summary = drift.drift_report_step(str(out), tag, packaged_model["bentoml_home"], str(tmp_path / "storage"),
+    summary = steps.drift_report_step(str(out), tag, packaged_model["bentoml_home"], str(tmp_path / "storage"),
                                       {"n_splits": 50, "quantile": 0.98}, str(tmp_path / "r.html"),
                                       str(tmp_path / "summary.json"))
     assert summary["tested_modalities"] == ["joint", "text"] and not summary["drift"]
@@ -213,24 +213,24 @@ def test_bad_input_gets_clear_errors(packaged_model, year_embeddings, tmp_path):
     with pytest.raises(DriftInputError, match="holds 10 rows; at least 50"):
         detect_drift(ref, {"joint": ref["joint"][:10]}, progress=False)
     with pytest.raises(DriftInputError, match="does not exist"):
-        drift.source_type(tmp_path / "nowhere")
+        inputs.source_type(tmp_path / "nowhere")
     emb = ref["joint"][:60]
     traffic = write_traffic(tmp_path / "t1", emb, tag, "2026-01-01", [True] * 60, [True] * 60)
     with pytest.raises(DriftInputError, match="empty window: .* no rows with 2027-01-01 <= timestamp"):
-        drift.load_traffic_window(traffic, since="2027-01-01")
+        inputs.load_traffic_window(traffic, since="2027-01-01")
     other = write_traffic(tmp_path / "t2", emb, "item:someoldversion", "2026-01-01", [True] * 60, [True] * 60)
     with pytest.raises(DriftInputError, match=r"model version mismatch: field 'model_tag' .*item:someoldversion"):
-        drift.embed_current_step(str(other), tag, home, str(tmp_path / "o2"))
+        steps.embed_current_step(str(other), tag, home, str(tmp_path / "o2"))
     wide = write_traffic(tmp_path / "t3", np.ones((60, 512), np.float32), tag, "2026-01-01", [True] * 60, [True] * 60)
     with pytest.raises(DriftInputError, match=r"wrong embedding dimension: field 'embedding' .*\[512\], expected 384"):
-        drift.embed_current_step(str(wide), tag, home, str(tmp_path / "o3"))
+        steps.embed_current_step(str(wide), tag, home, str(tmp_path / "o3"))
     # embeddings made by another model version than the reference's
     save_embeddings(tmp_path / "foreign", {"joint": emb}, {"model_tag": "item:someoldversion"})
     with pytest.raises(DriftInputError, match=r"model version mismatch: .*'model_tag' is 'item:someoldversion'"):
-        drift.drift_report_step(str(tmp_path / "foreign"), tag, home, str(tmp_path / "s"), {},
+        steps.drift_report_step(str(tmp_path / "foreign"), tag, home, str(tmp_path / "s"), {},
                                 str(tmp_path / "r.html"), str(tmp_path / "s.json"))
     with pytest.raises(DriftInputError, match="is not in the BentoML store"):
-        drift.resolve_model("item:doesnotexist", home)
+        inputs.resolve_model("item:doesnotexist", home)
     # and through the command line, before any task starts
     from click.testing import CliRunner
 

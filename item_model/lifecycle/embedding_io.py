@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_path, write_json_atomic
-from .artifacts import INDEX_KINDS
 
 logger = logging.getLogger(__name__)
 
