@@ -166,11 +166,12 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        order, cursor, start = np.asarray(state["order"]), state["cursor"], state["step"]
+        order, cursor, start = np.asarray(state["order"], dtype=np.int64), state["cursor"], state["step"]
         order_rng.bit_generator.state = state["order_rng"]
         collate.generator.set_state(state["collate_rng"])
         torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
+        name, key, pos, has_gauss, cached = state["numpy_rng"]       # key saved as an int64 tensor
+        np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
         random.setstate(state["python_rng"])
         history, sums, n_since = state["history"], state["sums"], state["n_since"]
     model.train()

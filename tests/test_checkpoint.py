@@ -78,3 +78,51 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     for step in range(1, 6):
         save_checkpoint(tmp_path, step, {"step": step}, keep=2)
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["ckpt-00000004.pt", "ckpt-00000005.pt"]
+
+
+class _Payload:
+    """Unpickling this object would create the marker file (what a hostile writer of a shared checkpoint
+    folder could do with ``torch.load(weights_only=False)``)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path, caplog):
+    import hashlib
+    import json
+    folder, marker = tmp_path / "ckpt", tmp_path / "pwned"
+    save_checkpoint(folder, 4, {"step": 4, "w": torch.ones(2)})                 # an honest, older one
+    evil = folder / "ckpt-00000008.pt"
+    torch.save({"step": 8, "w": torch.zeros(2), "extra": _Payload(marker)}, evil)
+    digest = hashlib.sha256(evil.read_bytes()).hexdigest()                        # a valid manifest
+    evil.with_suffix(".json").write_text(json.dumps({"step": 8, "sha256": digest, "bytes": evil.stat().st_size}))
+    state = load_latest_checkpoint(folder)
+    assert not marker.exists(), "unpickling ran code"
+    assert state is not None and state["step"] == 4                               # fell back to the honest one
+    assert "ckpt-00000008.pt" in caplog.text
+
+
+def test_numpy_state_round_trips_through_weights_only():
+    import random
+
+    import numpy as np
+    rng = np.random.default_rng(3)
+    state = {"step": 1, "order": rng.permutation(10), "numpy_rng": np.random.get_state(),
+             "python_rng": random.getstate(), "order_rng": rng.bit_generator.state, "sums": {"mlm": np.float32(1.5)}}
+    from item_model.checkpoint import to_weights_only
+    import io
+    buf = io.BytesIO()
+    torch.save(to_weights_only(state), buf)
+    back = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    assert np.array_equal(np.asarray(back["order"]), state["order"]) and back["sums"]["mlm"] == 1.5
+    name, key, pos, has_gauss, cached = back["numpy_rng"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
+    assert np.array_equal(np.random.get_state()[1], state["numpy_rng"][1])
+    random.setstate(back["python_rng"])
+    rng2 = np.random.default_rng()
+    rng2.bit_generator.state = back["order_rng"]
+    assert rng2.integers(1 << 30) == rng.integers(1 << 30)
