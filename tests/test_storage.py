@@ -315,3 +315,34 @@ def test_pipeline_run_with_catalog_registry_and_reports_on_gcs(gcs_emulator, gcs
     shown = subprocess.run([ITEM, "gate", "show", "champion", "--registry", registry_uri], capture_output=True,
                            text=True, env={**env, "COLUMNS": "200"}, timeout=120)
     assert shown.returncode == 0 and version in shown.stdout and "BLESSED" in shown.stdout, shown.stderr[-2000:]
+
+
+def test_download_tree_refuses_objects_that_escape_the_folder(gcs_prefix, tmp_path):
+    """GCS allows object names like ``versions/V/../../x``: a writer of the bucket must not be able to
+    make a reader write outside its download folder (real emulator)."""
+    version = f"{gcs_prefix}/versions/V"
+    storage.write_bytes(f"{version}/model.safetensors", b"weights")
+    bucket, name = storage.split_gcs(version)
+    escape = tmp_path / "escape.txt"
+    # an object named "<prefix>/versions/V/" + an absolute path: relative to the folder it is that path
+    # (the emulator cannot store names with '..' segments; the check refuses both kinds)
+    storage.gcs_client().bucket(bucket).blob(f"{name}/{escape}").upload_from_string(b"owned")
+    names = storage.list_files(version)
+    assert str(escape) in names                                                # the emulator stored it as named
+    dest = tmp_path / "dest"
+    with pytest.raises(storage.UnsafeObjectName, match="escape.txt"):
+        storage.download_tree(version, dest)
+    assert not list(tmp_path.rglob("escape.txt")) and not dest.exists()        # nothing written at all
+
+
+def test_download_tree_refuses_dot_dot_names(tmp_path, monkeypatch):
+    """Real GCS stores ``versions/V/../../x`` as named; the emulator drops the connection on such a name,
+    so here (and only here) the listing is replaced by one that returns it (a mock, on purpose)."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "ok.txt").write_text("fine")
+    (tmp_path / "escape.txt").write_text("outside")
+    monkeypatch.setattr(storage, "list_files", lambda location, client=None: ["sub/ok.txt", "../escape.txt"])
+    with pytest.raises(storage.UnsafeObjectName, match=r"\.\./escape.txt"):
+        storage.download_tree(src / "sub", tmp_path / "dest" / "inner")
+    assert not (tmp_path / "dest").exists()

@@ -57,6 +57,10 @@ class StorageNotFound(StorageError, FileNotFoundError):
     """The file or object does not exist."""
 
 
+class UnsafeObjectName(StorageError):
+    """An object name that would resolve outside the download folder (``..``, an absolute name)."""
+
+
 class PreconditionFailed(StorageError):
     """A ``gs://`` write's generation precondition failed: the object changed since it was read."""
 
@@ -255,13 +259,23 @@ def download_file(location: Location, dest: Location, client=None) -> Path:
 def download_tree(location: Location, dest: Location, client=None) -> Path:
     """Copy every file under a folder/prefix into local folder ``dest`` (same relative names).
 
+    Object names are checked before anything is written: GCS allows names such as
+    ``versions/V/../../x`` or ``/etc/x``, which would resolve outside ``dest``.
+
     Raises:
         StorageNotFound: nothing exists under ``location``.
+        UnsafeObjectName: an object's name resolves outside ``dest`` (nothing was downloaded).
     """
     dest = Path(dest)
     names = list_files(location, client)
     if not names:
         raise StorageNotFound(f"downloading {location}: no file under it")
+    root = dest.resolve()
+    for rel in names:
+        target = (dest / rel).resolve()
+        if not rel or rel.startswith("/") or ".." in Path(rel).parts or not target.is_relative_to(root):
+            raise UnsafeObjectName(f"downloading {location}: object {join(location, rel)!r} would be written "
+                                   f"outside {dest} ({target}); refused, nothing downloaded")
     for rel in names:
         download_file(join(location, rel), dest / rel, client)
     return dest
