@@ -45,11 +45,11 @@ def show(version: str, registry: str) -> None:
     try:
         v = reg.resolve(version)
         path = reg.version_path(v)
+        champion = reg.champion()
     except RegistryError as exc:
         _fail(exc)
     info = reg.info(v)
     blessing = json.loads((path / "blessing.json").read_text())
-    champion = reg.champion()
     console = Console()
     console.print(f"version   {v}  (created {info['created_at']}, catalog {info.get('catalog_fingerprint', '')[:16]}, "
                   f"{info.get('code_version', '')})")
@@ -67,16 +67,21 @@ def list_cmd(registry: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from item_model.lifecycle.registry import RegistryError
+
     reg = _registry(registry)
     table = Table(title=f"Promotion history ({reg.root})")
     for c in ("at", "action", "version", "actor", "how", "gate", "reason"):
         table.add_column(c, overflow="fold")
-    for h in reg.history():
+    try:
+        history, champion = reg.history(), reg.champion()
+    except RegistryError as exc:
+        _fail(exc)
+    for h in history:
         table.add_row(h["at"], h["action"], h["version"], h["actor"], "automatic" if h["automatic"] else "manual",
                       h["gate"], h["reason"])
     console = Console()
     console.print(table)
-    champion = reg.champion()
     console.print(f"champion: {champion['version'] if champion else 'none'}")
     for problem in reg.check():
         console.print(f"[red]warning:[/] {problem}")

@@ -74,9 +74,10 @@ def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, stora
     if wanted is None:
         from serving.store import champion_tag
         registry = env.get("ITEM_REGISTRY") or str(Path(env["ITEM_STORAGE_ROOT"]) / "registry")
+        from item_model.lifecycle.registry import RegistryError
         try:
             wanted = champion_tag(home, registry)
-        except LookupError as exc:
+        except (LookupError, RegistryError) as exc:
             raise click.ClickException(str(exc)) from None
         if wanted:
             env["ITEM_MODEL_TAG"] = wanted

@@ -96,9 +96,10 @@ def resolve_model_tag(tag: str | None = None) -> str:
 
     wanted = tag or os.environ.get("ITEM_MODEL_TAG", "").strip()
     if not wanted:
+        from item_model.lifecycle.registry import RegistryError
         try:
             wanted = champion_tag(model_name=MODEL_NAME)
-        except LookupError as exc:
+        except (LookupError, RegistryError) as exc:
             raise NotFound(str(exc)) from None
         if wanted:
             logger.info("serving the registry's champion %s", wanted)

@@ -193,3 +193,38 @@ def test_versions_are_immutable_and_resolvable(tmp_path, packaged_model):
                                                        np.array(["a", "b", "b"], dtype=object))})
     back = details(tmp_path / "d.npz")
     assert back["item"]["probe"]["y_pred"].tolist() == ["a", "b", "b"]
+
+
+@pytest.mark.parametrize("damage", ["pointer-not-json", "pointer-no-version", "history-half-written"])
+def test_corrupt_registry_files_give_errors_naming_the_file(tmp_path, packaged_model, damage):
+    """A damaged champion.json or a half-written last history line: `item gate show/list/approve` and
+    `item serve` stop with a message naming the file (exit 1, no traceback); nothing is overwritten."""
+    registry = ModelRegistry(tmp_path / "registry")
+    v = registry.register(packaged_model["model_dir"], {}, {"blessed": True})
+    registry.promote(v, gate="test", automatic=True, reason="first")
+    if damage == "pointer-not-json":
+        Path(registry.pointer_path).write_text('{"version": "' + v[:10])           # truncated write
+        name, line = "champion.json", None
+    elif damage == "pointer-no-version":
+        Path(registry.pointer_path).write_text("[]")
+        name, line = "champion.json", None
+    else:
+        with open(registry.history_path, "a") as f:
+            f.write('{"action": "promote", "vers')                                # crash mid-append
+        name, line = "history.jsonl", "line 2"
+    before = {p: p.read_bytes() for p in Path(registry.root).glob("*.json*")}
+    with pytest.raises(RegistryError, match=name):
+        registry.check() if damage.startswith("history") else registry.champion()
+    env = {**os.environ, "ITEM_REGISTRY": str(registry.root), "COLUMNS": "300",
+           "BENTOML_HOME": str(tmp_path / "bentoml"), "ITEM_STORAGE_ROOT": str(tmp_path)}
+    commands = [["gate", "list"], ["gate", "approve", v, "--reason", "x", "--no-package"]]
+    if not damage.startswith("history"):
+        commands += [["gate", "show", "champion"], ["serve", "--port", "59997"]]
+    for args in commands:
+        p = subprocess.run([ITEM, *args], capture_output=True, text=True, env=env, timeout=120)
+        out = p.stdout + p.stderr
+        assert p.returncode == 1, (args, out[-2000:])
+        assert name in out and "Traceback" not in out, (args, out[-2000:])
+        if line:
+            assert line in out
+    assert {p: p.read_bytes() for p in Path(registry.root).glob("*.json*")} == before

@@ -61,6 +61,11 @@ class RegistryError(RuntimeError):
     """A registry operation is impossible (unknown version, version exists, bad reference)."""
 
 
+class CorruptRegistryFile(RegistryError):
+    """``champion.json`` or a line of ``history.jsonl`` is not what the registry wrote (the message names
+    the file, the line, and how to repair it)."""
+
+
 class ConcurrentPromotionError(RegistryError):
     """Another promotion moved the champion pointer since it was read; re-read and retry or stop."""
 
@@ -265,8 +270,23 @@ class ModelRegistry:
         """(pointer or None, GCS generation of the pointer object: 0 when absent, None locally)."""
         if self.is_gcs:
             data, generation = storage.read_with_generation(self.pointer_path, client=self.client)
-            return (json.loads(data) if data else None), generation
+            return (self._parse_pointer(data) if data else None), generation
         return self.champion(), None
+
+    def _parse_pointer(self, data: bytes) -> dict:
+        """The pointer object, checked. Raises CorruptRegistryFile naming the file."""
+        try:
+            pointer = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            pointer, why = None, f"not valid JSON ({exc})"
+        else:
+            why = "not an object with a 'version'"
+        if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
+            raise CorruptRegistryFile(
+                f"champion pointer {self.pointer_path} is corrupt: {why}. The registry did not write it; restore "
+                f"it from a backup, or name the champion again with 'item gate approve VERSION' (the last "
+                f"'promote' line of {self.history_path} says which version it was)")
+        return pointer
 
     def _write_pointer(self, pointer: dict | None, object_generation: int | None) -> None:
         """Replace (or, with None, remove) the pointer; on GCS only if it is still ``object_generation``.
@@ -289,21 +309,50 @@ class ModelRegistry:
                 f"again") from exc
 
     def champion(self) -> dict | None:
-        """The champion pointer (dict) or None when there is no champion yet."""
+        """The champion pointer (dict) or None when there is no champion yet.
+
+        Raises:
+            CorruptRegistryFile: ``champion.json`` is not valid JSON or has no ``version``.
+        """
         try:
-            return storage.read_json(self.pointer_path, client=self.client)
+            data = storage.read_bytes(self.pointer_path, client=self.client)
         except storage.StorageNotFound:
             return None
+        return self._parse_pointer(data)
 
     def history(self) -> list[dict]:
-        """Every recorded decision, oldest first."""
+        """Every recorded decision, oldest first.
+
+        Raises:
+            CorruptRegistryFile: a line is not a JSON object (a half-written last line after a crash,
+                an edit by hand); the message names the file and the line.
+        """
         try:
             text = storage.read_text(self.history_path, client=self.client)
         except storage.StorageNotFound:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        out = []
+        lines = text.splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                entry, why = None, f"not valid JSON ({exc.msg})"
+            else:
+                why = "not a JSON object"
+            if not isinstance(entry, dict):
+                last = " (the last line: probably half-written by a crash during an append)" if number == len(lines) else ""
+                raise CorruptRegistryFile(f"promotion history {self.history_path} line {number} is {why}{last}: "
+                                          f"{line[:80]!r}; repair the file (remove or complete that line) and retry")
+            out.append(entry)
+        return out
 
     def _append_history(self, entry: dict) -> None:
+        """Append one decision; a damaged history is refused first (an append after a half-written line
+        would merge into it and be lost). Raises CorruptRegistryFile."""
+        self.history()
         storage.append_line(self.history_path, json.dumps(entry, default=str), client=self.client)
 
     def promote(self, version: str, *, gate: str, automatic: bool, reason: str, actor: str | None = None,
@@ -327,6 +376,7 @@ class ModelRegistry:
         self._require(version)
         with self._lock():
             current, object_generation = self._read_pointer()
+            self.history()                                    # a damaged history stops before the pointer moves
             generation = current["generation"] if current else 0
             if expected_generation is not None and expected_generation != generation:
                 raise ConcurrentPromotionError(
