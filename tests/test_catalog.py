@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from item_model import image_utils
@@ -99,3 +101,67 @@ def test_decode_image_resizes_and_converts_greyscale():
     df = cat.read_catalog(CATALOG).iloc[:2000]
     arrays = [image_utils.decode_image(b, (80, 64)) for b in df["image_bytes"]]
     assert all(a.shape == (80, 64, 3) and a.dtype == np.uint8 for a in arrays)
+
+
+# ------------------------------------------------------------------ faults in catalog input (issue 14)
+def _ids_as_float(t: pa.Table) -> pa.Table:
+    """One null in the integer id column: the writer stores the column as float64."""
+    ids = t.column("id").to_pylist()
+    ids[-1] = None
+    return t.set_column(t.schema.get_field_index("id"), "id", pa.array([None if i is None else float(i) for i in ids]))
+
+
+def test_integer_ids_stored_as_float_read_as_integers(tmp_path):
+    clean = cat.read_catalog(write_slice(tmp_path / "clean", n_plain=60, n_groups=5))
+    df = cat.read_catalog(write_slice(tmp_path / "float", n_plain=60, n_groups=5, mutate=_ids_as_float))
+    assert not df["product_id"].dropna().str.contains(r"\.").any()
+    assert df["product_id"].iloc[:-1].tolist() == clean["product_id"].iloc[:-1].tolist()
+    assert df["group_id"].notna().sum() == clean["group_id"].notna().sum() - int(pd.notna(clean["group_id"].iloc[-1]))
+    assert pd.isna(df["product_id"].iloc[-1])
+
+
+def test_fractional_float_ids_stop_naming_the_column(tmp_path):
+    def frac(t):
+        return t.set_column(t.schema.get_field_index("id"), "id", pa.array([i + 0.5 for i in t.column("id").to_pylist()]))
+    with pytest.raises(cat.CatalogError, match=r"column 'id' holds non-integer numbers in rows \[0"):
+        cat.read_catalog(write_slice(tmp_path / "c", n_plain=20, n_groups=0, mutate=frac))
+
+
+def test_zero_row_shard_is_skipped_with_a_warning(tmp_path, caplog):
+    catalog = write_slice(tmp_path / "c", n_plain=40, n_groups=3)
+    table = pq.read_table(next((catalog / "data").glob("*.parquet")))
+    pq.write_table(table.slice(0, 0), catalog / "data" / "train-00009-empty.parquet")
+    df = cat.read_catalog(catalog)
+    assert len(df) == table.num_rows
+    assert "train-00009-empty.parquet holds no rows" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["int", "bytes"])
+def test_non_string_titles_stop_naming_the_column(tmp_path, kind):
+    def titles(t):
+        n = t.num_rows
+        col = pa.array(list(range(n))) if kind == "int" else pa.array([f"t{i}".encode() for i in range(n)])
+        return t.set_column(t.schema.get_field_index("productDisplayName"), "productDisplayName", col)
+    with pytest.raises(cat.CatalogError, match=r"column .productDisplayName.*(int\w*|bytes) values"):
+        cat.read_catalog(write_slice(tmp_path / "c", n_plain=20, n_groups=0, mutate=titles))
+
+
+def test_group_with_one_member_left_is_dropped_at_validation(tmp_path, caplog):
+    from item_model.lifecycle import steps
+    catalog = write_slice(tmp_path / "c", n_plain=80, n_groups=6)
+    groups = pd.read_csv(catalog / "same_product_groups.csv")
+    lone_group = int(groups["group_id"].iloc[0])
+    members = groups.loc[groups["group_id"] == lone_group, "id"].astype(str).tolist()
+    keep = set(members[1:])                                  # every member but one leaves the shard
+
+    def drop(t):
+        ids = [str(i) for i in t.column("id").to_pylist()]
+        return t.filter(pa.array([i not in keep for i in ids]))
+    write_slice(catalog, n_plain=80, n_groups=6, mutate=drop)
+    out = tmp_path / "out"
+    summary = steps.validate_step(str(catalog), str(out / "cat"), str(out / "q.parquet"), str(out / "r.json"),
+                                  str(out / "docs"))
+    assert summary["dropped_lone_groups"] == [lone_group]
+    valid = pd.read_parquet(out / "cat" / "catalog.parquet")
+    assert (valid["group_id"].value_counts() >= 2).all() and lone_group not in set(valid["group_id"].dropna())
+    assert f"group_id [{lone_group}]" in caplog.text

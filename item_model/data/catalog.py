@@ -174,8 +174,8 @@ def to_canonical(table: pa.Table | pd.DataFrame, source: str = "<table>") -> pd.
     df = table.to_pandas() if isinstance(table, pa.Table) else table
     check_columns(Path(source), list(df.columns))
     out = pd.DataFrame({
-        "product_id": df["id"].astype("string").astype(object),
-        "title": df["productDisplayName"].astype(object),
+        "product_id": id_strings(df["id"], source),
+        "title": _titles(df["productDisplayName"], source),
     })
     img = df[SOURCE_IMAGE]
 
@@ -201,6 +201,44 @@ def to_canonical(table: pa.Table | pd.DataFrame, source: str = "<table>") -> pd.
     return out
 
 
+def id_strings(ids: pd.Series, source: str = "<table>", column: str = "id") -> pd.Series:
+    """Listing ids as strings, the same whatever dtype the shard stored them in: integers stored as
+    floats (one null in an integer column makes pandas and some writers do that) become ``"15970"``,
+    not ``"15970.0"``, so that they still join the group file and keep their split. Nulls stay null
+    (validation quarantines them).
+
+    Raises:
+        CatalogError: a float id that is not a whole number, naming the shard, the column and rows.
+    """
+    if pd.api.types.is_float_dtype(ids.dtype):
+        values = ids.to_numpy(dtype=np.float64)
+        present = ~np.isnan(values)
+        frac = present & (np.mod(values, 1.0, where=present, out=np.zeros_like(values)) != 0)
+        if frac.any():
+            rows = np.flatnonzero(frac)[:5].tolist()
+            raise CatalogError(f"shard {source!r}: column {column!r} holds non-integer numbers in rows {rows} "
+                               f"(e.g. {values[rows[0]]!r}); ids must be integers or strings")
+        return pd.Series([str(int(v)) if ok else pd.NA for v, ok in zip(values, present)], index=ids.index,
+                         dtype=object)
+    return ids.astype("string").astype(object)
+
+
+def _titles(titles: pd.Series, source: str) -> pd.Series:
+    """The title column, checked: strings or nulls only (an integer or bytes title would tokenize to
+    nothing and train on an empty title).
+
+    Raises:
+        CatalogError: naming the shard, the column ``productDisplayName``, the rows and the types found.
+    """
+    bad = [i for i, v in enumerate(titles.tolist()) if v is not None and not isinstance(v, str)
+           and not (isinstance(v, float) and np.isnan(v))]
+    if bad:
+        kinds = sorted({type(titles.iloc[i]).__name__ for i in bad})
+        raise CatalogError(f"shard {source!r}: column 'productDisplayName' (the title) holds {', '.join(kinds)} "
+                           f"values, not text, in {len(bad)} row(s), e.g. rows {bad[:5]}; titles must be strings")
+    return titles.astype(object)
+
+
 def iter_catalog(catalog: str | Path, batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
     """Stream a catalog folder in the canonical schema, one shard (or ``batch_rows`` rows) at a time.
 
@@ -217,6 +255,9 @@ def iter_catalog(catalog: str | Path, batch_rows: int | None = None) -> Iterator
     for path in shards:
         pf = _open_shard(path)
         check_columns(path, pf.schema_arrow.names)
+        if pf.metadata.num_rows == 0:
+            logger.warning("shard %s holds no rows; skipped", path)
+            continue
         try:
             batches = (pf.iter_batches(batch_size=batch_rows) if batch_rows
                        else [pf.read()])
@@ -245,6 +286,8 @@ def read_catalog(catalog: str | Path, max_listings: int | None = None,
         canonical DataFrame (RangeIndex), images still encoded.
     """
     frames = list(iter_catalog(catalog))
+    if not frames:
+        raise CatalogError(f"catalog {str(catalog)!r}: every shard is empty; there is nothing to read")
     df = pd.concat(frames, ignore_index=True)
     logger.info("read %d listings from %d shard(s) of %s", len(df), len(frames), catalog)
     if max_listings is not None and len(df) > max_listings:

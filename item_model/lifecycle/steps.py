@@ -75,6 +75,7 @@ def validate_step(catalog: str, out_catalog_dir: str, quarantine_path: str, resu
     outcome = validate_catalog(df, ValidationConfig(max_quarantine_fraction=max_quarantine_fraction),
                                out_dir=data_docs_dir)
     valid = outcome.validated.copy()
+    valid, lone_groups = drop_lone_groups(valid)
     valid["split"] = cat.assign_split(valid["product_id"].tolist(), split)
     out = Path(out_catalog_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,12 +90,31 @@ def validate_step(catalog: str, out_catalog_dir: str, quarantine_path: str, resu
         "n_valid": int(len(valid)), "n_quarantined": int(len(outcome.quarantine)),
         "split_counts": valid["split"].value_counts().to_dict(), "split_spec": split.__dict__,
         "n_group_members": int(valid["group_id"].notna().sum()),
+        "dropped_lone_groups": lone_groups,
         "data_docs_index": str(outcome.data_docs_index) if outcome.data_docs_index else None,
     }
     write_json_atomic(out / CATALOG_META, summary)
     logger.info("validated %d/%d listings (%d quarantined); split %s", len(valid), len(df),
                 len(outcome.quarantine), summary["split_counts"])
     return summary
+
+
+def drop_lone_groups(df: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
+    """Same-product groups left with one member (the other missing from the shards or quarantined) are
+    no search query: their ``group_id`` is cleared, with a warning naming them.
+
+    Returns:
+        (the frame, a copy when changed; the sorted group ids dropped).
+    """
+    sizes = df["group_id"].value_counts(dropna=True)
+    lone = sorted(int(g) for g in sizes.index[sizes < 2])
+    if not lone:
+        return df, []
+    logger.warning("dropping %d same-product group(s) with a single listing left (the others are missing or "
+                   "quarantined): group_id %s%s", len(lone), lone[:10], " ..." if len(lone) > 10 else "")
+    df = df.copy()
+    df.loc[df["group_id"].isin(lone), "group_id"] = pd.NA
+    return df, lone
 
 
 def coerce_numbers(values: dict, defaults: object) -> dict:
