@@ -1,7 +1,8 @@
 """The ``item`` command line: compile and run the ITEm pipelines.
 
     item run [--catalog PATH|gs://...] [--profile default|full|tiny] [--gate-config PATH] [--set KEY=VALUE ...]
-             [--registry PATH|gs://...] [--output-dir PATH|gs://...]
+             [--registry PATH|gs://...] [--output-dir PATH|gs://...] [--verbose]
+    item validate [--catalog PATH|gs://...] [--profile NAME]   (validation alone, no training)
     item compile [--output build/training_pipeline.yaml] [--cluster pipelines/configs/cluster.yaml]
     item submit --host URL [--pipeline training|monitoring] [--param KEY=VALUE ...]
 
@@ -206,6 +207,9 @@ def upload_run(run_dir: Path, remote: str, summary: dict) -> dict:
 def main(ctx, verbose: bool) -> None:
     """ITEm-MLOps: validate a catalog, pre-train, evaluate, gate and package ITEm (Kubeflow Pipelines)."""
     ctx.obj = {"verbose": verbose}
+    if not verbose:                  # libraries' own INFO chatter (GX logs every fluent registration)
+        for name in ("great_expectations", "urllib3", "filelock"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")
 
@@ -258,6 +262,47 @@ def run_cmd(ctx, catalog, profile, gate_config, overrides, output_dir, bentoml_h
         click.echo(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
+
+
+@main.command("validate")
+@click.option("--catalog", default=pconfig.DEFAULT_CATALOG, show_default=True,
+              help="Catalog folder or gs://bucket/prefix (data/*.parquet + same_product_groups.csv).")
+@click.option("--profile", default="default", show_default=True,
+              help="Profile whose max_listings and max_quarantine_fraction apply (pipelines/configs/profiles.yaml).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a profile value.")
+@click.option("--output-dir", default="runs", show_default=True, help="Folder for the report (one subfolder a run).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def validate_cmd(catalog, profile, overrides, output_dir, as_json):
+    """Validate a catalog drop alone: the pipeline's first step (Great Expectations suites, quarantine,
+    split), the same report and exit code (0 valid, 1 stopped), no training."""
+    from item_model.data.catalog import CatalogError
+    from item_model.data.validation import CatalogValidationError
+    from item_model.lifecycle.steps import validate_step
+
+    try:
+        prof = pconfig.apply_overrides(pconfig.load_profile(profile), list(overrides))
+        preflight(catalog)
+    except (CatalogError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
+    out = Path(output_dir).resolve() / (datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-validate")
+    click.echo(f"item validate: {catalog}\n               report {out}")
+    try:
+        summary = validate_step(catalog, str(out / "validated_catalog"), str(out / "quarantine.parquet"),
+                                str(out / "validation_result.json"), str(out / "data_docs"),
+                                max_listings=int(prof.get("max_listings") or 0),
+                                max_quarantine_fraction=float(prof.get("max_quarantine_fraction", 0.01)))
+    except (CatalogError, CatalogValidationError) as exc:
+        raise RunFailed(f"catalog rejected: {exc}\nReport: {out}") from exc
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    click.echo(f"valid        {summary['n_valid']} of {summary['n_read']} listings "
+               f"({summary['n_quarantined']} quarantined: {out / 'quarantine.parquet'})")
+    click.echo(f"split        {summary['split_counts']}; {summary['n_group_members']} same-product group members")
+    if summary.get("dropped_lone_groups"):
+        click.echo(f"dropped      {len(summary['dropped_lone_groups'])} group(s) with one listing left: "
+                   f"{summary['dropped_lone_groups'][:10]}")
+    click.echo(f"data docs    {summary.get('data_docs_index')}")
 
 
 def _cluster(path: str) -> dict | None:

@@ -167,3 +167,22 @@ def test_verbose_streams_kfp_local_output(tmp_path):
     assert proc.returncode != 0 and "pipeline stopped: validate_step" in out
     assert "Streamed logs" in out and "[KFP Executor" in out
     assert "last lines of" not in out                       # the log tail is the quiet mode's
+
+
+def test_item_validate_alone(tmp_path, slice_catalog):
+    """`item validate`: the pipeline's first step alone, the same verdict and exit codes, no training."""
+    env = {**os.environ}
+    ok = subprocess.run([ITEM, "validate", "--catalog", str(slice_catalog), "--set", "max_listings=0",
+                         "--output-dir", str(tmp_path / "ok")], capture_output=True, text=True, env=env, timeout=600)
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    assert "valid " in ok.stdout and "quarantined" in ok.stdout
+    report = next((tmp_path / "ok").glob("*-validate"))
+    assert (report / "validated_catalog" / "catalog.parquet").exists() and (report / "quarantine.parquet").exists()
+    bad = tmp_path / "bad"
+    write_slice(bad, n_plain=120, n_groups=10, mutate=_duplicate_ids)
+    stopped = subprocess.run([ITEM, "validate", "--catalog", str(bad), "--set", "max_listings=0",
+                              "--output-dir", str(tmp_path / "bad-out")], capture_output=True, text=True, env=env,
+                             timeout=600)
+    assert stopped.returncode == 1
+    assert "expect_column_values_to_be_unique" in stopped.stdout + stopped.stderr
+    assert not list((tmp_path / "bad-out").glob("*/validated_catalog/catalog.parquet"))    # nothing half-written
