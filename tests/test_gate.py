@@ -55,4 +55,5 @@ def test_gate_step_writes_json_and_markdown(tmp_path):
     assert json.loads((tmp_path / "blessing.json").read_text())["blessed"] is False == b["blessed"]
     md = (tmp_path / "report.md").read_text()
     assert "NOT BLESSED" in md and "`item.mAP`" in md and "**FAIL**" in md
-    assert "BLESSED" in blessing_markdown({"blessed": True, "criteria": []})
+    blessed_md = blessing_markdown({"blessed": True, "criteria": []})
+    assert "BLESSED" in blessed_md and "NOT BLESSED" not in blessed_md          # the exact verdict

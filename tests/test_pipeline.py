@@ -83,7 +83,7 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
             assert 0.0 <= m[key] <= 1.0, (name, key, m[key])
     assert models["item"]["n_queries"] == summary["catalog"]["n_group_members"] > 50
     assert models["baseline_image_pixels"]["recall@10"] > 0.5                      # real photos, real groups
-    assert "ITEm vs baselines" in proc.stdout and "BLESSED" in proc.stdout
+    assert "ITEm vs baselines" in proc.stdout and "Promotion gate: BLESSED" in proc.stdout
     # the quiet terminal (pipelines/local_runner.py): one line per task, each task's output in its log.txt
     assert "executor_input" not in proc.stdout and "Streamed logs" not in proc.stdout
     run = Path(summary["run_dir"])

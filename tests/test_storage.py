@@ -314,7 +314,8 @@ def test_pipeline_run_with_catalog_registry_and_reports_on_gcs(gcs_emulator, gcs
     assert summary["bento_model"] and summary["bento_model"].startswith("item:")
     shown = subprocess.run([ITEM, "gate", "show", "champion", "--registry", registry_uri], capture_output=True,
                            text=True, env={**env, "COLUMNS": "200"}, timeout=120)
-    assert shown.returncode == 0 and version in shown.stdout and "BLESSED" in shown.stdout, shown.stderr[-2000:]
+    assert shown.returncode == 0 and version in shown.stdout, shown.stderr[-2000:]
+    assert "Gate of" in shown.stdout and ": BLESSED" in shown.stdout and "NOT BLESSED" not in shown.stdout
 
 
 def test_download_tree_refuses_objects_that_escape_the_folder(gcs_prefix, tmp_path):
