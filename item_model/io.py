@@ -1,6 +1,7 @@
 """Atomic file writes: every artifact and pointer is written to a temporary file beside its
-destination and moved into place with ``os.replace`` (atomic on POSIX), so a crash never leaves a
-half-written file under the final name."""
+destination, flushed to disk (``fsync``), moved into place with ``os.replace`` (atomic on POSIX), and
+the folder entry is flushed too, so neither a crash nor a power loss leaves a half-written file, or a
+rename that is lost, under the final name."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any, Iterator
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the destination folder; on success ``os.replace`` it onto ``path``.
+    """Yield a temporary path in the destination folder; on success fsync it, ``os.replace`` it onto
+    ``path`` and fsync the folder.
 
     On an exception the temporary file is removed and ``path`` is untouched.
     """
@@ -26,10 +28,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         if os.path.isfile(tmp):
             os.chmod(tmp, 0o644 & ~_umask())  # mkstemp creates 0600; give the usual file mode
+            _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
+        _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str | Path, flags: int) -> None:
+    """Flush a file's or a folder's entries to disk (best effort where the file system refuses)."""
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: str | Path) -> str:

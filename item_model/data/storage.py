@@ -390,15 +390,16 @@ def copy(src: Location, dest: Location, client=None) -> None:
         upload_file(src, dest, client=client)
 
 
-def append_line(location: Location, line: str, client=None, attempts: int = 20) -> None:
+def append_line(location: Location, line: str, client=None, timeout_s: float = 60.0) -> None:
     """Append one line (a ``\\n`` is added) to a text file/object.
 
     Locally: ``O_APPEND`` write + fsync (callers hold their lock). On ``gs://`` objects cannot be
     appended to: read, add the line, and write back with ``if_generation_match`` = the generation
-    read, retrying on a concurrent writer, so no line is ever lost.
+    read, retrying on a concurrent writer with exponential backoff and jitter
+    (``google.api_core.retry.Retry``: 50 ms doubling to 2 s), so no line is ever lost.
 
     Raises:
-        StorageError: still contended after ``attempts`` tries.
+        StorageError: still contended after ``timeout_s`` seconds.
     """
     if not is_gcs(location):
         Path(location).parent.mkdir(parents=True, exist_ok=True)
@@ -407,15 +408,20 @@ def append_line(location: Location, line: str, client=None, attempts: int = 20) 
             fh.flush()
             os.fsync(fh.fileno())
         return
-    for _ in range(attempts):
+    from google.api_core import exceptions as gexc
+    from google.api_core.retry import Retry, if_exception_type
+
+    def attempt() -> None:
         data, generation = read_with_generation(str(location), client)
-        try:
-            write_bytes(location, (data or b"") + line.encode("utf-8") + b"\n", if_generation_match=generation,
-                        content_type="text/plain; charset=utf-8", client=client)
-            return
-        except PreconditionFailed:
-            continue
-    raise StorageError(f"appending to {location}: still changed by other writers after {attempts} tries")
+        write_bytes(location, (data or b"") + line.encode("utf-8") + b"\n", if_generation_match=generation,
+                    content_type="text/plain; charset=utf-8", client=client)
+
+    retry = Retry(predicate=if_exception_type(PreconditionFailed), initial=0.05, maximum=2.0, multiplier=2.0,
+                  timeout=timeout_s)
+    try:
+        retry(attempt)()
+    except gexc.RetryError as exc:
+        raise StorageError(f"appending to {location}: still changed by other writers after {timeout_s:.0f} s") from exc
 
 
 def delete(location: Location, *, if_generation_match: int | None = None, client=None) -> None:
