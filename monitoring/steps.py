@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -13,6 +12,7 @@ import pandas as pd
 
 from item_model.io import write_json_atomic
 from item_model.lifecycle.embedding_io import load_embeddings, sample_rows, save_embeddings
+from item_model.lifecycle.results import DriftSummary
 from item_model.lifecycle.steps import record_failure
 
 from .calibration import CalibrationStore
@@ -113,6 +113,7 @@ def drift_report_step(current_dir: str, model_tag: str, bentoml_home: str | None
                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_html(snapshots, summary, html_path)
     summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    summary = DriftSummary.from_dict(summary, summary_path).to_dict()
     write_json_atomic(summary_path, summary)
     return summary
 
@@ -128,7 +129,7 @@ def recommend_step(summary_path: str, retrain: bool, catalog: str, json_path: st
 
     from .report import recommendation, recommendation_markdown
 
-    summary = json.loads(Path(summary_path).read_text())
+    summary = DriftSummary.from_json(summary_path).to_dict()
     rec = recommendation(summary, retrain=retrain, catalog=catalog)
     write_json_atomic(json_path, rec)
     write_text_atomic(markdown_path, recommendation_markdown(rec))

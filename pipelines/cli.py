@@ -127,20 +127,21 @@ def training_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
     if task == "pretrain" and (task_dir / "model" / "training_curve.json").exists():
         last = json.loads((task_dir / "model" / "training_curve.json").read_text())[-1]
         return f"step {last['step']}: loss {last['loss']:.3f}, {last.get('samples_per_s', 0):.1f} samples/s"
+    from item_model.lifecycle.results import Blessing, EvalResult
     if task == "evaluate" and (task_dir / "eval_json").exists():
-        m = json.loads((task_dir / "eval_json").read_text())["models"]["item"]
-        return (f"item R@1 {m['recall@1']:.4f}, mAP {m['mAP']:.4f}, "
-                f"category acc {m['category_accuracy']:.4f}")
+        r = EvalResult.from_json(task_dir / "eval_json")
+        return (f"item R@1 {r.metric('item', 'recall@1'):.4f}, mAP {r.metric('item', 'mAP'):.4f}, "
+                f"category acc {r.metric('item', 'category_accuracy'):.4f}")
     if task == "gate" and (task_dir / "blessing").exists():
-        b = json.loads((task_dir / "blessing").read_text())
-        failed = [c["metric"] for c in b.get("criteria", []) if not c["passed"]]
-        return "BLESSED" if b.get("blessed") else "NOT BLESSED (" + ", ".join(failed) + ")"
+        b = Blessing.from_json(task_dir / "blessing")
+        return "BLESSED" if b.blessed else "NOT BLESSED (" + ", ".join(b.failed()) + ")"
     return ""
 
 
 def summarize(run_dir: Path, wall_s: float) -> dict:
     """Collect the run's artifacts into one summary dict (also written as ``run_dir/summary.json``)."""
     from item_model.io import write_json_atomic
+    from item_model.lifecycle.results import Blessing, EvalResult
     tasks = find_outputs(run_dir)
     summary: dict = {"status": "succeeded", "run_dir": str(run_dir), "wall_time_s": round(wall_s, 1),
                      "tasks_run": sorted(tasks)}
@@ -156,12 +157,12 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
         summary["training_curve"] = str(tasks["pretrain"] / "model" / "training_curve.png")
     if "evaluate" in tasks:
         summary["eval_json"] = str(tasks["evaluate"] / "eval_json")
-        summary["eval"] = json.loads((tasks["evaluate"] / "eval_json").read_text())
+        summary["eval"] = EvalResult.from_json(tasks["evaluate"] / "eval_json").to_dict()
     if "gate" in tasks:
         summary["blessing_json"] = str(tasks["gate"] / "blessing")
         summary["gate_report"] = str(tasks["gate"] / "report")
         summary["gate_report_html"] = str(tasks["gate"] / "report_html")
-        summary["blessing"] = json.loads((tasks["gate"] / "blessing").read_text())
+        summary["blessing"] = Blessing.from_json(tasks["gate"] / "blessing").to_dict()
     summary["registry_version"] = None
     if "register-model" in tasks:
         out = json.loads((tasks["register-model"] / "executor_output.json").read_text())

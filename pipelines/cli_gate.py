@@ -49,7 +49,8 @@ def show(version: str, registry: str) -> None:
     except RegistryError as exc:
         _fail(exc)
     info = reg.info(v)
-    blessing = json.loads((path / "blessing.json").read_text())
+    from item_model.lifecycle.results import Blessing
+    blessing = Blessing.from_json(path / "blessing.json").to_dict()
     console = Console()
     console.print(f"version   {v}  (created {info['created_at']}, catalog {info.get('catalog_fingerprint', '')[:16]}, "
                   f"{info.get('code_version', '')})")

@@ -111,11 +111,12 @@ def run_monitoring(arguments: dict, run_dir: Path, verbose: bool = False) -> dic
 def monitoring_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
     """The figure ``item monitor`` shows on a finished task's line: the verdict and drift scores after
     ``drift-report``; other tasks: their last INFO message (empty here)."""
+    from item_model.lifecycle.results import DriftSummary
     if task == "drift-report" and (task_dir / "summary").exists():
-        d = json.loads((task_dir / "summary").read_text())
-        scores = ", ".join(f"{m} {r['score']:.3g}/{r['threshold']:.3g}" for m, r in d.get("modalities", {}).items()
+        d = DriftSummary.from_json(task_dir / "summary")
+        scores = ", ".join(f"{m} {r['score']:.3g}/{r['threshold']:.3g}" for m, r in d.modalities.items()
                            if r.get("status") == "tested")
-        return ("DRIFT " + ",".join(d.get("drifted_modalities", [])) if d.get("drift") else "no drift") + \
+        return ("DRIFT " + ",".join(d.drifted_modalities) if d.drift else "no drift") + \
             (f" (drift score/threshold: {scores})" if scores else "")
     return ""
 
@@ -126,13 +127,15 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
     recommendation and, when retraining ran, its blessing and BentoML tag."""
     from item_model.io import write_json_atomic
 
+    from item_model.lifecycle.results import Blessing, DriftSummary
+
     run = find_run(run_dir)
     tasks = {t.name: t for t in run.iterdir() if t.is_dir()} if run else {}
     out: dict = {"status": "succeeded", "run_dir": str(run_dir), "pipeline_run": str(run) if run else None,
                  "wall_time_s": round(wall_s, 1), "tasks_run": sorted(tasks)}
     if "drift-report" in tasks:
         d = tasks["drift-report"]
-        out["drift"] = json.loads((d / "summary").read_text())
+        out["drift"] = DriftSummary.from_json(d / "summary").to_dict()
         out["html_report"] = str(d / "report")
         out["summary_json"] = str(d / "summary")
     if "recommend-retraining" in tasks:
@@ -145,7 +148,7 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
     if retrained:
         training: dict = {"tasks_run": retrained}
         if "gate" in tasks and (tasks["gate"] / "blessing").exists():
-            training["blessed"] = json.loads((tasks["gate"] / "blessing").read_text()).get("blessed")
+            training["blessed"] = Blessing.from_json(tasks["gate"] / "blessing").blessed
         if "package" in tasks and (tasks["package"] / "bento_model").exists():
             training["bento_model"] = json.loads((tasks["package"] / "bento_model").read_text()).get("tag")
         out["training"] = training

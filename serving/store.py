@@ -46,22 +46,22 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
         ValueError: the blessing says the model is not blessed and there is no approval (nothing is saved).
     """
     from item_model.lifecycle.artifacts import CATALOG_META
+    from item_model.lifecycle.results import Blessing, EvalResult
     from item_model.lifecycle.steps import code_version
 
-    blessing = json.loads(Path(blessing_path).read_text())
-    if not blessing.get("blessed") and not approved_by:
+    blessing = Blessing.from_json(blessing_path)
+    if not blessing.blessed and not approved_by:
         raise ValueError(f"refusing to package: {blessing_path} says blessed=false")
-    result = json.loads(Path(eval_path).read_text())
+    result = EvalResult.from_json(eval_path)
     meta = json.loads((Path(catalog_dir) / CATALOG_META).read_text())
-    item = result["models"]["item"]
     bentoml = _bentoml(bentoml_home)
-    metadata = {k: float(item[k]) for k in ("category_accuracy", "category_macro_f1", "recall@1",
-                                            "recall@10", "mAP")}
+    metadata = {k: result.metric("item", k) for k in ("category_accuracy", "category_macro_f1", "recall@1",
+                                                      "recall@10", "mAP")}
     metadata.update({"catalog_fingerprint": meta["fingerprint"], "catalog_source": meta["source"],
-                     "n_listings": int(result["n_listings"]), "code_version": code_version(),
+                     "n_listings": int(result.n_listings), "code_version": code_version(),
                      "registry_version": registry_version})
     metadata["approved_by"] = approved_by
-    labels = {"blessed": "true" if blessing.get("blessed") else "false",
+    labels = {"blessed": "true" if blessing.blessed else "false",
               "promotion": "manual" if approved_by else "gate", "framework": "transformers", "model": "item",
               "catalog_fingerprint": meta["fingerprint"][:16]}
     with bentoml.models.create(name=model_name, labels=labels, metadata=metadata) as bento_model:

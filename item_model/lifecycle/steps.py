@@ -29,6 +29,7 @@ from ..io import write_json_atomic, write_text_atomic
 logger = logging.getLogger(__name__)
 
 from .artifacts import CATALOG_FILE, CATALOG_META, SPLIT_FILE
+from .results import Blessing, EvalResult
 ERROR_DIR_ENV = "ITEM_ERROR_DIR"
 
 
@@ -276,19 +277,19 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
     if details_path:
         from .significance import save_details
         save_details(details_path, details)
-    result = {"catalog_fingerprint": meta["fingerprint"], "catalog_source": meta["source"],
-              "n_listings": int(len(df)), "split_counts": meta["split_counts"],
-              "protocol": "search: every same-product group member queries all n_listings (itself "
+    result = EvalResult(catalog_fingerprint=meta["fingerprint"], catalog_source=meta["source"],
+              n_listings=int(len(df)), split_counts=meta["split_counts"],
+              protocol="search: every same-product group member queries all n_listings (itself "
                           "excluded); probe: logistic regression train split -> test split, leaf classes "
                           "with >= 5 training listings, C chosen on the validation split (probe_C); "
                           "title_decides_*: the same search on groups of one normalised title, one leaf "
                           "category, 2-6 listings, no real same-product member (photos differ); "
                           "balance_*_overlap@10: top-10 neighbour overlap of item with item_text_only / "
                           "item_image_only over a seeded sample of up to 2,000 listings",
-              "checks": {"title_decides": describe_groups(title_decides_groups(df))},
-              "wall_time_s": time.perf_counter() - t0, "champion": champion_info, "models": models}
-    write_json_atomic(eval_path, result)
-    return result
+              checks={"title_decides": describe_groups(title_decides_groups(df))},
+              wall_time_s=time.perf_counter() - t0, champion=champion_info, models=models)
+    result.to_json(eval_path)
+    return result.to_dict()
 
 
 @record_failure
@@ -300,7 +301,7 @@ def gate_step(eval_path: str, gate_config: dict, blessing_path: str, report_path
     worst categories, modality balance and title-decides search. Returns the blessing."""
     from .gate import blessing_markdown, evaluate_gate
 
-    result = json.loads(Path(eval_path).read_text())
+    result = EvalResult.from_json(eval_path).to_dict()
     details = None
     if details_path and Path(details_path).exists():
         from .significance import load_details
@@ -309,6 +310,7 @@ def gate_step(eval_path: str, gate_config: dict, blessing_path: str, report_path
     blessing = evaluate_gate(result, gate_config, details, validation)
     blessing["catalog_fingerprint"] = result.get("catalog_fingerprint")
     blessing["champion"] = result.get("champion", {}).get("version")
+    blessing = Blessing.from_dict(blessing, blessing_path).to_dict()
     write_json_atomic(blessing_path, blessing)
     write_text_atomic(report_path, blessing_markdown(blessing, eval_result=result))
     if html_path:
@@ -334,25 +336,25 @@ def register_step(registry_root: str, model_dir: str, eval_path: str, blessing_p
     from .registry import ModelRegistry
 
     registry = ModelRegistry(registry_root)
-    blessing = json.loads(Path(blessing_path).read_text())
-    result = json.loads(Path(eval_path).read_text())
+    blessing = Blessing.from_json(blessing_path)
+    result = EvalResult.from_json(eval_path)
     _, meta = load_validated(catalog_dir)
     extra = {"eval.json": eval_path, "blessing.json": blessing_path, **(files or {})}
     version = registry.register(model_dir, extra, {
-        "blessed": bool(blessing["blessed"]), "catalog_fingerprint": meta["fingerprint"],
+        "blessed": bool(blessing.blessed), "catalog_fingerprint": meta["fingerprint"],
         "catalog_source": meta["source"], "code_version": code_version(), "run": run,
-        "metrics": {k: result["models"]["item"][k] for k in ("category_accuracy", "category_macro_f1",
-                                                              "recall@1", "recall@10", "mAP")}})
-    failed = [r["metric"] for r in blessing["criteria"] if not r["passed"]]
-    if blessing["blessed"]:
+        "metrics": {k: result.metric("item", k) for k in ("category_accuracy", "category_macro_f1",
+                                                          "recall@1", "recall@10", "mAP")}})
+    failed = blessing.failed()
+    if blessing.blessed:
         registry.promote(version, gate="item-training gate", automatic=True,
                          reason="every gate criterion passed",
-                         expected_generation=result.get("champion", {}).get("generation", 0))
+                         expected_generation=result.champion.get("generation", 0))
     else:
         registry.record(version, "blocked", gate="item-training gate", automatic=True,
                         reason=f"failed: {', '.join(failed)}")
     champion = registry.champion()
-    return {"version": version, "promoted": bool(blessing["blessed"]),
+    return {"version": version, "promoted": bool(blessing.blessed),
             "champion": champion["version"] if champion else None}
 
 
