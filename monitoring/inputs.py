@@ -5,13 +5,14 @@ traffic log read through :func:`item_model.lifecycle.artifacts.read_traffic_file
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from item_model.lifecycle.artifacts import INDEX_DIR, INDEX_KINDS, TrafficLogError, read_traffic_files
+from item_model.lifecycle import artifacts
+from item_model.lifecycle.artifacts import (INDEX_DIR, INDEX_KINDS, TrafficLogError, find_packaged_model,
+                                            read_traffic_files)
 from item_model.lifecycle.embedding_io import MODALITIES
 
 from .drift import DriftInputError
@@ -34,17 +35,11 @@ def resolve_model(model_tag: str = "item:latest", bentoml_home: str | None = Non
     Raises:
         DriftInputError: no such model in that store.
     """
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    home = Path(bentoml_home or os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
-    import bentoml
-    from bentoml._internal.models.model import ModelStore
-    from bentoml.exceptions import BentoMLException
-
-    try:
-        model = bentoml.models.get(model_tag, _model_store=ModelStore(str(home / "models")))
-    except (BentoMLException, ValueError) as exc:
-        raise DriftInputError(f"model {model_tag!r} is not in the BentoML store {home / 'models'}: {exc}") from exc
-    return str(model.tag), Path(model.path)
+    found = find_packaged_model(model_tag, bentoml_home)
+    if found is None:
+        raise DriftInputError(f"model {model_tag!r} is not in the BentoML store "
+                              f"{artifacts.bentoml_home(bentoml_home) / 'models'}")
+    return found
 
 
 def load_reference(model_path: str | Path) -> tuple[dict[str, np.ndarray], dict]:

@@ -26,13 +26,10 @@ SERVICE = "serving.service:ItemService"
 
 def model_on_disk(bentoml_home: str, tag: str | None) -> str | None:
     """The ``name:version`` the store at ``bentoml_home`` holds for ``tag`` (default ``item:latest``),
-    read from the store's folders (no BentoML import), or None when it has none."""
-    name, _, version = (tag or "item:latest").partition(":")
-    models = Path(bentoml_home).expanduser() / "models" / name
-    if version in ("", "latest"):
-        latest = models / "latest"
-        version = latest.read_text().strip() if latest.is_file() else ""
-    return f"{name}:{version}" if version and (models / version / "model.yaml").is_file() else None
+    or None when it has none (:func:`item_model.lifecycle.artifacts.find_packaged_model`)."""
+    from item_model.lifecycle.artifacts import find_packaged_model
+    found = find_packaged_model(tag, bentoml_home)
+    return found[0] if found else None
 
 
 def serve_command(host: str, port: int, extra: tuple[str, ...] = ()) -> list[str]:

@@ -99,20 +99,17 @@ def champion_tag(bentoml_home: str | None = None, registry_root: str | None = No
         LookupError: the registry has a champion but the store holds no package of it (the message
             names the version, the store and how to package it).
     """
-    import yaml
-
+    from item_model.lifecycle.artifacts import bentoml_home as store_root
+    from item_model.lifecycle.artifacts import packaged_versions
     from item_model.lifecycle.registry import ModelRegistry, default_registry
 
     root = registry_root or default_registry()
     pointer = ModelRegistry(root).champion()
     if not pointer:
         return None
-    home = Path(bentoml_home or os.environ.get("BENTOML_HOME") or "~/bentoml").expanduser()
-    found = []
-    for path in (home / "models" / model_name).glob("*/model.yaml"):
-        info = yaml.safe_load(path.read_text()) or {}
-        if str((info.get("metadata") or {}).get("registry_version", "")) == pointer["version"]:
-            found.append((str(info.get("creation_time", "")), path.parent.name))
+    home = store_root(bentoml_home)
+    found = [(str(info.get("creation_time", "")), version) for version, info in packaged_versions(model_name, home)
+             if str((info.get("metadata") or {}).get("registry_version", "")) == pointer["version"]]
     if not found:
         raise LookupError(f"the registry {root} names {pointer['version']} as champion, but the BentoML store "
                           f"at {home} holds no package of it: run 'item gate approve {pointer['version']}' "

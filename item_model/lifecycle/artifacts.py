@@ -54,6 +54,41 @@ TRAFFIC_SCHEMA = pa.schema([
 TRAFFIC_REQUIRED = ("timestamp", "model_tag", "embedding")
 
 
+def bentoml_home(explicit: str | Path | None = None) -> Path:
+    """The BentoML store root: ``explicit``, else ``$BENTOML_HOME``, else ``~/bentoml`` (BentoML's own default)."""
+    import os
+    return Path(explicit or os.environ.get("BENTOML_HOME") or "~/bentoml").expanduser()
+
+
+def find_packaged_model(tag: str | None, home: str | Path | None = None) -> tuple[str, Path] | None:
+    """A packaged model in a BentoML store, read from the store's folders (``<home>/models/<name>/<version>/
+    model.yaml``, ``<name>/latest``) without importing BentoML, so that any process (the CLI, drift
+    monitoring) can name the store it reads instead of the one BentoML fixed at import.
+
+    Args:
+        tag: ``name:version``, ``name:latest`` or ``name`` (default ``item:latest``).
+        home: the store root (:func:`bentoml_home`).
+
+    Returns:
+        (``name:version``, the model's folder), or None when the store has no such model.
+    """
+    name, _, version = (tag or "item:latest").partition(":")
+    models = bentoml_home(home) / "models" / name
+    if version in ("", "latest"):
+        latest = models / "latest"
+        version = latest.read_text().strip() if latest.is_file() else ""
+    if not version or not (models / version / "model.yaml").is_file():
+        return None
+    return f"{name}:{version}", models / version
+
+
+def packaged_versions(name: str, home: str | Path | None = None) -> list[tuple[str, dict]]:
+    """Every packaged ``name`` model in a BentoML store: ``[(store version, its model.yaml as a dict)]``."""
+    import yaml
+    return [(path.parent.name, yaml.safe_load(path.read_text()) or {})
+            for path in sorted((bentoml_home(home) / "models" / name).glob("*/model.yaml"))]
+
+
 class TrafficLogError(ValueError):
     """A traffic-log file is unreadable or lacks a required column (the message names the file)."""
 
@@ -103,5 +138,6 @@ def read_traffic_log(storage_root: str | Path, since=None) -> pd.DataFrame:
 
 
 __all__ = ["CATALOG_FILE", "SPLIT_FILE", "CATALOG_META", "INDEX_DIR", "INDEX_KINDS", "TRAFFIC_DIR",
+           "bentoml_home", "find_packaged_model", "packaged_versions",
            "TRAFFIC_SCHEMA", "TRAFFIC_REQUIRED", "TrafficLogError", "traffic_files", "read_traffic_files",
            "read_traffic_log"]
