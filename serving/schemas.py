@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import os
 from typing import Annotated, Any, Literal, Optional
 
@@ -83,25 +82,24 @@ def decode_base64_image(value: str) -> bytes:
 
 def decode_listing_image(data: bytes, size_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Encoded image bytes -> RGB uint8 (H, W, 3) at ``size_hw`` (``item_model.image_utils.decode_image``),
-    after checking the header: at most ``MAX_IMAGE_SIDE`` pixels a side (so a small file cannot
-    decompress into gigabytes).
+    after checking the header: at most ``MAX_IMAGE_SIDE`` pixels a side and the decoder's pixel budget
+    (``item_model.image_utils.MAX_IMAGE_PIXELS``), so a small file cannot decompress into gigabytes.
 
     Raises:
         ValueError: not a decodable image, or too large (message without the field name).
     """
-    from PIL import Image
-
-    from item_model.image_utils import decode_image
+    from item_model.image_utils import ImageTooLarge, decode_image, image_size
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
+        width, height = image_size(data)
     except Exception as exc:  # UnidentifiedImageError, DecompressionBombError, truncated headers...
         raise ValueError(f"not a decodable image ({type(exc).__name__})") from None
     if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
         raise ValueError(f"image of {width} x {height} px exceeds the limit of {MAX_IMAGE_SIDE} px a side")
     try:
-        return decode_image(data, size_hw)
+        return decode_image(data, size_hw)          # also checks the pixel budget before decoding
+    except ImageTooLarge as exc:
+        raise ValueError(str(exc)) from None
     except Exception as exc:  # truncated or corrupt pixel data, unsupported modes
         raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
 

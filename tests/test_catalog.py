@@ -98,9 +98,18 @@ def test_bad_group_file_is_named(tmp_path):
 
 
 def test_decode_image_resizes_and_converts_greyscale():
-    df = cat.read_catalog(CATALOG).iloc[:2000]
-    arrays = [image_utils.decode_image(b, (80, 64)) for b in df["image_bytes"]]
+    import io as _io
+
+    from PIL import Image
+    df = cat.read_catalog(CATALOG)
+    modes = [Image.open(_io.BytesIO(b)).mode for b in df["image_bytes"]]
+    grey = [i for i, m in enumerate(modes) if m == "L"][:50]
+    assert len(grey) == 50                                        # the catalog's greyscale photos, wherever they lie
+    chosen = df["image_bytes"].iloc[list(range(200)) + grey]
+    arrays = [image_utils.decode_image(b, (80, 64)) for b in chosen]
     assert all(a.shape == (80, 64, 3) and a.dtype == np.uint8 for a in arrays)
+    for a in arrays[200:]:                                        # grey stays grey: R = G = B
+        assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
 
 
 # ------------------------------------------------------------------ faults in catalog input (issue 14)
@@ -165,3 +174,58 @@ def test_group_with_one_member_left_is_dropped_at_validation(tmp_path, caplog):
     valid = pd.read_parquet(out / "cat" / "catalog.parquet")
     assert (valid["group_id"].value_counts() >= 2).all() and lone_group not in set(valid["group_id"].dropna())
     assert f"group_id [{lone_group}]" in caplog.text
+
+
+# ------------------------------------------------------------------ the one image decoder (issue 14)
+def _png(im) -> bytes:
+    import io as _io
+    buf = _io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_sixteen_bit_png_keeps_its_range():
+    from PIL import Image
+    ramp = (np.linspace(0, 65535, 64, dtype=np.uint16)[None, :].repeat(8, 0))
+    im = Image.fromarray(ramp)
+    assert im.mode == "I;16"
+    arr = image_utils.decode_image(_png(im))
+    assert arr.shape == (8, 64, 3) and arr[..., 0].min() == 0 and arr[..., 0].max() == 255
+    assert len(np.unique(arr[..., 0])) > 50                                   # not clipped to a few greys
+
+
+def test_transparency_is_flattened_on_white():
+    from PIL import Image
+    rgba = np.zeros((10, 10, 4), dtype=np.uint8)
+    rgba[2:8, 2:8] = (200, 30, 30, 255)                                          # an opaque red product
+    arr = image_utils.decode_image(_png(Image.fromarray(rgba, "RGBA")))
+    assert (arr[0, 0] == 255).all() and tuple(arr[5, 5]) == (200, 30, 30)
+
+
+def test_exif_orientation_is_honoured():
+    import io as _io
+
+    from PIL import Image
+    im = Image.new("RGB", (40, 20), (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 10, 20))                                    # white strip on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                              # "rotate 90 CW to view"
+    buf = _io.BytesIO()
+    im.save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    arr = image_utils.decode_image(buf.getvalue())
+    assert arr.shape[:2] == (40, 20)                                              # upright: now tall
+    assert arr[:10].mean() > 200 and arr[-10:].mean() < 50                        # the strip is on top
+
+
+def test_decompression_bomb_is_refused_from_its_header(monkeypatch):
+    from PIL import Image, ImageFile
+    bomb = _png(Image.new("L", (4096, 4096), 0))
+    assert len(bomb) < 100_000                                                    # tens of KB on the wire
+    loads = []
+    original = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self.size) or original(self))
+    with pytest.raises(image_utils.ImageTooLarge, match="4096 x 4096"):
+        image_utils.decode_image(bomb)
+    assert loads == []                                                            # no pixel data was decoded
+    monkeypatch.undo()
+    assert image_utils.decode_image(bomb, (8, 8), max_pixels=None).shape == (8, 8, 3)   # an explicit opt-out
