@@ -229,3 +229,39 @@ def test_decompression_bomb_is_refused_from_its_header(monkeypatch):
     assert loads == []                                                            # no pixel data was decoded
     monkeypatch.undo()
     assert image_utils.decode_image(bomb, (8, 8), max_pixels=None).shape == (8, 8, 3)   # an explicit opt-out
+
+
+def _image_paths(paths):
+    """Replace the image column by ``{"bytes": None, "path": p}`` structs."""
+    def mutate(t: pa.Table) -> pa.Table:
+        n = t.num_rows
+        col = pa.array([{"bytes": None, "path": paths(i)} for i in range(n)],
+                       type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+        return t.set_column(t.schema.get_field_index("image"), "image", col)
+    return mutate
+
+
+def test_image_paths_outside_the_catalog_are_refused(tmp_path, monkeypatch):
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"not for you")
+    catalog = write_slice(tmp_path / "c", n_plain=10, n_groups=0,
+                          mutate=_image_paths(lambda i: str(outside) if i == 3 else f"images/{i}.jpg"))
+    with pytest.raises(cat.CatalogError, match=r"column 'image.path' names images outside the catalog.*rows \[3\]"):
+        cat.read_catalog(catalog)
+    monkeypatch.setenv(cat.FOREIGN_IMAGES_ENV, "1")                  # the explicit opt-in
+    df = cat.read_catalog(catalog)
+    assert df["image_uri"].iloc[3] == str(outside)
+
+
+def test_relative_image_paths_resolve_inside_the_catalog(tmp_path):
+    src = cat.read_catalog(write_slice(tmp_path / "src", n_plain=5, n_groups=0))
+    catalog = write_slice(tmp_path / "c", n_plain=5, n_groups=0, mutate=_image_paths(lambda i: f"images/{i}.jpg"))
+    (catalog / "images").mkdir()
+    for i, blob in enumerate(src["image_bytes"]):
+        (catalog / "images" / f"{i}.jpg").write_bytes(blob)
+    df = cat.read_catalog(catalog)
+    assert df["image_uri"].iloc[0] == str((catalog / "images" / "0.jpg").resolve())
+    assert image_utils.load_image_bytes(df.iloc[2]) == src["image_bytes"].iloc[2]
+    escape = write_slice(tmp_path / "e", n_plain=5, n_groups=0, mutate=_image_paths(lambda i: "../../x.jpg"))
+    with pytest.raises(cat.CatalogError, match="outside the catalog"):
+        cat.read_catalog(escape)

@@ -239,6 +239,54 @@ def _titles(titles: pd.Series, source: str) -> pd.Series:
     return titles.astype(object)
 
 
+#: opt-in for catalogs whose ``image.path`` names files outside the catalog's folder or bucket
+FOREIGN_IMAGES_ENV = "ITEM_ALLOW_FOREIGN_IMAGES"
+
+
+def resolve_image_uris(df: pd.DataFrame, catalog: str | Path, source: str = "<table>") -> pd.DataFrame:
+    """Resolve ``image_uri`` against the catalog and keep it inside: a relative path is taken relative to
+    the catalog's folder (or ``gs://`` prefix); an absolute path or URI must lie inside that folder (or
+    bucket), so that a catalog cannot make the pipeline read any file of the machine or any object the
+    credentials reach. ``$ITEM_ALLOW_FOREIGN_IMAGES=1`` lifts the restriction (URIs are still resolved).
+
+    Raises:
+        CatalogError: URIs outside the catalog, naming the shard, the column ``image.path`` and rows.
+    """
+    import os
+
+    from . import storage
+    uris = df["image_uri"]
+    if not uris.notna().any():
+        return df
+    allow = os.environ.get(FOREIGN_IMAGES_ENV, "").strip() in ("1", "true", "yes")
+    gcs_catalog = storage.is_gcs(catalog)
+    root = str(catalog).rstrip("/") if gcs_catalog else Path(catalog).resolve()
+    bucket = storage.split_gcs(str(catalog))[0] if gcs_catalog else None
+    out, bad = [], []
+    for i, uri in enumerate(uris.tolist()):
+        if not isinstance(uri, str) or not uri:
+            out.append(uri)
+            continue
+        if storage.is_gcs(uri):
+            resolved, inside = uri, gcs_catalog and storage.split_gcs(uri)[0] == bucket
+        elif gcs_catalog:
+            resolved = uri if uri.startswith("/") else storage.join(root, uri)
+            inside = not uri.startswith("/") and ".." not in Path(uri).parts
+        else:
+            resolved = str((root / uri).resolve())
+            inside = Path(resolved).is_relative_to(root)
+        out.append(resolved)
+        if not inside:
+            bad.append(i)
+    if bad and not allow:
+        raise CatalogError(f"shard {source!r}: column 'image.path' names images outside the catalog {str(catalog)!r} "
+                           f"in {len(bad)} row(s), e.g. rows {bad[:5]} ({uris.iloc[bad[0]]!r}); keep images inside "
+                           f"the catalog's folder or bucket, or set {FOREIGN_IMAGES_ENV}=1 to allow them")
+    df = df.copy()
+    df["image_uri"] = out
+    return df
+
+
 def iter_catalog(catalog: str | Path, batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
     """Stream a catalog folder in the canonical schema, one shard (or ``batch_rows`` rows) at a time.
 
@@ -264,6 +312,7 @@ def iter_catalog(catalog: str | Path, batch_rows: int | None = None) -> Iterator
             for batch in batches:
                 df = to_canonical(pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch)
                                   else batch, str(path))
+                df = resolve_image_uris(df, catalog, str(path))
                 df["group_id"] = df["product_id"].map(groups).astype("Int64")
                 yield df
         except CatalogError:
