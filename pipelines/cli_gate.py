@@ -85,7 +85,20 @@ def list_cmd(registry: str) -> None:
     console.print(table)
     console.print(f"champion: {champion['version'] if champion else 'none'}")
     for problem in reg.check():
-        console.print(f"[red]warning:[/] {problem}")
+        console.print(f"[red]warning:[/] {problem}" + (" (run 'item gate repair')" if "history" in problem else ""))
+
+
+@gate_group.command("repair")
+@registry_option
+def repair_cmd(registry: str) -> None:
+    """Recover the champion's promotion line in the history when a crash lost it."""
+    from item_model.lifecycle.registry import RegistryError
+    reg = _registry(registry)
+    try:
+        added = reg.repair()
+    except RegistryError as exc:
+        _fail(exc)
+    click.echo("recovered the champion's promotion line from its pointer" if added else "nothing to repair")
 
 
 @gate_group.command("approve")

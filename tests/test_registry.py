@@ -228,3 +228,43 @@ def test_corrupt_registry_files_give_errors_naming_the_file(tmp_path, packaged_m
         if line:
             assert line in out
     assert {p: p.read_bytes() for p in Path(registry.root).glob("*.json*")} == before
+
+
+def test_crash_between_pointer_and_history_is_reported_and_repaired(tmp_path, packaged_model):
+    registry = ModelRegistry(tmp_path / "registry")
+    old = registry.register(packaged_model["model_dir"], {}, {"blessed": True})
+    registry.promote(old, gate="test", automatic=True, reason="first")
+    code = ("import sys; from item_model.lifecycle.registry import ModelRegistry; r = ModelRegistry(sys.argv[1]); "
+            "v = r.register(sys.argv[2], {}, {'blessed': True}); print(v, flush=True); "
+            "r.promote(v, gate='test', automatic=True, reason='second')")
+    proc = subprocess.run([sys.executable, "-c", code, str(registry.root), packaged_model["model_dir"]],
+                          capture_output=True, text=True, env={**os.environ, "ITEM_REGISTRY_CRASH": "after-pointer"})
+    assert proc.returncode == 137                                         # killed between pointer and history
+    new = proc.stdout.strip()
+    assert registry.champion()["version"] == new
+    assert [h["version"] for h in registry.history()] == [old]           # the line is lost...
+    assert registry.check() == [f"champion {new} has no promotion in the history"]      # ...and reported
+    env = {**os.environ, "ITEM_REGISTRY": str(registry.root), "COLUMNS": "300"}
+    listing = subprocess.run([ITEM, "gate", "list"], capture_output=True, text=True, env=env, timeout=120)
+    assert "has no promotion in the history" in listing.stdout and "item gate repair" in listing.stdout
+    fixed = subprocess.run([ITEM, "gate", "repair"], capture_output=True, text=True, env=env, timeout=120)
+    assert fixed.returncode == 0 and "recovered" in fixed.stdout, fixed.stderr
+    line = registry.history()[-1]
+    assert (line["version"], line["action"], line["reason"]) == (new, "promote", "second") and line["recovered"]
+    assert registry.check() == [] and registry.repair() is False         # idempotent
+
+
+def test_staging_of_a_killed_registration_is_cleaned_by_the_next(tmp_path, packaged_model):
+    root = tmp_path / "registry"
+    code = ("import sys; from item_model.lifecycle.registry import ModelRegistry; "
+            "ModelRegistry(sys.argv[1]).register(sys.argv[2], {}, {'blessed': True})")
+    proc = subprocess.run([sys.executable, "-c", code, str(root), packaged_model["model_dir"]],
+                          capture_output=True, text=True, env={**os.environ, "ITEM_REGISTRY_CRASH": "during-staging"})
+    assert proc.returncode == 137                                         # a real kill mid-registration
+    leftovers = [p for p in (root / "versions").iterdir() if p.name.startswith(".")]
+    assert len(leftovers) == 1 and (leftovers[0] / "model").is_dir()
+    ModelRegistry(root).register(packaged_model["model_dir"], {}, {"blessed": True})
+    assert leftovers[0].exists()                                          # younger than the grace period: kept
+    registry = ModelRegistry(root, staging_grace_s=0)
+    v = registry.register(packaged_model["model_dir"], {}, {"blessed": True})
+    assert not leftovers[0].exists() and v in registry.versions() and len(registry.versions()) == 2

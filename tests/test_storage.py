@@ -347,3 +347,15 @@ def test_download_tree_refuses_dot_dot_names(tmp_path, monkeypatch):
     with pytest.raises(storage.UnsafeObjectName, match=r"\.\./escape.txt"):
         storage.download_tree(src / "sub", tmp_path / "dest" / "inner")
     assert not (tmp_path / "dest").exists()
+
+
+def test_orphan_objects_of_a_crashed_registration_are_cleaned(gcs_prefix, packaged_model):
+    from item_model.lifecycle.registry import ModelRegistry
+    root = f"{gcs_prefix}/registry"
+    orphan = f"{root}/versions/20260101T000000000000Z-deadbeef"
+    storage.write_bytes(f"{orphan}/model/model.safetensors", b"half an upload")      # no version.json marker
+    ModelRegistry(root).register(packaged_model["model_dir"], {}, {"blessed": True})
+    assert storage.list_files(orphan)                                                # within the grace period
+    registry = ModelRegistry(root, staging_grace_s=0)
+    v = registry.register(packaged_model["model_dir"], {}, {"blessed": True})
+    assert storage.list_files(orphan) == [] and v in registry.versions()

@@ -237,6 +237,23 @@ def list_files(location: Location, client=None, glob: str | None = None) -> list
     return names
 
 
+def newest_change(location: Location, client=None) -> float | None:
+    """Epoch seconds of the latest change to any file under a folder/prefix (file mtime; object
+    ``updated`` time on ``gs://``), or None when nothing is there."""
+    if is_gcs(location):
+        bucket, name = split_gcs(str(location))
+        prefix = name.rstrip("/") + "/" if name else ""
+        with _gcs_errors(str(location), "listing"):
+            times = [b.updated.timestamp() for b in (client or gcs_client()).list_blobs(bucket, prefix=prefix)
+                     if b.updated is not None]
+        return max(times) if times else None
+    root = Path(location)
+    if not root.exists():
+        return None
+    times = [p.stat().st_mtime for p in [root, *root.rglob("*")]]
+    return max(times)
+
+
 def download_file(location: Location, dest: Location, client=None) -> Path:
     """Copy a file/object to a local path (parent folders created). Returns the local path.
 

@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 #: fault-injection point for tests: when set to "before-pointer", promote() kills the process after
 #: the version is written and before the pointer moves (a real crash, not an exception)
 CRASH_ENV = "ITEM_REGISTRY_CRASH"
+#: staging left by a crashed registration is removed by the next one once it is older than this
+STAGING_GRACE_S = 3600.0
 #: local cache of versions read from a gs:// registry
 CACHE_ENV = "ITEM_REGISTRY_CACHE"
 
@@ -88,7 +90,9 @@ class ModelRegistry:
     for a local registry and ``str`` URIs for ``gs://``; :meth:`version_path` is always a local Path.
     """
 
-    def __init__(self, root: str | Path, client=None, cache_dir: str | Path | None = None):
+    def __init__(self, root: str | Path, client=None, cache_dir: str | Path | None = None,
+                 staging_grace_s: float = STAGING_GRACE_S):
+        self.staging_grace_s = staging_grace_s
         self.is_gcs = storage.is_gcs(root)
         self.root: Path | str = storage.normalize(root) if self.is_gcs else Path(root)
         self.client = client
@@ -149,6 +153,7 @@ class ModelRegistry:
         version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + digest[:8]
         if self._complete(version):
             raise RegistryError(f"version {version} already exists; versions are immutable")
+        self.clean_staging()
         if self.is_gcs:
             staging = Path(tempfile.mkdtemp(prefix=f"item-version-{version}."))
         else:
@@ -156,6 +161,8 @@ class ModelRegistry:
             staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.versions_dir))
         try:
             shutil.copytree(model_dir, staging / "model", dirs_exist_ok=True)
+            if os.environ.get(CRASH_ENV) == "during-staging":
+                os._exit(137)                                 # simulated crash (tests only)
             for name, src in files.items():
                 if src and Path(src).is_dir():
                     shutil.copytree(src, staging / name)
@@ -173,6 +180,40 @@ class ModelRegistry:
                 shutil.rmtree(staging, ignore_errors=True)
         logger.info("registered model version %s", version)
         return version
+
+    def clean_staging(self, grace_s: float | None = None) -> list[str]:
+        """Remove what crashed registrations left: local ``versions/.V.*`` staging folders, and on
+        ``gs://`` version prefixes without their ``version.json`` marker (orphan objects), once their
+        newest file is older than ``grace_s`` (default: the registry's ``staging_grace_s``), so that a
+        registration still in progress elsewhere is never touched.
+
+        Returns:
+            the names removed.
+        """
+        import time
+        grace = self.staging_grace_s if grace_s is None else grace_s
+        now, removed = time.time(), []
+        if self.is_gcs:
+            names = storage.list_files(self.versions_dir, client=self.client)
+            prefixes = sorted({n.split("/", 1)[0] for n in names if "/" in n})
+            complete = {n.split("/", 1)[0] for n in names if n.endswith("/version.json") and n.count("/") == 1}
+            for v in prefixes:
+                if v in complete:
+                    continue
+                changed = storage.newest_change(self._at("versions", v), client=self.client)
+                if changed is not None and now - changed >= grace:
+                    storage.delete_tree(self._at("versions", v), client=self.client)
+                    removed.append(v)
+        elif Path(self.versions_dir).is_dir():
+            for p in Path(self.versions_dir).iterdir():
+                if p.name.startswith(".") and p.is_dir():
+                    changed = storage.newest_change(p)
+                    if changed is not None and now - changed >= grace:
+                        shutil.rmtree(p, ignore_errors=True)
+                        removed.append(p.name)
+        if removed:
+            logger.warning("removed %d staging leftover(s) of crashed registrations: %s", len(removed), removed)
+        return removed
 
     def _upload_version(self, staging: Path, version: str) -> None:
         """Upload a staged version to GCS: every file, then ``version.json`` last as the marker."""
@@ -389,13 +430,43 @@ class ModelRegistry:
                        "reason": reason, "previous": current["version"] if current else None}
             if os.environ.get(CRASH_ENV) == "before-pointer":
                 os._exit(137)                                 # simulated crash (tests only)
+            self._repair_locked(current)                      # a line lost to an earlier crash goes first
             self._write_pointer(pointer, object_generation)
-            self._append_history({"at": pointer["promoted_at"], "action": "promote", "version": version,
-                                  "actor": pointer["actor"], "automatic": automatic, "gate": gate,
-                                  "reason": reason, "previous": pointer["previous"],
-                                  "generation": pointer["generation"]})
+            if os.environ.get(CRASH_ENV) == "after-pointer":
+                os._exit(137)                                 # simulated crash (tests only)
+            self._append_history(self._promotion_line(pointer))
         logger.info("champion is now %s (%s)", version, "automatic" if automatic else "manual")
         return pointer
+
+    @staticmethod
+    def _promotion_line(pointer: dict, recovered: bool = False) -> dict:
+        """The history line of the promotion that wrote ``pointer`` (the pointer holds all its fields)."""
+        line = {"at": pointer["promoted_at"], "action": "promote", "version": pointer["version"],
+                "actor": pointer.get("actor", ""), "automatic": pointer.get("automatic", False),
+                "gate": pointer.get("gate", ""), "reason": pointer.get("reason", ""),
+                "previous": pointer.get("previous"), "generation": pointer.get("generation")}
+        if recovered:
+            line["recovered"] = "the promotion's history line was lost (a crash between pointer and history)"
+        return line
+
+    def _repair_locked(self, pointer: dict | None) -> bool:
+        if not pointer:
+            return False
+        if any(h["action"] == "promote" and h["version"] == pointer["version"]
+               and h.get("generation", pointer.get("generation")) == pointer.get("generation")
+               for h in self.history()):
+            return False
+        self._append_history(self._promotion_line(pointer, recovered=True))
+        logger.warning("history line of the promotion of %s (generation %s) was missing; recovered from the "
+                       "champion pointer", pointer["version"], pointer.get("generation"))
+        return True
+
+    def repair(self) -> bool:
+        """Append the history line of the champion's promotion when a crash between the pointer write and
+        the history append lost it (the pointer holds every field of that line). Returns True when a line
+        was added. Raises CorruptRegistryFile when a file is damaged (repair it by hand first)."""
+        with self._lock():
+            return self._repair_locked(self.champion())
 
     def record(self, version: str, action: str, *, gate: str, automatic: bool, reason: str,
                actor: str | None = None) -> dict:
