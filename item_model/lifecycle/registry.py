@@ -16,7 +16,10 @@ written last, with ``if_generation_match=0``; a version counts (``versions()``, 
 ``version_path()``) only once its ``version.json`` exists, so a crashed upload never shows as a
 finished version. Only then is the pointer replaced; a crash before that leaves the old champion in
 place. The pointer is the source of truth for the champion; the history line is appended after it
-(``check()`` reports a pointer without history).
+(``check()`` reports a pointer without history; ``repair()`` and the next promotion recover the line
+from the pointer, which holds all its fields). Staging left by a crashed registration (``versions/.V.*``
+locally, a version prefix without ``version.json`` on GCS) is removed by the next registration once it
+is older than ``STAGING_GRACE_S``.
 
 Concurrent promotions: the pointer carries a ``generation``; :meth:`ModelRegistry.promote` takes
 the generation it read and fails with :class:`ConcurrentPromotionError` if another promotion moved
