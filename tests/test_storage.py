@@ -359,3 +359,45 @@ def test_orphan_objects_of_a_crashed_registration_are_cleaned(gcs_prefix, packag
     registry = ModelRegistry(root, staging_grace_s=0)
     v = registry.register(packaged_model["model_dir"], {}, {"blessed": True})
     assert storage.list_files(orphan) == [] and v in registry.versions()
+
+
+class LostResponseSession(PreconditionEnforcingSession):
+    """FAKE transport (as PreconditionEnforcingSession): the first conditional write of
+    ``champion.json`` reaches the emulator and commits, but its response is replaced by a 503, as when
+    a response is lost on the way back; the client library then retries the write."""
+
+    lost = 0
+
+    def request(self, method, url, *args, **kwargs):
+        target = self._target(url, kwargs.get("data")) if method == "POST" else None
+        resp = super().request(method, url, *args, **kwargs)
+        if target and target[1].endswith("champion.json") and resp.status_code == 200 and not self.lost:
+            self.lost += 1
+            lost = requests.Response()
+            lost.status_code, lost.reason, lost.url = 503, "Service Unavailable", url
+            lost._content = b'{"error": {"code": 503, "message": "backend error"}}'
+            lost.headers["Content-Type"] = "application/json"
+            lost.request = requests.Request(method, url).prepare()
+            return lost
+        return resp
+
+
+def test_promotion_survives_a_lost_response(gcs_emulator, gcs_prefix, tmp_path):
+    """The pointer write committed but its response was lost; the library's retry meets the generation
+    its own write created (412). The registry recognises its own write: the promotion succeeds and the
+    history line is written (before: ConcurrentPromotionError and no history line)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    from item_model.lifecycle.registry import ModelRegistry
+    root = storage.join(gcs_prefix, "registry")
+    setup = ModelRegistry(root)
+    first = setup.register(_fake_model(tmp_path / "a", 1), {}, {})
+    setup.promote(first, gate="t", automatic=True, reason="existing champion")
+    second = setup.register(_fake_model(tmp_path / "b", 2), {}, {})
+    session = LostResponseSession(gcs_emulator["host"], threading.Lock())
+    client = gcs.Client(project="test", credentials=AnonymousCredentials(), _http=session)
+    pointer = ModelRegistry(root, client=client).promote(second, gate="t", automatic=True, reason="blessed")
+    assert session.lost == 1 and session.refused >= 1                   # the response was lost, the retry refused
+    assert setup.champion() == pointer and pointer["generation"] == 2
+    assert [h["version"] for h in setup.history() if h["action"] == "promote"] == [first, second]

@@ -347,6 +347,14 @@ class ModelRegistry:
             else:
                 write_json_atomic(self.pointer_path, pointer)
         except storage.PreconditionFailed as exc:
+            # a lost response: the write committed, the client library retried it, and the retry met the
+            # generation its own first attempt created. The pointer then holds exactly what was written.
+            if pointer is not None and self.is_gcs:
+                with contextlib.suppress(Exception):
+                    data, _ = storage.read_with_generation(self.pointer_path, client=self.client)
+                    if data and json.loads(data) == json.loads(json.dumps(pointer, default=str)):
+                        logger.info("champion pointer write was retried after a lost response; it had committed")
+                        return
             raise ConcurrentPromotionError(
                 f"champion pointer {self.pointer_path} was moved by another promotion while this one "
                 f"decided (GCS generation {object_generation} is stale); re-read the champion and decide "
