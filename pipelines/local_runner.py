@@ -77,6 +77,7 @@ class _QuietTasks:
         self.tasks: list[dict] = []
 
     def __call__(self, full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+        from rich.markup import escape
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         task_dir = _task_dir(full_command) or Path(os.environ.get("ITEM_ERROR_DIR", ".")).parent / "task"
@@ -117,7 +118,7 @@ class _QuietTasks:
         room = width - len(head) - 1
         figure = figure if len(figure) <= room else figure[:max(0, room - 1)] + "…"
         style = "green" if code == 0 else "bold red"
-        self.console.print(f"[{style}]{head}[/]{figure}", highlight=False, markup=True, soft_wrap=False)
+        self.console.print(f"[{style}]{head}[/]{escape(figure)}", highlight=False, markup=True, soft_wrap=False)
         self.tasks.append({"task": name, "status": status, "wall_time_s": round(wall, 1), "key_figure": figure})
         return code
 
