@@ -280,7 +280,7 @@ def run_monitor(env: dict, out: Path, *args: str) -> tuple[subprocess.CompletedP
     cmd = [sys.executable, "-m", "pipelines.cli_monitor", "--model-tag", env["tag"], "--bentoml-home", env["home"],
            "--storage-root", env["storage"], "--registry", str(out / "registry"), "--output-dir", str(out / "runs"),
            *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1],
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[2],
                           env={**os.environ, "BENTOML_HOME": env["home"]})
     summaries = list((out / "runs").glob("*/summary.json"))
     return proc, (json.loads(summaries[0].read_text()) if summaries else None)

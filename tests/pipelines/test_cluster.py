@@ -14,7 +14,7 @@ import yaml
 from pipelines import config as pconfig
 from pipelines.cli import compile_monitoring, compile_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "registry.example/item/item-mlops:test-1"
 
 

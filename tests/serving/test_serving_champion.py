@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_serving import QUIET_ENV, ROOT, Server
+from tests.serving.test_serving import QUIET_ENV, ROOT, Server
 
 SAVE = ("import sys; from serving.store import save_to_bentoml; "
         "print(save_to_bentoml(*sys.argv[1:5], 'item', sys.argv[5], index_dir=sys.argv[6], registry_version=sys.argv[7]))")
