@@ -25,7 +25,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipelines.env import set_offline_defaults
+from item_model.lifecycle.environment import set_offline_defaults
 
 set_offline_defaults()
 

@@ -45,7 +45,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipelines.env import set_offline_defaults  # noqa: E402
+from item_model.lifecycle.environment import set_offline_defaults  # noqa: E402
 
 set_offline_defaults()
 

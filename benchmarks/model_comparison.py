@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.env import set_offline_defaults
+from item_model.lifecycle.environment import set_offline_defaults
 
 set_offline_defaults()
 

@@ -49,7 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipelines.env import set_offline_defaults  # noqa: E402
+from item_model.lifecycle.environment import set_offline_defaults  # noqa: E402
 
 set_offline_defaults()
 

@@ -25,7 +25,7 @@ import json
 import os
 import time
 
-from pipelines.env import set_offline_defaults
+from item_model.lifecycle.environment import set_offline_defaults
 
 set_offline_defaults()
 

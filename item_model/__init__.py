@@ -9,15 +9,22 @@ The platform lives in two sub-packages that build on the library, never the othe
 (``docs/architecture.md``; checked by the import-linter contracts in ``pyproject.toml``):
 :mod:`item_model.data` (storage, catalog, validation) and :mod:`item_model.lifecycle` (pipeline steps,
 gate, registry, catalog index).
+
+The top-level names are imported on first use (PEP 562), so that ``import item_model.<anything>`` does
+not load transformers: the platform sets its process environment (offline, telemetry off) before any
+library reads it (:mod:`item_model.lifecycle.environment`). ``modeling_item`` registers the model with
+``AutoConfig`` / ``AutoModel`` when it is imported.
 """
 
-from transformers import AutoConfig, AutoModel
+import importlib
 
-from .configuration_item import ItemConfig
-from .modeling_item import ItemModel, ItemPreTrainedModel
-
-AutoConfig.register("item", ItemConfig)
-AutoModel.register(ItemConfig, ItemModel)
+_LAZY = {"ItemConfig": "configuration_item", "ItemModel": "modeling_item", "ItemPreTrainedModel": "modeling_item"}
 
 __all__ = ["ItemConfig", "ItemModel", "ItemPreTrainedModel"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

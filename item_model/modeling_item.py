@@ -398,3 +398,10 @@ class ItemModel(ItemPreTrainedModel):
             if loss is not None:
                 parts.append(loss)
         return logits, parts
+
+
+# the Hugging Face Auto classes know the "item" model type once this module is imported
+from transformers import AutoConfig, AutoModel  # noqa: E402
+
+AutoConfig.register("item", ItemConfig, exist_ok=True)
+AutoModel.register(ItemConfig, ItemModel, exist_ok=True)

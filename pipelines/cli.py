@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.env import set_offline_defaults
+from item_model.lifecycle.environment import set_offline_defaults
 
 set_offline_defaults()
 

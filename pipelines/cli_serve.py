@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.env import set_offline_defaults
+from item_model.lifecycle.environment import set_offline_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "serving.service:ItemService"

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import os
 
-for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"),
-                     ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"),
-                     # OpenMP threads sleep instead of spinning while they wait: the model's threads
-                     # share the cores with the HTTP event loop, and spinning threads starve it
-                     # (benchmarks/serving.py, c = 16: 81.7 -> 105.0 embeddings/s with two threads)
-                     ("OMP_WAIT_POLICY", "PASSIVE")):
-    os.environ.setdefault(_var, _value)
+from item_model.lifecycle.environment import set_offline_defaults  # noqa: E402
+
+set_offline_defaults()
+# OpenMP threads sleep instead of spinning while they wait: the model's threads share the cores with the
+# HTTP event loop, and spinning threads starve it (benchmarks/serving.py, c = 16: 81.7 -> 105.0 embeddings/s
+# with two threads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import base64  # noqa: E402
 import json  # noqa: E402

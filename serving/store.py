@@ -16,9 +16,10 @@ logger = logging.getLogger(__name__)
 
 def _bentoml(bentoml_home: str | None):
     """Import bentoml with ``BENTOML_HOME`` set first (the store location is read at import time)."""
+    from item_model.lifecycle.environment import set_offline_defaults
     if bentoml_home:
         os.environ["BENTOML_HOME"] = str(bentoml_home)
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    set_offline_defaults()
     import bentoml
     return bentoml
 

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-for _var, _value in (("DO_NOT_TRACK", "1"), ("BENTOML_DO_NOT_TRACK", "true"), ("GX_ANALYTICS_ENABLED", "false"),
-                     ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-    os.environ[_var] = _value
+from item_model.lifecycle.environment import OFFLINE_ENV  # noqa: E402
+
+os.environ.update(OFFLINE_ENV)           # telemetry off and offline in every test, whatever the shell says
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT.parent / "shared" / "datasets" / "fashion-product-images-small"

