@@ -201,6 +201,12 @@ def test_traffic_log_window_per_modality(packaged_model, tmp_path):
     assert "at least 50" in summary["modalities"]["image"]["reason"]
     assert json.loads((tmp_path / "summary.json").read_text())["current"]["source_type"] == "traffic"
     assert (tmp_path / "storage" / "calibration" / "item" / f"{tag.split(':')[1]}.json").exists()
+    # the recommend step on that real summary: typed read, JSON + Markdown written
+    rec = steps.recommend_step(str(tmp_path / "summary.json"), False, "", str(tmp_path / "rec.json"),
+                               str(tmp_path / "rec.md"))
+    assert rec["recommend_retraining"] is False and rec["model_tag"] == tag and set(rec["evidence"]) == {"joint", "text"}
+    assert json.loads((tmp_path / "rec.json").read_text()) == rec
+    assert "No retraining needed" in (tmp_path / "rec.md").read_text()
 
 
 def test_bad_input_gets_clear_errors(packaged_model, year_embeddings, tmp_path):
