@@ -37,5 +37,10 @@ COPY monitoring ./monitoring
 RUN python -m pip install --no-deps . \
  && python -c "import item_model, components.pretrain, pipelines.training, kfp.kubernetes, google.cloud.storage"
 
+# tasks and the service run as an unprivileged user (the container binds 0.0.0.0 when serving)
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin item
+USER 10001:10001
+ENV HOME=/home/item BENTOML_HOME=/home/item/bentoml
+
 # KFP lightweight components run `python3 -m kfp.dsl.executor_main ...` in this image
 CMD ["python3"]
