@@ -62,6 +62,11 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "item"
 MODEL_VERSION_HEADER = "x-item-model-version"
+#: the request header that carries the API key, and the key (``ITEM_API_KEY``; unset or empty: no key)
+API_KEY_HEADER = "X-API-Key"
+API_KEY = os.environ.get("ITEM_API_KEY", "")
+#: the routes the key guards; BentoML's health routes (/livez, /readyz, /healthz) stay open
+PROTECTED_ROUTES = ("/embed", "/similar", "/metrics")
 #: the catalog embeddings a listing query is searched against, by the query's kind: a title-only
 #: or photo-only embedding scores same products far better against the catalog's embeddings of the
 #: same kind (tiny test model: Recall@10 0.88 / 1.00) than against the joint ones (0.00 / 0.15)
@@ -150,18 +155,36 @@ class RequestGuard:
     * Error bodies: every 4xx from the API routes becomes ``{"error": "<field>: <message>; ...",
       "detail": [...]}`` (BentoML's pydantic errors carry the field only in ``detail[].loc``).
     * Every API response carries the model version in ``X-Item-Model-Version``.
+    * API key: with ``ITEM_API_KEY`` set, ``/embed``, ``/similar`` and ``/metrics`` need it in the
+      ``X-API-Key`` header (compared in constant time, ``hmac.compare_digest``), else 401 naming the
+      header; the health routes stay open for the orchestrator's probes.
 
     Multipart forms: on ``/embed`` either ``title`` (text) and/or ``image`` (file) for one listing,
     or ``listings`` (a JSON array of listings) where an ``"image"`` of the form ``"@name"`` names
     an uploaded file part; on ``/similar`` the fields ``product_id``, ``k``, ``title``, ``image``.
     """
 
-    def __init__(self, app, routes: dict[str, tuple[str, ...]], max_body_bytes: int) -> None:
+    def __init__(self, app, routes: dict[str, tuple[str, ...]], max_body_bytes: int, api_key: str = "") -> None:
         self.app = app
         self.routes = routes
         self.max_body_bytes = int(max_body_bytes)
+        self.api_key = api_key.encode()
+
+    def _authorised(self, scope) -> bool:
+        import hmac
+        if not self.api_key or scope.get("path") not in PROTECTED_ROUTES:
+            return True
+        wanted = API_KEY_HEADER.lower().encode()
+        given = next((v for k, v in scope.get("headers", []) if k.lower() == wanted), b"")
+        return hmac.compare_digest(given, self.api_key)
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and not self._authorised(scope):
+            start, end = _json_response(401, {"error": f"{API_KEY_HEADER}: missing or wrong API key"},
+                                        [(b"www-authenticate", API_KEY_HEADER.encode())])
+            await send(start)
+            await send(end)
+            return
         if scope["type"] != "http" or scope.get("path") not in self.routes:
             await self.app(scope, receive, send)
             return
@@ -483,4 +506,5 @@ ItemService.add_asgi_middleware(
     RequestGuard,
     routes={"/embed": ("application/json", "multipart/form-data"),
             "/similar": ("application/json", "multipart/form-data")},
-    max_body_bytes=schemas.MAX_BODY_BYTES)
+    max_body_bytes=schemas.MAX_BODY_BYTES,
+    api_key=API_KEY)

@@ -461,3 +461,24 @@ def test_item_serve_command_checks_the_model_before_starting(packaged_model, tmp
     assert result.exit_code == 1 and "no model item:latest in the BentoML store" in result.output
     result = CliRunner().invoke(serve, ["--bentoml-home", home, "--tag", "item:nope", "--traffic-sample", "2"])
     assert result.exit_code == 2 and "traffic-sample" in result.output
+
+
+def test_api_key_guards_the_api_but_not_the_health_routes(packaged_model, tmp_path, catalog_rows):
+    """With ``ITEM_API_KEY`` set, a real server answers 401 naming the header on /embed, /similar and
+    /metrics without the key (or with a wrong one), serves them with it, and keeps /readyz open."""
+    key = "s3cret-key-for-tests"
+    env = _env(packaged_model, ITEM_STORAGE_ROOT=str(tmp_path / "storage"), ITEM_API_KEY=key)
+    srv = Server("serving.service:ItemService", env, ROOT, tmp_path / "server.log")
+    try:
+        body = {"listings": [{"title": catalog_rows["title"].iloc[0]}]}
+        for headers in ({}, {"X-API-Key": "wrong"}):
+            for method, path, payload in (("POST", "/embed", body), ("POST", "/similar", {"product_id": "x"}),
+                                          ("GET", "/metrics", None)):
+                r = httpx.request(method, srv.url + path, json=payload, headers=headers, timeout=30)
+                assert r.status_code == 401 and "X-API-Key" in r.json()["error"], (path, headers, r.text)
+        ok = httpx.post(srv.url + "/embed", json=body, headers={"X-API-Key": key}, timeout=60)
+        assert ok.status_code == 200 and len(ok.json()[0]["embedding"]) > 0
+        assert httpx.get(srv.url + "/metrics", headers={"X-API-Key": key}, timeout=30).status_code == 200
+        assert httpx.get(srv.url + "/readyz", timeout=5).status_code == 200          # probes need no key
+    finally:
+        srv.stop()
