@@ -57,3 +57,45 @@ def test_gate_step_writes_json_and_markdown(tmp_path):
     assert "NOT BLESSED" in md and "`item.mAP`" in md and "**FAIL**" in md
     blessed_md = blessing_markdown({"blessed": True, "criteria": []})
     assert "BLESSED" in blessed_md and "NOT BLESSED" not in blessed_md          # the exact verdict
+
+
+FLOOR = [{"metric": "item.category_accuracy", "min": 0.0}]          # a gate needs a floor; this one always passes
+
+
+def _rows(blessing: dict, criterion: str) -> list[dict]:
+    return [r for r in blessing["criteria"] if r["criterion"] == criterion]
+
+
+def _with_baselines(item_r1: float) -> dict:
+    return {"models": {"item": {"recall@1": item_r1, "category_accuracy": 0.95},
+                       "baseline_text_minilm": {"recall@1": 0.70, "category_accuracy": 0.96},
+                       "baseline_image_pixels": {"recall@1": 0.93, "category_accuracy": 0.75}}}
+
+
+@pytest.mark.parametrize("item_r1, margin, passed", [(0.935, 0.0, True), (0.935, 0.01, False), (0.929, 0.0, False),
+                                                     (0.945, 0.01, True)])
+def test_beats_baselines_takes_the_best_baseline_plus_margin(item_r1, margin, passed):
+    b = evaluate_gate(_with_baselines(item_r1), {"floors": FLOOR,
+                                                 "baselines": {"metrics": ["recall@1"], "margin": margin}})
+    row = _rows(b, "beats-baselines")[0]
+    assert row["criterion"] == "beats-baselines" and row["passed"] is passed and b["blessed"] is passed
+    assert row["threshold"] == pytest.approx(0.93 + margin)                       # the best: pixels at 0.93
+    assert "baseline_image_pixels" in (row["reason"] + row["message"])
+
+
+def test_beats_baselines_fails_on_a_missing_baseline_metric():
+    result = _with_baselines(0.99)
+    del result["models"]["baseline_text_minilm"]["category_accuracy"]
+    b = evaluate_gate(result, {"floors": FLOOR, "baselines": {"metrics": ["category_accuracy"]}})
+    assert b["blessed"] is False and "baseline_text_minilm" in _rows(b, "beats-baselines")[0]["message"]
+
+
+@pytest.mark.parametrize("validation, passed, message", [
+    ({"n_read": 1000, "n_quarantined": 5}, True, "pass"),
+    ({"n_read": 1000, "n_quarantined": 11}, False, "0.0110 of the rows were quarantined"),
+    (None, False, "catalog.json) is missing"),
+])
+def test_data_validation_rule(validation, passed, message):
+    b = evaluate_gate(EVAL, {"floors": FLOOR, "validation": {"max_quarantine_fraction": 0.01}}, validation=validation)
+    row = _rows(b, "data-validation")[0]
+    assert row["criterion"] == "data-validation" and row["passed"] is passed and message in row["message"]
