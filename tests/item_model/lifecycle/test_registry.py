@@ -150,7 +150,9 @@ def test_missing_champion_metric_blocks_with_message():
     assert not b["blessed"] and "missing" in b["criteria"][1]["message"]
 
 
-def test_crash_between_version_and_pointer_keeps_old_champion(tmp_path, packaged_model):
+def _crashed_promotion(tmp_path, packaged_model, point: str):
+    """A champion, then a second version registered and promoted in a subprocess that is killed
+    (``os._exit(137)``) at ``point`` of :meth:`ModelRegistry.promote`. Returns (registry, old, process)."""
     registry = ModelRegistry(tmp_path / "registry")
     old = registry.register(packaged_model["model_dir"], {}, {"blessed": True})
     registry.promote(old, gate="test", automatic=True, reason="first")
@@ -158,7 +160,12 @@ def test_crash_between_version_and_pointer_keeps_old_champion(tmp_path, packaged
             "v = r.register(sys.argv[2], {}, {'blessed': True}); print(v, flush=True); "
             "r.promote(v, gate='test', automatic=True, reason='second')")
     proc = subprocess.run([sys.executable, "-c", code, str(registry.root), packaged_model["model_dir"]],
-                          capture_output=True, text=True, env={**os.environ, "ITEM_REGISTRY_CRASH": "before-pointer"})
+                          capture_output=True, text=True, env={**os.environ, "ITEM_REGISTRY_CRASH": point})
+    return registry, old, proc
+
+
+def test_crash_between_version_and_pointer_keeps_old_champion(tmp_path, packaged_model):
+    registry, old, proc = _crashed_promotion(tmp_path, packaged_model, "before-pointer")
     assert proc.returncode == 137                                         # killed mid-promotion
     new = proc.stdout.strip()
     assert new in registry.versions()                                     # the version is complete...
@@ -231,14 +238,7 @@ def test_corrupt_registry_files_give_errors_naming_the_file(tmp_path, packaged_m
 
 
 def test_crash_between_pointer_and_history_is_reported_and_repaired(tmp_path, packaged_model):
-    registry = ModelRegistry(tmp_path / "registry")
-    old = registry.register(packaged_model["model_dir"], {}, {"blessed": True})
-    registry.promote(old, gate="test", automatic=True, reason="first")
-    code = ("import sys; from item_model.lifecycle.registry import ModelRegistry; r = ModelRegistry(sys.argv[1]); "
-            "v = r.register(sys.argv[2], {}, {'blessed': True}); print(v, flush=True); "
-            "r.promote(v, gate='test', automatic=True, reason='second')")
-    proc = subprocess.run([sys.executable, "-c", code, str(registry.root), packaged_model["model_dir"]],
-                          capture_output=True, text=True, env={**os.environ, "ITEM_REGISTRY_CRASH": "after-pointer"})
+    registry, old, proc = _crashed_promotion(tmp_path, packaged_model, "after-pointer")
     assert proc.returncode == 137                                         # killed between pointer and history
     new = proc.stdout.strip()
     assert registry.champion()["version"] == new
