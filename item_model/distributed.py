@@ -74,6 +74,17 @@ def all_reduce_sum(x: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
     return y
 
 
+def all_gather_object(obj, ctx: DistributedContext) -> list:
+    """``obj`` of every rank, in rank order (``torch.distributed.all_gather_object``: pickled in
+    memory between the ranks of this job, never read from storage). ``[obj]`` for a single process.
+    A collective: every rank must call it."""
+    if not ctx.enabled:
+        return [obj]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def finish_distributed(ctx: DistributedContext) -> None:
     """Wait for every rank, then leave the process group (no-op for a single process)."""
     if ctx.enabled and dist.is_initialized():

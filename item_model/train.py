@@ -120,7 +120,9 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
             (:mod:`item_model.checkpoint`).
         resume: continue from the newest valid checkpoint in ``checkpoint_dir`` (model, optimizer,
             RNG states, data position and history are restored, so the result equals an
-            uninterrupted run with the same seed and thread count).
+            uninterrupted run with the same seed, thread count and number of ranks). Each rank's own
+            torch RNG (CPU, and CUDA on a GPU) is gathered into the checkpoint and given back to
+            that rank on resume.
 
     Returns:
         training history: a ``step`` 0 row with the first batch's losses before any update, then one
@@ -132,7 +134,7 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
         ValueError: ``train_df`` is empty, or ``cfg.batch_size`` is not a multiple of the world size.
     """
     from .checkpoint import load_latest_checkpoint, save_checkpoint
-    from .distributed import init_distributed
+    from .distributed import all_gather_object, init_distributed
 
     if len(train_df) == 0:
         raise ValueError("pretrain(): the training split is empty")
@@ -169,7 +171,7 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
         order, cursor, start = np.asarray(state["order"], dtype=np.int64), state["cursor"], state["step"]
         order_rng.bit_generator.state = state["order_rng"]
         collate.generator.set_state(state["collate_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        _restore_rng_states(state, ctx)
         name, key, pos, has_gauss, cached = state["numpy_rng"]       # key saved as an int64 tensor
         np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
         random.setstate(state["python_rng"])
@@ -221,16 +223,48 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
             logger.info("step %d/%d lr %.2e loss %.4f (%s) %.1f samples/s", step + 1, cfg.steps, lr,
                         row["loss"], " ".join(f"{k} {row[k]:.3f}" for k in out.losses), row["samples_per_s"])
             sums, n_since, t_since = {}, 0, time.perf_counter()
-        if (ctx.is_main and checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
-                and step + 1 < cfg.steps):
-            save_checkpoint(checkpoint_dir, step + 1, {
-                "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "order": order, "cursor": cursor, "order_rng": order_rng.bit_generator.state,
-                "collate_rng": collate.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-                "history": history, "sums": sums, "n_since": n_since}, keep=cfg.keep_checkpoints)
+        if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            rank_rng = all_gather_object(_rng_states(ctx), ctx)       # a collective: every rank takes part
+            if ctx.is_main:
+                save_checkpoint(checkpoint_dir, step + 1, {
+                    "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "order": order, "cursor": cursor, "order_rng": order_rng.bit_generator.state,
+                    "collate_rng": collate.generator.get_state(), "rank_rng": rank_rng,
+                    "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                    "history": history, "sums": sums, "n_since": n_since}, keep=cfg.keep_checkpoints)
     model.eval()
     return history
+
+
+def _rng_states(ctx) -> dict[str, torch.Tensor]:
+    """This rank's torch RNG states (dropout draws): ``cpu``, and ``cuda`` (its device's) on a GPU.
+    uint8 tensors, as ``torch.get_rng_state`` / ``torch.cuda.get_rng_state`` return them."""
+    states = {"cpu": torch.get_rng_state()}
+    if ctx.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    return states
+
+
+def _restore_rng_states(state: dict, ctx) -> None:
+    """Give this rank back its own RNG states from a checkpoint's ``rank_rng`` (one entry per rank,
+    rank order; a checkpoint of an older version holds rank 0's CPU state alone as ``torch_rng``).
+
+    A checkpoint written by another number of ranks cannot be resumed exactly: the ranks keep the
+    states seeded at start-up and a warning says so.
+    """
+    per_rank = state.get("rank_rng") or [{"cpu": state["torch_rng"]}]
+    if len(per_rank) != ctx.world_size:
+        logger.warning("the checkpoint was written by %d rank(s) and this run has %d: each rank keeps its "
+                       "seeded RNG, so dropout draws (not the data order) differ from an uninterrupted run",
+                       len(per_rank), ctx.world_size)
+        return
+    mine = per_rank[ctx.rank]
+    torch.set_rng_state(mine["cpu"])
+    if "cuda" in mine and ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], ctx.device)
+    elif "cuda" in mine or ctx.device.type == "cuda":
+        logger.warning("the checkpoint's RNG states are from a %s run and this one runs on %s: dropout draws on "
+                       "the GPU restart from the seed", "GPU" if "cuda" in mine else "CPU", ctx.device)
 
 
 def _global_loss(losses: dict[str, torch.Tensor], weights: dict[str, float], batch: dict[str, torch.Tensor],
