@@ -41,7 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from item_model.data import storage
-from item_model.io import PROGRESS_INTERVAL, write_json_atomic
+from item_model.io import PROGRESS_INTERVAL, json_text, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,6 @@ CALIBRATION_DIR = "calibration"
 
 #: score(reference (m, D), current (n, D)) -> float; larger = more drift
 ScoreFn = Callable[[np.ndarray, np.ndarray], float]
-
-
-def storage_root(root: str | Path | None = None) -> Path:
-    """The local storage root the calibration cache lives under
-    (:func:`item_model.data.storage.storage_root`; a ``gs://`` root is not supported here)."""
-    return Path(storage.storage_root(root))
 
 
 def pool_fingerprint(pool: np.ndarray) -> str:
@@ -135,19 +129,24 @@ def calibrate(pool: np.ndarray, window: int, n_reference: int, score: ScoreFn, n
 
 
 class CalibrationStore:
-    """Calibrations of one storage root: ``<root>/calibration/<model name>/<model version>.json``.
+    """Calibrations of one storage root: ``<root>/calibration/<model name>/<model version>.json``, the
+    root a local folder or ``gs://bucket/prefix`` (:func:`item_model.data.storage.storage_root`).
 
     File content: ``{"model_tag": "<name>:<version>", "entries": {key: calibration dict}}``, where
     the key names the modality, window size, reference size and method settings
     (:meth:`entry_key`) and each entry is :func:`calibrate`'s dict plus the settings it was made with.
-    Writes are atomic and serialised with an advisory lock on ``<file>.lock``.
+    Adding an entry is a read-modify-write that never loses another writer's entry: locally an
+    advisory lock on ``<file>.lock`` and an atomic replace; on GCS a write with a generation
+    precondition, re-read and retried when another monitoring run wrote first (:func:`storage.update`).
     """
 
-    def __init__(self, root: str | Path | None = None):
-        self.root = storage_root(root) / CALIBRATION_DIR
+    def __init__(self, root: str | Path | None = None, client=None):
+        self.client = client                            # a google.cloud.storage.Client for gs:// (None: default)
+        base = storage.storage_root(root)
+        self.root = storage.join(base, CALIBRATION_DIR) if storage.is_gcs(base) else Path(base) / CALIBRATION_DIR
 
-    def path(self, model_tag: str) -> Path:
-        """The calibration file of a model tag ``<name>:<version>``.
+    def path(self, model_tag: str) -> Path | str:
+        """The calibration file of a model tag ``<name>:<version>`` (a ``Path``, or a ``gs://`` URI).
 
         Raises:
             ValueError: the tag is not ``name:version`` (e.g. an unresolved ``latest``).
@@ -156,6 +155,8 @@ class CalibrationStore:
         if not sep or not name or not version or version == "latest" or "/" in model_tag:
             raise ValueError(f"calibrations are stored per model version; got model_tag {model_tag!r}, "
                              f"expected a resolved '<name>:<version>'")
+        if isinstance(self.root, str):
+            return storage.join(self.root, name, f"{version}.json")
         return self.root / name / f"{version}.json"
 
     @staticmethod
@@ -163,19 +164,34 @@ class CalibrationStore:
         """``<modality>/n=<window>/m=<n_reference>/<settings>``."""
         return f"{modality}/n={window}/m={n_reference}/{settings}"
 
-    def load(self, model_tag: str) -> dict:
-        """The file's content, or an empty one if there is none yet."""
-        path = self.path(model_tag)
-        if not path.exists():
+    def _parse(self, model_tag: str, raw: bytes | str | None) -> dict:
+        if raw is None:
             return {"model_tag": model_tag, "entries": {}}
-        data = json.loads(path.read_text())
-        if data.get("model_tag") != model_tag:
-            raise ValueError(f"{path}: field 'model_tag' is {data.get('model_tag')!r}, expected {model_tag!r}")
+        path = self.path(model_tag)
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("model_tag") != model_tag or not isinstance(data.get("entries"), dict):
+            got = data.get("model_tag") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{path}: field 'model_tag' is {got!r}, expected {model_tag!r} with an 'entries' object")
         return data
 
-    @contextlib.contextmanager
-    def _locked(self, model_tag: str) -> Iterator[None]:
+    def load(self, model_tag: str) -> dict:
+        """The file's content, or an empty one if there is none yet.
+
+        Raises:
+            ValueError: the file is not JSON or belongs to another model tag (naming the file).
+        """
         path = self.path(model_tag)
+        try:
+            raw = storage.read_bytes(path, client=self.client)
+        except storage.StorageNotFound:
+            raw = None
+        return self._parse(model_tag, raw)
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_suffix(".json.lock"), "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -193,13 +209,27 @@ class CalibrationStore:
             return None
         return entry
 
-    def put(self, model_tag: str, key: str, entry: dict) -> Path:
-        """Add or replace one entry (read-modify-write under the lock)."""
-        with self._locked(model_tag):
-            data = self.load(model_tag)
+    def put(self, model_tag: str, key: str, entry: dict) -> Path | str:
+        """Add or replace one entry; the other entries, also those another writer added meanwhile, stay.
+
+        Raises:
+            storage.StorageError: on GCS, still contended after a minute.
+        """
+        path = self.path(model_tag)
+
+        def change(raw: bytes | None) -> bytes:
+            data = self._parse(model_tag, raw)
             data["entries"][key] = entry
-            write_json_atomic(self.path(model_tag), data)
-        return self.path(model_tag)
+            return json_text(data).encode("utf-8")
+
+        if isinstance(path, str):
+            storage.update(path, change, client=self.client, content_type="application/json")
+        else:
+            with self._locked(path):
+                data = self.load(model_tag)
+                data["entries"][key] = entry
+                write_json_atomic(path, data)
+        return path
 
     def get_or_calibrate(self, model_tag: str, key: str, fingerprint: str,
                          compute: Callable[[], dict]) -> tuple[dict, bool]:

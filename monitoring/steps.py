@@ -22,6 +22,11 @@ from .inputs import load_reference, load_traffic_window, reference_dim, resolve_
 logger = logging.getLogger(__name__)
 
 
+def _location(path: Path | str) -> str:
+    """A ``gs://`` URI as it is, a local path made absolute."""
+    return path if isinstance(path, str) else str(path.resolve())
+
+
 @record_failure
 def embed_current_step(current: str, model_tag: str, bentoml_home: str | None, out_dir: str,
                        since: str = "", until: str = "", max_rows: int = 1000, seed: int = 0,
@@ -109,7 +114,7 @@ def drift_report_step(current_dir: str, model_tag: str, bentoml_home: str | None
                "current": {k: v for k, v in cur_meta.items() if k != "product_ids"},
                "reference": {"path": ref_meta["path"], "n": ref_meta["n"], "dim": ref_meta["dim"],
                              "kinds": ref_meta["kinds"], "catalog_fingerprint": ref_meta.get("catalog_fingerprint")},
-               "calibration_file": str(store.path(tag).resolve()), "html_report": str(html_path),
+               "calibration_file": _location(store.path(tag)), "html_report": str(html_path),
                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_html(snapshots, summary, html_path)
     summary["wall_time_s"] = round(time.perf_counter() - t0, 1)

@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 GCS_SCHEME = "gs://"
 #: files at least this large are uploaded with a resumable upload (in CHUNK_SIZE pieces)
@@ -349,9 +349,8 @@ def write_text(location: Location, text: str, **kwargs) -> int | None:
 
 def write_json(location: Location, obj: Any, **kwargs) -> int | None:
     """Indented JSON, see :func:`write_bytes`."""
-    from ..io import _json_default
-    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
-    return write_bytes(location, text.encode("utf-8"), content_type="application/json", **kwargs)
+    from ..io import json_text
+    return write_bytes(location, json_text(obj).encode("utf-8"), content_type="application/json", **kwargs)
 
 
 def upload_file(src: Location, location: Location, *, if_generation_match: int | None = None,
@@ -407,13 +406,52 @@ def copy(src: Location, dest: Location, client=None) -> None:
         upload_file(src, dest, client=client)
 
 
+def update(location: str, change: Callable[[bytes | None], bytes], client=None, timeout_s: float = 60.0,
+           content_type: str = "application/octet-stream") -> bytes:
+    """Read-modify-write of one ``gs://`` object that never loses a concurrent writer's change.
+
+    Reads the object and its generation, writes ``change(content)`` (``None`` when absent) with
+    ``if_generation_match`` = that generation (0 = must still be absent), and on
+    :class:`PreconditionFailed` (another writer came first) reads again and re-applies ``change``,
+    with exponential backoff and jitter (``google.api_core.retry.Retry``: 50 ms doubling to 2 s;
+    GCS docs, "Request preconditions" and "Retry strategy"). ``change`` must be a pure function of the
+    content it is given, as it may run several times.
+
+    Returns:
+        the bytes written.
+
+    Raises:
+        StorageError: still contended after ``timeout_s`` seconds.
+        ValueError: ``location`` is not ``gs://`` (local callers hold a file lock instead).
+    """
+    if not is_gcs(location):
+        raise ValueError(f"storage.update() is for gs:// objects, got {location}")
+    from google.api_core import exceptions as gexc
+    from google.api_core.retry import Retry, if_exception_type
+
+    written: list[bytes] = []
+
+    def attempt() -> None:
+        data, generation = read_with_generation(str(location), client)
+        new = change(data)
+        write_bytes(location, new, if_generation_match=generation, content_type=content_type, client=client)
+        written.append(new)
+
+    retry = Retry(predicate=if_exception_type(PreconditionFailed), initial=0.05, maximum=2.0, multiplier=2.0,
+                  timeout=timeout_s)
+    try:
+        retry(attempt)()
+    except gexc.RetryError as exc:
+        raise StorageError(f"updating {location}: still changed by other writers after {timeout_s:.0f} s") from exc
+    return written[-1]
+
+
 def append_line(location: Location, line: str, client=None, timeout_s: float = 60.0) -> None:
     """Append one line (a ``\\n`` is added) to a text file/object.
 
     Locally: ``O_APPEND`` write + fsync (callers hold their lock). On ``gs://`` objects cannot be
-    appended to: read, add the line, and write back with ``if_generation_match`` = the generation
-    read, retrying on a concurrent writer with exponential backoff and jitter
-    (``google.api_core.retry.Retry``: 50 ms doubling to 2 s), so no line is ever lost.
+    appended to: :func:`update` re-writes the object with the line added under a generation
+    precondition, retrying with backoff on a concurrent writer, so no line is ever lost.
 
     Raises:
         StorageError: still contended after ``timeout_s`` seconds.
@@ -425,20 +463,8 @@ def append_line(location: Location, line: str, client=None, timeout_s: float = 6
             fh.flush()
             os.fsync(fh.fileno())
         return
-    from google.api_core import exceptions as gexc
-    from google.api_core.retry import Retry, if_exception_type
-
-    def attempt() -> None:
-        data, generation = read_with_generation(str(location), client)
-        write_bytes(location, (data or b"") + line.encode("utf-8") + b"\n", if_generation_match=generation,
-                    content_type="text/plain; charset=utf-8", client=client)
-
-    retry = Retry(predicate=if_exception_type(PreconditionFailed), initial=0.05, maximum=2.0, multiplier=2.0,
-                  timeout=timeout_s)
-    try:
-        retry(attempt)()
-    except gexc.RetryError as exc:
-        raise StorageError(f"appending to {location}: still changed by other writers after {timeout_s:.0f} s") from exc
+    update(str(location), lambda data: (data or b"") + line.encode("utf-8") + b"\n", client=client,
+           timeout_s=timeout_s, content_type="text/plain; charset=utf-8")
 
 
 def delete(location: Location, *, if_generation_match: int | None = None, client=None) -> None:

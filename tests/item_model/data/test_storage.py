@@ -175,12 +175,14 @@ class PreconditionEnforcingSession(requests.Session):
     every request to the real emulator, but first checks ``ifGenerationMatch`` the way GCS does (the
     object's current generation, 0 when absent) and answers ``412 Precondition Failed`` when it is
     stale. Check and write run under one lock shared by all sessions (GCS is atomic per object).
-    ``hold`` (a barrier) makes concurrent writers of ``champion.json`` all arrive before any is served.
+    ``hold`` (a barrier) makes concurrent first writers of an object named ``*<hold_name>`` all arrive
+    (each having read the same generation) before any is served.
     """
 
-    def __init__(self, host: str, lock: threading.Lock, hold: threading.Barrier | None = None):
+    def __init__(self, host: str, lock: threading.Lock, hold: threading.Barrier | None = None,
+                 hold_name: str = "champion.json"):
         super().__init__()
-        self.host, self.lock, self.hold, self.refused = host, lock, hold, 0
+        self.host, self.lock, self.hold, self.hold_name, self.refused = host, lock, hold, hold_name, 0
 
     def _target(self, url: str, data) -> tuple[str, str] | None:
         path = urlparse(url).path
@@ -202,7 +204,7 @@ class PreconditionEnforcingSession(requests.Session):
         if not wanted:
             return super().request(method, url, *args, **kwargs)
         target = self._target(url, kwargs.get("data"))
-        if target and target[1].endswith("champion.json") and method == "POST" and self.hold is not None:
+        if target and target[1].endswith(self.hold_name) and method == "POST" and self.hold is not None:
             hold, self.hold = self.hold, None
             hold.wait(timeout=60)
         with self.lock:
@@ -221,10 +223,10 @@ class PreconditionEnforcingSession(requests.Session):
             return super().request(method, url, *args, **kwargs)
 
 
-def _fake_client(host: str, lock: threading.Lock, hold=None):
+def _fake_client(host: str, lock: threading.Lock, hold=None, hold_name: str = "champion.json"):
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs
-    session = PreconditionEnforcingSession(host, lock, hold)
+    session = PreconditionEnforcingSession(host, lock, hold, hold_name)
     return gcs.Client(project="test", credentials=AnonymousCredentials(), _http=session), session
 
 
@@ -276,6 +278,68 @@ def test_concurrent_promotion_on_gcs_has_one_winner(gcs_emulator, gcs_prefix, tm
     champion = setup.champion()
     assert champion["version"] == winners[0] and champion["generation"] == 2 and champion["previous"] == first
     assert [h["version"] for h in setup.history() if h["action"] == "promote"] == [first, winners[0]]
+
+
+def _race(n: int, work) -> list:
+    """Run ``work(i)`` in ``n`` threads; return what each returned or raised."""
+    results: list = [None] * n
+
+    def run(i: int) -> None:
+        try:
+            results[i] = work(i)
+        except Exception as exc:  # noqa: BLE001 - returned and checked by the caller
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def test_racing_history_appenders_lose_no_line(gcs_emulator, gcs_prefix):
+    """Four writers append to the same ``history.jsonl`` object at once, each first write held until all
+    four have read the same generation: three are refused (412) and retry with backoff; every line
+    of every writer is there once. FAKE transport (see PreconditionEnforcingSession) in front of the
+    real emulator, because the emulator does not enforce ``if_generation_match``."""
+    uri = storage.join(gcs_prefix, "registry", "history.jsonl")
+    lock, hold = threading.Lock(), threading.Barrier(4)
+    sessions = []
+
+    def append(i: int) -> None:
+        client, session = _fake_client(gcs_emulator["host"], lock, hold, hold_name="history.jsonl")
+        sessions.append(session)
+        for j in range(3):
+            storage.append_line(uri, json.dumps({"writer": i, "line": j}), client=client)
+
+    assert _race(4, append) == [None] * 4
+    lines = [json.loads(x) for x in storage.read_text(uri).splitlines()]
+    assert sorted((x["writer"], x["line"]) for x in lines) == [(i, j) for i in range(4) for j in range(3)]
+    for i in range(4):                                   # each writer's own lines stay in its order
+        assert [x["line"] for x in lines if x["writer"] == i] == [0, 1, 2]
+    assert sum(s.refused for s in sessions) >= 3
+
+
+def test_racing_drift_calibrations_on_gcs_keep_every_entry(gcs_emulator, gcs_prefix):
+    """Two monitoring runs store calibrations of the same model version on a gs:// storage root at
+    once (each its own entry): both entries survive; before, the last writer's file replaced the
+    other's. FAKE transport (see PreconditionEnforcingSession): the emulator ignores preconditions."""
+    from monitoring.calibration import CalibrationStore
+    lock, hold = threading.Lock(), threading.Barrier(2)
+    sessions = []
+
+    def put(i: int):
+        client, session = _fake_client(gcs_emulator["host"], lock, hold, hold_name="v1.json")
+        sessions.append(session)
+        return CalibrationStore(gcs_prefix, client=client).put("item:v1", f"joint/n={i}", {"threshold": float(i)})
+
+    paths = _race(2, put)
+    assert paths == [storage.join(gcs_prefix, "calibration", "item", "v1.json")] * 2
+    stored = CalibrationStore(gcs_prefix).load("item:v1")
+    assert stored["entries"] == {"joint/n=0": {"threshold": 0.0}, "joint/n=1": {"threshold": 1.0}}
+    assert sum(s.refused for s in sessions) == 1
+    assert CalibrationStore(gcs_prefix).get("item:v1", "joint/n=1") == {"threshold": 1.0}
 
 
 # --------------------------------------------------------------------------- the pipeline on gs://
