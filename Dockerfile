@@ -1,13 +1,17 @@
 # Component image for the ITEm pipelines on a Kubeflow cluster / Vertex AI Pipelines.
-# Every task runs in it with no runtime `pip install`: the pinned set from requirements.lock
-# (CPU PyTorch wheel from the PyTorch CPU index; for GPU nodes build with
-# --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128) and the project itself.
+# Every task runs in it with no runtime `pip install`: the pinned set of requirements.lock, hash-checked
+# (requirements.container.lock; CPU PyTorch from the PyTorch CPU index, requirements.torch-cpu.lock; for
+# GPU nodes build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 and
+# --build-arg TORCH_LOCK=<a lock with that wheel's hash>) and the project itself.
+# The base image is pinned by digest (python:3.11-slim, linux/amd64 + arm64 index); to move it:
+#   docker buildx imagetools inspect python:3.11-slim   (then replace the digest below)
 #   docker build -t REGION-docker.pkg.dev/PROJECT/item/item-mlops:0.1.0 .
 #   docker push  REGION-docker.pkg.dev/PROJECT/item/item-mlops:0.1.0
 # then set `image:` in pipelines/configs/cluster.yaml (docs/deploy.md).
-FROM python:3.11-slim
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG TORCH_LOCK=requirements.torch-cpu.lock
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -21,11 +25,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/item-mlops
 
-# dependencies first (cached layer): exactly the pinned set
-COPY requirements.lock ./
+# dependencies first (cached layer): exactly the pinned set, every file checked against its SHA-256
+COPY requirements.container.lock ${TORCH_LOCK} ./
 RUN python -m pip install "pip==26.3" \
- && python -m pip install --index-url "${TORCH_INDEX}" "$(grep '^torch==' requirements.lock)" \
- && python -m pip install -r requirements.lock
+ && python -m pip install --require-hashes --no-deps --index-url "${TORCH_INDEX}" -r "$(basename ${TORCH_LOCK})" \
+ && python -m pip install --require-hashes --no-deps -r requirements.container.lock \
+ && python -m pip check
 
 # the project, without touching the pinned dependencies
 COPY pyproject.toml README.md ./

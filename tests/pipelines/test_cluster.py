@@ -6,6 +6,7 @@ and the project; and the pipeline `item run` runs locally carries no cluster set
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -152,13 +153,41 @@ def test_cli_compile_both_and_submit_dry_run(tmp_path):
         pconfig.load_cluster_config(broken)
 
 
-def test_dockerfile_installs_the_pinned_set_and_the_project():
+def _hashed_pins(path: Path) -> dict[str, list[str]]:
+    """``{normalised name==version: [sha256, ...]}`` of a ``pip-compile --generate-hashes`` style file."""
+    pins: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not line.startswith("--hash"):
+            name, _, version = line.split(" ")[0].partition("==")
+            current = f"{re.sub(r'[-_.]+', '-', name).lower()}=={version}"
+            pins[current] = []
+        else:
+            pins[current].append(line.split("sha256:")[1].rstrip(" \\"))
+    return pins
+
+
+def test_dockerfile_installs_the_pinned_set_hash_checked_from_a_pinned_base():
+    """The component image: base pinned by digest, the exact set of requirements.lock installed with
+    --require-hashes (every pin hashed), the project without dependencies, an unprivileged user."""
     text = (ROOT / "Dockerfile").read_text()
     lines = [l.strip() for l in text.splitlines() if not l.strip().startswith("#")]
-    assert lines[0] == "FROM python:3.11-slim"
+    assert re.fullmatch(r"FROM python:3\.11-slim@sha256:[0-9a-f]{64}", lines[0]), lines[0]
     body = "\n".join(lines)
-    assert "-r requirements.lock" in body and "pip install --no-deps ." in body
-    assert "download.pytorch.org/whl/cpu" in body
+    assert body.count("--require-hashes") == 2 and "-r requirements.container.lock" in body
+    assert "pip install --no-deps ." in body and "download.pytorch.org/whl/cpu" in body
+    assert re.search(r"^USER 10001", body, re.M) and "pip check" in body
+    hashed = _hashed_pins(ROOT / "requirements.container.lock")
+    locked = {f"{re.sub(r'[-_.]+', '-', l.split('==')[0]).lower()}=={l.split('==')[1]}"
+              for l in (ROOT / "requirements.lock").read_text().splitlines() if "==" in l}
+    torch = _hashed_pins(ROOT / "requirements.torch-cpu.lock")
+    assert set(hashed) == {p for p in locked if not p.startswith("torch==")}   # same set, torch apart
+    assert all(len(h) >= 1 and all(len(x) == 64 for x in h) for h in hashed.values())
+    (torch_pin, torch_hashes), = torch.items()
+    assert torch_pin.startswith("torch==2.13.0") and "torch==2.13.0" in locked and len(torch_hashes) == 1
     lock = (ROOT / "requirements.lock").read_text().splitlines()
     pyproject = (ROOT / "pyproject.toml").read_text()
     kk = [l for l in lock if l.startswith("kfp-kubernetes==")]
