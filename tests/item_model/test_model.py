@@ -111,22 +111,32 @@ def test_all_six_objectives_give_finite_scalar_losses_and_gradients(tiny, batch)
     model.eval()
 
 
-def test_global_objectives_use_only_cls(tiny, batch):
-    """GMLM/GMIM read the [CLS] state, never the masked token's or patch's own state."""
-    model, _ = tiny
-    model.eval()
-    hidden, patches, t_len = model.encode(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                          batch["mim_mask"])
-    hidden.retain_grad()
-    out_losses = model(**batch).losses  # reference that forward runs
-    sel = batch["mlm_labels"] != -100
-    b_idx, t_idx = sel.nonzero(as_tuple=True)
-    query = model.gmlm_query_norm(hidden[b_idx, 0] + model.bert.embeddings.position_embeddings(t_idx))
-    loss = torch.nn.functional.cross_entropy(model.gmlm_head(query), batch["mlm_labels"][sel])
-    loss.backward()
-    grad = hidden.grad
-    assert grad[:, 0].abs().sum() > 0 and grad[:, 1:].abs().sum() == 0
-    assert "gmlm" in out_losses
+@pytest.mark.parametrize("objective", ["gmlm", "gmim"])
+def test_global_objectives_read_only_cls_through_forward(batch, objective):
+    """GMLM/GMIM read the final [CLS] state, never the masked token's or patch's own state: through
+    the model's own forward pass (only that objective on), the loss's gradient with respect to the
+    encoder output is non-zero at [CLS] and exactly zero at every other position."""
+    weights = {f"{k}_weight": float(k == objective) for k in OBJECTIVES}
+    torch.manual_seed(0)
+    model = ItemModel.from_bert(BERT, num_hidden_layers=1, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0, **weights)
+    model.train()
+    captured = {}
+    encode = model.encode
+
+    def capturing_encode(*args, **kwargs):
+        hidden, patches, t_len = encode(*args, **kwargs)
+        hidden.retain_grad()
+        captured.setdefault("hidden", hidden)            # the first call is the joint pass
+        return hidden, patches, t_len
+
+    model.encode = capturing_encode
+    out = model(**batch)
+    assert set(out.losses) == {objective}
+    out.loss.backward()
+    grad = captured["hidden"].grad
+    assert grad[:, 0].abs().sum() > 0
+    assert grad[:, 1:].abs().sum() == 0
 
 
 def test_objective_weight_zero_switches_it_off(batch):
@@ -135,6 +145,24 @@ def test_objective_weight_zero_switches_it_off(batch):
     assert set(out.losses) == {"mlm", "mim", "gmim", "infonce"}
     expected = sum(out.losses.values())
     assert torch.allclose(out.loss, expected)
+
+
+def test_non_unit_objective_weights_scale_each_loss(batch):
+    """Weights other than 0 and 1: the model's loss and the training loop's loss (what is
+    back-propagated and logged) are the weighted sum of the objectives, each by its own weight."""
+    from item_model.distributed import DistributedContext
+    from item_model.train import _global_loss
+    weights = {"mlm_weight": 0.5, "mim_weight": 2.0, "gmlm_weight": 0.0, "gmim_weight": 0.25, "itm_weight": 1.5,
+               "infonce_weight": 3.0}
+    torch.manual_seed(0)
+    model = ItemModel.from_bert(BERT, num_hidden_layers=1, **weights)
+    out = model(**batch)
+    assert set(out.losses) == {"mlm", "mim", "gmim", "itm", "infonce"}
+    expected = sum(weights[f"{k}_weight"] * v for k, v in out.losses.items())
+    assert torch.allclose(out.loss, expected) and not torch.allclose(out.loss, sum(out.losses.values()))
+    loss, means = _global_loss(out.losses, model.config.objective_weights(), batch, DistributedContext())
+    assert torch.allclose(loss, expected)
+    assert means == pytest.approx({k: float(v) for k, v in out.losses.items()})
 
 
 def test_save_load_round_trip_is_exact(tiny, tmp_path, listings):
