@@ -221,12 +221,12 @@ def monitor_cmd(ctx, current, model_tag, bentoml_home, storage_root, since, unti
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from item_model.data.catalog import CatalogError
     from item_model.lifecycle.gate import GateConfigError
-    from monitoring.calibration import storage_root as default_storage
+    from item_model.data.storage import storage_root as resolve_storage_root
     from monitoring.drift import DriftConfig, DriftInputError
     from pipelines import config as pconfig
 
     if storage_root:            # calibrations, and for --retrain checkpoints and the registry, live under it
-        os.environ["ITEM_STORAGE_ROOT"] = str(Path(storage_root).resolve())
+        os.environ["ITEM_STORAGE_ROOT"] = str(resolve_storage_root(storage_root))   # a folder or gs://
     try:
         drift_config = DriftConfig.from_dict(_parse_pairs(drift_overrides, "--drift-set")).to_dict()
         checked = preflight(current, model_tag, bentoml_home, since, until)
@@ -244,7 +244,7 @@ def monitor_cmd(ctx, current, model_tag, bentoml_home, storage_root, since, unti
                                           model_name=checked["model_tag"].split(":")[0], registry_root=registry)
     training["catalog"] = catalog and str(Path(catalog).resolve())
     arguments = {"current": str(Path(current).resolve()), "model_tag": checked["model_tag"],
-                 "bentoml_home": bentoml_home, "storage_root": str(default_storage(storage_root or None).resolve()),
+                 "bentoml_home": bentoml_home, "storage_root": str(resolve_storage_root(storage_root or None)),
                  "since": since, "until": until, "drift_config": drift_config, "retrain": bool(retrain),
                  **training}
     run_dir = Path(output_dir).resolve() / (datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-monitor")

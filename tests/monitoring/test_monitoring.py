@@ -326,3 +326,18 @@ def test_monitor_temporal_drift_recommends_and_retrains(monitor_env, tmp_path):
     assert summary["training"]["bento_model"].startswith("item:")
     assert summary["training"]["bento_model"] != monitor_env["tag"]
     assert "ITEm embedding drift: DRIFT" in proc.stdout
+
+
+@pytest.mark.e2e
+def test_monitor_drift_without_retrain_only_recommends(monitor_env, tmp_path):
+    """Drift (the 2016-2017 batch) without --retrain: the recommendation is written and the training
+    pipeline is not run; exit 0 without --fail-on-drift."""
+    current = write_year_catalog(tmp_path / "catalog-2016-2017", (2016, 2017), 300, seed=1, n_groups=20)
+    proc, summary = run_monitor(monitor_env, tmp_path, "--current", str(current))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert summary["branch"] == "recommend" and summary["drift"]["drift"] is True
+    assert summary["tasks_run"] == ["drift-report", "embed-current", "recommend-retraining"]
+    assert "training" not in summary and not (tmp_path / "registry").exists()
+    rec = summary["recommendation"]
+    assert rec["recommend_retraining"] is True and rec["retrain_requested"] is False
+    assert "retraining recommended (not run; pass --retrain)" in proc.stdout

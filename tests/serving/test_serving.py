@@ -230,6 +230,20 @@ def test_similar_finds_same_product_group_members(server, packaged_model, catalo
                 hits_by_listing[kind] += bool(others & set(ids))
         r = client.post("/similar", json={"listing": {"title": queries["title"].iloc[0]}})
         assert (r.json()["query_kind"], r.json()["index"], len(r.json()["results"])) == ("text", "item_text_only", 10)
+        # the same queries as multipart forms: a title field and a photo file, and a product id field
+        row = queries.iloc[0]
+        as_json = client.post("/similar", json={"listing": {"title": row.title, "image": _b64(row.image_bytes)}, "k": 7})
+        form = client.post("/similar", data={"title": row.title, "k": "7"},
+                           files={"image": ("photo.jpg", row.image_bytes, "image/jpeg")})
+        assert form.status_code == 200, form.text
+        assert form.json()["query_kind"] == "joint" and len(form.json()["results"]) == 7
+        assert [n["product_id"] for n in form.json()["results"]] == [n["product_id"] for n in as_json.json()["results"]]
+        by_id = client.post("/similar", headers={"Content-Type": "multipart/form-data; boundary=x"},
+                            content=b"--x\r\nContent-Disposition: form-data; name=\"product_id\"\r\n\r\n"
+                                    + row.product_id.encode() + b"\r\n--x\r\nContent-Disposition: form-data; "
+                                    b"name=\"k\"\r\n\r\n5\r\n--x--\r\n")
+        assert by_id.status_code == 200, by_id.text
+        assert by_id.json()["query_kind"] == "catalog" and len(by_id.json()["results"]) == 5
     assert hits_by_id == len(queries)
     assert hits_by_listing["joint"] >= len(queries) - 1 and hits_by_listing["image"] >= len(queries) - 1, hits_by_listing
 
@@ -361,6 +375,33 @@ def test_traffic_log_holds_served_embeddings(server, packaged_model, catalog_row
             assert row["has_title"] and row["title_length"] == len(rows["title"].iloc[j])
             assert row["has_image"] == bool(j % 2) and row["kind"] == ("joint" if j % 2 else "text")
     assert found >= 4
+
+
+@pytest.mark.e2e
+def test_item_monitor_reads_the_traffic_log_a_real_server_wrote(server, packaged_model, catalog_rows, tmp_path):
+    """Listings embedded by the real server land in its traffic log; `item monitor` (the monitoring
+    pipeline through kfp.local) tests that log window against the served model's reference."""
+    since = pd.Timestamp.now(tz="UTC").isoformat()
+    rows = catalog_rows.iloc[40:104]                                  # 64 joint listings = 16 full files
+    for start in range(0, len(rows), 16):
+        part = rows.iloc[start:start + 16]
+        r = httpx.post(f"{server.url}/embed", timeout=120, json={"listings": [
+            {"title": t, "image": _b64(b)} for t, b in zip(part["title"], part["image_bytes"])]})
+        assert r.status_code == 200, r.text
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli_monitor", "--current", str(server.storage_root / "traffic"),
+         "--since", since, "--model-tag", packaged_model["tag"], "--bentoml-home", packaged_model["bentoml_home"],
+         "--storage-root", str(tmp_path / "storage"), "--output-dir", str(tmp_path / "runs"),
+         "--drift-set", "min_window=20", "--drift-set", "n_splits=20"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT, env=_env(packaged_model))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"item monitor: traffic {server.storage_root / 'traffic'}" in proc.stdout
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert {"embed-current", "drift-report"} <= set(summary["tasks_run"])
+    drift = summary["drift"]
+    assert drift["model_tag"] == packaged_model["tag"] and drift["current"]["source_type"] == "traffic"
+    assert drift["current"]["n_rows"] == 64 and drift["current"]["since"] == since   # exactly what this test sent
+    assert drift["modalities"]["joint"]["n_current"] == 50          # tested at the largest window-grid size <= 64
 
 
 def test_traffic_log_rotates_by_rows_and_hour_and_samples(tmp_path):

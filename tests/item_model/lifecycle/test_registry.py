@@ -202,6 +202,30 @@ def test_versions_are_immutable_and_resolvable(tmp_path, packaged_model):
     assert back["item"]["probe"]["y_pred"].tolist() == ["a", "b", "b"]
 
 
+def test_a_version_cannot_be_overwritten(tmp_path, packaged_model, monkeypatch):
+    """Registering the same weights again in the same microsecond would give the same version id: the
+    second registration is refused and the stored version is left exactly as it was."""
+    from datetime import datetime, timezone
+
+    from item_model.lifecycle import registry as registry_module
+
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 3, 8, 0, 0, 123456, tzinfo=timezone.utc)
+
+    monkeypatch.setattr(registry_module, "datetime", FrozenClock)
+    registry = ModelRegistry(tmp_path / "registry")
+    v = registry.register(packaged_model["model_dir"], {"eval.json": packaged_model["eval_path"]}, {"run": "first"})
+    folder = registry.version_path(v)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(RegistryError, match=f"version {v} already exists; versions are immutable"):
+        registry.register(packaged_model["model_dir"], {}, {"run": "second"})
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before and registry.info(v)["run"] == "first"
+    assert [p.name for p in (tmp_path / "registry" / "versions").iterdir()] == [v]     # no staging left
+
+
 @pytest.mark.parametrize("damage", ["pointer-not-json", "pointer-no-version", "history-half-written"])
 def test_corrupt_registry_files_give_errors_naming_the_file(tmp_path, packaged_model, damage):
     """A damaged champion.json or a half-written last history line: `item gate show/list/approve` and
