@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 import yaml
 
 from pipelines.cli import compile_pipeline
@@ -115,6 +116,28 @@ def test_run_not_blessed_skips_package(tmp_path, slice_catalog):
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.champion() is None and registry.versions() == [summary["registry_version"]]
     assert registry.history()[-1]["action"] == "blocked"
+
+
+@pytest.mark.e2e
+def test_run_resume_through_the_cli_continues_from_the_checkpoint(tmp_path, slice_catalog):
+    """`item run --resume`: the second run's pre-training starts from the first run's step-4 checkpoint
+    (same settings, same checkpoint root) and ends with the same weights, bit for bit."""
+    from safetensors.torch import load_file
+    gate = {"criteria": [{"metric": "item.recall@1", "min": 1.01, "reason": "skip packaging"}]}
+    common = ("--checkpoint-root", str(tmp_path / "ckpt"), "--set", "train_config.checkpoint_every=4",
+              "--set", "train_config.num_threads=1")
+    runs = {}
+    for name, extra in (("first", ()), ("resumed", ("--resume",))):
+        (tmp_path / name).mkdir()
+        proc, summary = run_item(tmp_path / name, slice_catalog, *common, *extra, gate=gate)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        runs[name] = summary
+    logs = {name: next(Path(s["run_dir"]).glob("item-training-*/pretrain/log.txt")).read_text()
+            for name, s in runs.items()}
+    assert "resuming from" not in logs["first"]
+    assert "resuming from" in logs["resumed"] and "ckpt-00000004.pt (step 4)" in logs["resumed"]
+    a, b = (load_file(Path(runs[n]["model_dir"]) / "model.safetensors") for n in ("first", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _duplicate_ids(t: pa.Table) -> pa.Table:
