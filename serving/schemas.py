@@ -10,6 +10,14 @@ Limits (environment variables, read at import; defaults in brackets):
     ITEM_MAX_IMAGE_SIDE    pixels per image side (the catalog validation's limit) [4096]
     ITEM_MAX_K             largest ``k`` of ``/similar``                          [100]
     ITEM_MAX_BODY_BYTES    bytes per request body (enforced by the service's ASGI guard) [8 MiB]
+    ITEM_MAX_IMAGE_PIXELS  pixels per photo, from its header, before decoding     [12,000,000]
+    ITEM_MAX_REQUEST_PIXELS  pixels of all photos of one request, from their headers [64,000,000]
+
+A request's photos are checked against both pixel budgets from their headers
+(:func:`check_request_images`) and decoded (:func:`decode_images`) before the request reaches
+BentoML's validation, off the event loop (the service's ASGI guard runs the check in a thread and the
+decoding in a pool of processes); the decoded pixels are handed to :class:`Listing`'s validator
+(:func:`store_predecoded`), so every photo is decoded once.
 
 This module imports no model code: the image size listings are decoded to is set by the service
 once its model is loaded (:func:`set_image_size`).
@@ -20,6 +28,8 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import threading
+from collections import OrderedDict
 from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
@@ -43,6 +53,8 @@ MAX_IMAGE_BYTES = _env_int("ITEM_MAX_IMAGE_BYTES", 4 * 1024 * 1024)
 MAX_IMAGE_SIDE = _env_int("ITEM_MAX_IMAGE_SIDE", 4096)          # = ValidationConfig.image_max_side
 MAX_K = _env_int("ITEM_MAX_K", 100)
 MAX_BODY_BYTES = _env_int("ITEM_MAX_BODY_BYTES", 8 * 1024 * 1024)
+MAX_IMAGE_PIXELS = _env_int("ITEM_MAX_IMAGE_PIXELS", 12_000_000)   # = item_model.image_utils.MAX_IMAGE_PIXELS
+MAX_REQUEST_PIXELS = _env_int("ITEM_MAX_REQUEST_PIXELS", 64_000_000)
 
 #: (height, width) listing photos are resized to; set by the service from the model config.
 _IMAGE_SIZE: tuple[int, int] | None = None
@@ -104,6 +116,141 @@ def decode_listing_image(data: bytes, size_hw: tuple[int, int] | None = None) ->
         raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
 
 
+def _check_header(data: bytes) -> int:
+    """The photo's pixel count from its header, after the per-photo limits (side, pixel budget).
+
+    Raises:
+        ValueError: no readable image header, or over a limit (message without the field name).
+    """
+    from item_model.image_utils import image_size
+    try:
+        width, height = image_size(data)
+    except Exception as exc:  # UnidentifiedImageError, DecompressionBombError, truncated headers...
+        raise ValueError(f"not a decodable image ({type(exc).__name__})") from None
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
+        raise ValueError(f"image of {width} x {height} px exceeds the limit of {MAX_IMAGE_SIDE} px a side")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image of {width} x {height} px = {width * height / 1e6:.1f} megapixels exceeds the "
+                         f"limit of {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels a photo (ITEM_MAX_IMAGE_PIXELS)")
+    return width * height
+
+
+class RequestRejected(Exception):
+    """A request refused before validation: HTTP ``status`` and ``message`` (``"<field>: <why>"``)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+#: photos decoded off the event loop (:func:`store_predecoded`), keyed by their base64 text, waiting for
+#: :class:`Listing`'s validator (which takes them out); bounded, oldest dropped first
+_PREDECODED: "OrderedDict[str, list]" = OrderedDict()      # text -> [pixels, times still to be taken]
+_PREDECODED_LOCK = threading.Lock()
+_PREDECODED_MAX = 4 * MAX_LISTINGS * 8
+
+
+def _request_images(path: str, payload: Any) -> list[tuple[str, str]]:
+    """``(field path, base64 text)`` of every photo in a JSON request body of ``/embed`` or ``/similar``."""
+    if path == "/embed" and isinstance(payload, dict) and isinstance(payload.get("listings"), list):
+        items = [(f"listings[{i}]", x) for i, x in enumerate(payload["listings"])]
+    elif path == "/similar" and isinstance(payload, dict):
+        items = [("listing", payload.get("listing"))]
+    else:
+        return []
+    return [(f"{where}.image", x["image"]) for where, x in items
+            if isinstance(x, dict) and isinstance(x.get("image"), str) and x["image"]]
+
+
+def check_request_images(path: str, body: bytes) -> list[tuple[str, bytes]]:
+    """Check a request's photos against the pixel budgets from their headers (no pixel decoded).
+
+    A photo over ``MAX_IMAGE_SIDE`` or ``MAX_IMAGE_PIXELS`` is refused naming its field, and photos
+    holding more than ``MAX_REQUEST_PIXELS`` together refuse the request. A photo whose base64 or
+    header is broken is left to :class:`Listing`'s validator, which names the field the same way; a
+    body that is not JSON is left to BentoML.
+
+    Returns:
+        ``(base64 text, encoded bytes)`` of each photo that passed, to decode (:func:`decode_images`).
+
+    Raises:
+        RequestRejected: 400 (one photo over a per-photo limit, ``listings[i].image: ...``) or 413
+            (the request's photos over ``MAX_REQUEST_PIXELS`` together, naming ``listings``/``listing``).
+    """
+    import json
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return []
+    checked, total = [], 0
+    for field, text in _request_images(path, payload):
+        try:
+            data = decode_base64_image(text)
+        except ValueError:
+            continue
+        try:
+            total += _check_header(data)
+        except ValueError as exc:
+            if "not a decodable image" in str(exc):
+                continue
+            raise RequestRejected(400, f"{field}: {exc}") from None
+        checked.append((text, data))
+    if total > MAX_REQUEST_PIXELS:
+        where = "listings" if path == "/embed" else "listing"
+        raise RequestRejected(413, f"{where}: the photos of this request hold {total / 1e6:.1f} megapixels "
+                                   f"together, over the limit of {MAX_REQUEST_PIXELS / 1e6:.1f} megapixels a "
+                                   f"request (ITEM_MAX_REQUEST_PIXELS); send them in smaller requests")
+    return checked
+
+
+def decode_images(datas: list[bytes], size_hw: tuple[int, int]) -> list[Optional[np.ndarray]]:
+    """Decode checked photos to uint8 (H, W, 3) at ``size_hw`` (None where decoding fails: the
+    validator decodes that one again and names its field). A top-level function, so that the service
+    can run it in a pool of processes: PNG decoding holds the GIL, and in a thread it stalled the
+    event loop (``/readyz`` 0.8 s during 12 x 2000 x 2000 PNGs; docs/serving.md)."""
+    out: list[Optional[np.ndarray]] = []
+    for data in datas:
+        try:
+            out.append(decode_listing_image(data, size_hw))
+        except ValueError:
+            out.append(None)
+    return out
+
+
+def store_predecoded(texts: list[str], pixels: list[Optional[np.ndarray]]) -> int:
+    """Hand decoded photos to :class:`Listing`'s validator (keyed by their base64 text).
+
+    Returns:
+        how many were stored.
+    """
+    n = 0
+    with _PREDECODED_LOCK:
+        for text, px in zip(texts, pixels):
+            if px is not None:                          # the same photo twice in a request: taken twice
+                entry = _PREDECODED.setdefault(text, [px, 0])
+                entry[1] += 1
+                n += 1
+        while len(_PREDECODED) > _PREDECODED_MAX:
+            _PREDECODED.popitem(last=False)
+    return n
+
+
+def image_size_hw() -> Optional[tuple[int, int]]:
+    """The (height, width) listing photos are decoded to (:func:`set_image_size`), or None."""
+    return _IMAGE_SIZE
+
+
+def _take_predecoded(text: str) -> Optional[np.ndarray]:
+    with _PREDECODED_LOCK:
+        entry = _PREDECODED.get(text)
+        if entry is None:
+            return None
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _PREDECODED[text]
+        return entry[0]
+
+
 class _DecodedImage(str):
     """The base64 text of a validated photo, carrying its decoded pixels (uint8 (H, W, 3))."""
 
@@ -139,7 +286,10 @@ class Listing(BaseModel):
         # 4xx naming the field before any batching; the pixels ride on the validated string.
         if value is None or value == "":
             return None
-        return _DecodedImage.of(value, decode_listing_image(decode_base64_image(value), _IMAGE_SIZE))
+        pixels = _take_predecoded(value)                # decoded off the event loop (store_predecoded)
+        if pixels is None:
+            pixels = decode_listing_image(decode_base64_image(value), _IMAGE_SIZE)
+        return _DecodedImage.of(value, pixels)
 
     @model_validator(mode="after")
     def _not_empty(self) -> "Listing":

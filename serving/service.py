@@ -80,6 +80,23 @@ MAX_LATENCY_MS = int(os.environ.get("ITEM_MAX_LATENCY_MS", "10000"))
 #: when it needs a core; one thread fewer than the cores left the model at half speed on 2 cores
 #: (docs/serving.md, benchmark).
 TORCH_THREADS = int(os.environ.get("ITEM_TORCH_THREADS", "0")) or max(1, os.cpu_count() or 1)
+#: processes that decode request photos off the event loop (PNG decoding holds the GIL, so threads
+#: would stall it); requests beyond them wait, while health checks and small requests go on
+DECODE_PROCESSES = int(os.environ.get("ITEM_DECODE_PROCESSES", "2"))
+
+
+_DECODE_POOL = None
+
+
+def decode_pool():
+    """The serving process's pool of ``DECODE_PROCESSES`` photo-decoding processes (``spawn``ed: the
+    parent runs torch threads, which do not survive a fork), made on first use."""
+    global _DECODE_POOL
+    if _DECODE_POOL is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        _DECODE_POOL = ProcessPoolExecutor(max(1, DECODE_PROCESSES), mp_context=multiprocessing.get_context("spawn"))
+    return _DECODE_POOL
 
 
 def resolve_model_tag(tag: str | None = None) -> str:
@@ -152,6 +169,9 @@ class RequestGuard:
       anything else is 415.
     * Body size: more than ``max_body_bytes`` (``ITEM_MAX_BODY_BYTES``) is 413, whether announced by
       ``Content-Length`` or streamed.
+    * Photos: checked against the per-photo (400) and per-request (413) pixel budgets from their
+      headers (in a thread) and decoded in a pool of ``ITEM_DECODE_PROCESSES`` processes, never on the
+      event loop (:func:`serving.schemas.check_request_images`, :func:`serving.schemas.decode_images`).
     * Error bodies: every 4xx from the API routes becomes ``{"error": "<field>: <message>; ...",
       "detail": [...]}`` (BentoML's pydantic errors carry the field only in ``detail[].loc``).
     * Every API response carries the model version in ``X-Item-Model-Version``.
@@ -169,6 +189,20 @@ class RequestGuard:
         self.routes = routes
         self.max_body_bytes = int(max_body_bytes)
         self.api_key = api_key.encode()
+
+    async def _predecode(self, path: str, body: bytes) -> None:
+        """Check the photos' headers in a thread, decode them in the process pool, hand the pixels to
+        validation (:mod:`serving.schemas`). Raises schemas.RequestRejected (400/413)."""
+        import asyncio
+
+        import anyio
+        checked = await anyio.to_thread.run_sync(schemas.check_request_images, path, body)
+        size = schemas.image_size_hw()
+        if not checked or size is None:
+            return
+        pixels = await asyncio.get_running_loop().run_in_executor(
+            decode_pool(), schemas.decode_images, [d for _, d in checked], size)
+        schemas.store_predecoded([t for t, _ in checked], pixels)
 
     def _authorised(self, scope) -> bool:
         import hmac
@@ -201,6 +235,14 @@ class RequestGuard:
             return
         if body is None:  # the client went away
             return
+        if b'"image"' in body:  # photos: pixel budgets from the headers, then decoded off the event loop
+            try:
+                await self._predecode(scope["path"], body)
+            except schemas.RequestRejected as exc:
+                start, end = _json_response(exc.status, {"error": exc.message}, version_header)
+                await send(start)
+                await send(end)
+                return
 
         sent = False
 
@@ -425,6 +467,15 @@ class ItemService:
         with torch.no_grad():  # warm-up: the first request should not pay for lazy initialisation
             h, w = self.processor.image_size
             self._embed_arrays(["warm up"], [np.zeros((h, w, 3), dtype=np.uint8)])
+        # start the decoding processes now (each imports numpy and Pillow once), not on the first photo
+        import io as _io
+
+        from PIL import Image
+        png = _io.BytesIO()
+        Image.new("RGB", (8, 8)).save(png, "PNG")
+        pool = decode_pool()
+        for f in [pool.submit(schemas.decode_images, [png.getvalue()], (h, w)) for _ in range(DECODE_PROCESSES)]:
+            f.result(timeout=120)
         logger.info("serving %s (D = %d, image %s, %d torch threads), traffic log sample %.3f under %s",
                     self.model_tag, self.dim, self.processor.image_size, TORCH_THREADS,
                     self.traffic.config.sample_rate, self.traffic.directory)
@@ -496,6 +547,8 @@ class ItemService:
     @bentoml.on_shutdown
     def _close(self) -> None:
         self.traffic.close()
+        if _DECODE_POOL is not None:
+            _DECODE_POOL.shutdown(wait=False, cancel_futures=True)
 
 
 # BentoML decides the media type of a root-model output (/embed returns a JSON array) by rebuilding

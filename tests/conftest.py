@@ -15,6 +15,12 @@ import pytest
 from item_model.lifecycle.environment import OFFLINE_ENV  # noqa: E402
 
 os.environ.update(OFFLINE_ENV)           # telemetry off and offline in every test, whatever the shell says
+# no test reads or writes the developer's own ./item-storage (registry, calibrations, traffic log) or
+# $ITEM_REGISTRY: a `make run` before `make test` must not change what the tests see
+import tempfile  # noqa: E402
+
+os.environ["ITEM_STORAGE_ROOT"] = tempfile.mkdtemp(prefix="item-tests-storage-")
+os.environ.pop("ITEM_REGISTRY", None)
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT.parent / "shared" / "datasets" / "fashion-product-images-small"
