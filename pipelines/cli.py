@@ -170,6 +170,10 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
     summary["bento_model"] = None
     if "package" in tasks:
         summary["bento_model"] = json.loads((tasks["package"] / "bento_model").read_text())["tag"]
+    summary["serving_check"] = None
+    if "serving-check" in tasks and (tasks["serving-check"] / "result").exists():
+        summary["serving_check"] = json.loads((tasks["serving-check"] / "result").read_text())
+    summary["promoted"] = "promote" in tasks
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
 

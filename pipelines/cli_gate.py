@@ -105,26 +105,51 @@ def repair_cmd(registry: str) -> None:
 @click.argument("version")
 @click.option("--reason", required=True, help="Why a human overrides the gate (recorded).")
 @click.option("--package/--no-package", default=True, show_default=True,
-              help="Also save the version into the BentoML model store.")
+              help="Save the version into the BentoML model store (the serving check needs it).")
+@click.option("--serving-check/--no-serving-check", "check", default=True, show_default=True,
+              help="Serve the packaged version on loopback and check it before promoting (as the pipeline does); "
+                   "skipping it is recorded in the reason.")
+@click.option("--gate-config", default="", help="Gate config whose 'serving_check' section applies "
+                                                "(default: pipelines/configs/gate.yaml).")
 @click.option("--bentoml-home", default="", help="BentoML store root (default: $BENTOML_HOME or ~/bentoml).")
 @registry_option
-def approve(version: str, reason: str, package: bool, bentoml_home: str, registry: str) -> None:
-    """Promote VERSION to champion by hand, whatever its gate said."""
+def approve(version: str, reason: str, package: bool, check: bool, gate_config: str, bentoml_home: str,
+            registry: str) -> None:
+    """Promote VERSION to champion by hand, whatever its gate said: package it, serve it on loopback
+    and check it (the pipeline's serving check), then move the champion pointer."""
     import getpass
 
     from item_model.lifecycle.registry import RegistryError
     reg = _registry(registry)
+    if check and not package:
+        _fail(click.UsageError("--no-package needs --no-serving-check: the serving check serves the packaged model"))
     try:
         v = reg.resolve(version)
-        pointer = reg.promote(v, gate="manual", automatic=False, reason=reason)
+        tag = None
+        if package:
+            from serving.store import save_to_bentoml
+            tag = _package_version(reg.version_path(v), bentoml_home, v, approved_by=getpass.getuser(),
+                                   save=save_to_bentoml)
+            click.echo(f"packaged as BentoML model {tag}")
+        if check:
+            from item_model.lifecycle.gate import GateConfigError
+            from serving.serving_check import ServingCheckConfig, ServingCheckError, serving_check
+            try:
+                config = ServingCheckConfig.from_gate_config(pconfig.load_gate_config(gate_config or pconfig.GATE_FILE))
+            except (GateConfigError, ServingCheckError, OSError) as exc:
+                _fail(exc)
+            click.echo(f"serving check of {tag} on loopback ...")
+            result = serving_check(tag, bentoml_home or None, config)
+            if not result["passed"]:
+                reg.record(v, "blocked", gate="serving check", automatic=False,
+                           reason=f"manual approval refused, serving check failed: {result['reason']}")
+                _fail(RegistryError(f"serving check failed, {v} not promoted: {result['reason']}"))
+            click.echo(f"serving check passed: {result['reason']}")
+        pointer = reg.promote(v, gate="manual", automatic=False,
+                              reason=reason if check else f"{reason} (serving check skipped)")
     except RegistryError as exc:
         _fail(exc)
     click.echo(f"champion is now {pointer['version']} (manual approval by {pointer['actor']})")
-    if package:
-        path = reg.version_path(v)
-        from serving.store import save_to_bentoml
-        tag = _package_version(path, bentoml_home, v, approved_by=getpass.getuser(), save=save_to_bentoml)
-        click.echo(f"packaged as BentoML model {tag}")
 
 
 def _package_version(path, bentoml_home: str, version: str, approved_by: str, save) -> str:

@@ -32,6 +32,13 @@ def print_summary(summary: dict) -> None:
                 "model_dir", "registry_version"):
         console.print(f"{key:16s} {summary.get(key)}", soft_wrap=True)
     console.print(f"{'bento model':16s} {summary.get('bento_model') or '(not packaged: not blessed)'}", soft_wrap=True)
+    check = summary.get("serving_check")
+    if check:
+        console.print(f"{'serving check':16s} {'passed' if check['passed'] else 'FAILED'}: {check['reason']}",
+                      soft_wrap=True, highlight=False)
+    if summary.get("blessing", {}).get("blessed"):
+        console.print(f"{'champion':16s} " + ("promoted to this run's version" if summary.get("promoted")
+                                             else "unchanged (not promoted)"), highlight=False)
     console.print(f"{'summary':16s} {storage.join(summary['run_dir'], 'summary.json')}", soft_wrap=True)
 
 

@@ -1,5 +1,8 @@
 """The ITEm training pipeline (KFP v2): validate -> pretrain -> evaluate (challenger, champion,
-baselines) -> gate -> register (promote when blessed) -> (if blessed) package.
+baselines) -> gate -> register -> (if blessed) package -> serving check -> (if served) promote.
+
+The champion pointer moves last, only to a model that was packaged and answered canned requests
+from a real ``bentoml serve`` exactly as the in-process model does (TFX's InfraValidator order).
 
 The DAG only; parameters come from ``pipelines/config.py`` (profiles and gate config).
 :data:`training_pipeline` is the pipeline ``item run`` runs through ``kfp.local``, with no cluster
@@ -16,13 +19,15 @@ from components.gate import gate
 from components.package import package
 from components.pretrain import pretrain
 from components.pretrain_ddp import pretrain_ddp
+from components.promote import promote
 from components.register_model import register_model
+from components.serving_check import serving_check
 from components.validate_catalog import validate_catalog
 from pipelines.params import TRAINING_SPECS, pipeline_signature
 
 PIPELINE_NAME = "item-training"
 #: the DAG's task names (kfp.local writes each task's outputs to a folder of that name)
-TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package")
+TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package", "serving-check", "promote")
 
 
 def apply_cluster(task, name: str, cluster: dict | None):
@@ -118,12 +123,18 @@ def build_training_pipeline(cluster: dict | None = None):
             catalog_index=evaluated.outputs["catalog_index"], registry_root=registry_root,
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "register-model", cluster)
         with dsl.If(verdict.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition syntax)
-            apply_cluster(package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
-                                  blessing=verdict.outputs["blessing"],
-                                  validated_catalog=validated.outputs["validated_catalog"],
-                                  catalog_index=evaluated.outputs["catalog_index"],
-                                  registry_version=registered.output,
-                                  model_name=model_name, bentoml_home=bentoml_home), "package", cluster)
+            packaged = apply_cluster(package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
+                                             blessing=verdict.outputs["blessing"],
+                                             validated_catalog=validated.outputs["validated_catalog"],
+                                             catalog_index=evaluated.outputs["catalog_index"],
+                                             registry_version=registered.output,
+                                             model_name=model_name, bentoml_home=bentoml_home), "package", cluster)
+            served = apply_cluster(serving_check(bento_model=packaged.outputs["bento_model"], gate_config=gate_config,
+                                                 registry_root=registry_root, registry_version=registered.output,
+                                                 bentoml_home=bentoml_home), "serving-check", cluster)
+            with dsl.If(served.outputs["Output"] == True, name="served"):  # noqa: E712
+                apply_cluster(promote(eval_json=evaluated.outputs["eval_json"], registry_root=registry_root,
+                                      registry_version=registered.output), "promote", cluster)
 
     return training_pipeline
 

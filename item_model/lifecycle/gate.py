@@ -63,7 +63,9 @@ def check_gate_config(cfg: Any) -> None:
     """Raise :class:`GateConfigError` naming the criterion index and field if ``cfg`` is malformed."""
     if not isinstance(cfg, dict) or not isinstance(floors(cfg), list) or not floors(cfg):
         raise GateConfigError("gate config needs a non-empty 'floors' (or 'criteria') list")
-    unknown = set(cfg) - {"floors", "criteria", "champion", "baselines", "validation", "title_decides"}
+    # serving_check: checked by serving.serving_check.ServingCheckConfig (the serving layer reads it)
+    unknown = set(cfg) - {"floors", "criteria", "champion", "baselines", "validation", "title_decides",
+                          "serving_check"}
     if unknown:
         raise GateConfigError(f"gate config has unknown section(s) {sorted(unknown)}")
     if "title_decides" in cfg:

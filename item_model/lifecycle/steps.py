@@ -323,15 +323,12 @@ def gate_step(eval_path: str, gate_config: dict, blessing_path: str, report_path
 @record_failure
 def register_step(registry_root: str, model_dir: str, eval_path: str, blessing_path: str, catalog_dir: str,
                   files: dict[str, str] | None = None, run: str = "") -> dict:
-    """Store the challenger as an immutable registry version; promote it to champion when blessed,
-    else record that the gate blocked it. The champion generation read by the evaluate step guards
-    against a concurrent promotion in between.
+    """Store the challenger as an immutable registry version. A version the gate refused is recorded
+    as blocked; a blessed one waits for the serving check (``serving.serving_check``) and
+    :func:`promote_step`, so the champion pointer moves only to a model that was served.
 
     Returns:
-        ``{"version", "promoted", "champion"}``.
-
-    Raises:
-        registry.ConcurrentPromotionError: another run promoted a model since this one was evaluated.
+        ``{"version", "blessed"}``.
     """
     from .registry import ModelRegistry
 
@@ -345,17 +342,29 @@ def register_step(registry_root: str, model_dir: str, eval_path: str, blessing_p
         "catalog_source": meta["source"], "code_version": code_version(), "run": run,
         "metrics": {k: result.metric("item", k) for k in ("category_accuracy", "category_macro_f1",
                                                           "recall@1", "recall@10", "mAP")}})
-    failed = blessing.failed()
-    if blessing.blessed:
-        registry.promote(version, gate="item-training gate", automatic=True,
-                         reason="every gate criterion passed",
-                         expected_generation=result.champion.get("generation", 0))
-    else:
+    if not blessing.blessed:
         registry.record(version, "blocked", gate="item-training gate", automatic=True,
-                        reason=f"failed: {', '.join(failed)}")
-    champion = registry.champion()
-    return {"version": version, "promoted": bool(blessing.blessed),
-            "champion": champion["version"] if champion else None}
+                        reason=f"failed: {', '.join(blessing.failed())}")
+    return {"version": version, "blessed": bool(blessing.blessed)}
+
+
+def promote_step(registry_root: str, version: str, eval_path: str, reason: str = "") -> dict:
+    """Move the champion pointer to ``version`` (blessed by the gate and through the serving check).
+    The champion generation read by the evaluate step guards against a concurrent promotion since.
+
+    Returns:
+        the new pointer (``version``, ``generation``, ``previous``...).
+
+    Raises:
+        registry.ConcurrentPromotionError: another run promoted a model since this one was evaluated.
+    """
+    from .registry import ModelRegistry
+
+    result = EvalResult.from_json(eval_path)
+    return ModelRegistry(registry_root).promote(
+        version, gate="item-training gate", automatic=True,
+        reason=reason or "every gate criterion passed and the serving check passed",
+        expected_generation=result.champion.get("generation", 0))
 
 
 def code_version() -> str:

@@ -58,6 +58,12 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert summary["blessing"]["blessed"] is True
     assert "package" in summary["tasks_run"]                                      # the dsl.If branch ran
+    # packaged, served on loopback and checked against the in-process model, then promoted (last)
+    assert {"serving-check", "promote"} <= set(summary["tasks_run"]) and summary["promoted"] is True
+    check = summary["serving_check"]
+    assert check["passed"] is True and max(check["max_abs_diff"].values()) <= 1e-5
+    assert {"embed joint", "embed title-only", "embed photo-only", "similar by product_id"} <= set(check["latency_ms"])
+    assert "serving check     passed" in proc.stdout or "serving check    passed" in proc.stdout
     tag = summary["bento_model"]
     assert tag and tag.startswith("item:")
     assert bento_models(tmp_path / "bentoml") == [tag.replace(":", "/")]
@@ -101,6 +107,25 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     assert registry.champion()["version"] == summary["registry_version"] == meta["metadata"]["registry_version"]
     assert (registry.version_path(summary["registry_version"]) / "gate_report.html").exists()
     assert Path(summary["gate_report_html"]).read_text().startswith("<!doctype html>")
+
+
+@pytest.mark.e2e
+def test_failed_serving_check_blocks_promotion(tmp_path, slice_catalog):
+    """A blessed model whose serving check fails (a latency bound no server meets) is packaged but
+    not promoted: no champion, and the registry's history says why."""
+    gate = {"criteria": [{"metric": "item.recall@10", "min": 0.0}], "serving_check": {"max_latency_ms": 0.001}}
+    proc, summary = run_item(tmp_path, slice_catalog, gate=gate)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert summary["blessing"]["blessed"] is True and summary["bento_model"]
+    assert "serving-check" in summary["tasks_run"] and "promote" not in summary["tasks_run"]
+    assert summary["serving_check"]["passed"] is False and "> max_latency_ms 0" in summary["serving_check"]["reason"]
+    assert summary["promoted"] is False and "unchanged (not promoted)" in proc.stdout
+    from item_model.lifecycle.registry import ModelRegistry
+    registry = ModelRegistry(tmp_path / "registry")
+    assert registry.champion() is None
+    last = registry.history()[-1]
+    assert (last["action"], last["version"], last["gate"]) == ("blocked", summary["registry_version"], "serving check")
+    assert last["reason"].startswith("serving check failed: ")
 
 
 @pytest.mark.e2e

@@ -30,3 +30,14 @@ def test_unblessed_model_is_refused(packaged_model, tmp_path):
     with pytest.raises(ValueError, match="blessed=false"):
         save_to_bentoml(packaged_model["model_dir"], packaged_model["eval_path"], str(blessing),
                         packaged_model["catalog_dir"], "item", packaged_model["bentoml_home"])
+
+
+def test_serving_check_config_is_read_from_the_gate_config_and_checked():
+    from serving.serving_check import ServingCheckConfig, ServingCheckError
+    assert ServingCheckConfig.from_gate_config({}) == ServingCheckConfig()
+    cfg = ServingCheckConfig.from_gate_config({"serving_check": {"max_latency_ms": 250, "n_listings": 2}})
+    assert (cfg.max_latency_ms, cfg.n_listings, cfg.tolerance) == (250, 2, 1e-5)
+    for bad, field in (({"max_latency_ms": -1}, "max_latency_ms"), ({"latency": 5}, "latency"),
+                       ({"enabled": "yes"}, "enabled"), ([1], "mapping")):
+        with pytest.raises(ServingCheckError, match=field):
+            ServingCheckConfig.from_gate_config({"serving_check": bad})

@@ -35,7 +35,9 @@ def _candidate(tmp: Path, packaged: dict, model_dir: str, registry: ModelRegistr
                                str(out / "details.npz"), packaged["catalog_dir"], str(out / "report.html"))
     reg = steps.register_step(str(registry.root), model_dir, str(out / "eval.json"), str(out / "blessing.json"),
                               packaged["catalog_dir"], files={"gate_report.html": str(out / "report.html")})
-    return {"blessing": blessing, **reg, "dir": out}
+    if reg["blessed"]:              # the pipeline runs the serving check in between (tests/serving)
+        steps.promote_step(str(registry.root), reg["version"], str(out / "eval.json"))
+    return {"blessing": blessing, **reg, "promoted": reg["blessed"], "dir": out}
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +93,25 @@ def test_champion_challenger_flow(tmp_path, packaged_model, worse_model):
     # human overrides through the CLI are recorded; reject of the champion rolls back
     env = {**os.environ, "ITEM_REGISTRY": str(registry.root), "COLUMNS": "300"}
     run = lambda *a: subprocess.run([ITEM, "gate", *a], capture_output=True, text=True, env=env, timeout=120)
-    p = run("approve", third["version"], "--reason", "looks fine to me", "--no-package")
+    # approve packages the version and runs the serving check first: a bound no server meets refuses it
+    import yaml
+    strict = tmp_path / "strict-gate.yaml"
+    strict.write_text(yaml.safe_dump({**GATE, "serving_check": {"max_latency_ms": 0.001}}))
+    home = str(tmp_path / "bentoml")
+    p = run("approve", third["version"], "--reason", "looks fine to me", "--bentoml-home", home,
+            "--gate-config", str(strict))
+    assert p.returncode == 1 and "serving check failed" in p.stderr and "max_latency_ms" in p.stderr, p.stderr
+    assert registry.champion()["version"] == second["version"]
+    assert (registry.history()[-1]["action"], registry.history()[-1]["gate"]) == ("blocked", "serving check")
+    p = run("approve", third["version"], "--reason", "looks fine to me", "--bentoml-home", home)
     assert p.returncode == 0, p.stderr
+    assert "serving check passed" in p.stdout
     assert registry.champion()["version"] == third["version"] and registry.champion()["automatic"] is False
     p = run("reject", third["version"], "--reason", "broke search after all")
     assert p.returncode == 0, p.stderr
     assert registry.champion()["version"] == second["version"]
-    actions = [(h["action"], h["automatic"]) for h in registry.history()[-3:]]
-    assert actions == [("promote", False), ("reject", False), ("promote", False)]
+    actions = [(h["action"], h["automatic"]) for h in registry.history()[-4:]]
+    assert actions == [("blocked", False), ("promote", False), ("reject", False), ("promote", False)]
     listing = run("list")
     assert "looks fine to me" in listing.stdout and "broke search" in listing.stdout
     shown = run("show", third["version"][:20])
@@ -248,7 +261,7 @@ def test_corrupt_registry_files_give_errors_naming_the_file(tmp_path, packaged_m
         registry.check() if damage.startswith("history") else registry.champion()
     env = {**os.environ, "ITEM_REGISTRY": str(registry.root), "COLUMNS": "300",
            "BENTOML_HOME": str(tmp_path / "bentoml"), "ITEM_STORAGE_ROOT": str(tmp_path)}
-    commands = [["gate", "list"], ["gate", "approve", v, "--reason", "x", "--no-package"]]
+    commands = [["gate", "list"], ["gate", "approve", v, "--reason", "x", "--no-package", "--no-serving-check"]]
     if not damage.startswith("history"):
         commands += [["gate", "show", "champion"], ["serve", "--port", "59997"]]
     for args in commands:
