@@ -48,12 +48,17 @@ def serve_command(host: str, port: int, extra: tuple[str, ...] = ()) -> list[str
               help="storage root for the traffic log (default: $ITEM_STORAGE_ROOT or ./item-storage)")
 @click.option("--traffic-sample", default=None, type=click.FloatRange(0.0, 1.0),
               help="share of served embeddings logged (default: $ITEM_TRAFFIC_SAMPLE or 0.1)")
+@click.option("--watch-interval", default=None, type=click.FloatRange(0.0),
+              help="seconds between reads of the registry's champion pointer; when it moves the server loads "
+                   "the new champion and swaps it in without downtime (default: $ITEM_WATCH_INTERVAL_S or 10; "
+                   "0 = never; a --tag pins the model and turns watching off)")
 @click.argument("bentoml_args", nargs=-1, type=click.UNPROCESSED)
 def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, storage_root: str | None,
-          traffic_sample: float | None, bentoml_args: tuple[str, ...]) -> None:
+          traffic_sample: float | None, watch_interval: float | None, bentoml_args: tuple[str, ...]) -> None:
     """Serve ITEm: POST /embed, POST /similar, /readyz, /metrics, OpenAPI at /docs.json.
 
-    Further arguments go to ``bentoml serve`` unchanged."""
+    Without --tag the server serves the registry's champion and follows its pointer (promotions and
+    rollbacks reach users without a restart). Further arguments go to ``bentoml serve`` unchanged."""
     env = set_offline_defaults(dict(os.environ))
     if bentoml_home:
         env["BENTOML_HOME"] = str(Path(bentoml_home).expanduser().resolve())
@@ -66,24 +71,28 @@ def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, stora
     env["ITEM_STORAGE_ROOT"] = root if storage.is_gcs(root) else str(Path(root).expanduser().resolve())
     if traffic_sample is not None:
         env["ITEM_TRAFFIC_SAMPLE"] = repr(traffic_sample)
+    if watch_interval is not None:
+        env["ITEM_WATCH_INTERVAL_S"] = repr(watch_interval)
     home = env.get("BENTOML_HOME") or "~/bentoml"
     wanted = env.get("ITEM_MODEL_TAG") or None
-    if wanted is None:
+    pinned = wanted is not None
+    if wanted is None:          # the service resolves the same champion itself, and keeps following it
         from serving.store import champion_tag
-        registry = env.get("ITEM_REGISTRY") or str(Path(env["ITEM_STORAGE_ROOT"]) / "registry")
+        registry = env.get("ITEM_REGISTRY") or storage.join(env["ITEM_STORAGE_ROOT"], "registry")
         from item_model.lifecycle.registry import RegistryError
         try:
             wanted = champion_tag(home, registry)
         except (LookupError, RegistryError) as exc:
             raise click.ClickException(str(exc)) from None
-        if wanted:
-            env["ITEM_MODEL_TAG"] = wanted
     found = model_on_disk(home, wanted)
     if found is None:
         raise click.ClickException(f"no model {wanted or 'item:latest'} in the BentoML store at {home} "
                                    f"(package one with 'item run', or pass --tag / --bentoml-home)")
     cmd = serve_command(host, port, bentoml_args)
-    click.echo(f"serving {found} from {home} on http://{host}:{port} (traffic log sample "
+    interval = float(env.get("ITEM_WATCH_INTERVAL_S", "10"))
+    follow = ("pinned by --tag / ITEM_MODEL_TAG" if pinned else
+              f"following the registry's champion every {interval:g} s" if interval > 0 else "not watching the registry")
+    click.echo(f"serving {found} from {home} on http://{host}:{port} ({follow}; traffic log sample "
                f"{env.get('ITEM_TRAFFIC_SAMPLE', '0.1')} under {env['ITEM_STORAGE_ROOT']}/traffic)",
                err=True)
     sys.stdout.flush()

@@ -3,8 +3,12 @@ catalog index packaged with the model (``POST /similar``).
 
     bentoml serve serving.service:ItemService --port 3000      # or: item serve [--tag item:VERSION]
 
-The model is the champion: ``ITEM_MODEL_TAG`` when set, else ``item:latest`` in the BentoML model
-store (:func:`resolve_model_tag`). Its store entry holds the Hugging Face model folder and, built at
+The model is ``ITEM_MODEL_TAG`` when set (pinned), else the model registry's champion, else
+``item:latest`` in the BentoML model store (:func:`resolve_model_tag`). Unless pinned, the service
+polls the champion pointer (``ITEM_WATCH_INTERVAL_S``, default 10 s; ``gs://`` registries too) and,
+when it moves (a promotion, ``item gate reject``), loads the new champion beside the old one and
+swaps them in one assignment (:meth:`ItemService.swap_to`): requests in flight finish on the model
+they started on, every response names the version that produced it, ``/readyz`` stays 200. Its store entry holds the Hugging Face model folder and, built at
 package time, ``catalog_index/`` (:mod:`item_model.lifecycle.index`): the embeddings of the catalog the model
 was validated on, with ids and titles.
 
@@ -58,7 +62,7 @@ from item_model.lifecycle.artifacts import INDEX_DIR, INDEX_KINDS  # noqa: E402
 from serving.schemas import (MAX_K, MAX_LISTINGS, Embedding, Listing, Neighbour, ProductId,  # noqa: E402
                              SimilarResult, top_k)
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("bentoml.item")     # a child of BentoML's logger: its handlers print it
 
 MODEL_NAME = "item"
 MODEL_VERSION_HEADER = "x-item-model-version"
@@ -137,6 +141,14 @@ def resolve_model_tag(tag: str | None = None) -> str:
 
 
 MODEL_TAG = resolve_model_tag()
+#: a model named at start-up (``ITEM_MODEL_TAG``, ``item serve --tag``) is served as it is; otherwise
+#: the service follows the registry's champion pointer, polled every ``ITEM_WATCH_INTERVAL_S`` seconds
+#: (0 = never)
+PINNED = bool(os.environ.get("ITEM_MODEL_TAG", "").strip())
+WATCH_INTERVAL_S = float(os.environ.get("ITEM_WATCH_INTERVAL_S", "10"))
+#: the version answering now (the ``X-Item-Model-Version`` header; each response body names the
+#: version that produced it, which is authoritative during a swap)
+CURRENT = {"tag": MODEL_TAG}
 
 EMBED_BATCH_LISTINGS = bentoml.metrics.Histogram(
     name="item_embed_batch_listings", documentation="listings embedded per model call of /embed",
@@ -146,6 +158,8 @@ EMBED_BATCH_SECONDS = bentoml.metrics.Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 TRAFFIC_ROWS = bentoml.metrics.Counter(
     name="item_traffic_log_rows", documentation="embeddings sampled into the traffic log")
+SWAPS = bentoml.metrics.Counter(
+    name="item_model_swaps", documentation="times the served model was swapped after the champion pointer moved")
 
 
 def _json_response(status: int, payload: dict, extra_headers: list | None = None) -> tuple[dict, dict]:
@@ -222,7 +236,7 @@ class RequestGuard:
         if scope["type"] != "http" or scope.get("path") not in self.routes:
             await self.app(scope, receive, send)
             return
-        version_header = [(MODEL_VERSION_HEADER.encode(), MODEL_TAG.encode())]
+        version_header = [(MODEL_VERSION_HEADER.encode(), CURRENT["tag"].encode())]
         if scope.get("method") != "POST":
             await self.app(scope, receive, self._shaping_send(send, version_header))
             return
@@ -417,6 +431,80 @@ def _shape_error(body: bytes) -> bytes:
     return json.dumps(data).encode()
 
 
+class ServedModel:
+    """One packaged model ready to answer: weights, processor and catalog index, loaded from its
+    store folder (:meth:`load`). Immutable once loaded; the service swaps whole bundles."""
+
+    def __init__(self, tag: str, model, processor, indexes: dict[str, np.ndarray], ids: np.ndarray,
+                 titles: np.ndarray, categories: np.ndarray):
+        self.tag, self.model, self.processor = tag, model, processor
+        self.dim = int(model.config.hidden_size)
+        self.indexes, self.ids, self.titles, self.categories = indexes, ids, titles, categories
+        self.row_of = {pid: i for i, pid in enumerate(ids)}
+
+    @classmethod
+    def load(cls, tag: str, path: Path) -> "ServedModel":
+        """Load the model folder ``path`` (a BentoML store entry) and warm it up (one forward pass).
+
+        Raises:
+            ValueError: the catalog index's width differs from the model's D.
+        """
+        import torch
+
+        from item_model.lifecycle.index import load_catalog_index
+        from item_model.modeling_item import ItemModel
+        from item_model.processing_item import ItemProcessor
+
+        path = Path(path)
+        model = ItemModel.from_pretrained(str(path)).eval()
+        processor = ItemProcessor.from_pretrained(str(path), model.config)
+        dim = int(model.config.hidden_size)
+        indexes: dict[str, np.ndarray] = {}
+        ids = titles = categories = np.empty(0, dtype=object)
+        if (path / INDEX_DIR / "index.json").is_file():
+            listings, embeddings, meta = load_catalog_index(path / INDEX_DIR)
+            for name, matrix in embeddings.items():
+                if matrix.shape[1] != dim:
+                    raise ValueError(f"{path / INDEX_DIR}: {name} embeddings of width {matrix.shape[1]}, model D = {dim}")
+                indexes[name] = np.ascontiguousarray(matrix, dtype=np.float32)
+            ids = listings["product_id"].astype(str).to_numpy()
+            titles = listings["title"].astype(object).where(listings["title"].notna(), None).to_numpy()
+            categories = (listings["category"].astype(object).where(listings["category"].notna(), None).to_numpy()
+                          if "category" in listings else np.full(len(listings), None))
+            logger.info("catalog index of %s: %d listings x %d, kinds %s (fingerprint %s)", tag, len(ids), dim,
+                        sorted(indexes), str(meta.get("catalog_fingerprint", ""))[:16])
+        else:
+            logger.warning("%s has no %s/: /similar answers 503", tag, INDEX_DIR)
+        served = cls(tag, model, processor, indexes, ids, titles, categories)
+        schemas.set_image_size(processor.image_size)
+        with torch.no_grad():  # warm-up: the first request should not pay for lazy initialisation
+            h, w = processor.image_size
+            served.embed(["warm up"], [np.zeros((h, w, 3), dtype=np.uint8)])
+        return served
+
+    def embed(self, titles: list[str | None], images: list[np.ndarray | None]) -> np.ndarray:
+        """(n, D) float32 L2-normalised embeddings; photos of another size than this model's input
+        (decoded for the model served before a swap) are resized first."""
+        from item_model.evaluation import embed_listings
+        h, w = self.processor.image_size
+        images = [im if im is None or im.shape[:2] == (h, w) else _resize(im, h, w) for im in images]
+        return embed_listings(self.model, self.processor, titles, images, batch_size=max(MAX_BATCH_SIZE, 1))
+
+
+def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 @bentoml.service(
     name="item",
     workers=1,   # one process; torch uses the cores inside it
@@ -432,67 +520,81 @@ class ItemService:
     def __init__(self) -> None:
         import torch
 
-        from item_model.lifecycle.index import load_catalog_index
-        from item_model.modeling_item import ItemModel
-        from item_model.processing_item import ItemProcessor
         from serving.traffic_log import TrafficLog, TrafficLogConfig
 
         torch.set_num_threads(TORCH_THREADS)
         self._model_lock = threading.Lock()
         stored = self.bento_model
-        self.model_tag = str(stored.tag)
-        path = Path(stored.path)
-        self.model = ItemModel.from_pretrained(str(path)).eval()
-        self.processor = ItemProcessor.from_pretrained(str(path), self.model.config)
-        schemas.set_image_size(self.processor.image_size)
-        self.dim = int(self.model.config.hidden_size)
-        self.indexes: dict[str, np.ndarray] = {}
-        if (path / INDEX_DIR / "index.json").is_file():
-            listings, embeddings, meta = load_catalog_index(path / INDEX_DIR)
-            for name, matrix in embeddings.items():
-                if matrix.shape[1] != self.dim:
-                    raise ValueError(f"{path / INDEX_DIR}: {name} embeddings of width {matrix.shape[1]}, "
-                                     f"model D = {self.dim}")
-                self.indexes[name] = np.ascontiguousarray(matrix, dtype=np.float32)
-            self.ids = listings["product_id"].astype(str).to_numpy()
-            self.titles = listings["title"].astype(object).where(listings["title"].notna(), None).to_numpy()
-            self.categories = (listings["category"].astype(object).where(listings["category"].notna(), None)
-                               .to_numpy() if "category" in listings else np.full(len(listings), None))
-            self.row_of = {pid: i for i, pid in enumerate(self.ids)}
-            logger.info("catalog index: %d listings x %d, kinds %s (fingerprint %s)", len(self.ids), self.dim,
-                        sorted(self.indexes), str(meta.get("catalog_fingerprint", ""))[:16])
-        else:
-            logger.warning("%s has no %s/: /similar answers 503", self.model_tag, INDEX_DIR)
-        self.traffic = TrafficLog(TrafficLogConfig.from_env(), self.model_tag)
-        with torch.no_grad():  # warm-up: the first request should not pay for lazy initialisation
-            h, w = self.processor.image_size
-            self._embed_arrays(["warm up"], [np.zeros((h, w, 3), dtype=np.uint8)])
+        #: the model answering requests now; a request takes it once and uses only it
+        self.served: ServedModel = ServedModel.load(str(stored.tag), Path(stored.path))
+        CURRENT["tag"] = self.served.tag
+        self.traffic = TrafficLog(TrafficLogConfig.from_env(), self.served.tag)
         # start the decoding processes now (each imports numpy and Pillow once), not on the first photo
-        import io as _io
-
-        from PIL import Image
-        png = _io.BytesIO()
-        Image.new("RGB", (8, 8)).save(png, "PNG")
+        h, w = self.served.processor.image_size
         pool = decode_pool()
-        for f in [pool.submit(schemas.decode_images, [png.getvalue()], (h, w)) for _ in range(DECODE_PROCESSES)]:
+        for f in [pool.submit(schemas.decode_images, [_tiny_png()], (h, w)) for _ in range(DECODE_PROCESSES)]:
             f.result(timeout=120)
-        logger.info("serving %s (D = %d, image %s, %d torch threads), traffic log sample %.3f under %s",
-                    self.model_tag, self.dim, self.processor.image_size, TORCH_THREADS,
-                    self.traffic.config.sample_rate, self.traffic.directory)
+        self._stop = threading.Event()
+        self.watching = WATCH_INTERVAL_S > 0 and not PINNED
+        if self.watching:
+            threading.Thread(target=self._watch_champion, name="champion-watch", daemon=True).start()
+        logger.info("serving %s (D = %d, image %s, %d torch threads), traffic log sample %.3f under %s; %s",
+                    self.served.tag, self.served.dim, self.served.processor.image_size, TORCH_THREADS,
+                    self.traffic.config.sample_rate, self.traffic.directory,
+                    f"watching the registry's champion every {WATCH_INTERVAL_S:g} s" if self.watching
+                    else "pinned to this model (ITEM_MODEL_TAG / --tag), not watching the registry")
+
+    # --------------------------------------------------------------------------- hot swap
+    def _watch_champion(self) -> None:
+        """Poll the registry's champion pointer; when it names another packaged model, load that model
+        and its catalog index beside the current one, then swap (see :meth:`swap_to`)."""
+        from serving.store import champion_tag
+
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            try:
+                wanted = champion_tag(model_name=MODEL_NAME)
+            except Exception as exc:  # an unreadable registry or a champion not packaged: keep serving
+                logger.warning("champion watch: %s; still serving %s", exc, self.served.tag)
+                continue
+            if wanted and wanted != self.served.tag:
+                try:
+                    self.swap_to(wanted)
+                except Exception:
+                    logger.exception("champion watch: could not load %s; still serving %s", wanted, self.served.tag)
+
+    def swap_to(self, tag: str) -> None:
+        """Load the packaged model ``tag`` (weights, processor, catalog index) and warm it up while the
+        current one keeps answering, then make it the served model in one assignment: requests already
+        running finish on the model they started with, every later one gets the new model, and each
+        response names the version that produced it.
+
+        Raises:
+            LookupError: ``tag`` is not in the BentoML store. ValueError: its catalog index is malformed.
+        """
+        from item_model.lifecycle.artifacts import find_packaged_model
+
+        found = find_packaged_model(tag)
+        if found is None:
+            raise LookupError(f"{tag} is not in the BentoML store")
+        t0 = time.perf_counter()
+        new = ServedModel.load(*found)
+        old, self.served = self.served, new
+        CURRENT["tag"] = new.tag
+        schemas.set_image_size(new.processor.image_size)
+        SWAPS.inc()
+        logger.info("now serving %s (was %s; loaded and warmed up in %.1f s)", new.tag, old.tag,
+                    time.perf_counter() - t0)
 
     # ------------------------------------------------------------------------------- model calls
-    def _embed_arrays(self, titles: list[str | None], images: list[np.ndarray | None]) -> np.ndarray:
-        from item_model.evaluation import embed_listings
-        with self._model_lock:  # /embed batches and /similar listing queries come from different threads
-            return embed_listings(self.model, self.processor, titles, images, batch_size=max(MAX_BATCH_SIZE, 1))
-
-    def _embed(self, listings: list[Listing]) -> np.ndarray:
-        """Validated listings -> (n, D) float32 L2-normalised embeddings; sampled into the traffic log."""
+    def _embed(self, served: "ServedModel", listings: list[Listing]) -> np.ndarray:
+        """Validated listings -> (n, D) float32 L2-normalised embeddings by ``served``; sampled into
+        the traffic log."""
         titles = [l.title if l.has_title else None for l in listings]
-        vectors = self._embed_arrays(titles, [l.pixels for l in listings])
+        with self._model_lock:  # /embed batches and /similar listing queries come from different threads
+            vectors = served.embed(titles, [l.pixels for l in listings])
         logged = self.traffic.record(vectors, [l.kind for l in listings], [l.has_title for l in listings],
                                      [l.pixels is not None for l in listings],
-                                     [len(l.title) if l.has_title else 0 for l in listings])
+                                     [len(l.title) if l.has_title else 0 for l in listings], model_tag=served.tag)
         if logged:
             TRAFFIC_ROWS.inc(logged)
         return vectors
@@ -504,11 +606,12 @@ class ItemService:
         """Product embeddings of listings (title and/or base64 JPEG/PNG image), in request order:
         L2-normalised float vectors of the model's width D, with their kind (joint / text / image)
         and the model version. Concurrent requests are batched together (adaptive batching)."""
+        served = self.served
         EMBED_BATCH_LISTINGS.observe(len(listings))
         t0 = time.perf_counter()
-        vectors = self._embed(listings)
+        vectors = self._embed(served, listings)
         EMBED_BATCH_SECONDS.observe(time.perf_counter() - t0)
-        return [Embedding(embedding=v.tolist(), kind=l.kind, model_version=self.model_tag)
+        return [Embedding(embedding=v.tolist(), kind=l.kind, model_version=served.tag)
                 for v, l in zip(vectors, listings)]
 
     @bentoml.api(route="/similar")
@@ -519,33 +622,35 @@ class ItemService:
         best first, with ids and titles. Exact search over the whole index: the catalog's joint
         embeddings, or for a title-only / photo-only listing the catalog's embeddings of the same
         kind when the index holds them (cross-kind scores do not rank same products)."""
+        served = self.served
         if (listing is None) == (product_id is None):
             raise InvalidArgument("listing, product_id: give exactly one of 'listing' or 'product_id'")
-        if "item" not in self.indexes:
+        if "item" not in served.indexes:
             from bentoml.exceptions import ServiceUnavailable
-            raise ServiceUnavailable(f"{self.model_tag} was packaged without a catalog index")
+            raise ServiceUnavailable(f"{served.tag} was packaged without a catalog index")
         if product_id is not None:
-            row = self.row_of.get(product_id)
+            row = served.row_of.get(product_id)
             if row is None:
-                raise NotFound(f"product_id: {product_id!r} is not in the catalog index of {self.model_tag} "
-                               f"({len(self.ids)} listings)")
+                raise NotFound(f"product_id: {product_id!r} is not in the catalog index of {served.tag} "
+                               f"({len(served.ids)} listings)")
             # a few ms of one matrix-vector product: cheaper here than two thread hand-offs
             kind, searched = "catalog", "item"
-            rows, scores = top_k(self.indexes["item"], self.indexes["item"][row], k, exclude=row)
+            rows, scores = top_k(served.indexes["item"], served.indexes["item"][row], k, exclude=row)
         else:
             import anyio
             kind = listing.kind
-            searched = INDEX_KINDS[kind] if INDEX_KINDS[kind] in self.indexes else "item"
+            searched = INDEX_KINDS[kind] if INDEX_KINDS[kind] in served.indexes else "item"
             rows, scores = await anyio.to_thread.run_sync(
-                lambda: top_k(self.indexes[searched], self._embed([listing])[0], k))
+                lambda: top_k(served.indexes[searched], self._embed(served, [listing])[0], k))
         return SimilarResult(
-            model_version=self.model_tag, query_kind=kind, index=searched, product_id=product_id, k=k,
-            catalog_size=len(self.ids),
-            results=[Neighbour(product_id=self.ids[r], title=self.titles[r], category=self.categories[r],
+            model_version=served.tag, query_kind=kind, index=searched, product_id=product_id, k=k,
+            catalog_size=len(served.ids),
+            results=[Neighbour(product_id=served.ids[r], title=served.titles[r], category=served.categories[r],
                                score=float(s)) for r, s in zip(rows, scores)])
 
     @bentoml.on_shutdown
     def _close(self) -> None:
+        self._stop.set()
         self.traffic.close()
         if _DECODE_POOL is not None:
             _DECODE_POOL.shutdown(wait=False, cancel_futures=True)

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from item_model.data import storage
 from item_model.lifecycle.artifacts import TRAFFIC_DIR, TRAFFIC_SCHEMA
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("bentoml.item.traffic_log")   # printed by BentoML's handlers in the server
 
 @dataclass(frozen=True)
 class TrafficLogConfig:
@@ -127,12 +127,14 @@ class TrafficLog:
         self.files_written: list[Path | str] = []
 
     def record(self, embeddings: np.ndarray, kinds: Sequence[str], has_title: Sequence[bool],
-               has_image: Sequence[bool], title_length: Sequence[int]) -> int:
+               has_image: Sequence[bool], title_length: Sequence[int], model_tag: str | None = None) -> int:
         """Sample rows of a served batch and buffer them (writing files as they fill).
 
         Args:
             embeddings: (n, D) float32, the vectors served.
             kinds, has_title, has_image, title_length: n values each, aligned with ``embeddings``.
+            model_tag: the model that served them (default: the log's ``model_tag``); rows of another
+                model than the buffered ones start a new file (a file holds one model's vectors).
 
         Returns:
             the number of rows sampled into the log.
@@ -148,15 +150,16 @@ class TrafficLog:
             if len(keep) == 0:
                 self._maybe_flush_locked(time.monotonic())
                 return 0
+            tag = model_tag or self.model_tag
             now = self._clock()
             hour = now.strftime("%Y-%m-%dT%H")
-            if self._hour is not None and hour != self._hour:
+            if (self._hour is not None and hour != self._hour) or (self._rows and self._rows[-1][1] != tag):
                 self._flush_locked()
             if not self._rows:
                 self._hour, self._oldest = hour, time.monotonic()
             emb = np.asarray(embeddings, dtype=np.float32)
             for i in keep:
-                self._rows.append((now, self.model_tag, str(kinds[i]), emb[i], bool(has_title[i]),
+                self._rows.append((now, tag, str(kinds[i]), emb[i], bool(has_title[i]),
                                    bool(has_image[i]), int(title_length[i])))
                 if len(self._rows) >= self.config.rows_per_file:
                     self._flush_locked()

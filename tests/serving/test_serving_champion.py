@@ -28,25 +28,27 @@ def champion_store(packaged_model, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("champion")
     m = packaged_model
-    root = Path(m["eval_path"]).parent
     registry = ModelRegistry(str(tmp / "registry"))
     version = registry.register(m["model_dir"], {"eval.json": m["eval_path"]}, {"blessed": True})
     registry.promote(version, gate="test gate", automatic=True, reason="test", expected_generation=0)
     home = tmp / "bentoml"
     env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(home)}
 
-    def save(registry_version: str) -> str:
-        args = [m["model_dir"], m["eval_path"], str(root / "blessing.json"), m["catalog_dir"], str(home),
-                m["index_dir"], registry_version]
-        out = subprocess.run([sys.executable, "-c", SAVE, *args], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return out.stdout.strip().splitlines()[-1]
-
-    champion = save(version)
-    newer = save("")                                   # newer than the champion's package, not the champion
+    champion = _save(m, home, version)
+    newer = _save(m, home, "")                         # newer than the champion's package, not the champion
     return {"home": str(home), "registry": str(tmp / "registry"), "champion_tag": champion, "newer_tag": newer,
             "version": version}
+
+
+def _save(m: dict, home: Path, registry_version: str) -> str:
+    """Package the test model into the store at ``home`` as the package of ``registry_version``; its tag."""
+    env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(home)}
+    args = [m["model_dir"], m["eval_path"], str(Path(m["eval_path"]).parent / "blessing.json"), m["catalog_dir"],
+            str(home), m["index_dir"], registry_version]
+    out = subprocess.run([sys.executable, "-c", SAVE, *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
 
 
 def test_champion_tag_reads_the_pointer_and_the_store(champion_store, tmp_path):
@@ -83,3 +85,99 @@ def test_item_serve_refuses_a_champion_that_was_never_packaged(champion_store, t
     result = CliRunner().invoke(serve, ["--bentoml-home", str(tmp_path / "empty"), "--port", "3999"], env=env)
     assert result.exit_code == 1
     assert f"names {champion_store['version']} as champion" in result.output and "item gate approve" in result.output
+
+
+
+@pytest.mark.e2e
+def test_promotion_and_rollback_are_served_without_a_failed_request(champion_store, packaged_model, tmp_path):
+    """A server started without a tag follows the champion pointer. Under a steady load of concurrent
+    /embed and /similar requests, a challenger is promoted and then rolled back (`reject`): zero
+    failed requests, the versions named in the responses go champion -> challenger -> champion, and
+    /readyz (polled from another process) answers 200 throughout."""
+    import shutil
+    import threading
+    import time
+
+    from item_model.lifecycle.registry import ModelRegistry
+    from tests.serving.test_serving import READYZ_POLLER, _metric
+
+    s = champion_store
+    home, reg_root = tmp_path / "bentoml", tmp_path / "registry"          # copies: the module's store stays as is
+    shutil.copytree(s["home"], home)
+    shutil.copytree(s["registry"], reg_root)
+    registry = ModelRegistry(str(reg_root))
+    challenger = registry.register(packaged_model["model_dir"], {"eval.json": packaged_model["eval_path"]},
+                                   {"blessed": True})
+    challenger_tag = _save(packaged_model, home, challenger)
+    env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(home), "ITEM_REGISTRY": str(reg_root),
+           "ITEM_STORAGE_ROOT": str(tmp_path / "storage"), "ITEM_WATCH_INTERVAL_S": "0.5"}
+    env.pop("ITEM_MODEL_TAG", None)
+    srv = Server("serving.service:ItemService", env, ROOT, tmp_path / "server.log")
+    stop, seen, failures = threading.Event(), [], []
+
+    def load(i: int) -> None:
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    if i % 2:
+                        r = client.post("/embed", json={"listings": [{"title": f"silver earrings {i}"}]})
+                        version = r.json()[0]["model_version"] if r.status_code == 200 else None
+                    else:
+                        r = client.post("/similar", json={"product_id": _first_id(packaged_model), "k": 5})
+                        version = r.json()["model_version"] if r.status_code == 200 else None
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                seen.append((started, time.monotonic(), version))
+
+    def wait_for(tag: str, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not (seen and seen[-1][2] == tag):
+            assert time.monotonic() < deadline, f"still serving {seen[-1][2] if seen else None}, waited for {tag}"
+            time.sleep(0.2)
+        return time.monotonic()
+
+    poller = subprocess.Popen([sys.executable, "-c", READYZ_POLLER, srv.url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        wait_for(s["champion_tag"])
+        t_promote = time.monotonic()
+        registry.promote(challenger, gate="test", automatic=False, reason="hot-swap test")
+        t_swapped = wait_for(challenger_tag)
+        time.sleep(1.0)
+        t_reject = time.monotonic()
+        registry.reject(challenger, reason="hot-swap test: roll back")
+        t_back = wait_for(s["champion_tag"])
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        latencies = json.loads(poller.communicate("", timeout=60)[0])
+        metrics = httpx.get(f"{srv.url}/metrics", timeout=30).text
+        log = srv.log()
+        srv.stop()
+    assert failures == [], failures[:5]
+    # in-flight requests finish on the model they started on, so completion order may interleave near a
+    # swap; but every request sent after the first answer of a version got that version (or a newer one)
+    def versions(since: float, until: float = float("inf")) -> set:
+        return {v for start, end, v in seen if start > since and end < until}
+    assert versions(0, t_promote) == {s["champion_tag"]}
+    assert versions(t_swapped, t_reject) == {challenger_tag}
+    assert versions(t_back) == {s["champion_tag"]}
+    assert len(seen) > 50 and latencies and all(x != float("inf") for x in latencies)
+    assert _metric(metrics, "item_model_swaps_total") == 2                  # promoted, then rolled back
+    assert f"now serving {challenger_tag} (was {s['champion_tag']}" in log                  # in the server's log
+    print(f"hot swap under load: {len(seen)} requests, 0 failed; /readyz {len(latencies)} polls, "
+          f"max {1e3 * max(latencies):.0f} ms")
+
+
+def _first_id(packaged_model: dict) -> str:
+    import pandas as pd
+    return str(pd.read_parquet(Path(packaged_model["index_dir"]) / "listings.parquet")["product_id"].iloc[0])
