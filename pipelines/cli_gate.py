@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import click
 
 from pipelines import config as pconfig
@@ -33,9 +35,13 @@ def gate_group() -> None:
 
 @gate_group.command("show")
 @click.argument("version", default="latest")
+@click.option("--storage-root", default="", help="Storage root holding the shadow log (default: $ITEM_STORAGE_ROOT "
+                                                 "or ./item-storage).")
+@click.option("--live-html", default="", help="Also write the live-traffic report (HTML) here.")
 @registry_option
-def show(version: str, registry: str) -> None:
-    """Show the gate of VERSION (a version id or prefix, 'latest' or 'champion')."""
+def show(version: str, storage_root: str, live_html: str, registry: str) -> None:
+    """Show the gate of VERSION (a version id or prefix, 'latest' or 'champion'), and its live traffic
+    when it ran in shadow beside the champion (item serve --shadow VERSION)."""
     from rich.console import Console
 
     from item_model.lifecycle.registry import RegistryError
@@ -49,8 +55,11 @@ def show(version: str, registry: str) -> None:
     except RegistryError as exc:
         _fail(exc)
     info = reg.info(v)
-    from item_model.lifecycle.results import Blessing
-    blessing = Blessing.from_json(path / "blessing.json").to_dict()
+    from item_model.lifecycle.results import Blessing, ResultFileError
+    try:
+        blessing = Blessing.from_json(path / "blessing.json").to_dict()
+    except ResultFileError as exc:
+        _fail(exc)
     console = Console()
     console.print(f"version   {v}  (created {info['created_at']}, catalog {info.get('catalog_fingerprint', '')[:16]}, "
                   f"{info.get('code_version', '')})")
@@ -59,6 +68,48 @@ def show(version: str, registry: str) -> None:
     console.print(blessing_table(blessing, title=f"Gate of {v}"))
     if (path / "gate_report.html").exists():
         console.print(f"HTML report: {path / 'gate_report.html'}")
+    _show_live_traffic(console, v, storage_root, live_html, path)
+
+
+def _show_live_traffic(console, version: str, storage_root: str, live_html: str, version_path=None) -> None:
+    """The "live traffic" section: the shadow log of ``version`` summarised (serving/shadow.py)."""
+    from rich.table import Table
+
+    from item_model.data.storage import storage_root as resolve_root
+    from item_model.io import write_text_atomic
+    from serving.shadow import disagreements, read_shadow_log, shadow_report_html, summarize_shadow
+
+    root = str(resolve_root(storage_root or None))
+    try:
+        rows = read_shadow_log(root, version)
+    except ValueError as exc:
+        _fail(exc)
+    s = summarize_shadow(rows)
+    if not s["n"]:
+        console.print(f"live traffic: none logged for {version} under {root} (item serve --shadow {version})")
+    else:
+        table = Table(title=f"Live traffic: {version} in shadow ({s['n']} requests, {s['first']} to {s['last']})")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        table.add_row("Overlap@10 with the champion: mean / p10 / median",
+                      f"{s['overlap_mean']:.2f} / {s['overlap_p10']:.2f} / {s['overlap_p50']:.2f}")
+        table.add_row("queries with Overlap@10 < 0.5 / identical top-10",
+                      f"{100 * s['share_below_0.5']:.1f} % / {100 * s['share_identical']:.1f} %")
+        table.add_row("latency p50 / p99 ms: champion", f"{s['champion_ms_p50']:.1f} / {s['champion_ms_p99']:.1f}")
+        table.add_row("latency p50 / p99 ms: challenger", f"{s['challenger_ms_p50']:.1f} / {s['challenger_ms_p99']:.1f}")
+        console.print(table)
+        for r in disagreements(rows, 3):
+            console.print(f"  disagree (Overlap@10 {r['overlap@10']:.1f}): {r['route']} {r['query_kind']} "
+                          f"{r.get('query_title') or r.get('product_id')!r}", highlight=False)
+    if live_html:
+        titles = {}
+        listings = Path(str(version_path)) / "catalog_index" / "listings.parquet" if version_path else None
+        if listings is not None and listings.is_file():        # titles for the report's top-5 lists
+            import pandas as pd
+            df = pd.read_parquet(listings, columns=["product_id", "title"])
+            titles = dict(zip(df["product_id"].astype(str), df["title"].astype(str)))
+        write_text_atomic(live_html, shadow_report_html(version, s, rows, titles))
+        console.print(f"live-traffic report: {live_html}")
 
 
 @gate_group.command("list")

@@ -52,9 +52,15 @@ def serve_command(host: str, port: int, extra: tuple[str, ...] = ()) -> list[str
               help="seconds between reads of the registry's champion pointer; when it moves the server loads "
                    "the new champion and swaps it in without downtime (default: $ITEM_WATCH_INTERVAL_S or 10; "
                    "0 = never; a --tag pins the model and turns watching off)")
+@click.option("--shadow", default=None, metavar="VERSION",
+              help="a challenger (registry version, or name:version) that also answers a sample of live requests "
+                   "off the users' path; the comparison is logged for 'item gate show VERSION' (env ITEM_SHADOW)")
+@click.option("--shadow-sample", default=None, type=click.FloatRange(0.0, 1.0),
+              help="share of requests the shadow challenger gets (default: $ITEM_SHADOW_SAMPLE or 0.2)")
 @click.argument("bentoml_args", nargs=-1, type=click.UNPROCESSED)
 def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, storage_root: str | None,
-          traffic_sample: float | None, watch_interval: float | None, bentoml_args: tuple[str, ...]) -> None:
+          traffic_sample: float | None, watch_interval: float | None, shadow: str | None,
+          shadow_sample: float | None, bentoml_args: tuple[str, ...]) -> None:
     """Serve ITEm: POST /embed, POST /similar, /readyz, /metrics, OpenAPI at /docs.json.
 
     Without --tag the server serves the registry's champion and follows its pointer (promotions and
@@ -73,6 +79,10 @@ def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, stora
         env["ITEM_TRAFFIC_SAMPLE"] = repr(traffic_sample)
     if watch_interval is not None:
         env["ITEM_WATCH_INTERVAL_S"] = repr(watch_interval)
+    if shadow:
+        env["ITEM_SHADOW"] = shadow
+    if shadow_sample is not None:
+        env["ITEM_SHADOW_SAMPLE"] = repr(shadow_sample)
     home = env.get("BENTOML_HOME") or "~/bentoml"
     wanted = env.get("ITEM_MODEL_TAG") or None
     pinned = wanted is not None

@@ -149,6 +149,10 @@ WATCH_INTERVAL_S = float(os.environ.get("ITEM_WATCH_INTERVAL_S", "10"))
 #: the version answering now (the ``X-Item-Model-Version`` header; each response body names the
 #: version that produced it, which is authoritative during a swap)
 CURRENT = {"tag": MODEL_TAG}
+#: shadow comparison (serving/shadow.py): a challenger (registry version or ``name:version``) that
+#: answers a sample of requests off the users' path, and the share of requests it gets
+SHADOW = os.environ.get("ITEM_SHADOW", "").strip()
+SHADOW_SAMPLE = float(os.environ.get("ITEM_SHADOW_SAMPLE", "0.2"))
 
 EMBED_BATCH_LISTINGS = bentoml.metrics.Histogram(
     name="item_embed_batch_listings", documentation="listings embedded per model call of /embed",
@@ -491,6 +495,15 @@ class ServedModel:
         return embed_listings(self.model, self.processor, titles, images, batch_size=max(MAX_BATCH_SIZE, 1))
 
 
+def _search_ids(served: ServedModel, query: np.ndarray, k: int, exclude: int | None = None,
+                kind: str | None = None) -> list[str]:
+    """The product ids of ``served``'s top-k for a query vector: the joint index for a catalog query
+    (``kind`` None), else the index of the query's kind when the package has it."""
+    searched = "item" if kind is None else (INDEX_KINDS[kind] if INDEX_KINDS[kind] in served.indexes else "item")
+    rows, _ = top_k(served.indexes[searched], query, k, exclude=exclude)
+    return [str(served.ids[r]) for r in rows]
+
+
 def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
     from PIL import Image
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
@@ -534,6 +547,7 @@ class ItemService:
         pool = decode_pool()
         for f in [pool.submit(schemas.decode_images, [_tiny_png()], (h, w)) for _ in range(DECODE_PROCESSES)]:
             f.result(timeout=120)
+        self.shadow = self._start_shadow(SHADOW) if SHADOW else None
         self._stop = threading.Event()
         self.watching = WATCH_INTERVAL_S > 0 and not PINNED
         if self.watching:
@@ -543,6 +557,44 @@ class ItemService:
                     self.traffic.config.sample_rate, self.traffic.directory,
                     f"watching the registry's champion every {WATCH_INTERVAL_S:g} s" if self.watching
                     else "pinned to this model (ITEM_MODEL_TAG / --tag), not watching the registry")
+
+    # --------------------------------------------------------------------------- shadow
+    def _start_shadow(self, wanted: str):
+        """Load the challenger ``wanted`` (a registry version, or a ``name:version`` store tag) beside the
+        champion and start the shadow comparison (:class:`serving.shadow.Shadow`).
+
+        Raises:
+            LookupError: no package of it in the BentoML store.
+        """
+        from item_model.lifecycle.artifacts import find_packaged_model, packaged_versions
+        from serving.shadow import Shadow
+
+        if ":" in wanted:
+            found = find_packaged_model(wanted)
+            version = None
+        else:
+            matches = sorted((str(info.get("creation_time", "")), v) for v, info in packaged_versions(MODEL_NAME)
+                             if str((info.get("metadata") or {}).get("registry_version", "")) == wanted)
+            found = find_packaged_model(f"{MODEL_NAME}:{matches[-1][1]}") if matches else None
+            version = wanted
+        if found is None:
+            raise LookupError(f"shadow challenger {wanted!r} has no package in the BentoML store "
+                              f"(item gate approve packages a version; or pass its name:version tag)")
+        challenger = ServedModel.load(*found)
+        if version is None:
+            meta = next((info for v, info in packaged_versions(found[0].split(":")[0]) if v == found[0].split(":")[1]), {})
+            version = str((meta.get("metadata") or {}).get("registry_version") or found[0].replace(":", "-"))
+        shadow = Shadow(challenger, _search_ids, self._embed_shadow, self.traffic.config.storage_root, version,
+                        sample=SHADOW_SAMPLE,
+                        rows_per_file=int(os.environ.get("ITEM_SHADOW_ROWS_PER_FILE", "200")),
+                        flush_seconds=float(os.environ.get("ITEM_SHADOW_FLUSH_SECONDS", "30")))
+        logger.info("shadow: %s (registry version %s) answers %.0f %% of requests off the users' path; log %s",
+                    challenger.tag, version, 100 * SHADOW_SAMPLE, shadow.log.directory)
+        return shadow
+
+    def _embed_shadow(self, served: "ServedModel", listings: list[Listing]) -> np.ndarray:
+        with self._model_lock:
+            return served.embed([l.title if l.has_title else None for l in listings], [l.pixels for l in listings])
 
     # --------------------------------------------------------------------------- hot swap
     def _watch_champion(self) -> None:
@@ -610,7 +662,13 @@ class ItemService:
         EMBED_BATCH_LISTINGS.observe(len(listings))
         t0 = time.perf_counter()
         vectors = self._embed(served, listings)
-        EMBED_BATCH_SECONDS.observe(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        EMBED_BATCH_SECONDS.observe(elapsed)
+        if self.shadow is not None and "item" in served.indexes:
+            for v, l in zip(vectors, listings):
+                if self.shadow.sampled():
+                    self.shadow.submit(route="/embed", champion=served, query_kind=l.kind, champion_ms=1e3 * elapsed,
+                                       champion_vector=v, listing=l)
         return [Embedding(embedding=v.tolist(), kind=l.kind, model_version=served.tag)
                 for v, l in zip(vectors, listings)]
 
@@ -623,6 +681,7 @@ class ItemService:
         embeddings, or for a title-only / photo-only listing the catalog's embeddings of the same
         kind when the index holds them (cross-kind scores do not rank same products)."""
         served = self.served
+        t0 = time.perf_counter()
         if (listing is None) == (product_id is None):
             raise InvalidArgument("listing, product_id: give exactly one of 'listing' or 'product_id'")
         if "item" not in served.indexes:
@@ -642,6 +701,10 @@ class ItemService:
             searched = INDEX_KINDS[kind] if INDEX_KINDS[kind] in served.indexes else "item"
             rows, scores = await anyio.to_thread.run_sync(
                 lambda: top_k(served.indexes[searched], self._embed(served, [listing])[0], k))
+        if self.shadow is not None and self.shadow.sampled():
+            self.shadow.submit(route="/similar", champion=served, query_kind=kind,
+                               champion_ms=1e3 * (time.perf_counter() - t0),
+                               champion_ids=[str(served.ids[r]) for r in rows], listing=listing, product_id=product_id)
         return SimilarResult(
             model_version=served.tag, query_kind=kind, index=searched, product_id=product_id, k=k,
             catalog_size=len(served.ids),
@@ -652,6 +715,8 @@ class ItemService:
     def _close(self) -> None:
         self._stop.set()
         self.traffic.close()
+        if self.shadow is not None:
+            self.shadow.close()
         if _DECODE_POOL is not None:
             _DECODE_POOL.shutdown(wait=False, cancel_futures=True)
 

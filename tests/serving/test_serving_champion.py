@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -40,10 +41,11 @@ def champion_store(packaged_model, tmp_path_factory):
             "version": version}
 
 
-def _save(m: dict, home: Path, registry_version: str) -> str:
-    """Package the test model into the store at ``home`` as the package of ``registry_version``; its tag."""
+def _save(m: dict, home: Path, registry_version: str, model_dir: str | None = None) -> str:
+    """Package the test model (or ``model_dir``) into the store at ``home`` as the package of
+    ``registry_version``; its tag."""
     env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(home)}
-    args = [m["model_dir"], m["eval_path"], str(Path(m["eval_path"]).parent / "blessing.json"), m["catalog_dir"],
+    args = [model_dir or m["model_dir"], m["eval_path"], str(Path(m["eval_path"]).parent / "blessing.json"), m["catalog_dir"],
             str(home), m["index_dir"], registry_version]
     out = subprocess.run([sys.executable, "-c", SAVE, *args], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
@@ -181,3 +183,82 @@ def test_promotion_and_rollback_are_served_without_a_failed_request(champion_sto
 def _first_id(packaged_model: dict) -> str:
     import pandas as pd
     return str(pd.read_parquet(Path(packaged_model["index_dir"]) / "listings.parquet")["product_id"].iloc[0])
+
+
+
+@pytest.mark.e2e
+def test_shadow_challenger_is_compared_on_live_traffic(champion_store, packaged_model, tmp_path):
+    """`--shadow VERSION`: the champion answers every request; the challenger (here the champion with
+    its image stream cut, so joint queries find other neighbours) answers each one again off the
+    users' path, and each comparison is logged; `item gate show VERSION` reads the log back."""
+    import shutil
+
+    import pandas as pd
+    import torch
+
+    from item_model.lifecycle.registry import ModelRegistry
+    from item_model.modeling_item import ItemModel
+    from item_model.processing_item import ItemProcessor
+    from serving.shadow import read_shadow_log
+
+    s = champion_store
+    home, reg_root, storage_root = tmp_path / "bentoml", tmp_path / "registry", tmp_path / "storage"
+    shutil.copytree(s["home"], home)
+    shutil.copytree(s["registry"], reg_root)
+    cut = tmp_path / "cut"
+    model = ItemModel.from_pretrained(packaged_model["model_dir"])
+    with torch.no_grad():
+        model.patch_embedding.weight.zero_()
+    model.save_pretrained(cut)
+    ItemProcessor.from_pretrained(packaged_model["model_dir"]).save_pretrained(cut)
+    registry = ModelRegistry(str(reg_root))
+    challenger = registry.register(str(cut), {"eval.json": packaged_model["eval_path"],
+                                              "blessing.json": str(Path(packaged_model["eval_path"]).parent / "blessing.json"),
+                                              "catalog_index": packaged_model["index_dir"]}, {"blessed": True})
+    _save(packaged_model, home, challenger, model_dir=str(cut))
+    env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(home), "ITEM_REGISTRY": str(reg_root),
+           "ITEM_STORAGE_ROOT": str(storage_root), "ITEM_MODEL_TAG": s["champion_tag"], "ITEM_SHADOW": challenger,
+           "ITEM_SHADOW_SAMPLE": "1.0", "ITEM_SHADOW_ROWS_PER_FILE": "5"}
+    rows = pd.read_parquet(Path(packaged_model["catalog_dir"]) / "catalog.parquet").head(8)
+    import base64
+    b64 = lambda b: base64.b64encode(b).decode("ascii")     # noqa: E731
+    srv = Server("serving.service:ItemService", env, ROOT, tmp_path / "server.log")
+    answered = {}
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            for pid in rows["product_id"].astype(str).head(5):
+                r = client.post("/similar", json={"product_id": pid, "k": 10})
+                assert r.status_code == 200 and r.json()["model_version"] == s["champion_tag"], r.text
+                answered[pid] = [n["product_id"] for n in r.json()["results"]]
+            for t, img in zip(rows["title"].head(3), rows["image_bytes"].head(3)):
+                r = client.post("/similar", json={"listing": {"title": t, "image": b64(img)}, "k": 10})
+                assert r.status_code == 200, r.text
+            r = client.post("/embed", json={"listings": [{"title": t, "image": b64(img)} for t, img
+                                                         in zip(rows["title"].tail(4), rows["image_bytes"].tail(4))]})
+            assert r.status_code == 200 and {e["model_version"] for e in r.json()} == {s["champion_tag"]}
+            deadline = time.time() + 60                  # the comparisons run after the answers
+            while len(list((storage_root / "shadow" / challenger).glob("*.jsonl"))) < 2 and time.time() < deadline:
+                time.sleep(0.2)
+    finally:
+        srv.stop()                                        # shutdown writes the rest of the log
+    logged = read_shadow_log(str(storage_root), challenger)
+    assert len(logged) == 5 + 3 + 4
+    assert {r["route"] for r in logged} == {"/similar", "/embed"}
+    assert {r["challenger"] for r in logged} == {f"item:{r['challenger'].split(':')[1]}" for r in logged}
+    assert {r["champion"] for r in logged} == {s["champion_tag"]}
+    for r in logged:
+        assert 0.0 <= r["overlap@10"] <= 1.0 and len(r["champion_top10"]) == 10 and len(r["challenger_top10"]) == 10
+        assert r["challenger_ms"] > 0
+        if r["product_id"] is not None:                   # the logged champion list is what the user got
+            assert r["champion_top10"] == answered[r["product_id"]]
+    joint = [r["overlap@10"] for r in logged if r["query_kind"] == "joint"]
+    assert min(joint) < 1.0                               # the cut image stream changes joint neighbours
+    report = tmp_path / "live.html"
+    shown = subprocess.run([str(Path(sys.executable).parent / "item"), "gate", "show", challenger, "--storage-root",
+                            str(storage_root), "--live-html", str(report)], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "ITEM_REGISTRY": str(reg_root), "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert f"Live traffic: {challenger} in shadow (12 requests" in shown.stdout
+    assert "Overlap@10 with the champion" in shown.stdout and "disagree (Overlap@10" in shown.stdout
+    page = report.read_text()
+    assert "Where they disagree most" in page and "data:image/png;base64," in page
