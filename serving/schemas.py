@@ -330,6 +330,8 @@ class Embedding(BaseModel):
     embedding: list[float] = Field(description="L2-normalised vector, D floats (D = 384 for ITEm)")
     kind: Literal["joint", "text", "image"] = Field(description="joint (title + photo), text or image")
     model_version: str = Field(description="BentoML tag of the model that computed it", examples=["item:abc123"])
+    error: Optional[str] = Field(None, description="set only inside the service when this listing alone failed in "
+                                 "its batch; the request is then answered 500 naming it, and never carries it")
 
 
 class Neighbour(BaseModel):

@@ -149,6 +149,9 @@ WATCH_INTERVAL_S = float(os.environ.get("ITEM_WATCH_INTERVAL_S", "10"))
 #: the version answering now (the ``X-Item-Model-Version`` header; each response body names the
 #: version that produced it, which is authoritative during a swap)
 CURRENT = {"tag": MODEL_TAG}
+#: fault injection for tests (like the registry's ITEM_REGISTRY_CRASH): a listing with this exact title
+#: makes the model call raise, so that the isolation of one failing listing in a batch can be tested
+FAULT_TITLE_ENV = "ITEM_FAULT_TITLE"
 #: shadow comparison (serving/shadow.py): a challenger (registry version or ``name:version``) that
 #: answers a sample of requests off the users' path, and the share of requests it gets
 SHADOW = os.environ.get("ITEM_SHADOW", "").strip()
@@ -162,6 +165,8 @@ EMBED_BATCH_SECONDS = bentoml.metrics.Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 TRAFFIC_ROWS = bentoml.metrics.Counter(
     name="item_traffic_log_rows", documentation="embeddings sampled into the traffic log")
+LISTING_FAILURES = bentoml.metrics.Counter(
+    name="item_embed_listing_failures", documentation="listings whose embedding failed alone (their request got 500)")
 SWAPS = bentoml.metrics.Counter(
     name="item_model_swaps", documentation="times the served model was swapped after the champion pointer moved")
 
@@ -271,7 +276,7 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, self._shaping_send(send, version_header))
+        await self.app(scope, replay, self._shaping_send(send, version_header, embed=scope["path"] == "/embed"))
 
     async def _read(self, scope, receive) -> tuple[dict, bytes | None]:
         from starlette.datastructures import Headers
@@ -392,7 +397,7 @@ class RequestGuard:
             raise _Reject(400, f"{sorted(fields)[0]}: unexpected form field")
         return json.dumps(payload).encode()
 
-    def _shaping_send(self, send, extra_headers: list):
+    def _shaping_send(self, send, extra_headers: list, embed: bool = False):
         state: dict[str, Any] = {"start": None, "chunks": []}
 
         async def shaping_send(message) -> None:
@@ -400,16 +405,25 @@ class RequestGuard:
                 status = message["status"]
                 message = {**message, "headers": list(message.get("headers", [])) + extra_headers}
                 ctype = dict((k.lower(), v) for k, v in message["headers"]).get(b"content-type", b"")
-                if 400 <= status < 500 and ctype.startswith(b"application/json"):
-                    state["start"] = message  # hold it: the body is rewritten
+                if ctype.startswith(b"application/json") and (400 <= status < 500 or (status == 200 and embed)):
+                    state["start"] = message  # hold it: the body may be rewritten
                     return
                 await send(message)
             elif message["type"] == "http.response.body" and state["start"] is not None:
                 state["chunks"].append(message.get("body", b""))
                 if message.get("more_body", False):
                     return
-                start, body = state["start"], _shape_error(b"".join(state["chunks"]))
+                start, body = state["start"], b"".join(state["chunks"])
                 state["start"] = None
+                if start["status"] == 200:
+                    failed = _failed_listings(body)
+                    if failed is None:
+                        await send(start)
+                        await send({"type": "http.response.body", "body": body, "more_body": False})
+                        return
+                    start, body = {**start, "status": 500}, json.dumps({"error": failed}).encode()
+                else:
+                    body = _shape_error(body)
                 headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
                 headers.append((b"content-length", str(len(body)).encode()))
                 await send({**start, "headers": headers})
@@ -418,6 +432,21 @@ class RequestGuard:
                 await send(message)
 
         return shaping_send
+
+
+def _failed_listings(body: bytes) -> str | None:
+    """For an /embed answer: ``"listings[i]: embedding failed (...); ..."`` when some listing failed
+    alone in its batch (its entry carries ``error``), else None. A byte search first: the JSON is parsed
+    only when an error string is there."""
+    if b'"error":"' not in body and b'"error": "' not in body:
+        return None
+    try:
+        items = json.loads(body)
+    except ValueError:
+        return None
+    failed = [f"listings[{i}]: embedding failed ({e['error']})" for i, e in enumerate(items)
+              if isinstance(e, dict) and e.get("error")]
+    return "; ".join(failed) or None
 
 
 def _shape_error(body: bytes) -> bytes:
@@ -492,6 +521,9 @@ class ServedModel:
         from item_model.evaluation import embed_listings
         h, w = self.processor.image_size
         images = [im if im is None or im.shape[:2] == (h, w) else _resize(im, h, w) for im in images]
+        fault = os.environ.get(FAULT_TITLE_ENV)
+        if fault and fault in titles:
+            raise RuntimeError(f"injected fault ({FAULT_TITLE_ENV})")
         return embed_listings(self.model, self.processor, titles, images, batch_size=max(MAX_BATCH_SIZE, 1))
 
 
@@ -638,18 +670,36 @@ class ItemService:
                     time.perf_counter() - t0)
 
     # ------------------------------------------------------------------------------- model calls
-    def _embed(self, served: "ServedModel", listings: list[Listing]) -> np.ndarray:
-        """Validated listings -> (n, D) float32 L2-normalised embeddings by ``served``; sampled into
-        the traffic log."""
+    def _embed(self, served: "ServedModel", listings: list[Listing]) -> tuple[np.ndarray, dict[int, str]]:
+        """Validated listings -> ((n, D) float32 L2-normalised embeddings by ``served``, ``{position:
+        error}`` of listings that failed); the embedded ones are sampled into the traffic log.
+
+        When the batch's model call fails, each listing is embedded alone, so one failing listing
+        fails only itself (and with it only its own request, see :class:`RequestGuard`)."""
         titles = [l.title if l.has_title else None for l in listings]
+        pixels = [l.pixels for l in listings]
+        failed: dict[int, str] = {}
         with self._model_lock:  # /embed batches and /similar listing queries come from different threads
-            vectors = served.embed(titles, [l.pixels for l in listings])
-        logged = self.traffic.record(vectors, [l.kind for l in listings], [l.has_title for l in listings],
-                                     [l.pixels is not None for l in listings],
-                                     [len(l.title) if l.has_title else 0 for l in listings], model_tag=served.tag)
+            try:
+                vectors = served.embed(titles, pixels)
+            except Exception:
+                logger.exception("a batch of %d listings failed; embedding them one by one", len(listings))
+                vectors = np.zeros((len(listings), served.dim), dtype=np.float32)
+                for i in range(len(listings)):
+                    try:
+                        vectors[i] = served.embed([titles[i]], [pixels[i]])[0]
+                    except Exception as exc:
+                        failed[i] = f"{type(exc).__name__}: {exc}"
+        ok = [i for i in range(len(listings)) if i not in failed]
+        logged = self.traffic.record(vectors[ok], [listings[i].kind for i in ok], [listings[i].has_title for i in ok],
+                                     [listings[i].pixels is not None for i in ok],
+                                     [len(listings[i].title) if listings[i].has_title else 0 for i in ok],
+                                     model_tag=served.tag)
         if logged:
             TRAFFIC_ROWS.inc(logged)
-        return vectors
+        if failed:
+            LISTING_FAILURES.inc(len(failed))
+        return vectors, failed
 
     # -------------------------------------------------------------------------------------- API
     @bentoml.api(route="/embed", batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
@@ -661,16 +711,17 @@ class ItemService:
         served = self.served
         EMBED_BATCH_LISTINGS.observe(len(listings))
         t0 = time.perf_counter()
-        vectors = self._embed(served, listings)
+        vectors, failed = self._embed(served, listings)
         elapsed = time.perf_counter() - t0
         EMBED_BATCH_SECONDS.observe(elapsed)
         if self.shadow is not None and "item" in served.indexes:
-            for v, l in zip(vectors, listings):
-                if self.shadow.sampled():
+            for i, (v, l) in enumerate(zip(vectors, listings)):
+                if i not in failed and self.shadow.sampled():
                     self.shadow.submit(route="/embed", champion=served, query_kind=l.kind, champion_ms=1e3 * elapsed,
                                        champion_vector=v, listing=l)
-        return [Embedding(embedding=v.tolist(), kind=l.kind, model_version=served.tag)
-                for v, l in zip(vectors, listings)]
+        return [Embedding(embedding=[], kind=l.kind, model_version=served.tag, error=failed[i]) if i in failed
+                else Embedding(embedding=v.tolist(), kind=l.kind, model_version=served.tag)
+                for i, (v, l) in enumerate(zip(vectors, listings))]
 
     @bentoml.api(route="/similar")
     async def similar(self, listing: Optional[Listing] = None, product_id: Optional[ProductId] = None,
@@ -699,8 +750,12 @@ class ItemService:
             import anyio
             kind = listing.kind
             searched = INDEX_KINDS[kind] if INDEX_KINDS[kind] in served.indexes else "item"
-            rows, scores = await anyio.to_thread.run_sync(
-                lambda: top_k(served.indexes[searched], self._embed(served, [listing])[0], k))
+            def search():
+                vectors, failed = self._embed(served, [listing])
+                if failed:
+                    raise RuntimeError(f"listing: embedding failed ({failed[0]})")
+                return top_k(served.indexes[searched], vectors[0], k)
+            rows, scores = await anyio.to_thread.run_sync(search)
         if self.shadow is not None and self.shadow.sampled():
             self.shadow.submit(route="/similar", champion=served, query_kind=kind,
                                champion_ms=1e3 * (time.perf_counter() - t0),

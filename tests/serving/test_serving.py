@@ -400,6 +400,37 @@ def test_pixel_budgets_refuse_bombs_from_the_header_while_health_checks_answer(s
           f"ms, max {1e3 * max(latencies):.1f} ms")
 
 
+def test_one_failing_listing_fails_only_its_own_request_in_a_batch(packaged_model, tmp_path):
+    """Fault injected (ITEM_FAULT_TITLE: a listing with that title makes the model call raise): sent
+    at the same time as 15 good requests, batched with some of them, the poisoned request alone gets
+    500 naming the listing; every other request of the batch gets its embeddings."""
+    env = _env(packaged_model, ITEM_STORAGE_ROOT=str(tmp_path / "storage"), ITEM_FAULT_TITLE="poison pill",
+               ITEM_MAX_LATENCY_MS="20000")
+    srv = Server("serving.service:ItemService", env, ROOT, tmp_path / "server.log")
+    try:
+        bodies = [[{"title": f"Lucera Women Silver Earrings {i}"}] for i in range(15)]
+        bodies.insert(7, [{"title": "Nike Men Running Shoes"}, {"title": "poison pill"}, {"title": "Puma Cap"}])
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda b: httpx.post(f"{srv.url}/embed", json={"listings": b}, timeout=120), bodies))
+        metrics = httpx.get(f"{srv.url}/metrics", timeout=30).text
+        after = httpx.post(f"{srv.url}/embed", json={"listings": [{"title": "still serving"}]}, timeout=60)
+        log = srv.log()
+    finally:
+        srv.stop()
+    import re
+    sizes = [int(n) for n in re.findall(r"a batch of (\d+) listings failed", log)]
+    assert len(sizes) == 1 and sizes[0] > 3, sizes    # the poisoned request shared its batch with others
+    poisoned = answers.pop(7)
+    assert poisoned.status_code == 500
+    assert poisoned.json()["error"] == "listings[1]: embedding failed (RuntimeError: injected fault (ITEM_FAULT_TITLE))"
+    assert [r.status_code for r in answers] == [200] * 15
+    assert all(len(r.json()[0]["embedding"]) == 384 and r.json()[0]["error"] is None for r in answers)
+    assert _metric(metrics, "item_embed_listing_failures_total") == 1
+    batches = _metric(metrics, "item_embed_batch_listings_count")
+    assert batches < 16, batches                  # some requests shared a batch with the poisoned one
+    assert after.status_code == 200
+
+
 # -------------------------------------------------------------------------------- traffic log
 def test_traffic_log_holds_served_embeddings(server, packaged_model, catalog_rows):
     from item_model.lifecycle.artifacts import TRAFFIC_SCHEMA as SCHEMA, read_traffic_log, traffic_files
