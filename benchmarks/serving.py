@@ -19,6 +19,13 @@ What is measured, in one run on this machine:
   (aiohttp) runs on the same cores as the server;
 * /similar: sequential requests by ``product_id`` (stored embedding, exact search) and by listing
   (embed + exact search), p50/p99; and the exact search alone in-process.
+* CPU seconds per embedding, fair on a shared machine (the load generator and the server share the
+  cores, so embeddings/s alone cannot separate the service's cost from the client's): the CPU time
+  (user + system, psutil) of the server's whole process tree (``bentoml serve``, its worker, the
+  photo-decoding processes) during each concurrency level, divided by the embeddings answered;
+  beside it, the CPU time (``time.process_time``, all threads) of this process decoding and
+  embedding the same listings in-process in batches of the size the server formed at that level.
+  Their ratio is the service's overhead (HTTP, JSON, validation, batching).
 
 The model is copied into a temporary BentoML store together with a 44,441-row catalog index whose
 ids, titles and categories are the real catalog's and whose vectors are random unit vectors
@@ -173,6 +180,49 @@ def in_process_throughput(model_dir: Path, queries: pd.DataFrame, batch_size: in
             "by_batch": dict(sorted(by_batch.items())), "batch_size": batch_size, "n": len(titles)}
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and all its live descendants."""
+    import psutil
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def in_process_cpu_per_embedding(model_dir: Path, queries: pd.DataFrame, batch: int, threads: int) -> float:
+    """CPU seconds (this process, all threads) per listing to decode and embed ``queries`` in batches of
+    ``batch``, in-process, after a warm-up pass."""
+    import torch
+
+    from item_model.evaluation import embed_listings
+    from item_model.image_utils import decode_image
+    from item_model.modeling_item import ItemModel
+    from item_model.processing_item import ItemProcessor
+    torch.set_num_threads(threads)
+    model = ItemModel.from_pretrained(str(model_dir)).eval()
+    processor = ItemProcessor.from_pretrained(str(model_dir), model.config)
+    titles, blobs = queries["title"].tolist(), queries["image_bytes"].tolist()
+
+    def one_pass() -> None:
+        for s in range(0, len(titles), batch):
+            images = [decode_image(b, processor.image_size) for b in blobs[s:s + batch]]
+            embed_listings(model, processor, titles[s:s + batch], images, batch)
+
+    one_pass()
+    t0 = time.process_time()
+    one_pass()
+    return (time.process_time() - t0) / len(titles)
+
+
 def search_latency(index_rows: int, dim: int, threads: int, reps: int = 200) -> dict:
     """In-process exact search (:func:`serving.schemas.top_k`, k = 10) over a random (n, D) index, ms."""
     import torch
@@ -319,7 +369,9 @@ def main(argv: list[str] | None = None) -> dict:
         before = batch_sizes(url)
         levels = []
         for c in [int(x) for x in args.concurrency.split(",")]:
+            cpu0 = server_cpu_seconds(server.pid)
             res = asyncio.run(drive(url, bodies, c, args.seconds, per_body=per))
+            res["server_cpu_s_per_embedding"] = (server_cpu_seconds(server.pid) - cpu0) / max(1, res["requests"] * per)
             after = batch_sizes(url)
             calls = after.get("count", 0) - before.get("count", 0)
             res["mean_batch"] = (after.get("sum", 0) - before.get("sum", 0)) / calls if calls else float("nan")
@@ -330,7 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
             levels.append(res)
             print(f"c={c:3d}: {res['embeddings_per_s']:.1f} embeddings/s ({res['vs_in_process']:.0%} of in-process), "
                   f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, mean batch {res['mean_batch']:.1f}, "
-                  f"model busy {res['model_busy']:.0%}, errors {res['errors']}", flush=True)
+                  f"model busy {res['model_busy']:.0%}, server CPU {1e3 * res['server_cpu_s_per_embedding']:.2f} "
+                  f"ms/embedding, errors {res['errors']}", flush=True)
 
         rng = np.random.default_rng(2)
         ids = rng.choice(index_df["product_id"].to_numpy(), size=args.similar_requests, replace=False)
@@ -345,6 +398,13 @@ def main(argv: list[str] | None = None) -> dict:
               f"exact search alone: p50 {search['p50_ms']:.2f} ms", flush=True)
         server.terminate()
         server.wait(30)
+        threads_server = args.torch_threads or cores
+        for res in levels:       # in-process CPU per embedding at the batch size the server formed
+            b = max(1, int(round(res["mean_batch"]))) if res["mean_batch"] == res["mean_batch"] else 1
+            res["in_process_cpu_s_per_embedding"] = in_process_cpu_per_embedding(model_dir, queries, b, threads_server)
+            res["cpu_overhead_ratio"] = res["server_cpu_s_per_embedding"] / res["in_process_cpu_s_per_embedding"]
+            print(f"c={res['concurrency']:3d}: in-process CPU {1e3 * res['in_process_cpu_s_per_embedding']:.2f} "
+                  f"ms/embedding at batch {b} -> server/in-process CPU {res['cpu_overhead_ratio']:.2f}x", flush=True)
         again = in_process_throughput(model_dir, queries, args.batch_size, [inproc["threads"]])
         print(f"in-process again, after the server stopped: {again['embeddings_per_s']:.1f} embeddings/s "
               f"(by batch {again['by_batch']})", flush=True)
@@ -372,11 +432,13 @@ def main(argv: list[str] | None = None) -> dict:
     print("in-process baseline embeddings/s by batch size: "
           + ", ".join(f"{b}: {r:.1f}" for b, r in inproc["by_batch"].items()))
     print(f"| concurrency | embeddings/s | vs in-process ({inproc['embeddings_per_s']:.1f}/s) | p50 ms | p99 ms "
-          f"| mean batch | model busy |")
-    print("|---|---|---|---|---|---|---|")
+          f"| mean batch | model busy | server CPU ms/emb | in-process CPU ms/emb | CPU ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in levels:
         print(f"| {r['concurrency']} | {r['embeddings_per_s']:.1f} | {r['vs_in_process']:.0%} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['model_busy']:.0%} |")
+              f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['model_busy']:.0%} | "
+              f"{1e3 * r['server_cpu_s_per_embedding']:.2f} | {1e3 * r['in_process_cpu_s_per_embedding']:.2f} | "
+              f"{r['cpu_overhead_ratio']:.2f}x |")
     print()
     print("| /similar over the index | n | p50 ms | p99 ms |")
     print("|---|---|---|---|")

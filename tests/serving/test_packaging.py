@@ -41,3 +41,45 @@ def test_serving_check_config_is_read_from_the_gate_config_and_checked():
                        ({"enabled": "yes"}, "enabled"), ([1], "mapping")):
         with pytest.raises(ServingCheckError, match=field):
             ServingCheckConfig.from_gate_config({"serving_check": bad})
+
+
+#: what the service imports (serving/service.py and the item_model modules it loads), plus the
+#: optional speed-ups uvicorn uses when present; serving/requirements.lock is their closure
+SERVING_ROOTS = ("bentoml", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyarrow",
+                 "pillow", "pydantic", "google-cloud-storage", "psutil", "pyyaml", "tqdm", "anyio", "starlette",
+                 "httpx", "uvloop", "httptools")
+
+
+def _pins(path: Path) -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+    return {canonicalize_name(line.split("==")[0]): line.strip() for line in path.read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+
+
+def test_serving_lock_is_the_closure_of_what_the_service_needs():
+    """serving/requirements.lock = the required-dependency closure of SERVING_ROOTS (from the installed
+    packages' metadata), each at requirements.lock's exact version; no pipeline, validation, monitoring
+    or test library in it."""
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    seen, todo = set(), [canonicalize_name(r) for r in SERVING_ROOTS]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for raw in distribution(name).requires or []:
+            req = Requirement(raw)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    root = Path(__file__).resolve().parents[2]
+    full, serving = _pins(root / "requirements.lock"), _pins(root / "serving" / "requirements.lock")
+    assert set(serving) == seen, (sorted(seen - set(serving)), sorted(set(serving) - seen))
+    assert all(serving[n] == full[n] for n in serving)                    # the same exact versions
+    for absent in ("great-expectations", "evidently", "kfp", "pytest", "scikit-learn", "sentence-transformers",
+                   "matplotlib", "gcp-storage-emulator", "import-linter"):
+        assert absent not in serving, absent
+    bentofile = (root / "serving" / "bentofile.yaml").read_text()
+    assert 'requirements_txt: "serving/requirements.lock"' in bentofile and '"item_model/**/*.py"' in bentofile

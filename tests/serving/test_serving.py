@@ -545,8 +545,13 @@ def test_bentoml_build_makes_a_self_contained_bento_that_serves_offline(packaged
     info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     assert [m["tag"] for s in info["services"] for m in s["models"]] == [packaged_model["tag"]]
     assert not (bento_dir / "env" / "python" / "requirements.lock.txt").exists()   # nothing was locked
-    assert "bentoml==1.4.39" in (bento_dir / "env" / "python" / "requirements.txt").read_text()
-    assert (bento_dir / "src" / "serving" / "service.py").is_file() and (bento_dir / "src" / "item_model").is_dir()
+    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
+    assert "bentoml==1.4.39" in requirements and "great" not in requirements and "kfp" not in requirements
+    for module in ("serving/service.py", "serving/shadow.py", "item_model/modeling_item.py",
+                   "item_model/lifecycle/artifacts.py", "item_model/lifecycle/index.py", "item_model/data/storage.py"):
+        assert (bento_dir / "src" / module).is_file(), module          # everything the service imports
+    size_mb = sum(p.stat().st_size for p in bento_dir.rglob("*") if p.is_file()) / 1e6
+    print(f"Bento {bento_tag}: {size_mb:.1f} MB (model, catalog index, source)")
 
     archive = tmp_path / "item.bento.tar"
     run = subprocess.run([*bentoml_cli, "export", bento_tag, str(archive)], env=env, capture_output=True,
@@ -561,8 +566,10 @@ def test_bentoml_build_makes_a_self_contained_bento_that_serves_offline(packaged
     stored = tmp_path / "fresh-store" / "models" / model_name / model_version
     assert (stored / "model.safetensors").is_file() and (stored / "catalog_index" / "embeddings.npz").is_file()
 
+    t0 = time.perf_counter()
     srv = Server(bento_tag, {**fresh, "ITEM_STORAGE_ROOT": str(tmp_path / "storage")}, tmp_path,
                  tmp_path / "bento-server.log")
+    print(f"cold start of the imported Bento: {time.perf_counter() - t0:.1f} s to /readyz 200")
     try:
         r = httpx.post(f"{srv.url}/embed", json={"listings": [{"title": "Puma Men Black Sports Shoes"}]}, timeout=60)
         assert r.status_code == 200 and r.json()[0]["model_version"] == packaged_model["tag"]
