@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 
 from pathlib import Path
 
@@ -178,9 +177,8 @@ def approve(version: str, reason: str, package: bool, check: bool, gate_config: 
         v = reg.resolve(version)
         tag = None
         if package:
-            from serving.store import save_to_bentoml
-            tag = _package_version(reg.version_path(v), bentoml_home, v, approved_by=getpass.getuser(),
-                                   save=save_to_bentoml)
+            from serving.store import package_registry_version
+            tag = package_registry_version(reg.version_path(v), v, bentoml_home or None, approved_by=getpass.getuser())
             click.echo(f"packaged as BentoML model {tag}")
         if check:
             from item_model.lifecycle.gate import GateConfigError
@@ -201,22 +199,6 @@ def approve(version: str, reason: str, package: bool, check: bool, gate_config: 
     except RegistryError as exc:
         _fail(exc)
     click.echo(f"champion is now {pointer['version']} (manual approval by {pointer['actor']})")
-
-
-def _package_version(path, bentoml_home: str, version: str, approved_by: str, save) -> str:
-    """Save a registry version into the BentoML store (its catalog summary is rebuilt from version.json)."""
-    import tempfile
-    from pathlib import Path
-
-    from item_model.io import write_json_atomic
-    info = json.loads((Path(path) / "version.json").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        write_json_atomic(Path(tmp) / "catalog.json", {"fingerprint": info.get("catalog_fingerprint", ""),
-                                                       "source": info.get("catalog_source", "")})
-        return save(str(Path(path) / "model"), str(Path(path) / "eval.json"), str(Path(path) / "blessing.json"),
-                    tmp, "item", bentoml_home or None, index_dir=str(Path(path) / "catalog_index")
-                    if (Path(path) / "catalog_index").exists() else None,
-                    registry_version=version, approved_by=approved_by)
 
 
 @gate_group.command("reject")

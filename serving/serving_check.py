@@ -315,12 +315,19 @@ def serving_check_step(tag: str, bentoml_home: str, gate_config: dict, registry_
     from item_model.lifecycle.registry import ModelRegistry
 
     config = ServingCheckConfig.from_gate_config(gate_config)
+    registry = ModelRegistry(registry_root)
+    if config.enabled and find_packaged_model(tag, bentoml_home or None) is None:
+        # on a cluster the package task ran in another pod, whose store is gone: package the registry's
+        # copy of the version into this task's store (the same files, from the same registry version)
+        from serving.store import package_registry_version
+        logger.info("%s is not in this task's BentoML store; packaging registry version %s here", tag, version)
+        tag = package_registry_version(registry.version_path(version), version, bentoml_home or None)
     if not config.enabled:
         result = {"passed": True, "skipped": True, "tag": tag, "reason": "serving check disabled in the gate config"}
     else:
         result = serving_check(tag, bentoml_home or None, config, log_path=log_path)
     write_json_atomic(out_path, result)
     if not result["passed"]:
-        ModelRegistry(registry_root).record(version, "blocked", gate="serving check", automatic=True,
-                                            reason=f"serving check failed: {result['reason']}")
+        registry.record(version, "blocked", gate="serving check", automatic=True,
+                        reason=f"serving check failed: {result['reason']}")
     return result

@@ -79,6 +79,31 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
     return tag
 
 
+def package_registry_version(path: str | Path, version: str, bentoml_home: str | None = None,
+                             approved_by: str = "", model_name: str = "item") -> str:
+    """Save a registry version folder (``model/``, ``eval.json``, ``blessing.json``, ``catalog_index/``,
+    ``version.json``) into the BentoML store, its catalog summary rebuilt from ``version.json``.
+
+    Returns:
+        the model tag ``<model_name>:<store version>``.
+
+    Raises:
+        ValueError: not blessed and no ``approved_by`` (see :func:`save_to_bentoml`).
+    """
+    import tempfile
+
+    from item_model.io import write_json_atomic
+    path = Path(path)
+    info = json.loads((path / "version.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        write_json_atomic(Path(tmp) / "catalog.json", {"fingerprint": info.get("catalog_fingerprint", ""),
+                                                       "source": info.get("catalog_source", "")})
+        return save_to_bentoml(str(path / "model"), str(path / "eval.json"), str(path / "blessing.json"), tmp,
+                               model_name, bentoml_home,
+                               index_dir=str(path / "catalog_index") if (path / "catalog_index").exists() else None,
+                               registry_version=version, approved_by=approved_by)
+
+
 def champion_tag(bentoml_home: str | None = None, registry_root: str | None = None,
                  model_name: str = "item") -> str | None:
     """The BentoML tag of the model registry's champion, read from the store's folders (no BentoML

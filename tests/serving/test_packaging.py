@@ -83,3 +83,34 @@ def test_serving_lock_is_the_closure_of_what_the_service_needs():
         assert absent not in serving, absent
     bentofile = (root / "serving" / "bentofile.yaml").read_text()
     assert 'requirements_txt: "serving/requirements.lock"' in bentofile and '"item_model/**/*.py"' in bentofile
+
+
+@pytest.mark.e2e
+def test_serving_check_packages_from_the_registry_when_the_task_store_lacks_the_model(packaged_model, tmp_path):
+    """On a cluster the package task's store lives in another pod: the serving-check task finds the
+    tag missing in its own (empty) store, packages the registry's copy of the version there, serves it
+    on loopback and passes; its result is written and nothing is recorded as blocked."""
+    import json
+
+    from item_model.lifecycle.registry import ModelRegistry
+    registry = ModelRegistry(tmp_path / "registry")
+    blessing = str(Path(packaged_model["eval_path"]).parent / "blessing.json")
+    version = registry.register(packaged_model["model_dir"], {"eval.json": packaged_model["eval_path"],
+                                                              "blessing.json": blessing,
+                                                              "catalog_index": packaged_model["index_dir"]}, {})
+    out = tmp_path / "result.json"
+    import os
+    import subprocess
+    import sys
+    script = ("import sys, json; from serving.serving_check import serving_check_step; "
+              "print(json.dumps(serving_check_step(*sys.argv[1:3], {}, *sys.argv[3:6])))")
+    proc = subprocess.run([sys.executable, "-c", script, "item:notinthisstore", str(tmp_path / "empty-store"),
+                           str(registry.root), version, str(out)], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "BENTOML_HOME": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]           # a fresh process, as the pipeline task is
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["passed"] is True, result["reason"]
+    assert result["tag"].startswith("item:") and result["tag"] != "item:notinthisstore"
+    assert (tmp_path / "empty-store" / "models" / "item").is_dir()
+    assert json.loads(out.read_text())["passed"] is True and registry.history() == []
+    assert max(result["max_abs_diff"].values()) <= 1e-5 and "similar by product_id" in result["latency_ms"]
