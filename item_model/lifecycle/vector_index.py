@@ -1,0 +1,265 @@
+"""One interface for searching a catalog's embeddings, with an exact and approximate backends.
+
+:class:`VectorIndex` is what serving and the pipeline search through: ``search(queries, k)`` returns
+row numbers and cosine scores, best first, for L2-normalised float32 vectors. Backends:
+
+=================  ===============================================  =======================================
+kind               what                                             memory per vector (D = 384)
+=================  ===============================================  =======================================
+``exact``          a float32 matrix and one matrix product (torch)  4 D bytes = 1,536 B
+``usearch-hnsw``   HNSW graph (usearch), vectors quantised to int8  D + ~2 M x 4 bytes of links ≈ 640 B
+``faiss-hnsw-sq8`` HNSW graph over 8-bit scalar-quantised vectors   D + 2 M x 4 ≈ 640 B
+                   (faiss ``IndexHNSWSQ``, inner product)
+=================  ===============================================  =======================================
+
+HNSW: Malkov & Yashunin, "Efficient and robust approximate nearest neighbor search using
+Hierarchical Navigable Small World graphs", arXiv:1603.09320; ``M`` links per node,
+``ef_construction`` / ``ef_search`` candidate-list sizes at build / query time (larger = better
+recall, slower). Which approximate backend serves, and with which settings, is chosen by
+``benchmarks/index.py`` (docs/index.md).
+
+Every index remembers the model version whose vectors it holds (``model_version``); :func:`load_index`
+refuses an index of another version than the caller expects, so an index never mixes two models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..io import write_json_atomic
+
+META_FILE = "vector_index.json"
+
+
+class IndexVersionMismatch(ValueError):
+    """An index built from another model version's vectors than the one asked for."""
+
+
+class VectorIndex(Protocol):
+    """Maximum-inner-product search over L2-normalised vectors (= cosine similarity)."""
+
+    kind: str
+    model_version: str
+
+    def __len__(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows for each query.
+
+        Args:
+            queries: (q, D) float32, L2-normalised.
+            k: results per query (fewer when the index is smaller).
+
+        Returns:
+            (rows (q, k) int64, scores (q, k) float32 cosine similarities), best first.
+        """
+
+    def memory_bytes(self) -> int:
+        """Bytes the index holds in memory (vectors and graph)."""
+
+    def save(self, folder: str | Path) -> None:
+        """Write the index into ``folder`` (its own files plus ``vector_index.json``)."""
+
+
+def _check(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise ValueError(f"vectors must be a non-empty (n, D) matrix, got shape {vectors.shape}")
+    return vectors
+
+
+class ExactIndex:
+    """Exact search: one (q, D) x (D, n) float32 product (torch, the process's thread pool) and top-k."""
+
+    kind = "exact"
+
+    def __init__(self, vectors: np.ndarray, model_version: str = ""):
+        self.vectors = _check(vectors)
+        self.model_version = model_version
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        q = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32))
+        scores = q @ torch.from_numpy(self.vectors).T
+        top = torch.topk(scores, min(k, len(self)), dim=1)
+        return top.indices.numpy().astype(np.int64), top.values.numpy()
+
+    def memory_bytes(self) -> int:
+        return int(self.vectors.nbytes)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "vectors.npy", self.vectors)
+        write_json_atomic(folder / META_FILE, {"kind": self.kind, "n": len(self), "dim": self.vectors.shape[1],
+                                               "model_version": self.model_version})
+
+    @classmethod
+    def load(cls, folder: str | Path, meta: dict) -> "ExactIndex":
+        return cls(np.load(Path(folder) / "vectors.npy", allow_pickle=False), meta.get("model_version", ""))
+
+
+class USearchHNSWIndex:
+    """HNSW over int8-quantised vectors with usearch (inner product on L2-normalised vectors).
+
+    Args:
+        connectivity: M, links per node.
+        expansion_add / expansion_search: ef at build and at query time.
+        dtype: ``"i8"`` (default, D bytes a vector), ``"f16"`` or ``"f32"``.
+        threads: build threads (0 = all cores).
+    """
+
+    kind = "usearch-hnsw"
+
+    def __init__(self, dim: int, connectivity: int = 32, expansion_add: int = 128, expansion_search: int = 64,
+                 dtype: str = "i8", model_version: str = ""):
+        from usearch.index import Index
+        self.dim, self.model_version = int(dim), model_version
+        self.settings = {"connectivity": connectivity, "expansion_add": expansion_add,
+                         "expansion_search": expansion_search, "dtype": dtype}
+        self.index = Index(ndim=self.dim, metric="ip", dtype=dtype, connectivity=connectivity,
+                           expansion_add=expansion_add, expansion_search=expansion_search)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, threads: int = 0, **settings) -> "USearchHNSWIndex":
+        vectors = _check(vectors)
+        out = cls(vectors.shape[1], **settings)
+        out.index.add(np.arange(len(vectors), dtype=np.uint64), vectors, threads=threads, log=False)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def set_ef(self, ef: int) -> None:
+        """The query-time candidate list size (recall / latency trade-off)."""
+        self.index.expansion_search = int(ef)
+        self.settings["expansion_search"] = int(ef)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        found = self.index.search(q, min(k, len(self)), threads=1, log=False)
+        keys = np.asarray(found.keys, dtype=np.int64).reshape(len(q), -1)
+        scores = (1.0 - np.asarray(found.distances, dtype=np.float32)).reshape(len(q), -1)   # ip distance = 1 - dot
+        return keys, scores
+
+    def memory_bytes(self) -> int:
+        return int(self.index.memory_usage)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.index.save(str(folder / "usearch.index"))
+        write_json_atomic(folder / META_FILE, {"kind": self.kind, "n": len(self), "dim": self.dim,
+                                               "model_version": self.model_version, **self.settings})
+
+    @classmethod
+    def load(cls, folder: str | Path, meta: dict) -> "USearchHNSWIndex":
+        out = cls(meta["dim"], meta["connectivity"], meta["expansion_add"], meta["expansion_search"], meta["dtype"],
+                  meta.get("model_version", ""))
+        out.index.load(str(Path(folder) / "usearch.index"))
+        return out
+
+
+class FaissHNSWIndex:
+    """HNSW over 8-bit scalar-quantised vectors with faiss (``IndexHNSWSQ``, inner product).
+
+    Args:
+        m: M, links per node. ef_construction / ef_search: candidate list sizes.
+    """
+
+    kind = "faiss-hnsw-sq8"
+
+    def __init__(self, index, model_version: str = "", settings: dict | None = None):
+        self.index, self.model_version, self.settings = index, model_version, dict(settings or {})
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, m: int = 32, ef_construction: int = 128, ef_search: int = 64,
+              model_version: str = "") -> "FaissHNSWIndex":
+        import faiss
+        vectors = _check(vectors)
+        index = faiss.IndexHNSWSQ(vectors.shape[1], faiss.ScalarQuantizer.QT_8bit, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
+        index.train(vectors)
+        index.add(vectors)
+        return cls(index, model_version, {"m": m, "ef_construction": ef_construction, "ef_search": ef_search})
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def set_ef(self, ef: int) -> None:
+        """The query-time candidate list size (recall / latency trade-off)."""
+        self.index.hnsw.efSearch = int(ef)
+        self.settings["ef_search"] = int(ef)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        scores, rows = self.index.search(q, min(k, len(self)))
+        return rows.astype(np.int64), scores.astype(np.float32)
+
+    def memory_bytes(self) -> int:
+        import faiss
+        return int(faiss.serialize_index(self.index).nbytes)
+
+    def save(self, folder: str | Path) -> None:
+        import faiss
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(folder / "faiss.index"))
+        write_json_atomic(folder / META_FILE, {"kind": self.kind, "n": len(self), "dim": int(self.index.d),
+                                               "model_version": self.model_version, **self.settings})
+
+    @classmethod
+    def load(cls, folder: str | Path, meta: dict) -> "FaissHNSWIndex":
+        import faiss
+        index = faiss.read_index(str(Path(folder) / "faiss.index"))
+        index.hnsw.efSearch = int(meta.get("ef_search", 64))
+        return cls(index, meta.get("model_version", ""), {k: meta[k] for k in ("m", "ef_construction", "ef_search")
+                                                          if k in meta})
+
+
+BACKENDS = {c.kind: c for c in (ExactIndex, USearchHNSWIndex, FaissHNSWIndex)}
+
+
+def load_index(folder: str | Path, model_version: str | None = None) -> VectorIndex:
+    """Read an index saved by a backend's ``save``.
+
+    Raises:
+        FileNotFoundError: no ``vector_index.json`` in ``folder``. ValueError: an unknown kind.
+        IndexVersionMismatch: ``model_version`` is given and the index holds another model's vectors.
+    """
+    meta = json.loads((Path(folder) / META_FILE).read_text())
+    if meta.get("kind") not in BACKENDS:
+        raise ValueError(f"{folder}/{META_FILE}: field 'kind' is {meta.get('kind')!r}, expected one of {sorted(BACKENDS)}")
+    if model_version is not None and meta.get("model_version") != model_version:
+        raise IndexVersionMismatch(f"{folder}: field 'model_version' is {meta.get('model_version')!r}, but the vectors "
+                                   f"of {model_version!r} were asked for; an index never mixes two models")
+    return BACKENDS[meta["kind"]].load(folder, meta)
+
+
+def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray, k: int = 10, vectors: np.ndarray | None = None,
+                queries: np.ndarray | None = None, eps: float = 1e-5) -> float:
+    """Recall@k of an approximate search against exact search, averaged over queries.
+
+    Without ``vectors``: |approx top-k ∩ exact top-k| / k. With ``vectors`` and ``queries`` (the
+    index's (n, D) and the (q, D) queries): a returned row counts when its exact cosine to the query
+    is at least the exact k-th best cosine minus ``eps``, so that among tied candidates (a catalog
+    holds exact duplicates: the same title and photo listed twice) any choice is right
+    (ANN-Benchmarks' distance-threshold recall, Aumüller et al., arXiv:1807.05614).
+    """
+    if vectors is None or queries is None:
+        hits = [len(set(a[:k].tolist()) & set(e[:k].tolist())) for a, e in zip(approx_rows, exact_rows)]
+        return float(np.mean(hits)) / k
+    hits = []
+    for a, e, q in zip(approx_rows, exact_rows, queries):
+        kth = float(np.min(vectors[e[:k]] @ q))
+        got = vectors[a[:k][a[:k] >= 0]] @ q
+        hits.append(int(np.sum(got >= kth - eps)))
+    return float(np.mean(hits)) / k

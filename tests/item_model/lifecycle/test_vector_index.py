@@ -1,0 +1,70 @@
+"""The VectorIndex backends on real embeddings: MiniLM title embeddings (the text baseline) of a real
+catalog slice, grown to 5,000 vectors the way benchmarks/index.py grows synthetic catalogs. (The
+tiny 2-layer test model's vectors are nearly all alike, which no trained model's are.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from item_model.lifecycle.index import load_catalog_index
+from item_model.lifecycle.vector_index import (ExactIndex, FaissHNSWIndex, IndexVersionMismatch, USearchHNSWIndex,
+                                               load_index, recall_at_k)
+
+
+@pytest.fixture(scope="module")
+def vectors(packaged_model) -> np.ndarray:
+    import sys
+    from pathlib import Path
+
+    from item_model.evaluation import text_baseline
+    from item_model.processing_item import default_bert_path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from benchmarks.index import grow
+    listings, _, _ = load_catalog_index(packaged_model["index_dir"])
+    titles = listings.dropna(subset=["title"]).reset_index(drop=True)
+    real = text_baseline(titles, default_bert_path(), progress=False).astype(np.float32)
+    grown, sigma = grow(real, 5000)
+    assert 0 < sigma < 0.2
+    return grown
+
+
+def test_exact_index_returns_the_true_top_k(vectors):
+    index = ExactIndex(vectors, model_version="v1")
+    q = vectors[:20]
+    rows, scores = index.search(q, 10)
+    truth = np.argsort(-(q @ vectors.T), axis=1)[:, :10]
+    assert rows.shape == scores.shape == (20, 10)
+    assert np.allclose(scores, np.take_along_axis(q @ vectors.T, truth, axis=1), atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()                            # best first
+    assert recall_at_k(rows, truth, 10, vectors, q) == 1.0
+
+
+@pytest.mark.parametrize("backend", ["faiss-hnsw-sq8", "usearch-hnsw"])
+def test_hnsw_backends_reach_exact_recall_and_round_trip(vectors, backend, tmp_path):
+    q = vectors[np.random.default_rng(0).choice(len(vectors), 100, replace=False)]
+    exact_rows, _ = ExactIndex(vectors).search(q, 10)
+    if backend == "faiss-hnsw-sq8":
+        index = FaissHNSWIndex.build(vectors, m=16, ef_construction=64, ef_search=64, model_version="v1")
+    else:
+        index = USearchHNSWIndex.build(vectors, connectivity=16, expansion_add=64, expansion_search=64, dtype="f16")
+        index.model_version = "v1"
+    rows, scores = index.search(q, 10)
+    assert rows.shape == (100, 10) and (rows >= 0).all() and len(index) == len(vectors)
+    assert recall_at_k(rows, exact_rows, 10, vectors, q) >= 0.97
+    assert np.allclose(scores[:, 0], np.sum(q * vectors[rows[:, 0]], axis=1), atol=0.02)   # cosine, quantised
+    index.save(tmp_path / "ix")
+    back = load_index(tmp_path / "ix", model_version="v1")
+    assert back.kind == backend and len(back) == len(vectors)
+    assert np.array_equal(back.search(q, 10)[0], rows)
+    with pytest.raises(IndexVersionMismatch, match="never mixes two models"):
+        load_index(tmp_path / "ix", model_version="v2")
+
+
+def test_recall_counts_ties_as_hits():
+    base = np.eye(4, dtype=np.float32)
+    vectors = np.vstack([base[0], base[0], base[0], base[1]])      # three identical listings
+    q = base[0][None, :]
+    assert recall_at_k(np.array([[2]]), np.array([[0]]), 1, vectors, q) == 1.0      # a tie is as good
+    assert recall_at_k(np.array([[3]]), np.array([[0]]), 1, vectors, q) == 0.0
+    assert recall_at_k(np.array([[2]]), np.array([[0]]), 1) == 0.0                  # id overlap alone misses it
