@@ -47,8 +47,6 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,12 +67,6 @@ DEFAULT_CATALOG = ROOT.parent / "shared" / "datasets" / "fashion-product-images-
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100, linear interpolation) of ``values``."""
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_catalog_columns(catalog: Path) -> pd.DataFrame:
@@ -336,29 +328,13 @@ def main(argv: list[str] | None = None) -> dict:
               f"{inproc['threads']} torch threads; by threads {inproc['by_threads']}; "
               f"by batch {inproc['by_batch']})", flush=True)
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "ITEM_MODEL_TAG": tag,
+        env = {"BENTOML_HOME": str(work / "bentoml"), "ITEM_MODEL_TAG": tag,
                "ITEM_STORAGE_ROOT": str(work / "storage"), "ITEM_MAX_BATCH_SIZE": str(args.batch_size)}
         if args.torch_threads:
             env["ITEM_TORCH_THREADS"] = str(args.torch_threads)
-        log = open(work / "server.log", "w")
-        server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:ItemService",
-                                   "--host", "127.0.0.1", "--port", str(port)],
-                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        import httpx
-        deadline = time.time() + 180
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited ({server.returncode}); log: {work / 'server.log'}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("server not ready after 180 s")
-            time.sleep(0.5)
+        from serving.serving_check import LocalServer
+        server = LocalServer(env, work / "server.log", timeout=180, cwd=ROOT)
+        url = server.url
 
         per = args.listings_per_request
         listings = [{"title": t, "image": base64.b64encode(b).decode("ascii")}
@@ -369,9 +345,9 @@ def main(argv: list[str] | None = None) -> dict:
         before = batch_sizes(url)
         levels = []
         for c in [int(x) for x in args.concurrency.split(",")]:
-            cpu0 = server_cpu_seconds(server.pid)
+            cpu0 = server_cpu_seconds(server.proc.pid)
             res = asyncio.run(drive(url, bodies, c, args.seconds, per_body=per))
-            res["server_cpu_s_per_embedding"] = (server_cpu_seconds(server.pid) - cpu0) / max(1, res["requests"] * per)
+            res["server_cpu_s_per_embedding"] = (server_cpu_seconds(server.proc.pid) - cpu0) / max(1, res["requests"] * per)
             after = batch_sizes(url)
             calls = after.get("count", 0) - before.get("count", 0)
             res["mean_batch"] = (after.get("sum", 0) - before.get("sum", 0)) / calls if calls else float("nan")
@@ -396,8 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"/similar by product_id: p50 {by_id['p50_ms']:.1f} ms, p99 {by_id['p99_ms']:.1f} ms; "
               f"by listing: p50 {by_listing['p50_ms']:.1f} ms, p99 {by_listing['p99_ms']:.1f} ms; "
               f"exact search alone: p50 {search['p50_ms']:.2f} ms", flush=True)
-        server.terminate()
-        server.wait(30)
+        server.stop()
         threads_server = args.torch_threads or cores
         for res in levels:       # in-process CPU per embedding at the batch size the server formed
             b = max(1, int(round(res["mean_batch"]))) if res["mean_batch"] == res["mean_batch"] else 1
@@ -413,13 +388,8 @@ def main(argv: list[str] | None = None) -> dict:
             for res in levels:
                 res["vs_in_process"] = res["embeddings_per_s"] / inproc["embeddings_per_s"]
     finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        if server is not None:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     result = {"model": described, "catalog_rows": len(index_df), "dim": dim, "cpus": os.cpu_count(),

@@ -100,16 +100,11 @@ def decode_listing_image(data: bytes, size_hw: tuple[int, int] | None = None) ->
     Raises:
         ValueError: not a decodable image, or too large (message without the field name).
     """
-    from item_model.image_utils import ImageTooLarge, decode_image, image_size
+    from item_model.image_utils import ImageTooLarge, decode_image
 
+    _check_header(data)
     try:
-        width, height = image_size(data)
-    except Exception as exc:  # UnidentifiedImageError, DecompressionBombError, truncated headers...
-        raise ValueError(f"not a decodable image ({type(exc).__name__})") from None
-    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
-        raise ValueError(f"image of {width} x {height} px exceeds the limit of {MAX_IMAGE_SIDE} px a side")
-    try:
-        return decode_image(data, size_hw)          # also checks the pixel budget before decoding
+        return decode_image(data, size_hw, max_pixels=MAX_IMAGE_PIXELS)   # checks the budget before decoding
     except ImageTooLarge as exc:
         raise ValueError(str(exc)) from None
     except Exception as exc:  # truncated or corrupt pixel data, unsupported modes

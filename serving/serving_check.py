@@ -95,12 +95,12 @@ class LocalServer:
     """``bentoml serve serving.service:ItemService`` on a free loopback port, in its own process group.
 
     Use as a context manager, or call :meth:`stop`. ``env`` is added to this process's environment
-    (with telemetry off and offline). Raises RuntimeError (with the log's tail) when the server exits
+    (with telemetry off and offline), or with ``inherit=False`` is the whole environment. Raises RuntimeError (with the log's tail) when the server exits
     or is not ready (``/readyz`` 200) within ``timeout`` seconds.
     """
 
     def __init__(self, env: dict[str, str], log_path: str | Path, timeout: float = 240.0,
-                 target: str = "serving.service:ItemService", cwd: str | Path = SERVICE_ROOT):
+                 target: str = "serving.service:ItemService", cwd: str | Path = SERVICE_ROOT, inherit: bool = True):
         import httpx
 
         self.port = free_port()
@@ -109,7 +109,8 @@ class LocalServer:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=str(cwd), env={**os.environ, **OFFLINE_ENV, **env}, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=str(cwd), env={**os.environ, **OFFLINE_ENV, **env} if inherit else dict(env), stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True)
         t0 = time.perf_counter()
         while True:

@@ -10,11 +10,8 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
@@ -33,51 +30,11 @@ QUIET_ENV = dict(OFFLINE_ENV)
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A ``bentoml serve`` subprocess on a free loopback port; :meth:`stop` ends it (and its workers)."""
-
-    def __init__(self, target: str, env: dict, cwd: Path, log_path: Path, timeout: float = 180.0):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{self.log()[-4000:]}")
-            time.sleep(0.5)
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the group this test started
-                self.proc.wait(10)
-        self._log.close()
+def Server(target: str, env: dict, cwd: Path, log_path: Path, timeout: float = 180.0):
+    """``bentoml serve TARGET`` on a free loopback port with exactly ``env`` (serving.serving_check.LocalServer);
+    ``.url``, ``.proc``, ``.log()``, ``.stop()``."""
+    from serving.serving_check import LocalServer
+    return LocalServer(env, log_path, timeout=timeout, target=target, cwd=cwd, inherit=False)
 
 
 def _env(packaged_model: dict, **extra: str) -> dict:

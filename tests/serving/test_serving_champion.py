@@ -33,7 +33,6 @@ def champion_store(packaged_model, tmp_path_factory):
     version = registry.register(m["model_dir"], {"eval.json": m["eval_path"]}, {"blessed": True})
     registry.promote(version, gate="test gate", automatic=True, reason="test", expected_generation=0)
     home = tmp / "bentoml"
-    env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(home)}
 
     champion = _save(m, home, version)
     newer = _save(m, home, "")                         # newer than the champion's package, not the champion
