@@ -364,27 +364,32 @@ def test_one_failing_listing_fails_only_its_own_request_in_a_batch(packaged_mode
     env = _env(packaged_model, ITEM_STORAGE_ROOT=str(tmp_path / "storage"), ITEM_FAULT_TITLE="poison pill",
                ITEM_MAX_LATENCY_MS="20000")
     srv = Server("serving.service:ItemService", env, ROOT, tmp_path / "server.log")
+    import re
     try:
-        bodies = [[{"title": f"Lucera Women Silver Earrings {i}"}] for i in range(15)]
-        bodies.insert(7, [{"title": "Nike Men Running Shoes"}, {"title": "poison pill"}, {"title": "Puma Cap"}])
-        with ThreadPoolExecutor(len(bodies)) as pool:
-            answers = list(pool.map(lambda b: httpx.post(f"{srv.url}/embed", json={"listings": b}, timeout=120), bodies))
+        shared = []
+        for burst in range(4):             # until the poisoned request has shared a batch with others
+            bodies = [[{"title": f"Lucera Women Silver Earrings {burst} {i}"}] for i in range(15)]
+            bodies.insert(7, [{"title": "Nike Men Running Shoes"}, {"title": "poison pill"}, {"title": "Puma Cap"}])
+            with ThreadPoolExecutor(len(bodies)) as pool:
+                answers = list(pool.map(lambda b: httpx.post(f"{srv.url}/embed", json={"listings": b}, timeout=120),
+                                        bodies))
+            poisoned = answers.pop(7)
+            assert poisoned.status_code == 500
+            assert poisoned.json()["error"] == ("listings[1]: embedding failed (RuntimeError: injected fault "
+                                                "(ITEM_FAULT_TITLE))")
+            assert [r.status_code for r in answers] == [200] * 15
+            assert all(len(r.json()[0]["embedding"]) == 384 and r.json()[0]["error"] is None for r in answers)
+            sizes = [int(n) for n in re.findall(r"a batch of (\d+) listings failed", srv.log())]
+            assert len(sizes) == burst + 1
+            shared = [n for n in sizes if n > 3]
+            if shared:
+                break
         metrics = httpx.get(f"{srv.url}/metrics", timeout=30).text
         after = httpx.post(f"{srv.url}/embed", json={"listings": [{"title": "still serving"}]}, timeout=60)
-        log = srv.log()
     finally:
         srv.stop()
-    import re
-    sizes = [int(n) for n in re.findall(r"a batch of (\d+) listings failed", log)]
-    assert len(sizes) == 1 and sizes[0] > 3, sizes    # the poisoned request shared its batch with others
-    poisoned = answers.pop(7)
-    assert poisoned.status_code == 500
-    assert poisoned.json()["error"] == "listings[1]: embedding failed (RuntimeError: injected fault (ITEM_FAULT_TITLE))"
-    assert [r.status_code for r in answers] == [200] * 15
-    assert all(len(r.json()[0]["embedding"]) == 384 and r.json()[0]["error"] is None for r in answers)
-    assert _metric(metrics, "item_embed_listing_failures_total") == 1
-    batches = _metric(metrics, "item_embed_batch_listings_count")
-    assert batches < 16, batches                  # some requests shared a batch with the poisoned one
+    assert shared, sizes                                  # the poisoned request shared its batch with others
+    assert _metric(metrics, "item_embed_listing_failures_total") == burst + 1
     assert after.status_code == 200
 
 
