@@ -428,20 +428,20 @@ class ModelRegistry:
         self._require(version)
         with self._lock():
             current, object_generation = self._read_pointer()
-            self.history()                                    # a damaged history stops before the pointer moves
+            history = self.history()                          # read once; a damaged history stops here
             generation = current["generation"] if current else 0
             if expected_generation is not None and expected_generation != generation:
                 raise ConcurrentPromotionError(
                     f"champion pointer moved (generation {generation}, expected {expected_generation}); "
                     f"re-read the champion and decide again")
-            if automatic and self._rejected(version):
+            if automatic and self._rejected(version, history):
                 raise RegistryError(f"version {version} was rejected by a human; only a manual approve promotes it")
             pointer = {"version": version, "generation": generation + 1, "promoted_at": _now(),
                        "actor": actor or getpass.getuser(), "automatic": automatic, "gate": gate,
                        "reason": reason, "previous": current["version"] if current else None}
             if os.environ.get(CRASH_ENV) == "before-pointer":
                 os._exit(137)                                 # simulated crash (tests only)
-            self._repair_locked(current)                      # a line lost to an earlier crash goes first
+            self._repair_locked(current, history)             # a line lost to an earlier crash goes first
             self._write_pointer(pointer, object_generation)
             if os.environ.get(CRASH_ENV) == "after-pointer":
                 os._exit(137)                                 # simulated crash (tests only)
@@ -460,12 +460,12 @@ class ModelRegistry:
             line["recovered"] = "the promotion's history line was lost (a crash between pointer and history)"
         return line
 
-    def _repair_locked(self, pointer: dict | None) -> bool:
+    def _repair_locked(self, pointer: dict | None, history: list[dict] | None = None) -> bool:
         if not pointer:
             return False
         if any(h["action"] == "promote" and h["version"] == pointer["version"]
                and h.get("generation", pointer.get("generation")) == pointer.get("generation")
-               for h in self.history()):
+               for h in (self.history() if history is None else history)):
             return False
         self._append_history(self._promotion_line(pointer, recovered=True))
         logger.warning("history line of the promotion of %s (generation %s) was missing; recovered from the "
@@ -521,8 +521,9 @@ class ModelRegistry:
                     self._write_pointer(None, object_generation)
         return entry
 
-    def _rejected(self, version: str) -> bool:
-        return any(h["action"] == "reject" and h["version"] == version for h in self.history())
+    def _rejected(self, version: str, history: list[dict] | None = None) -> bool:
+        return any(h["action"] == "reject" and h["version"] == version
+                   for h in (self.history() if history is None else history))
 
     def check(self) -> list[str]:
         """Consistency problems: a champion that is not a complete version, or without a history line."""
