@@ -509,7 +509,6 @@ class ServedModel:
         else:
             logger.warning("%s has no %s/: /similar answers 503", tag, INDEX_DIR)
         served = cls(tag, model, processor, indexes, ids, titles, categories)
-        schemas.set_image_size(processor.image_size)
         with torch.no_grad():  # warm-up: the first request should not pay for lazy initialisation
             h, w = processor.image_size
             served.embed(["warm up"], [np.zeros((h, w, 3), dtype=np.uint8)])
@@ -572,6 +571,7 @@ class ItemService:
         stored = self.bento_model
         #: the model answering requests now; a request takes it once and uses only it
         self.served: ServedModel = ServedModel.load(str(stored.tag), Path(stored.path))
+        schemas.set_image_size(self.served.processor.image_size)     # requests' photos are decoded to it
         CURRENT["tag"] = self.served.tag
         self.traffic = TrafficLog(TrafficLogConfig.from_env(), self.served.tag)
         # start the decoding processes now (each imports numpy and Pillow once), not on the first photo
