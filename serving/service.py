@@ -598,24 +598,17 @@ class ItemService:
         Raises:
             LookupError: no package of it in the BentoML store.
         """
-        from item_model.lifecycle.artifacts import find_packaged_model, packaged_versions
+        from item_model.lifecycle.artifacts import find_packaged_model
         from serving.shadow import Shadow
+        from serving.store import package_of, registry_version_of
 
-        if ":" in wanted:
-            found = find_packaged_model(wanted)
-            version = None
-        else:
-            matches = sorted((str(info.get("creation_time", "")), v) for v, info in packaged_versions(MODEL_NAME)
-                             if str((info.get("metadata") or {}).get("registry_version", "")) == wanted)
-            found = find_packaged_model(f"{MODEL_NAME}:{matches[-1][1]}") if matches else None
-            version = wanted
+        tag = wanted if ":" in wanted else package_of(wanted, model_name=MODEL_NAME)
+        found = find_packaged_model(tag) if tag else None
         if found is None:
             raise LookupError(f"shadow challenger {wanted!r} has no package in the BentoML store "
                               f"(item gate approve packages a version; or pass its name:version tag)")
         challenger = ServedModel.load(*found)
-        if version is None:
-            meta = next((info for v, info in packaged_versions(found[0].split(":")[0]) if v == found[0].split(":")[1]), {})
-            version = str((meta.get("metadata") or {}).get("registry_version") or found[0].replace(":", "-"))
+        version = wanted if ":" not in wanted else (registry_version_of(found[0]) or found[0].replace(":", "-"))
         shadow = Shadow(challenger, _search_ids, self._embed_shadow, self.traffic.config.storage_root, version,
                         sample=SHADOW_SAMPLE,
                         rows_per_file=int(os.environ.get("ITEM_SHADOW_ROWS_PER_FILE", "200")),

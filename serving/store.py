@@ -104,6 +104,23 @@ def package_registry_version(path: str | Path, version: str, bentoml_home: str |
                                registry_version=version, approved_by=approved_by)
 
 
+def package_of(registry_version: str, bentoml_home: str | Path | None = None, model_name: str = "item") -> str | None:
+    """The BentoML tag of the newest store entry packaged from ``registry_version`` (its metadata's
+    ``registry_version``), read from the store's folders; None when there is none."""
+    from item_model.lifecycle.artifacts import packaged_versions
+    found = [(str(info.get("creation_time", "")), version) for version, info in packaged_versions(model_name, bentoml_home)
+             if str((info.get("metadata") or {}).get("registry_version", "")) == registry_version]
+    return f"{model_name}:{max(found)[1]}" if found else None
+
+
+def registry_version_of(tag: str, bentoml_home: str | Path | None = None) -> str:
+    """The registry version a store entry ``name:version`` was packaged from ("" when none is recorded)."""
+    from item_model.lifecycle.artifacts import packaged_versions
+    name, _, version = tag.partition(":")
+    info = next((i for v, i in packaged_versions(name, bentoml_home) if v == version), {})
+    return str((info.get("metadata") or {}).get("registry_version") or "")
+
+
 def champion_tag(bentoml_home: str | None = None, registry_root: str | None = None,
                  model_name: str = "item") -> str | None:
     """The BentoML tag of the model registry's champion, read from the store's folders (no BentoML
@@ -126,7 +143,6 @@ def champion_tag(bentoml_home: str | None = None, registry_root: str | None = No
             names the version, the store and how to package it).
     """
     from item_model.lifecycle.artifacts import bentoml_home as store_root
-    from item_model.lifecycle.artifacts import packaged_versions
     from item_model.lifecycle.registry import ModelRegistry, default_registry
 
     root = registry_root or default_registry()
@@ -134,10 +150,9 @@ def champion_tag(bentoml_home: str | None = None, registry_root: str | None = No
     if not pointer:
         return None
     home = store_root(bentoml_home)
-    found = [(str(info.get("creation_time", "")), version) for version, info in packaged_versions(model_name, home)
-             if str((info.get("metadata") or {}).get("registry_version", "")) == pointer["version"]]
-    if not found:
+    tag = package_of(pointer["version"], home, model_name)
+    if tag is None:
         raise LookupError(f"the registry {root} names {pointer['version']} as champion, but the BentoML store "
                           f"at {home} holds no package of it: run 'item gate approve {pointer['version']}' "
                           f"(packages it) or pass --tag / ITEM_MODEL_TAG")
-    return f"{model_name}:{max(found)[1]}"
+    return tag
