@@ -408,12 +408,14 @@ def submit_cmd(host, cluster_file, which, profile, overrides, params, experiment
 
 
 from pipelines.cli_gate import gate_group  # noqa: E402
+from pipelines.cli_index import index_cmd  # noqa: E402
 from pipelines.cli_monitor import monitor_cmd  # noqa: E402
 from pipelines.cli_serve import serve  # noqa: E402
 
 main.add_command(gate_group)
 main.add_command(serve)
 main.add_command(monitor_cmd)
+main.add_command(index_cmd)
 
 if __name__ == "__main__":
     main()

@@ -83,6 +83,8 @@ class _QuietTasks:
         task_dir = _task_dir(full_command) or Path(os.environ.get("ITEM_ERROR_DIR", ".")).parent / "task"
         task_dir.mkdir(parents=True, exist_ok=True)
         name = task_dir.name
+        if task_dir.parent.name.startswith("for-loop-") and "-iteration-" in task_dir.parent.name:
+            name += "-" + task_dir.parent.name.rsplit("-", 1)[-1]       # a dsl.ParallelFor iteration: embed-shard-2
         env = {**os.environ, **(env_vars or {})}
         lines: list[str] = []
         t0 = time.perf_counter()

@@ -350,6 +350,13 @@ class SimilarResult(BaseModel):
     product_id: Optional[str] = Field(None, description="the queried product_id (excluded from the results)")
     k: int
     catalog_size: int
+    search: Literal["exact", "usearch-hnsw"] = Field(
+        "exact", description="how the index was searched: exactly (every listing scored) or through the "
+                             "approximate HNSW index built for catalogs above the exact-search threshold")
+    index_source: Literal["package", "catalog"] = Field(
+        "package", description="'package': the training sample packaged with the model; 'catalog': the whole "
+                               "catalog's index built by `item index` for this model version")
+    note: Optional[str] = Field(None, description="set when the answer differs from the request, e.g. k clipped")
     results: list[Neighbour]
 
 

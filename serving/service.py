@@ -469,46 +469,83 @@ class ServedModel:
     store folder (:meth:`load`). Immutable once loaded; the service swaps whole bundles."""
 
     def __init__(self, tag: str, model, processor, indexes: dict[str, np.ndarray], ids: np.ndarray,
-                 titles: np.ndarray, categories: np.ndarray):
+                 titles: np.ndarray, categories: np.ndarray, ann: dict | None = None, index_source: str = "package"):
         self.tag, self.model, self.processor = tag, model, processor
         self.dim = int(model.config.hidden_size)
         self.indexes, self.ids, self.titles, self.categories = indexes, ids, titles, categories
+        #: kind -> approximate index (:mod:`item_model.lifecycle.vector_index`), for a catalog built above
+        #: the exact-search threshold by ``item index``; empty = exact search
+        self.ann = dict(ann or {})
+        self.index_source = index_source
         self.row_of = {pid: i for i, pid in enumerate(ids)}
+
+    def search(self, kind: str, query: np.ndarray, k: int, exclude: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Top-k rows of the index ``kind`` for a (D,) float32 query: (rows (k',) int64, cosine scores
+        (k',) float32, ``"exact"`` or the approximate backend's kind), best first; ``exclude`` is a row
+        never returned."""
+        ann = self.ann.get(kind)
+        if ann is None:
+            rows, scores = top_k(self.indexes[kind], query, k, exclude=exclude)
+            return rows, scores, "exact"
+        rows, scores = ann.search(query[None, :], k + (exclude is not None))
+        keep = (rows[0] >= 0) & (rows[0] != (-1 if exclude is None else exclude))
+        return rows[0][keep][:k], scores[0][keep][:k], ann.kind
 
     @classmethod
     def load(cls, tag: str, path: Path) -> "ServedModel":
         """Load the model folder ``path`` (a BentoML store entry) and warm it up (one forward pass).
 
+        The catalog index searched is the whole catalog's when ``item index`` built one for the registry
+        version ``tag`` was packaged from (:func:`serving.store.served_index_folder`), else the training
+        sample packaged with the model; an index built above the exact-search threshold brings its
+        approximate (HNSW) index per kind.
+
         Raises:
-            ValueError: the catalog index's width differs from the model's D.
+            ValueError: the catalog index's width differs from the model's D, or a whole-catalog index
+                names another model version.
+            IndexVersionMismatch: an approximate index holds another model version's vectors.
         """
         import torch
 
         from item_model.lifecycle.index import load_catalog_index
+        from item_model.lifecycle.vector_index import load_index
         from item_model.modeling_item import ItemModel
         from item_model.processing_item import ItemProcessor
+        from serving.store import registry_version_of, served_index_folder
 
         path = Path(path)
         model = ItemModel.from_pretrained(str(path)).eval()
         processor = ItemProcessor.from_pretrained(str(path), model.config)
         dim = int(model.config.hidden_size)
         indexes: dict[str, np.ndarray] = {}
+        ann: dict = {}
         ids = titles = categories = np.empty(0, dtype=object)
-        if (path / INDEX_DIR / "index.json").is_file():
-            listings, embeddings, meta = load_catalog_index(path / INDEX_DIR)
-            for name, matrix in embeddings.items():
-                if matrix.shape[1] != dim:
-                    raise ValueError(f"{path / INDEX_DIR}: {name} embeddings of width {matrix.shape[1]}, model D = {dim}")
-                indexes[name] = np.ascontiguousarray(matrix, dtype=np.float32)
-            ids = listings["product_id"].astype(str).to_numpy()
-            titles = listings["title"].astype(object).where(listings["title"].notna(), None).to_numpy()
-            categories = (listings["category"].astype(object).where(listings["category"].notna(), None).to_numpy()
-                          if "category" in listings else np.full(len(listings), None))
-            logger.info("catalog index of %s: %d listings x %d, kinds %s (fingerprint %s)", tag, len(ids), dim,
-                        sorted(indexes), str(meta.get("catalog_fingerprint", ""))[:16])
-        else:
-            logger.warning("%s has no %s/: /similar answers 503", tag, INDEX_DIR)
-        served = cls(tag, model, processor, indexes, ids, titles, categories)
+        with served_index_folder(tag, path) as (folder, source):
+            index_dir = Path(folder) / INDEX_DIR
+            if (index_dir / "index.json").is_file():
+                listings, embeddings, meta = load_catalog_index(index_dir)
+                version = registry_version_of(tag) if source == "catalog" else None
+                if source == "catalog" and meta.get("model_version") != version:
+                    raise ValueError(f"{index_dir}: field 'model_version' is {meta.get('model_version')!r}, "
+                                     f"expected {version!r}; an index never mixes two models")
+                for name, matrix in embeddings.items():
+                    if matrix.shape[1] != dim:
+                        raise ValueError(f"{index_dir}: {name} embeddings of width {matrix.shape[1]}, model D = {dim}")
+                    indexes[name] = np.ascontiguousarray(matrix, dtype=np.float32)
+                    if meta.get("search", "exact") != "exact":
+                        ann[name] = load_index(Path(folder) / "vector_index" / name, model_version=version)
+                ids = listings["product_id"].astype(str).to_numpy()
+                titles = listings["title"].astype(object).where(listings["title"].notna(), None).to_numpy()
+                categories = (listings["category"].astype(object).where(listings["category"].notna(), None)
+                              .to_numpy() if "category" in listings else np.full(len(listings), None))
+                logger.info("catalog index of %s (%s): %d listings x %d, kinds %s, %s search (fingerprint %s)", tag,
+                            "the whole catalog" if source == "catalog" else "the packaged training sample", len(ids), dim, sorted(indexes),
+                            "approximate" if ann else "exact", str(meta.get("catalog_fingerprint", ""))[:16])
+            else:
+                logger.warning("%s has no %s/: /similar answers 503", tag, INDEX_DIR)
+        served = cls(tag, model, processor, indexes, ids, titles, categories, ann=ann,
+                     index_source=source)
         with torch.no_grad():  # warm-up: the first request should not pay for lazy initialisation
             h, w = processor.image_size
             served.embed(["warm up"], [np.zeros((h, w, 3), dtype=np.uint8)])
@@ -531,7 +568,7 @@ def _search_ids(served: ServedModel, query: np.ndarray, k: int, exclude: int | N
     """The product ids of ``served``'s top-k for a query vector: the joint index for a catalog query
     (``kind`` None), else the index of the query's kind when the package has it."""
     searched = "item" if kind is None else (INDEX_KINDS[kind] if INDEX_KINDS[kind] in served.indexes else "item")
-    rows, _ = top_k(served.indexes[searched], query, k, exclude=exclude)
+    rows, _, _ = served.search(searched, query, k, exclude=exclude)
     return [str(served.ids[r]) for r in rows]
 
 
@@ -738,7 +775,7 @@ class ItemService:
                                f"({len(served.ids)} listings)")
             # a few ms of one matrix-vector product: cheaper here than two thread hand-offs
             kind, searched = "catalog", "item"
-            rows, scores = top_k(served.indexes["item"], served.indexes["item"][row], k, exclude=row)
+            rows, scores, how = served.search("item", served.indexes["item"][row], k, exclude=row)
         else:
             import anyio
             kind = listing.kind
@@ -747,15 +784,18 @@ class ItemService:
                 vectors, failed = self._embed(served, [listing])
                 if failed:
                     raise RuntimeError(f"listing: embedding failed ({failed[0]})")
-                return top_k(served.indexes[searched], vectors[0], k)
-            rows, scores = await anyio.to_thread.run_sync(search)
+                return served.search(searched, vectors[0], k)
+            rows, scores, how = await anyio.to_thread.run_sync(search)
         if self.shadow is not None and self.shadow.sampled():
             self.shadow.submit(route="/similar", champion=served, query_kind=kind,
                                champion_ms=1e3 * (time.perf_counter() - t0),
                                champion_ids=[str(served.ids[r]) for r in rows], listing=listing, product_id=product_id)
+        room = len(served.ids) - (product_id is not None)
+        note = (f"k={k} clipped to {room}: the catalog index holds {len(served.ids)} listings"
+                + (" (the queried one excluded)" if product_id is not None else "")) if k > room else None
         return SimilarResult(
             model_version=served.tag, query_kind=kind, index=searched, product_id=product_id, k=k,
-            catalog_size=len(served.ids),
+            catalog_size=len(served.ids), search=how, index_source=served.index_source, note=note,
             results=[Neighbour(product_id=served.ids[r], title=served.titles[r], category=served.categories[r],
                                score=float(s)) for r, s in zip(rows, scores)])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -156,3 +157,22 @@ def champion_tag(bentoml_home: str | None = None, registry_root: str | None = No
                           f"at {home} holds no package of it: run 'item gate approve {pointer['version']}' "
                           f"(packages it) or pass --tag / ITEM_MODEL_TAG")
     return tag
+
+
+@contextlib.contextmanager
+def served_index_folder(tag: str, path: str | Path, bentoml_home: str | Path | None = None):
+    """The folder whose ``catalog_index/`` a served model searches, and where it comes from:
+    ``(folder, "catalog")`` when ``item index`` built the whole catalog's index for the registry
+    version ``tag`` was packaged from (``<storage root>/indexes/<version>/``; downloaded while the
+    context is open when the storage root is ``gs://``), else ``(path, "package")``: the training
+    sample packaged with the model in its store folder ``path``."""
+    from item_model.data import storage
+    from item_model.lifecycle.catalog_embedding import index_root_of
+
+    version = registry_version_of(tag, bentoml_home)
+    root = index_root_of(version) if version else ""
+    if root and storage.exists(storage.join(str(root), INDEX_DIR, "index.json")):
+        with storage.local_copy(str(root)) as folder:
+            yield Path(folder), "catalog"
+    else:
+        yield Path(path), "package"

@@ -7,7 +7,8 @@ Layout of the folder::
     listings.parquet   product_id, title, category, split, year, group_id   (n rows)
     embeddings.npz     one float32 (n, D) array per embedding kind: "item" (joint), and when
                        computed "item_text_only", "item_image_only"; rows aligned with listings
-    index.json         {"n", "dim", "kinds", "catalog_fingerprint"}
+    index.json         {"n", "dim", "kinds", "catalog_fingerprint"}, and from the index pipeline
+                       (:mod:`item_model.lifecycle.catalog_embedding`) "model_version", "search", "shards"
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ LISTING_COLUMNS = ["product_id", "title", "category", "split", "year", "group_id
 
 
 def save_catalog_index(path: str | Path, df: pd.DataFrame, embeddings: dict[str, np.ndarray],
-                       catalog_fingerprint: str) -> Path:
+                       catalog_fingerprint: str, extra: dict | None = None) -> Path:
     """Write the index folder (each file atomically).
 
     Args:
         df: canonical catalog rows (with ``split``), aligned with every embedding matrix.
         embeddings: ``{kind: (n, D) float32}``; must contain ``"item"``.
+        extra: more ``index.json`` fields (the index pipeline's ``model_version``, ``search``, ``shards``).
 
     Raises:
         ValueError: ``"item"`` missing, or a matrix whose row count or width disagrees.
@@ -49,7 +51,8 @@ def save_catalog_index(path: str | Path, df: pd.DataFrame, embeddings: dict[str,
         with open(tmp, "wb") as fh:
             np.savez(fh, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in embeddings.items()})
     write_json_atomic(path / "index.json", {"n": n, "dim": int(dim), "kinds": sorted(embeddings),
-                                            "catalog_fingerprint": catalog_fingerprint})
+                                            "catalog_fingerprint": catalog_fingerprint,
+                                            **(extra or {})})
     return path
 
 

@@ -1,0 +1,97 @@
+"""``item index``: embed a whole catalog with a registry version of ITEm and build its index, through the
+index pipeline (:mod:`pipelines.index`) on kfp.local.
+
+    item index [--catalog PATH] [--model-version VERSION] [--shards 4] [--shard K ...]
+               [--kinds item,item_text_only,item_image_only] [--exact-max 200000] [--json]
+
+The index goes to ``<storage root>/indexes/<model version>/`` (``--index-root`` to put it elsewhere);
+``item serve`` searches it for that version instead of the packaged training sample. A second run with
+the same version re-embeds only new or changed listings; ``--shard K`` re-runs one shard (after a
+failure) and rebuilds the index from every shard's file. Registered into the ``item`` group by
+``pipelines/cli.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from pipelines import config as pconfig
+
+#: the settings of the approximate index above ``--exact-max`` (chosen in docs/index.md)
+ANN_SETTINGS = {"connectivity": 32, "expansion_add": 128, "expansion_search": 64, "dtype": "f16"}
+
+
+def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
+    """The figure on a finished task's line: the shard's counts or the index's size and search."""
+    out = json.loads((task_dir / "executor_output.json").read_text())["parameterValues"]["Output"] \
+        if (task_dir / "executor_output.json").is_file() else {}
+    if task.startswith("embed-shard") and out:
+        return (f"{int(out['listings'])} listings: {int(out['embedded'])} embedded, {int(out['reused'])} reused, "
+                f"{int(out['removed'])} removed")
+    if task.startswith("build-index") and out:
+        return ("" if out["written"] else "unchanged: ") + f"{int(out['n'])} listings, {out['search']} search"
+    return ""
+
+
+@click.command("index")
+@click.option("--catalog", default=pconfig.DEFAULT_CATALOG, show_default=True,
+              help="Catalog folder or gs://bucket/prefix (data/*.parquet).")
+@click.option("--model-version", default="", help="Registry version to embed with (default: the champion).")
+@click.option("--registry", default="", help="Model registry root (default: $ITEM_REGISTRY or ./item-storage/registry).")
+@click.option("--index-root", default="", help="Where the index goes (default: <storage root>/indexes/<version>).")
+@click.option("--shards", "num_shards", type=click.IntRange(1, 4096), default=4, show_default=True,
+              help="Number of shards (parallel embedding tasks).")
+@click.option("--shard", "only", type=int, multiple=True, help="Run only this shard (repeatable), then rebuild.")
+@click.option("--kinds", default="item,item_text_only,item_image_only", show_default=True,
+              help="Embedding kinds to index (comma-separated; 'item' is required).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option("--exact-max", type=click.IntRange(0), default=200_000, show_default=True,
+              help="Above this many listings an approximate (HNSW) index is built as well.")
+@click.option("--output-dir", default="runs", show_default=True, help="Folder for the run's task outputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--verbose", "stream", is_flag=True, help="Stream kfp.local's whole output.")
+def index_cmd(catalog, model_version, registry, index_root, num_shards, only, kinds, batch_size, exact_max,
+              output_dir, as_json, stream):
+    """Embed a catalog shard by shard (kfp.local, dsl.ParallelFor) and build its index."""
+    from item_model.lifecycle.catalog_embedding import KIND_MODES, index_root_of
+    from item_model.lifecycle.registry import ModelRegistry, RegistryError, default_registry
+    from pipelines.cli import preflight
+    from pipelines.index import index_pipeline
+    from pipelines.local_runner import run_locally
+
+    kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+    if "item" not in kinds or set(kinds) - set(KIND_MODES):
+        raise click.BadParameter(f"{kinds} must include 'item' and only {sorted(KIND_MODES)}", param_hint="--kinds")
+    bad = [s for s in only if not 0 <= s < num_shards]
+    if bad:
+        raise click.BadParameter(f"{bad} outside [0, {num_shards})", param_hint="--shard")
+    try:
+        preflight(catalog)
+        registry_root = registry or default_registry()
+        reg = ModelRegistry(registry_root)
+        if not model_version:
+            pointer = reg.champion()
+            if not pointer:
+                raise click.ClickException(f"the registry {registry_root} has no champion; give --model-version")
+            model_version = pointer["version"]
+        reg.version_path(model_version)
+    except (RegistryError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
+    index_root = index_root or index_root_of(model_version)
+    run_dir = Path(output_dir).resolve() / (datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-index")
+    shards = sorted(set(only)) or list(range(num_shards))
+    click.echo(f"item index: model {model_version}, {len(shards)} of {num_shards} shard(s)\n"
+               f"            catalog {catalog}\n            index   {index_root}\n            outputs {run_dir}")
+    args = dict(catalog=catalog, model_version=model_version, registry_root=str(registry_root),
+                index_root=str(index_root), num_shards=num_shards, shards=shards, kinds=kinds,
+                batch_size=batch_size, exact_max=exact_max, ann=ANN_SETTINGS)
+    wall = run_locally(index_pipeline, args, run_dir, what="index pipeline", verbose=stream,
+                       key_figure=index_key_figure)
+    summary = {"model_version": model_version, "index_root": str(index_root), "run_dir": str(run_dir),
+               "wall_s": round(wall, 1), "tasks": json.loads((run_dir / "tasks.json").read_text())
+               if (run_dir / "tasks.json").is_file() else []}
+    click.echo(json.dumps(summary, indent=2) if as_json else f"index ready in {wall:.0f} s: {index_root}")
