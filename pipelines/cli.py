@@ -33,18 +33,6 @@ class RunFailed(click.ClickException):
     exit_code = 1
 
 
-def preflight(catalog: str) -> None:
-    """Check in-process, before any task starts, that the catalog folder, its shards, their required
-    columns and the group file can be read.
-
-    Raises:
-        item_model.data.catalog.CatalogError: naming the folder, file or column at fault.
-    """
-    from item_model.data import catalog as cat
-    for path in cat.shard_paths(catalog):
-        cat.check_columns(path, cat._open_shard(path).schema_arrow.names)
-    cat.read_groups(catalog)
-
 
 def compile_pipeline(output: str | Path, profile: str = "default", cluster: dict | None = None) -> Path:
     """Compile the training pipeline to KFP IR YAML, with the profile's values as parameter defaults.
@@ -247,7 +235,7 @@ def run_cmd(ctx, catalog, profile, gate_config, overrides, output_dir, bentoml_h
     from item_model.lifecycle.gate import GateConfigError
 
     try:
-        preflight(catalog)
+        pconfig.preflight(catalog)
         prof = pconfig.apply_overrides(pconfig.load_profile(profile), list(overrides))
         gate_cfg = pconfig.load_gate_config(gate_config)
     except (CatalogError, GateConfigError, KeyError, ValueError) as exc:
@@ -286,7 +274,7 @@ def validate_cmd(catalog, profile, overrides, output_dir, as_json):
 
     try:
         prof = pconfig.apply_overrides(pconfig.load_profile(profile), list(overrides))
-        preflight(catalog)
+        pconfig.preflight(catalog)
     except (CatalogError, KeyError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
     out = Path(output_dir).resolve() / (datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-validate")

@@ -2,7 +2,8 @@
 index pipeline (:mod:`pipelines.index`) on kfp.local.
 
     item index [--catalog PATH] [--model-version VERSION] [--shards 4] [--shard K ...]
-               [--kinds item,item_text_only,item_image_only] [--exact-max 200000] [--json]
+               [--kinds item,item_text_only,item_image_only] [--exact-max 200000]
+               [--ann-backend usearch-hnsw|milvus] [--milvus-uri URI] [--json]
 
 The index goes to ``<storage root>/indexes/<model version>/`` (``--index-root`` to put it elsewhere);
 ``item serve`` searches it for that version instead of the packaged training sample. A second run with
@@ -21,8 +22,9 @@ import click
 
 from pipelines import config as pconfig
 
-#: the settings of the approximate index above ``--exact-max`` (chosen in docs/index.md)
-ANN_SETTINGS = {"connectivity": 32, "expansion_add": 128, "expansion_search": 64, "dtype": "f16"}
+#: the settings of the approximate index above ``--exact-max``, per backend (chosen in docs/index.md)
+ANN_SETTINGS = {"usearch-hnsw": {"connectivity": 32, "expansion_add": 128, "expansion_search": 64, "dtype": "f16"},
+                "milvus": {"M": 32, "efConstruction": 128, "ef": 64}}
 
 
 def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
@@ -51,15 +53,18 @@ def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--exact-max", type=click.IntRange(0), default=200_000, show_default=True,
               help="Above this many listings an approximate (HNSW) index is built as well.")
+@click.option("--ann-backend", type=click.Choice(sorted(ANN_SETTINGS)), default="usearch-hnsw", show_default=True,
+              help="Approximate index above --exact-max: embedded usearch HNSW, or Milvus (Lite or a cluster).")
+@click.option("--milvus-uri", default="", help="Milvus server URI for --ann-backend milvus (default: a Milvus "
+                                             "Lite .db file inside the index).")
 @click.option("--output-dir", default="runs", show_default=True, help="Folder for the run's task outputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--verbose", "stream", is_flag=True, help="Stream kfp.local's whole output.")
 def index_cmd(catalog, model_version, registry, index_root, num_shards, only, kinds, batch_size, exact_max,
-              output_dir, as_json, stream):
+              ann_backend, milvus_uri, output_dir, as_json, stream):
     """Embed a catalog shard by shard (kfp.local, dsl.ParallelFor) and build its index."""
     from item_model.lifecycle.catalog_embedding import KIND_MODES, index_root_of
     from item_model.lifecycle.registry import ModelRegistry, RegistryError, default_registry
-    from pipelines.cli import preflight
     from pipelines.index import index_pipeline
     from pipelines.local_runner import run_locally
 
@@ -70,7 +75,7 @@ def index_cmd(catalog, model_version, registry, index_root, num_shards, only, ki
     if bad:
         raise click.BadParameter(f"{bad} outside [0, {num_shards})", param_hint="--shard")
     try:
-        preflight(catalog)
+        pconfig.preflight(catalog)
         registry_root = registry or default_registry()
         reg = ModelRegistry(registry_root)
         if not model_version:
@@ -88,7 +93,8 @@ def index_cmd(catalog, model_version, registry, index_root, num_shards, only, ki
                f"            catalog {catalog}\n            index   {index_root}\n            outputs {run_dir}")
     args = dict(catalog=catalog, model_version=model_version, registry_root=str(registry_root),
                 index_root=str(index_root), num_shards=num_shards, shards=shards, kinds=kinds,
-                batch_size=batch_size, exact_max=exact_max, ann=ANN_SETTINGS)
+                batch_size=batch_size, exact_max=exact_max, ann=ANN_SETTINGS[ann_backend], backend=ann_backend,
+                milvus_uri=milvus_uri)
     wall = run_locally(index_pipeline, args, run_dir, what="index pipeline", verbose=stream,
                        key_figure=index_key_figure)
     summary = {"model_version": model_version, "index_root": str(index_root), "run_dir": str(run_dir),

@@ -183,3 +183,16 @@ def cluster_arguments(cluster: dict, profile: dict, gate_config: dict, overrides
                                      f"known: {sorted(args)}")
         args[key] = value
     return args
+
+
+def preflight(catalog: str) -> None:
+    """Check in-process, before any task starts, that the catalog folder, its shards, their required
+    columns and the group file can be read.
+
+    Raises:
+        item_model.data.catalog.CatalogError: naming the folder, file or column at fault.
+    """
+    from item_model.data import catalog as cat
+    for path in cat.shard_paths(catalog):
+        cat.check_columns(path, cat._open_shard(path).schema_arrow.names)
+    cat.read_groups(catalog)

@@ -26,14 +26,16 @@ def build_index_pipeline(cluster: dict | None = None):
                               "re-embedding only new or changed listings, and build its catalog index.")
     def index_pipeline(catalog: str, model_version: str, registry_root: str, index_root: str, num_shards: int,
                        shards: list, kinds: list, batch_size: int = 64, exact_max: int = 200000,
-                       ann: dict = {}):  # noqa: B006 (KFP reads defaults from the signature)
+                       ann: dict = {}, backend: str = "usearch-hnsw",  # noqa: B006 (KFP reads defaults here)
+                       milvus_uri: str = ""):
         with dsl.ParallelFor(items=shards, name="shards") as shard:
             embedded = apply_cluster(embed_shard(catalog=catalog, shard=shard, num_shards=num_shards,
                                                  model_version=model_version, registry_root=registry_root,
                                                  index_root=index_root, kinds=kinds, batch_size=batch_size),
                                      "embed-shard", cluster)
         apply_cluster(build_index(index_root=index_root, model_version=model_version, num_shards=num_shards,
-                                  exact_max=exact_max, ann=ann).after(embedded), "build-index", cluster)
+                                  exact_max=exact_max, ann=ann, backend=backend,
+                                  milvus_uri=milvus_uri).after(embedded), "build-index", cluster)
 
     return index_pipeline
 

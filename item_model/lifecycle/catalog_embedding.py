@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import logging
 import time
 from pathlib import Path
@@ -205,9 +206,14 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
 
 
 def build_index(index_root: str | Path, model_version: str, num_shards: int, exact_max: int = DEFAULT_EXACT_MAX,
-                ann: dict | None = None) -> dict:
+                ann: dict | None = None, backend: str = "usearch-hnsw", milvus_uri: str = "") -> dict:
     """Gather every shard of ``index_root`` into the catalog index (and above ``exact_max`` listings an
-    approximate index per kind, usearch HNSW with ``ann`` settings, docs/index.md).
+    approximate index per kind with ``ann`` settings, docs/index.md).
+
+    Args:
+        backend: the approximate index: ``"usearch-hnsw"`` (embedded, saved in ``vector_index/<kind>/``)
+            or ``"milvus"`` (a collection per kind in Milvus: ``milvus_uri`` a server, or by default a
+            Milvus Lite ``.db`` in ``vector_index/<kind>/``; :class:`.vector_index.MilvusIndex`).
 
     Returns:
         ``{"model_version", "n", "dim", "kinds", "shards", "search", "catalog_fingerprint", "written"}``;
@@ -248,7 +254,9 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
     embeddings = {k: np.ascontiguousarray(v[order]) for k, v in embeddings.items()}
     fingerprint = hashlib.sha256("\n".join(listings["content_hash"].astype(str)).encode()).hexdigest()
     n, dim = len(listings), int(embeddings["item"].shape[1])
-    search = "exact" if n <= exact_max else "usearch-hnsw"
+    if backend not in ("usearch-hnsw", "milvus"):
+        raise ValueError(f"backend: {backend!r}, expected 'usearch-hnsw' or 'milvus'")
+    search = "exact" if n <= exact_max else backend
     result = {"model_version": model_version, "n": n, "dim": dim, "kinds": kinds, "shards": num_shards,
               "search": search, "catalog_fingerprint": fingerprint}
     target = storage.join(str(index_root), "catalog_index")
@@ -263,11 +271,18 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
                 return {**result, "written": False}
         save_catalog_index(local_target, listings, embeddings, fingerprint,
                            extra={"model_version": model_version, "search": search, "shards": num_shards})
-        if search != "exact":
-            from .vector_index import USearchHNSWIndex
-            for kind, matrix in embeddings.items():
-                USearchHNSWIndex.build(matrix, model_version=model_version, **(ann or {})).save(
-                    Path(local) / "vector_index" / kind)
+        for kind, matrix in embeddings.items() if search != "exact" else ():
+            folder = Path(local) / "vector_index" / kind
+            if search == "milvus":
+                from .vector_index import MilvusIndex
+                name = "item_" + re.sub(r"[^0-9A-Za-z_]", "_", f"{model_version}_{kind}")
+                built = MilvusIndex.build(matrix, milvus_uri or str(folder / "milvus.db"), name,
+                                          model_version=model_version, **(ann or {}))
+                built.save(folder)
+                built.close()
+            else:
+                from .vector_index import USearchHNSWIndex
+                USearchHNSWIndex.build(matrix, model_version=model_version, **(ann or {})).save(folder)
         if gcs:
             storage.upload_tree(local_target, target)
             if search != "exact":

@@ -146,6 +146,19 @@ def test_a_failed_shard_is_rerun_alone_and_two_model_versions_are_refused(setup,
     n = _index(s["root"])[2]["n"]
     assert n == sum(len(pq.read_table(shard_file(s["root"], i, SHARDS))) for i in range(SHARDS))
 
+    # the distributed backend: the same shards, the approximate index as Milvus collections (Milvus Lite)
+    out = summary(run_index(catalog, s, "--model-version", s["version"], "--ann-backend", "milvus", "--exact-max", "10"))
+    assert out["tasks"][-1]["key_figure"] == f"{n} listings, milvus search"
+    from item_model.lifecycle.vector_index import load_index
+    listings, emb, meta = _index(s["root"])
+    assert meta["search"] == "milvus"
+    for kind in ("item", "item_text_only"):
+        ann = load_index(Path(s["root"]) / "vector_index" / kind, model_version=s["version"])
+        rows, scores = ann.search(emb[kind][:5], 3)
+        exact = np.sort(emb[kind][:5] @ emb[kind].T, axis=1)[:, ::-1][:, :3]
+        np.testing.assert_allclose(scores, exact, atol=1e-4)               # the true top-3 cosines
+        ann.close()
+
     # shard 2 rewritten as if another model version had embedded it: the build refuses to mix them
     path = Path(shard_file(s["root"], 2, SHARDS))
     table = pq.read_table(path)

@@ -43,11 +43,12 @@ def test_serving_check_config_is_read_from_the_gate_config_and_checked():
             ServingCheckConfig.from_gate_config({"serving_check": bad})
 
 
-#: what the service imports (serving/service.py and the item_model modules it loads), plus the
-#: optional speed-ups uvicorn uses when present; serving/requirements.lock is their closure
+#: what the service imports (serving/service.py and the item_model modules it loads, the approximate-index
+#: backends included), plus the optional speed-ups uvicorn uses when present; serving/requirements.lock is
+#: their closure
 SERVING_ROOTS = ("bentoml", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyarrow",
                  "pillow", "pydantic", "google-cloud-storage", "psutil", "pyyaml", "tqdm", "anyio", "starlette",
-                 "httpx", "uvloop", "httptools")
+                 "httpx", "uvloop", "httptools", "usearch", "pymilvus", "milvus-lite")
 
 
 def _pins(path: Path) -> dict[str, str]:

@@ -68,3 +68,35 @@ def test_recall_counts_ties_as_hits():
     assert recall_at_k(np.array([[2]]), np.array([[0]]), 1, vectors, q) == 1.0      # a tie is as good
     assert recall_at_k(np.array([[3]]), np.array([[0]]), 1, vectors, q) == 0.0
     assert recall_at_k(np.array([[2]]), np.array([[0]]), 1) == 0.0                  # id overlap alone misses it
+
+
+def test_milvus_lite_backend_reaches_exact_recall_moves_with_its_folder_and_refuses_another_model(vectors, tmp_path):
+    """The distributed backend through Milvus Lite (the same pymilvus client a Milvus cluster answers)."""
+    import shutil
+
+    from item_model.lifecycle.vector_index import MilvusIndex
+
+    q = vectors[np.random.default_rng(1).choice(len(vectors), 100, replace=False)]
+    exact_rows, exact_scores = ExactIndex(vectors).search(q, 10)
+    index = MilvusIndex.build(vectors, str(tmp_path / "ix" / "milvus.db"), "item_v1", model_version="v1",
+                              M=16, efConstruction=64, ef=64)
+    rows, scores = index.search(q, 10)
+    assert rows.shape == (100, 10) and len(index) == len(vectors) and (rows >= 0).all()
+    assert recall_at_k(rows, exact_rows, 10, vectors, q) >= 0.97
+    assert np.allclose(scores[:, 0], np.sum(q * vectors[rows[:, 0]], axis=1), atol=1e-4)   # float32 cosine
+    index.save(tmp_path / "ix")
+    index.close()
+    shutil.move(str(tmp_path / "ix"), str(tmp_path / "moved"))          # the .db travels with its folder
+    back = load_index(tmp_path / "moved", model_version="v1")
+    assert back.kind == "milvus" and len(back) == len(vectors)
+    assert recall_at_k(back.search(q, 10)[0], exact_rows, 10, vectors, q) >= 0.97
+    with pytest.raises(IndexVersionMismatch, match="never mixes two models"):
+        load_index(tmp_path / "moved", model_version="v2")
+    back.close()
+    # a collection holding another model's vectors, under a vector_index.json that claims v1: refused
+    import json
+    meta = json.loads((tmp_path / "moved" / "vector_index.json").read_text())
+    other = MilvusIndex.build(vectors[:50], str(tmp_path / "moved" / "milvus.db"), "item_v1", model_version="v2")
+    other.close()
+    with pytest.raises(IndexVersionMismatch, match="holds the vectors of 'v2'"):
+        MilvusIndex.load(tmp_path / "moved", meta)
