@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test setup compile clean
+.PHONY: run index test setup compile clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ setup: $(VENV)/.installed
 
 run: setup
 	$(BIN)/item run --catalog $(CATALOG) --profile $(PROFILE)
+
+index: setup
+	$(BIN)/item index --catalog $(CATALOG)
 
 compile: setup
 	$(BIN)/item compile --output build/training_pipeline.yaml

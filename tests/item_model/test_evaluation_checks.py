@@ -330,3 +330,25 @@ def test_balance_reading_sees_the_weaker_modality_deciding_within():
     assert balance_reading(0.9, 0.07, {"photo": 0.01}).startswith("follows the title: ")
     assert balance_reading(0.07, 0.9, gains).startswith("follows the photo's neighbourhood, and the title orders")
     assert modality_gains({"models": {}}) == {}
+
+
+def test_same_product_search_through_the_hnsw_index_matches_exact_search(real_slice):
+    """ann_search_metrics on real raw-pixel embeddings of 3,000+ listings with 100 real same-product
+    groups: the HNSW graph finds what exact search finds (float32 vectors: equal), and the float16
+    storage serving uses costs at most a few near-tied first places (measured: 4 of 216 queries,
+    Recall@1 0.981 -> 0.963; Recall@10 unchanged)."""
+    from item_model.evaluation import ANN_SETTINGS, ann_search_metrics
+    from item_model.metrics import retrieval_metrics
+
+    emb = pixel_baseline(real_slice, progress=False)
+    groups = real_slice["group_id"].fillna(-1).astype("int64").to_numpy()
+    exact = retrieval_metrics(emb, groups)
+    f32 = ann_search_metrics(emb, groups, {**ANN_SETTINGS, "dtype": "f32"})
+    assert f32["ann_n_queries"] == exact["n_queries"] > 200
+    assert abs(f32["ann_recall@1"] - exact["recall@1"]) <= 0.005 and abs(f32["ann_recall@10"] - exact["recall@10"]) <= 0.005
+    f16 = ann_search_metrics(emb, groups)
+    assert exact["recall@1"] - 0.03 <= f16["ann_recall@1"] <= exact["recall@1"] + 0.005
+    assert abs(f16["ann_recall@10"] - exact["recall@10"]) <= 0.005
+    assert 0.5 < f16["ann_recall@10"] <= 1.0                               # the photos do find same products
+    with pytest.raises(ValueError, match="group_id"):
+        ann_search_metrics(emb, np.full(len(emb), -1))
