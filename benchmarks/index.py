@@ -89,6 +89,11 @@ def bench_size(vectors: np.ndarray, queries: np.ndarray, efs: list[int], backend
         t0 = time.perf_counter()
         if name == "usearch-hnsw":
             index = USearchHNSWIndex.build(vectors, connectivity=32, expansion_add=128, dtype="f16")
+        elif name == "faiss-hnsw-sq8+rerank":   # SQ8 candidates re-scored from float16 vectors mapped from disk
+            import tempfile
+            from item_model.lifecycle.vector_index import RerankedIndex
+            index = RerankedIndex.build(FaissHNSWIndex.build(vectors, m=32, ef_construction=128), vectors,
+                                        tempfile.mkdtemp(prefix="bench-rerank-"), factor=5)
         elif name == "milvus":            # Milvus Lite in this process: its memory is this process's growth
             import tempfile
             from item_model.lifecycle.vector_index import MilvusIndex

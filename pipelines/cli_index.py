@@ -3,7 +3,7 @@ index pipeline (:mod:`pipelines.index`) on kfp.local.
 
     item index [--catalog PATH] [--model-version VERSION] [--shards 4] [--shard K ...]
                [--kinds item,item_text_only,item_image_only] [--exact-max 200000]
-               [--ann-backend usearch-hnsw|milvus] [--milvus-uri URI] [--json]
+               [--ann-backend usearch-hnsw|faiss-hnsw-sq8+rerank|milvus] [--milvus-uri URI] [--json]
 
 The index goes to ``<storage root>/indexes/<model version>/`` (``--index-root`` to put it elsewhere);
 ``item serve`` searches it for that version instead of the packaged training sample. A second run with
@@ -24,6 +24,7 @@ from pipelines import config as pconfig
 
 #: the settings of the approximate index above ``--exact-max``, per backend (chosen in docs/index.md)
 ANN_SETTINGS = {"usearch-hnsw": {"connectivity": 32, "expansion_add": 128, "expansion_search": 64, "dtype": "f16"},
+                "faiss-hnsw-sq8+rerank": {"m": 32, "ef_construction": 128, "ef_search": 64, "rerank_factor": 5},
                 "milvus": {"M": 32, "efConstruction": 128, "ef": 64}}
 
 
@@ -54,7 +55,8 @@ def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
 @click.option("--exact-max", type=click.IntRange(0), default=200_000, show_default=True,
               help="Above this many listings an approximate (HNSW) index is built as well.")
 @click.option("--ann-backend", type=click.Choice(sorted(ANN_SETTINGS)), default="usearch-hnsw", show_default=True,
-              help="Approximate index above --exact-max: embedded usearch HNSW, or Milvus (Lite or a cluster).")
+              help="Approximate index above --exact-max: embedded usearch HNSW (float16), embedded faiss HNSW-SQ8 "
+                   "re-ranked from float16 vectors on disk, or Milvus (Lite or a cluster).")
 @click.option("--milvus-uri", default="", help="Milvus server URI for --ann-backend milvus (default: a Milvus "
                                              "Lite .db file inside the index).")
 @click.option("--output-dir", default="runs", show_default=True, help="Folder for the run's task outputs.")

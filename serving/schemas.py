@@ -350,7 +350,7 @@ class SimilarResult(BaseModel):
     product_id: Optional[str] = Field(None, description="the queried product_id (excluded from the results)")
     k: int
     catalog_size: int
-    search: Literal["exact", "usearch-hnsw", "milvus"] = Field(
+    search: Literal["exact", "usearch-hnsw", "faiss-hnsw-sq8+rerank", "milvus"] = Field(
         "exact", description="how the index was searched: exactly (every listing scored) or through the "
                              "approximate HNSW index built for catalogs above the exact-search threshold")
     index_source: Literal["package", "catalog"] = Field(

@@ -44,6 +44,8 @@ KIND_MODES = {"item": "joint", "item_text_only": "text", "item_image_only": "ima
 KEEP_COLUMNS = ["product_id", "title", "category", "year", "group_id"]
 #: above this many listings an approximate index is built beside the exact one (docs/index.md)
 DEFAULT_EXACT_MAX = 200_000
+#: the approximate index kinds ``build_index`` writes (:mod:`.vector_index`)
+ANN_BACKENDS = ("usearch-hnsw", "faiss-hnsw-sq8+rerank", "milvus")
 
 
 class ShardMissing(FileNotFoundError):
@@ -178,12 +180,12 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
         return {**stats, "written": False, "wall_s": round(time.perf_counter() - t0, 2)}
 
     vectors: dict[str, np.ndarray] = {}
-    if len(todo):
+    if len(todo) or not old_vectors:               # (an empty new shard still needs the width D)
         model = ItemModel.from_pretrained(str(model_dir)).eval()
         processor = ItemProcessor.from_pretrained(str(model_dir), model.config)
         dim = int(model.config.hidden_size)
     else:
-        dim = next(iter(old_vectors.values())).shape[1] if old_vectors else 0
+        dim = next(iter(old_vectors.values())).shape[1]
     for kind in kinds:
         matrix = np.zeros((len(rows), dim), dtype=np.float32)
         if (reuse >= 0).any():
@@ -211,8 +213,9 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
     approximate index per kind with ``ann`` settings, docs/index.md).
 
     Args:
-        backend: the approximate index: ``"usearch-hnsw"`` (embedded, saved in ``vector_index/<kind>/``)
-            or ``"milvus"`` (a collection per kind in Milvus: ``milvus_uri`` a server, or by default a
+        backend: the approximate index: ``"usearch-hnsw"`` (embedded, float16 HNSW, saved in
+            ``vector_index/<kind>/``), ``"faiss-hnsw-sq8+rerank"`` (embedded, 8-bit HNSW whose candidates
+            are re-scored from float16 vectors mapped from disk), or ``"milvus"`` (a collection per kind in Milvus: ``milvus_uri`` a server, or by default a
             Milvus Lite ``.db`` in ``vector_index/<kind>/``; :class:`.vector_index.MilvusIndex`).
 
     Returns:
@@ -239,7 +242,7 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
                                        f"{model_version!r}; an index never mixes two models")
         frames.append(rows)
         parts.append(vectors)
-    kinds = sorted(parts[0]) if parts else []
+    kinds = sorted(parts[0]) if parts else []          # every shard file holds every kind, empty ones too
     if any(sorted(p) != kinds for p in parts if p):
         raise ValueError(f"{index_root}: shards hold different embedding kinds {[sorted(p) for p in parts]}")
     listings = pd.concat(frames, ignore_index=True)
@@ -254,8 +257,8 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
     embeddings = {k: np.ascontiguousarray(v[order]) for k, v in embeddings.items()}
     fingerprint = hashlib.sha256("\n".join(listings["content_hash"].astype(str)).encode()).hexdigest()
     n, dim = len(listings), int(embeddings["item"].shape[1])
-    if backend not in ("usearch-hnsw", "milvus"):
-        raise ValueError(f"backend: {backend!r}, expected 'usearch-hnsw' or 'milvus'")
+    if backend not in ANN_BACKENDS:
+        raise ValueError(f"backend: {backend!r}, expected one of {ANN_BACKENDS}")
     search = "exact" if n <= exact_max else backend
     result = {"model_version": model_version, "n": n, "dim": dim, "kinds": kinds, "shards": num_shards,
               "search": search, "catalog_fingerprint": fingerprint}
@@ -280,6 +283,12 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
                                           model_version=model_version, **(ann or {}))
                 built.save(folder)
                 built.close()
+            elif search == "faiss-hnsw-sq8+rerank":
+                from .vector_index import FaissHNSWIndex, RerankedIndex
+                settings = dict(ann or {})
+                factor = int(settings.pop("rerank_factor", 5))
+                inner = FaissHNSWIndex.build(matrix, model_version=model_version, **settings)
+                RerankedIndex.build(inner, matrix, folder, factor=factor).save(folder)
             else:
                 from .vector_index import USearchHNSWIndex
                 USearchHNSWIndex.build(matrix, model_version=model_version, **(ann or {})).save(folder)

@@ -231,6 +231,75 @@ class FaissHNSWIndex:
                                                           if k in meta})
 
 
+class RerankedIndex:
+    """An approximate index whose candidates are re-scored exactly: the inner index returns
+    ``factor * k`` candidates, their float16 vectors are read from a memory-mapped ``.npy`` file on disk
+    (the page cache holds the rows queries touch, not the index's memory) and re-ranked by their
+    cosine to the query. With 8-bit scalar-quantised HNSW (faiss) this keeps the memory of SQ8
+    and removes its quantisation error from the final order (the IVFADC re-ranking idea of
+    Jégou et al., "Searching in one billion vectors: re-rank with source coding", ICASSP 2011).
+
+    Args:
+        inner: the approximate index (e.g. :class:`FaissHNSWIndex`).
+        vectors: (n, D) float16, rows aligned with the inner index's row numbers (a ``np.memmap``).
+        factor: candidates per result.
+    """
+
+    def __init__(self, inner, vectors: np.ndarray, factor: int = 5):
+        self.inner, self.vectors, self.factor = inner, vectors, int(factor)
+        self.kind = f"{inner.kind}+rerank"
+        self.model_version = inner.model_version
+        self.settings = {**getattr(inner, "settings", {}), "rerank_factor": self.factor}
+
+    @classmethod
+    def build(cls, inner, vectors: np.ndarray, folder: str | Path, factor: int = 5) -> "RerankedIndex":
+        """Write ``vectors`` as float16 to ``folder/rerank.f16.npy`` and map it back read-only."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "rerank.f16.npy", np.asarray(vectors, dtype=np.float16))
+        return cls(inner, np.load(folder / "rerank.f16.npy", mmap_mode="r"), factor)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_ef(self, ef: int) -> None:
+        self.inner.set_ef(ef)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = min(int(k), len(self))
+        cand, _ = self.inner.search(q, min(len(self), self.factor * k))
+        rows = np.full((len(q), k), -1, dtype=np.int64)
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        for i, c in enumerate(cand):
+            c = np.sort(c[c >= 0])                             # ascending rows: sequential reads of the map
+            exact = np.asarray(self.vectors[c], dtype=np.float32) @ q[i]
+            top = np.argsort(-exact, kind="stable")[:k]
+            rows[i, :len(top)], scores[i, :len(top)] = c[top], exact[top]
+        return rows, scores
+
+    def memory_bytes(self) -> int:
+        """The inner index's memory (the float16 vectors stay on disk, mapped)."""
+        return self.inner.memory_bytes()
+
+    def save(self, folder: str | Path) -> None:
+        """The inner index's files, ``rerank.f16.npy`` (unless already there) and ``vector_index.json``
+        naming this kind."""
+        folder = Path(folder)
+        self.inner.save(folder)
+        if not (folder / "rerank.f16.npy").is_file():
+            np.save(folder / "rerank.f16.npy", np.asarray(self.vectors, dtype=np.float16))
+        meta = json.loads((folder / META_FILE).read_text())
+        write_json_atomic(folder / META_FILE, {**meta, "kind": self.kind, "inner": self.inner.kind,
+                                               "rerank_factor": self.factor})
+
+    @classmethod
+    def load(cls, folder: str | Path, meta: dict) -> "RerankedIndex":
+        inner = BACKENDS[meta["inner"]].load(folder, meta)
+        return cls(inner, np.load(Path(folder) / "rerank.f16.npy", mmap_mode="r", allow_pickle=False),
+                   int(meta.get("rerank_factor", 5)))
+
+
 def _is_server(uri: str) -> bool:
     return str(uri).startswith(("http://", "https://", "tcp://", "grpc://"))
 
@@ -262,6 +331,7 @@ class MilvusIndex:
         if not _is_server(self.uri):
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)          # Milvus Lite: a local .db file
         self.settings = {"M": 16, "efConstruction": 128, "ef": 64, **(settings or {})}
+        self.n: int | None = None
         self.client = MilvusClient(self.uri, token=token) if token else MilvusClient(self.uri)
 
     @classmethod
@@ -291,7 +361,10 @@ class MilvusIndex:
         return out
 
     def __len__(self) -> int:
-        return int(self.client.get_collection_stats(self.collection)["row_count"])
+        """Rows in the collection (read from the engine once, at build or load: a stats call costs a round trip)."""
+        if getattr(self, "n", None) is None:
+            self.n = int(self.client.get_collection_stats(self.collection)["row_count"])
+        return self.n
 
     def set_ef(self, ef: int) -> None:
         """The query-time candidate list size (recall / latency trade-off)."""
@@ -353,12 +426,14 @@ class MilvusIndex:
         if described != out.model_version:
             raise IndexVersionMismatch(f"{uri}: collection {out.collection!r} holds the vectors of {described!r}, "
                                        f"not of {out.model_version!r}; an index never mixes two models")
-        out.n, out.dim = len(out), int(meta.get("dim", 0))
+        out.n, out.dim = None, int(meta.get("dim", 0))
         out.client.load_collection(out.collection)
+        len(out)
         return out
 
 
 BACKENDS = {c.kind: c for c in (ExactIndex, USearchHNSWIndex, FaissHNSWIndex, MilvusIndex)}
+BACKENDS["faiss-hnsw-sq8+rerank"] = RerankedIndex
 
 
 def load_index(folder: str | Path, model_version: str | None = None) -> VectorIndex:

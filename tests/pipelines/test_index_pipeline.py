@@ -159,6 +159,17 @@ def test_a_failed_shard_is_rerun_alone_and_two_model_versions_are_refused(setup,
         np.testing.assert_allclose(scores, exact, atol=1e-4)               # the true top-3 cosines
         ann.close()
 
+    # the embedded SQ8 + re-rank backend from the same shards (plumbing: 20 x 3 candidates cover all 34
+    # listings, so the re-ranked top-3 must be the exact one whatever SQ8 makes of the tiny model's vectors)
+    built = build_index(s["root"], s["version"], SHARDS, exact_max=10, backend="faiss-hnsw-sq8+rerank",
+                        ann={"m": 16, "ef_construction": 64, "ef_search": 64, "rerank_factor": 20})
+    assert built["search"] == "faiss-hnsw-sq8+rerank" and _index(s["root"])[2]["search"] == built["search"]
+    ann = load_index(Path(s["root"]) / "vector_index" / "item", model_version=s["version"])
+    rows, scores = ann.search(emb["item"][:5], 3)
+    np.testing.assert_allclose(scores, np.sort(emb["item"][:5] @ emb["item"].T, axis=1)[:, ::-1][:, :3], atol=2e-3)
+    with pytest.raises(ValueError, match="backend"):
+        build_index(s["root"], s["version"], SHARDS, exact_max=10, backend="annoy")
+
     # shard 2 rewritten as if another model version had embedded it: the build refuses to mix them
     path = Path(shard_file(s["root"], 2, SHARDS))
     table = pq.read_table(path)

@@ -61,6 +61,28 @@ def test_hnsw_backends_reach_exact_recall_and_round_trip(vectors, backend, tmp_p
         load_index(tmp_path / "ix", model_version="v2")
 
 
+def test_sq8_candidates_reranked_from_mapped_float16_vectors_recover_exact_order(vectors, tmp_path):
+    """faiss HNSW-SQ8 returns 5 k candidates, re-scored from float16 vectors mapped from disk: the
+    quantisation error leaves the final order (Recall@10 above SQ8's own) and the scores are the cosine
+    to float16 precision; saved and loaded, the vectors stay mapped, not read into memory."""
+    from item_model.lifecycle.vector_index import RerankedIndex
+
+    q = vectors[np.random.default_rng(2).choice(len(vectors), 100, replace=False)]
+    exact_rows, _ = ExactIndex(vectors).search(q, 10)
+    inner = FaissHNSWIndex.build(vectors, m=16, ef_construction=64, ef_search=16, model_version="v1")
+    alone = recall_at_k(inner.search(q, 10)[0], exact_rows, 10, vectors, q)
+    index = RerankedIndex.build(inner, vectors, tmp_path / "ix", factor=5)
+    rows, scores = index.search(q, 10)
+    reranked = recall_at_k(rows, exact_rows, 10, vectors, q)
+    assert reranked >= max(alone, 0.99)
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ vectors.T, rows, axis=1), atol=2e-3)
+    assert (np.diff(scores, axis=1) <= 1e-6).all() and index.memory_bytes() == inner.memory_bytes()
+    index.save(tmp_path / "ix")
+    back = load_index(tmp_path / "ix", model_version="v1")
+    assert back.kind == "faiss-hnsw-sq8+rerank" and isinstance(back.vectors, np.memmap)
+    assert np.array_equal(back.search(q, 10)[0], rows)
+
+
 def test_recall_counts_ties_as_hits():
     base = np.eye(4, dtype=np.float32)
     vectors = np.vstack([base[0], base[0], base[0], base[1]])      # three identical listings
