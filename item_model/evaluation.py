@@ -264,18 +264,19 @@ def modality_balance(joint: np.ndarray, text: np.ndarray, image: np.ndarray, k: 
     return out
 
 
-#: the approximate index the pipeline measures search through: the settings ``item index`` builds above
-#: its exact-search threshold (pipelines/cli_index.py, docs/index.md)
-ANN_SETTINGS = {"connectivity": 32, "expansion_add": 128, "expansion_search": 64, "dtype": "f16"}
+#: the approximate index the pipeline measures search through: what ``item index`` builds above its
+#: exact-search threshold by default (pipelines/cli_index.py, docs/index.md): faiss HNSW-SQ8 (M = 32),
+#: 5 x k candidates re-ranked from float16 vectors
+ANN_SETTINGS = {"m": 32, "ef_construction": 128, "ef_search": 64, "rerank_factor": 5}
 
 
 def ann_search_metrics(emb: np.ndarray, group_ids: np.ndarray, settings: dict | None = None) -> dict[str, float]:
     """Same-product Recall@1 and Recall@10 measured through the approximate (HNSW) index serving uses
     above its exact-search threshold, instead of exact search.
 
-    Every same-product group member queries the HNSW index of all n listings (usearch, float16,
-    :data:`ANN_SETTINGS`), itself excluded; a hit is a same-group listing among the first 1 / 10 the
-    index returns. Compare with the exact ``recall@1`` / ``recall@10`` of :func:`score_embeddings`
+    Every same-product group member queries the index of all n listings (faiss HNSW-SQ8 re-ranked
+    from float16 vectors, :data:`ANN_SETTINGS`), itself excluded; a hit is a same-group listing among
+    the first 1 / 10 the index returns. Compare with the exact ``recall@1`` / ``recall@10`` of :func:`score_embeddings`
     (ties: exact search breaks them at random, the index in its own order).
 
     Args:
@@ -287,13 +288,19 @@ def ann_search_metrics(emb: np.ndarray, group_ids: np.ndarray, settings: dict | 
     Raises:
         ValueError: no listing is in a group.
     """
-    from .lifecycle.vector_index import USearchHNSWIndex
+    import tempfile
+
+    from .lifecycle.vector_index import FaissHNSWIndex, RerankedIndex
     groups = np.asarray(group_ids, dtype=np.int64)
     queries = np.flatnonzero(groups >= 0)
     if len(queries) == 0:
         raise ValueError("group_id: no listing is in a same-product group; nothing to search for")
-    index = USearchHNSWIndex.build(emb, **(settings or ANN_SETTINGS))
-    rows, _ = index.search(emb[queries], min(11, len(emb)))
+    settings = dict(settings or ANN_SETTINGS)
+    factor = int(settings.pop("rerank_factor", 5))
+    with tempfile.TemporaryDirectory(prefix="item-ann-") as tmp:
+        index = RerankedIndex.build(FaissHNSWIndex.build(emb, **settings), emb, tmp, factor=factor)
+        rows, _ = index.search(emb[queries], min(11, len(emb)))
+        del index                                        # release the mapped file before the folder goes
     hits = {1: 0, 10: 0}
     for q, found in zip(queries, rows):
         found = found[(found != q) & (found >= 0)][:10]

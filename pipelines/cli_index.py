@@ -54,7 +54,7 @@ def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--exact-max", type=click.IntRange(0), default=200_000, show_default=True,
               help="Above this many listings an approximate (HNSW) index is built as well.")
-@click.option("--ann-backend", type=click.Choice(sorted(ANN_SETTINGS)), default="usearch-hnsw", show_default=True,
+@click.option("--ann-backend", type=click.Choice(sorted(ANN_SETTINGS)), default="faiss-hnsw-sq8+rerank", show_default=True,
               help="Approximate index above --exact-max: embedded usearch HNSW (float16), embedded faiss HNSW-SQ8 "
                    "re-ranked from float16 vectors on disk, or Milvus (Lite or a cluster).")
 @click.option("--milvus-uri", default="", help="Milvus server URI for --ann-backend milvus (default: a Milvus "

@@ -26,7 +26,7 @@ def build_index_pipeline(cluster: dict | None = None):
                               "re-embedding only new or changed listings, and build its catalog index.")
     def index_pipeline(catalog: str, model_version: str, registry_root: str, index_root: str, num_shards: int,
                        shards: list, kinds: list, batch_size: int = 64, exact_max: int = 200000,
-                       ann: dict = {}, backend: str = "usearch-hnsw",  # noqa: B006 (KFP reads defaults here)
+                       ann: dict = {}, backend: str = "faiss-hnsw-sq8+rerank",  # noqa: B006 (KFP reads defaults here)
                        milvus_uri: str = ""):
         with dsl.ParallelFor(items=shards, name="shards") as shard:
             embedded = apply_cluster(embed_shard(catalog=catalog, shard=shard, num_shards=num_shards,

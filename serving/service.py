@@ -20,10 +20,13 @@ the OpenAPI document at ``/docs.json``):
   concurrent requests are batched together by BentoML's adaptive batching. Also accepts
   ``multipart/form-data`` (see :class:`RequestGuard`).
 * ``POST /similar`` ``{"listing": {...}}`` or ``{"product_id": "1163"}``, ``"k": 10`` -> the top-k
-  catalog listings by cosine similarity (exact search: a float32 matrix product and
-  ``np.argpartition``; a ``product_id`` query uses its stored embedding and excludes itself; a
-  title-only or photo-only listing is searched against the catalog's embeddings of that kind
-  when the index holds them, see :data:`INDEX_KINDS`).
+  catalog listings by cosine similarity over the whole catalog's index of the served version when
+  ``item index`` built one (``<storage root>/indexes/<version>/``), else the packaged training sample;
+  exact search (a float32 matrix product and ``np.argpartition``) or, for an index built above its
+  exact-search threshold, its approximate index (the answer's ``search`` and ``index_source`` say
+  which); a ``product_id`` query uses its stored embedding and excludes itself; a title-only or
+  photo-only listing is searched against the catalog's embeddings of that kind when the index holds
+  them, see :data:`INDEX_KINDS`; ``k`` above the index size is clipped, with a ``note``.
 
 Bad input never reaches the model: every listing is validated and its photo decoded before
 batching (:mod:`serving.schemas`), and :class:`RequestGuard` enforces content types and the body
@@ -758,9 +761,10 @@ class ItemService:
                       k: Annotated[int, Field(ge=1, le=MAX_K)] = 10) -> SimilarResult:
         """The top-k same-product candidates in the catalog index for a listing (title and/or image)
         or a catalog ``product_id`` (its stored embedding; itself excluded), by cosine similarity,
-        best first, with ids and titles. Exact search over the whole index: the catalog's joint
-        embeddings, or for a title-only / photo-only listing the catalog's embeddings of the same
-        kind when the index holds them (cross-kind scores do not rank same products)."""
+        best first, with ids and titles. Searches the catalog's joint embeddings, or for a title-only /
+        photo-only listing the catalog's embeddings of the same kind when the index holds them
+        (cross-kind scores do not rank same products); exactly, or through the approximate index
+        the index was built with (``search`` in the answer)."""
         served = self.served
         t0 = time.perf_counter()
         if (listing is None) == (product_id is None):

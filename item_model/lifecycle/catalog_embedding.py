@@ -208,7 +208,7 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
 
 
 def build_index(index_root: str | Path, model_version: str, num_shards: int, exact_max: int = DEFAULT_EXACT_MAX,
-                ann: dict | None = None, backend: str = "usearch-hnsw", milvus_uri: str = "") -> dict:
+                ann: dict | None = None, backend: str = "faiss-hnsw-sq8+rerank", milvus_uri: str = "") -> dict:
     """Gather every shard of ``index_root`` into the catalog index (and above ``exact_max`` listings an
     approximate index per kind with ``ann`` settings, docs/index.md).
 

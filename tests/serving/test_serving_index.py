@@ -34,9 +34,10 @@ def test_server_searches_the_whole_catalog_index_of_its_version_approximately(pa
     root = index_root_of(version, storage_root)
     for shard in range(2):
         embed_shard(catalog, shard, 2, m["model_dir"], version, root)
-    built = build_index(root, version, 2, exact_max=10,            # 40 > 10: an HNSW index is built too
-                        ann={"connectivity": 16, "expansion_add": 64, "expansion_search": 64, "dtype": "f16"})
-    assert built["search"] == "usearch-hnsw" and built["n"] == 40
+    # 40 > exact_max: the default approximate index is built too (HNSW-SQ8 re-ranked from float16)
+    built = build_index(root, version, 2, exact_max=10,
+                        ann={"m": 16, "ef_construction": 64, "ef_search": 64, "rerank_factor": 5})
+    assert built["search"] == "faiss-hnsw-sq8+rerank" and built["n"] == 40
     listings, emb, _ = load_catalog_index(Path(root) / "catalog_index")
     packaged_ids = set(load_catalog_index(m["index_dir"])[0]["product_id"])
     outside = [p for p in listings["product_id"] if p not in packaged_ids]
@@ -52,11 +53,11 @@ def test_server_searches_the_whole_catalog_index_of_its_version_approximately(pa
                 r = client.post("/similar", json={"product_id": pid, "k": 10})
                 assert r.status_code == 200, r.text
                 body = r.json()
-                assert (body["search"], body["index_source"], body["catalog_size"]) == ("usearch-hnsw", "catalog", 40)
+                assert (body["search"], body["index_source"], body["catalog_size"]) == ("faiss-hnsw-sq8+rerank", "catalog", 40)
                 assert body["note"] is None and pid not in [n["product_id"] for n in body["results"]]
                 rows = [list(listings["product_id"]).index(n["product_id"]) for n in body["results"]]
                 q = emb["item"][list(listings["product_id"]).index(pid)]
-                # scores are the cosine up to the index's float16 storage
+                # scores are the cosine up to the float16 re-rank copy
                 np.testing.assert_allclose([n["score"] for n in body["results"]], emb["item"][rows] @ q, atol=2e-3)
                 scores = emb["item"] @ q
                 scores[list(listings["product_id"]).index(pid)] = -np.inf
@@ -70,7 +71,7 @@ def test_server_searches_the_whole_catalog_index_of_its_version_approximately(pa
 
             r = client.post("/similar", json={"listing": {"title": listings["title"].iloc[0]}, "k": 5})
             assert r.status_code == 200, r.text
-            assert (r.json()["index"], r.json()["search"]) == ("item_text_only", "usearch-hnsw")
+            assert (r.json()["index"], r.json()["search"]) == ("item_text_only", "faiss-hnsw-sq8+rerank")
             # k above the index size: clipped, and the answer says so
             r = client.post("/similar", json={"product_id": outside[0], "k": 60})
             assert r.status_code == 200, r.text
