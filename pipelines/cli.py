@@ -341,13 +341,43 @@ def submit_run(host: str, pipeline_file: Path, arguments: dict, cluster: dict, e
             "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
 
 
+def index_arguments(cluster: dict, catalog: str, params: dict) -> dict:
+    """The index pipeline's parameters for a cluster run: ``model_version`` (required) and optional
+    ``catalog``, ``num_shards`` (default 16), ``kinds``, ``batch_size``, ``exact_max``, ``backend``,
+    ``milvus_uri`` from ``--param``; the registry and the index root under the cluster's ``storage_root``.
+
+    Raises:
+        ValueError: no ``model_version``, no ``storage_root``, or an unknown parameter.
+    """
+    from item_model.lifecycle.catalog_embedding import ANN_BACKENDS
+    from pipelines.cli_index import ANN_SETTINGS
+    known = {"model_version", "catalog", "num_shards", "kinds", "batch_size", "exact_max", "backend", "milvus_uri"}
+    if set(params) - known:
+        raise ValueError(f"--param {sorted(set(params) - known)}: not index pipeline parameters; known: {sorted(known)}")
+    if not params.get("model_version") or not cluster.get("storage_root"):
+        raise ValueError("the index pipeline needs --param model_version=VERSION and the cluster's storage_root")
+    backend = params.get("backend", "faiss-hnsw-sq8+rerank")
+    if backend not in ANN_BACKENDS:
+        raise ValueError(f"--param backend={backend!r}: expected one of {ANN_BACKENDS}")
+    n = int(params.get("num_shards", 16))
+    root = cluster["storage_root"]
+    return {"catalog": params.get("catalog", catalog), "model_version": str(params["model_version"]),
+            "registry_root": storage.join(root, "registry"),
+            "index_root": storage.join(root, "indexes", str(params["model_version"])),
+            "num_shards": n, "shards": list(range(n)),
+            "kinds": list(params.get("kinds", ["item", "item_text_only", "item_image_only"])),
+            "batch_size": int(params.get("batch_size", 64)), "exact_max": int(params.get("exact_max", 200_000)),
+            "ann": ANN_SETTINGS[backend], "backend": backend, "milvus_uri": str(params.get("milvus_uri", ""))}
+
+
 @main.command("submit")
 @click.option("--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080 (port-forward) "
                                             "or https://<cluster>/pipeline.")
 @click.option("--cluster", "cluster_file", default=str(pconfig.CLUSTER_FILE), show_default=True,
               help="Cluster config YAML (image, pipeline root, resources, secrets, parameters).")
-@click.option("--pipeline", "which", type=click.Choice(["training", "monitoring"]), default="training",
-              show_default=True)
+@click.option("--pipeline", "which", type=click.Choice(["training", "monitoring", "index"]), default="training",
+              show_default=True, help="index: embed a catalog with --param model_version=V, shard by shard "
+                                      "(--param num_shards=N), and build its index under the storage root.")
 @click.option("--profile", default="default", show_default=True, help="Run profile (pipelines/configs/profiles.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a profile value.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
@@ -375,6 +405,17 @@ def submit_cmd(host, cluster_file, which, profile, overrides, params, experiment
     if which == "training":
         path = compile_pipeline(Path(output_dir) / "training_pipeline.yaml", profile, cluster)
         arguments = training
+    elif which == "index":
+        from kfp import compiler
+
+        from pipelines.index import build_index_pipeline
+        try:
+            arguments = index_arguments(cluster, training["catalog"], extra)
+        except (KeyError, ValueError) as exc:
+            raise click.ClickException(str(exc).strip("'\"")) from exc
+        path = Path(output_dir) / "index_pipeline.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        compiler.Compiler().compile(build_index_pipeline(cluster), str(path))
     else:
         path = compile_monitoring(Path(output_dir) / "monitoring_pipeline.yaml", profile, cluster)
         arguments = {**monitoring_arguments(training, cluster.get("storage_root", "")), **extra}

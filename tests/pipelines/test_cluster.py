@@ -144,6 +144,19 @@ def test_cli_compile_both_and_submit_dry_run(tmp_path):
     assert plan["pipeline_root"] == "gs://item-bucket/kfp-root" and plan["run_name"] == "r1"
     assert plan["arguments"]["catalog"] == "gs://item-bucket/catalog"
     assert plan["arguments"]["registry_root"] == "gs://item-bucket/storage/registry"
+    # the index pipeline: a ParallelFor over --param num_shards shard tasks, each with resources.embed-shard
+    dry = cli("submit", "--host", "http://127.0.0.1:9", "--cluster", str(cluster_file), "--pipeline", "index",
+              "--param", "model_version=v7", "--param", "num_shards=4", "--output-dir", str(tmp_path / "s"), "--dry-run")
+    assert dry.exit_code == 0, dry.output[-2000:]
+    args = json.loads(dry.output)["arguments"]
+    assert args["shards"] == [0, 1, 2, 3] and args["index_root"] == "gs://item-bucket/storage/indexes/v7"
+    assert args["registry_root"] == "gs://item-bucket/storage/registry" and args["backend"] == "faiss-hnsw-sq8+rerank"
+    spec, _ = _load(tmp_path / "s" / "index_pipeline.yaml")
+    shard_exec = next(e for name, e in _executors(spec).items() if "embed-shard" in name)
+    assert shard_exec["container"]["image"] == IMAGE and shard_exec["container"]["resources"]["cpuRequest"] == 8
+    no_version = cli("submit", "--host", "http://127.0.0.1:9", "--cluster", str(cluster_file), "--pipeline", "index",
+                     "--dry-run", "--output-dir", str(tmp_path / "s"))
+    assert no_version.exit_code != 0 and "model_version" in no_version.output
     bad = cli("submit", "--host", "http://127.0.0.1:9", "--cluster", str(cluster_file), "--param", "no_such=1",
               "--dry-run", "--output-dir", str(tmp_path / "s"))
     assert bad.exit_code != 0 and "no_such" in bad.output
