@@ -264,53 +264,6 @@ def modality_balance(joint: np.ndarray, text: np.ndarray, image: np.ndarray, k: 
     return out
 
 
-#: the approximate index the pipeline measures search through: what ``item index`` builds above its
-#: exact-search threshold by default (pipelines/cli_index.py, docs/index.md): faiss HNSW-SQ8 (M = 32),
-#: 5 x k candidates re-ranked from float16 vectors
-ANN_SETTINGS = {"m": 32, "ef_construction": 128, "ef_search": 64, "rerank_factor": 5}
-
-
-def ann_search_metrics(emb: np.ndarray, group_ids: np.ndarray, settings: dict | None = None) -> dict[str, float]:
-    """Same-product Recall@1 and Recall@10 measured through the approximate (HNSW) index serving uses
-    above its exact-search threshold, instead of exact search.
-
-    Every same-product group member queries the index of all n listings (faiss HNSW-SQ8 re-ranked
-    from float16 vectors, :data:`ANN_SETTINGS`), itself excluded; a hit is a same-group listing among
-    the first 1 / 10 the index returns. Compare with the exact ``recall@1`` / ``recall@10`` of :func:`score_embeddings`
-    (ties: exact search breaks them at random, the index in its own order).
-
-    Args:
-        emb: (n, D) float32, L2-normalised. group_ids: (n,) int64, -1 for no group.
-
-    Returns:
-        ``{"ann_recall@1", "ann_recall@10"}`` in [0, 1], and ``"ann_n_queries"``.
-
-    Raises:
-        ValueError: no listing is in a group.
-    """
-    import tempfile
-
-    from .lifecycle.vector_index import FaissHNSWIndex, RerankedIndex
-    groups = np.asarray(group_ids, dtype=np.int64)
-    queries = np.flatnonzero(groups >= 0)
-    if len(queries) == 0:
-        raise ValueError("group_id: no listing is in a same-product group; nothing to search for")
-    settings = dict(settings or ANN_SETTINGS)
-    factor = int(settings.pop("rerank_factor", 5))
-    with tempfile.TemporaryDirectory(prefix="item-ann-") as tmp:
-        index = RerankedIndex.build(FaissHNSWIndex.build(emb, **settings), emb, tmp, factor=factor)
-        rows, _ = index.search(emb[queries], min(11, len(emb)))
-        del index                                        # release the mapped file before the folder goes
-    hits = {1: 0, 10: 0}
-    for q, found in zip(queries, rows):
-        found = found[(found != q) & (found >= 0)][:10]
-        same = groups[found] == groups[q]
-        hits[1] += bool(same[:1].any())
-        hits[10] += bool(same.any())
-    return {"ann_recall@1": hits[1] / len(queries), "ann_recall@10": hits[10] / len(queries),
-            "ann_n_queries": int(len(queries))}
-
-
 def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame, split: np.ndarray,
                      bert_path: str, modality_ablation: bool = True, progress: bool = True,
                      champion: tuple[ItemModel, ItemProcessor] | None = None
@@ -324,8 +277,7 @@ def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFram
         ``champion``, and ``baseline_text_minilm``, ``baseline_image_pixels``, ``baseline_concat``
         (the title-decides keys are absent, with a logged note, when the catalog has no qualifying
         title; ``item`` has ``balance_text_overlap@10``, ``balance_image_overlap@10`` and
-        ``balance_n_queries`` when the ablation ran, and ``ann_recall@1``, ``ann_recall@10``,
-        ``ann_n_queries``: the same-product search through the HNSW index, :func:`ann_search_metrics`);
+        ``balance_n_queries`` when the ablation ran);
         ``{kind: (n, D) float32}`` the challenger's ITEm embeddings, for the catalog index;
         ``{name: details}`` per-item outcomes of every model, see :func:`score_embeddings`).
     """
@@ -348,11 +300,6 @@ def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFram
             item_embeddings[name] = emb
 
     run("item", embed_catalog(model, processor, df, "joint", progress=progress))
-    if (df["group_id"].notna()).any():
-        results["item"].update(ann_search_metrics(item_embeddings["item"], df["group_id"].fillna(-1).to_numpy()))
-        logger.info("item through the HNSW index: Recall@1 %.4f, Recall@10 %.4f (exact %.4f, %.4f)",
-                    results["item"]["ann_recall@1"], results["item"]["ann_recall@10"], results["item"]["recall@1"],
-                    results["item"]["recall@10"])
     if champion is not None:
         run("champion", embed_catalog(champion[0], champion[1], df, "joint", progress=progress))
     if modality_ablation:

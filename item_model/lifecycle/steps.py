@@ -271,6 +271,12 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
     models, embeddings, details = evaluate_catalog(model, processor, df, df["split"].to_numpy(), bert_path,
                                                    modality_ablation=modality_ablation, progress=progress,
                                                    champion=champion)
+    if "item" in embeddings and df["group_id"].notna().any():     # the search serving runs above its threshold
+        from .vector_index import ann_search_metrics
+        models["item"].update(ann_search_metrics(embeddings["item"], df["group_id"].fillna(-1).to_numpy()))
+        logger.info("item through the approximate index: Recall@1 %.4f, Recall@10 %.4f (exact %.4f, %.4f)",
+                    models["item"]["ann_recall@1"], models["item"]["ann_recall@10"], models["item"]["recall@1"],
+                    models["item"]["recall@10"])
     if index_dir:
         from .index import save_catalog_index
         save_catalog_index(index_dir, df, embeddings, meta["fingerprint"])

@@ -471,3 +471,49 @@ def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray, k: int = 10, ve
         got = vectors[a[:k][a[:k] >= 0]] @ q
         hits.append(int(np.sum(got >= kth - eps)))
     return float(np.mean(hits)) / k
+
+
+#: the approximate index the pipeline measures search through: what ``item index`` builds above its
+#: exact-search threshold by default (pipelines/cli_index.py, docs/index.md): faiss HNSW-SQ8 (M = 32),
+#: 5 x k candidates re-ranked from float16 vectors
+ANN_SETTINGS = {"m": 32, "ef_construction": 128, "ef_search": 64, "rerank_factor": 5}
+
+
+def ann_search_metrics(emb: np.ndarray, group_ids: np.ndarray, settings: dict | None = None) -> dict[str, float]:
+    """Same-product Recall@1 and Recall@10 measured through the approximate (HNSW) index serving uses
+    above its exact-search threshold, instead of exact search.
+
+    Every same-product group member queries the index of all n listings (faiss HNSW-SQ8 re-ranked
+    from float16 vectors, :data:`ANN_SETTINGS`), itself excluded; a hit is a same-group listing among
+    the first 1 / 10 the index returns. Compare with the exact ``recall@1`` / ``recall@10`` of
+    :func:`item_model.evaluation.score_embeddings` (ties: exact search breaks them at random, the index in its own order).
+
+    Args:
+        emb: (n, D) float32, L2-normalised. group_ids: (n,) int64, -1 for no group.
+
+    Returns:
+        ``{"ann_recall@1", "ann_recall@10"}`` in [0, 1], and ``"ann_n_queries"``.
+
+    Raises:
+        ValueError: no listing is in a group.
+    """
+    import tempfile
+
+    groups = np.asarray(group_ids, dtype=np.int64)
+    queries = np.flatnonzero(groups >= 0)
+    if len(queries) == 0:
+        raise ValueError("group_id: no listing is in a same-product group; nothing to search for")
+    settings = dict(settings or ANN_SETTINGS)
+    factor = int(settings.pop("rerank_factor", 5))
+    with tempfile.TemporaryDirectory(prefix="item-ann-") as tmp:
+        index = RerankedIndex.build(FaissHNSWIndex.build(emb, **settings), emb, tmp, factor=factor)
+        rows, _ = index.search(emb[queries], min(11, len(emb)))
+        del index                                        # release the mapped file before the folder goes
+    hits = {1: 0, 10: 0}
+    for q, found in zip(queries, rows):
+        found = found[(found != q) & (found >= 0)][:10]
+        same = groups[found] == groups[q]
+        hits[1] += bool(same[:1].any())
+        hits[10] += bool(same.any())
+    return {"ann_recall@1": hits[1] / len(queries), "ann_recall@10": hits[10] / len(queries),
+            "ann_n_queries": int(len(queries))}

@@ -336,7 +336,7 @@ def test_same_product_search_through_the_hnsw_index_matches_exact_search(real_sl
     """ann_search_metrics on real raw-pixel embeddings of 3,000+ listings with 100 real same-product
     groups, through the index serving uses (HNSW-SQ8, candidates re-ranked from float16 vectors):
     Recall@10 as exact search's; float16 re-scoring may reorder a few near-tied first places."""
-    from item_model.evaluation import ann_search_metrics
+    from item_model.lifecycle.vector_index import ann_search_metrics
     from item_model.metrics import retrieval_metrics
 
     emb = pixel_baseline(real_slice, progress=False)
