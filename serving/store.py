@@ -172,7 +172,14 @@ def served_index_folder(tag: str, path: str | Path, bentoml_home: str | Path | N
     version = registry_version_of(tag, bentoml_home)
     root = index_root_of(version) if version else ""
     if root and storage.exists(storage.join(str(root), INDEX_DIR, "index.json")):
-        with storage.local_copy(str(root)) as folder:
-            yield Path(folder), "catalog"
+        if not storage.is_gcs(str(root)):
+            yield Path(root), "catalog"
+            return
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="item-index-") as tmp:   # the index, not the shard files
+            storage.download_tree(storage.join(str(root), INDEX_DIR), Path(tmp) / INDEX_DIR)
+            if storage.list_files(storage.join(str(root), "vector_index")):
+                storage.download_tree(storage.join(str(root), "vector_index"), Path(tmp) / "vector_index")
+            yield Path(tmp), "catalog"
     else:
         yield Path(path), "package"
