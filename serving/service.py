@@ -538,6 +538,10 @@ class ServedModel:
                     indexes[name] = np.ascontiguousarray(matrix, dtype=np.float32)
                     if meta.get("search", "exact") != "exact":
                         ann[name] = load_index(Path(folder) / "vector_index" / name, model_version=version)
+                        if getattr(ann[name], "vectors", None) is not None:
+                            # the re-rank copy, float16 mapped from disk, serves product_id lookups: the
+                            # float32 matrix is not kept (1.5 GB per kind at 10^6)
+                            indexes[name] = ann[name].vectors
                 ids = listings["product_id"].astype(str).to_numpy()
                 titles = listings["title"].astype(object).where(listings["title"].notna(), None).to_numpy()
                 categories = (listings["category"].astype(object).where(listings["category"].notna(), None)
@@ -779,7 +783,8 @@ class ItemService:
                                f"({len(served.ids)} listings)")
             # a few ms of one matrix-vector product: cheaper here than two thread hand-offs
             kind, searched = "catalog", "item"
-            rows, scores, how = served.search("item", served.indexes["item"][row], k, exclude=row)
+            query = np.asarray(served.indexes["item"][row], dtype=np.float32)
+            rows, scores, how = served.search("item", query, k, exclude=row)
         else:
             import anyio
             kind = listing.kind
