@@ -10,23 +10,26 @@ from components.config import BASE_IMAGE
 def embed_shard(
     catalog: str,
     shard: int,
-    num_shards: int,
     model_version: str,
     registry_root: str,
+    storage_root: str,
     index_root: str,
-    kinds: list,
-    batch_size: int,
+    settings: dict,
 ) -> dict:
-    """Writes ``<index_root>/shards/shard-SSSSS-of-NNNNN.parquet``; returns its counts (listings,
-    embedded, reused, removed, skipped, written)."""
+    """Writes ``<index root>/shards/shard-SSSSS-of-NNNNN.parquet`` (``index_root``, or "" for
+    ``<storage_root>/indexes/<model_version>``; ``settings``: :func:`~item_model.lifecycle.catalog_embedding.index_settings`);
+    returns its counts (listings, embedded, reused, removed, skipped, written)."""
     import logging
 
     from item_model.data import storage
     from item_model.lifecycle.catalog_embedding import embed_shard as embed
+    from item_model.lifecycle.catalog_embedding import index_root_of, index_settings
     from item_model.lifecycle.registry import ModelRegistry
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    s = index_settings(**settings)
     model_dir = ModelRegistry(registry_root).version_path(model_version) / "model"
+    root = index_root or index_root_of(model_version, storage_root or None)
     with storage.local_copy(catalog) as local:          # a gs:// catalog is downloaded
-        return embed(str(local), int(shard), int(num_shards), model_dir, model_version, index_root,
-                     kinds=tuple(kinds), batch_size=int(batch_size))
+        return embed(str(local), int(shard), s["num_shards"], model_dir, model_version, root,
+                     kinds=tuple(s["kinds"]), batch_size=s["batch_size"])

@@ -16,18 +16,17 @@ def evaluate(
     metrics: Output[Metrics],
     eval_json: Output[Artifact],
     eval_details: Output[Artifact],
-    catalog_index: Output[Dataset],
 ):
-    """KFP Metrics (``<model>.<metric>``), eval.json, per-item details (npz, for the gate's bootstrap
-    tests), and the catalog index (ITEm embeddings of the validated catalog with ids and titles; used
-    by serving and drift monitoring). The registry's champion is re-evaluated on the same split."""
+    """KFP Metrics (``<model>.<metric>``), eval.json and per-item details (npz, for the gate's bootstrap
+    tests). The registry's champion is re-evaluated on the same split. The catalog index serving and
+    drift monitoring read is not written here: the index steps build it from the whole catalog."""
     import logging
 
     from item_model.lifecycle.steps import evaluate_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = evaluate_step(validated_catalog.path, model.path, eval_json.path, bert_path, modality_ablation,
-                           index_dir=catalog_index.path, details_path=eval_details.path,
+                           details_path=eval_details.path,
                            registry_root=registry_root)
     for name, values in result["models"].items():
         for key in ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP"):

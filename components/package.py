@@ -12,20 +12,26 @@ def package(
     eval_json: Input[Artifact],
     blessing: Input[Artifact],
     validated_catalog: Input[Dataset],
-    catalog_index: Input[Dataset],
     registry_version: str,
+    storage_root: str,
     model_name: str,
     bentoml_home: str,
     bento_model: Output[Artifact],
 ):
-    """A BentoML model ``<model_name>:<version>`` (model folder, eval.json, blessing.json and the
-    catalog index) with labels and metadata; its tag in bento_model."""
+    """A BentoML model ``<model_name>:<version>`` (model folder, eval.json, blessing.json and a copy of the
+    catalog index the index steps built under ``<storage_root>/indexes/<registry_version>``) with labels
+    and metadata; its tag in bento_model."""
     import logging
 
+    from item_model.lifecycle.catalog_embedding import index_root_of, local_index
     from serving.store import save_to_bentoml
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    tag = save_to_bentoml(model.path, eval_json.path, blessing.path, validated_catalog.path,
-                          model_name, bentoml_home or None, bento_model.path, catalog_index.path,
-                          registry_version=registry_version)
+    with local_index(index_root_of(registry_version, storage_root or None)) as index_dir:
+        if index_dir is None:
+            raise FileNotFoundError(f"no catalog index of {registry_version} under {storage_root}/indexes: "
+                                    "the build-index step did not run")
+        tag = save_to_bentoml(model.path, eval_json.path, blessing.path, validated_catalog.path,
+                              model_name, bentoml_home or None, bento_model.path, index_dir,
+                              registry_version=registry_version)
     bento_model.metadata["tag"] = tag

@@ -16,7 +16,6 @@ def register_model(
     report: Input[Markdown],
     report_html: Input[HTML],
     validated_catalog: Input[Dataset],
-    catalog_index: Input[Dataset],
     registry_root: str,
     run_name: str,
 ) -> str:
@@ -28,6 +27,6 @@ def register_model(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = register_step(registry_root, model.path, eval_json.path, blessing.path, validated_catalog.path,
                         files={"eval_details.npz": eval_details.path, "gate_report.md": report.path,
-                               "gate_report.html": report_html.path, "catalog_index": catalog_index.path},
+                               "gate_report.html": report_html.path},
                         run=run_name)
     return out["version"]

@@ -88,19 +88,36 @@ def embed_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame, 
     Returns:
         (len(df), D) float32, L2-normalised.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return embed_catalog_modes(model, processor, df, (mode,), batch_size, progress)[mode]
+
+
+@torch.no_grad()
+def embed_catalog_modes(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame,
+                        modes: tuple[str, ...] = MODES, batch_size: int = 128,
+                        progress: bool = True) -> dict[str, np.ndarray]:
+    """Embed canonical catalog rows in several modes at once: each batch's titles tokenised and photos
+    decoded once, each encoder pass run once (:meth:`ItemModel.embed_kinds`); each mode's rows equal
+    :func:`embed_catalog`'s for that mode alone.
+
+    Returns:
+        ``{mode: (len(df), D) float32}``, L2-normalised rows.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if not modes or set(modes) - set(MODES):
+        raise ValueError(f"modes must be among {MODES}, got {list(modes)}")
     titles = df["title"].tolist()
     rows = df[["product_id", "image_bytes", "image_uri"]].to_dict("records")
-    out = np.zeros((len(df), model.config.hidden_size), dtype=np.float32)
+    out = {m: np.zeros((len(df), model.config.hidden_size), dtype=np.float32) for m in modes}
     model.eval()
-    for s in tqdm(range(0, len(df), batch_size), desc=f"embed ITEm ({mode})", disable=not progress,
+    for s in tqdm(range(0, len(df), batch_size), desc=f"embed ITEm ({', '.join(modes)})", disable=not progress,
                   mininterval=PROGRESS_INTERVAL):
         e = min(s + batch_size, len(df))
-        enc = processor.tokenize(titles[s:e]) if mode != "image" else {}
-        px = (processor.pixel_values([processor.image_array(r) for r in rows[s:e]])
-              if mode != "text" else None)
-        out[s:e] = model.embed(enc.get("input_ids"), enc.get("attention_mask"), px).numpy()
+        enc = processor.tokenize(titles[s:e]) if set(modes) - {"image"} else {}
+        px = processor.pixel_values([processor.image_array(r) for r in rows[s:e]]) if set(modes) - {"text"} else None
+        for mode, vectors in model.embed_kinds(enc.get("input_ids"), enc.get("attention_mask"), px, modes).items():
+            out[mode][s:e] = vectors.numpy()
     return out
 
 
@@ -299,12 +316,13 @@ def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFram
         if name.startswith("item"):
             item_embeddings[name] = emb
 
-    run("item", embed_catalog(model, processor, df, "joint", progress=progress))
+    own = embed_catalog_modes(model, processor, df, MODES if modality_ablation else ("joint",), progress=progress)
+    run("item", own["joint"])
     if champion is not None:
         run("champion", embed_catalog(champion[0], champion[1], df, "joint", progress=progress))
     if modality_ablation:
-        run("item_text_only", embed_catalog(model, processor, df, "text", progress=progress))
-        run("item_image_only", embed_catalog(model, processor, df, "image", progress=progress))
+        run("item_text_only", own["text"])
+        run("item_image_only", own["image"])
         if len(df) > 10:
             balance = modality_balance(item_embeddings["item"], item_embeddings["item_text_only"],
                                        item_embeddings["item_image_only"])

@@ -295,6 +295,40 @@ class ItemModel(ItemPreTrainedModel):
             joint = F.normalize(w * text + joint, dim=-1)
         return joint
 
+    @torch.no_grad()
+    def embed_kinds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+                    kinds: tuple[str, ...] = ("joint", "text", "image")) -> dict[str, torch.Tensor]:
+        """The joint, text-only and image-only embeddings of the same listings in one call, each exactly
+        what :meth:`embed` returns for that input, with each encoder pass run once: the title
+        stream's ``[CLS]`` serves both the text-only vector and the joint read-out.
+
+        Args:
+            input_ids / attention_mask: (B, T) long / 0-1, the titles.
+            pixel_values: (B, C, H, W) float32, the photos.
+            kinds: a subset of ``("joint", "text", "image")``.
+
+        Returns:
+            ``{kind: (B, D) float32}``, L2-normalised rows.
+
+        Raises:
+            ValueError: an unknown kind.
+        """
+        if set(kinds) - {"joint", "text", "image"}:
+            raise ValueError(f"kinds: {list(kinds)} must be among 'joint', 'text', 'image'")
+        out: dict[str, torch.Tensor] = {}
+        w = float(getattr(self.config, "readout_text_weight", 0.0) or 0.0)
+        text = None
+        if "text" in kinds or ("joint" in kinds and w > 0):
+            text = F.normalize(self.encode(input_ids, attention_mask)[0][:, 0].float(), dim=-1)
+        if "joint" in kinds:
+            joint = F.normalize(self.encode(input_ids, attention_mask, pixel_values)[0][:, 0].float(), dim=-1)
+            out["joint"] = F.normalize(w * text + joint, dim=-1) if w > 0 else joint
+        if "text" in kinds:
+            out["text"] = text
+        if "image" in kinds:
+            out["image"] = F.normalize(self.encode(None, None, pixel_values)[0][:, 0].float(), dim=-1)
+        return out
+
     # ----------------------------------------------------------------------------- pre-training
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, mlm_labels=None,
                 mim_mask=None, itm_labels=None, text_only=None, image_only=None, clean_input_ids=None,

@@ -85,7 +85,8 @@ def find_outputs(run_dir: Path) -> dict[str, Path]:
     runs = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("item-training-"))
     if not runs:
         return {}
-    return {t.name: t for t in runs[-1].iterdir() if t.is_dir()}
+    from pipelines.local_runner import task_folders
+    return task_folders(runs[-1])
 
 
 def run_pipeline(arguments: dict, run_dir: Path, verbose: bool = False) -> dict:
@@ -347,27 +348,22 @@ def index_arguments(cluster: dict, catalog: str, params: dict) -> dict:
     ``milvus_uri`` from ``--param``; the registry and the index root under the cluster's ``storage_root``.
 
     Raises:
-        ValueError: no ``model_version``, no ``storage_root``, or an unknown parameter.
+        ValueError: no ``model_version``, no ``storage_root``, an unknown parameter or a bad setting
+            (:func:`item_model.lifecycle.catalog_embedding.index_settings`).
     """
-    from item_model.lifecycle.catalog_embedding import ANN_BACKENDS
-    from pipelines.cli_index import ANN_SETTINGS
+    from item_model.lifecycle.catalog_embedding import index_settings
     known = {"model_version", "catalog", "num_shards", "kinds", "batch_size", "exact_max", "backend", "milvus_uri"}
     if set(params) - known:
         raise ValueError(f"--param {sorted(set(params) - known)}: not index pipeline parameters; known: {sorted(known)}")
     if not params.get("model_version") or not cluster.get("storage_root"):
         raise ValueError("the index pipeline needs --param model_version=VERSION and the cluster's storage_root")
-    backend = params.get("backend", "faiss-hnsw-sq8+rerank")
-    if backend not in ANN_BACKENDS:
-        raise ValueError(f"--param backend={backend!r}: expected one of {ANN_BACKENDS}")
-    n = int(params.get("num_shards", 16))
+    settings = index_settings(**{"num_shards": 16, **{k: v for k, v in params.items()
+                                                     if k not in ("model_version", "catalog")}})
     root = cluster["storage_root"]
     return {"catalog": params.get("catalog", catalog), "model_version": str(params["model_version"]),
-            "registry_root": storage.join(root, "registry"),
+            "registry_root": storage.join(root, "registry"), "storage_root": root,
             "index_root": storage.join(root, "indexes", str(params["model_version"])),
-            "num_shards": n, "shards": list(range(n)),
-            "kinds": list(params.get("kinds", ["item", "item_text_only", "item_image_only"])),
-            "batch_size": int(params.get("batch_size", 64)), "exact_max": int(params.get("exact_max", 200_000)),
-            "ann": ANN_SETTINGS[backend], "backend": backend, "milvus_uri": str(params.get("milvus_uri", ""))}
+            "shards": list(range(settings["num_shards"])), "settings": settings}
 
 
 @main.command("submit")

@@ -67,10 +67,10 @@ def show(version: str, storage_root: str, live_html: str, registry: str) -> None
     console.print(blessing_table(blessing, title=f"Gate of {v}"))
     if (path / "gate_report.html").exists():
         console.print(f"HTML report: {path / 'gate_report.html'}")
-    _show_live_traffic(console, v, storage_root, live_html, path)
+    _show_live_traffic(console, v, storage_root, live_html)
 
 
-def _show_live_traffic(console, version: str, storage_root: str, live_html: str, version_path=None) -> None:
+def _show_live_traffic(console, version: str, storage_root: str, live_html: str) -> None:
     """The "live traffic" section: the shadow log of ``version`` summarised (serving/shadow.py)."""
     from rich.table import Table
 
@@ -102,11 +102,12 @@ def _show_live_traffic(console, version: str, storage_root: str, live_html: str,
                           f"{r.get('query_title') or r.get('product_id')!r}", highlight=False)
     if live_html:
         titles = {}
-        listings = Path(str(version_path)) / "catalog_index" / "listings.parquet" if version_path else None
-        if listings is not None and listings.is_file():        # titles for the report's top-5 lists
-            import pandas as pd
-            df = pd.read_parquet(listings, columns=["product_id", "title"])
-            titles = dict(zip(df["product_id"].astype(str), df["title"].astype(str)))
+        from item_model.lifecycle.catalog_embedding import index_root_of, local_index
+        with local_index(index_root_of(version, storage_root or None)) as folder:   # titles for the top-5 lists
+            if folder is not None:
+                import pandas as pd
+                df = pd.read_parquet(folder / "catalog_index" / "listings.parquet", columns=["product_id", "title"])
+                titles = dict(zip(df["product_id"].astype(str), df["title"].astype(str)))
         write_text_atomic(live_html, shadow_report_html(version, s, rows, titles))
         console.print(f"live-traffic report: {live_html}")
 

@@ -20,13 +20,8 @@ from pathlib import Path
 
 import click
 
-from item_model.lifecycle.vector_index import ANN_SETTINGS as DEFAULT_ANN
+from item_model.lifecycle.catalog_embedding import ANN_BACKENDS, DEFAULT_BACKEND
 from pipelines import config as pconfig
-
-#: the settings of the approximate index above ``--exact-max``, per backend (chosen in docs/index.md)
-ANN_SETTINGS = {"usearch-hnsw": {"connectivity": 32, "expansion_add": 128, "expansion_search": 64, "dtype": "f16"},
-                "faiss-hnsw-sq8+rerank": DEFAULT_ANN,     # the one eval.json's ann_recall is measured through
-                "milvus": {"M": 32, "efConstruction": 128, "ef": 64}}
 
 
 def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
@@ -55,7 +50,7 @@ def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--exact-max", type=click.IntRange(0), default=200_000, show_default=True,
               help="Above this many listings an approximate (HNSW) index is built as well.")
-@click.option("--ann-backend", type=click.Choice(sorted(ANN_SETTINGS)), default="faiss-hnsw-sq8+rerank", show_default=True,
+@click.option("--ann-backend", type=click.Choice(sorted(ANN_BACKENDS)), default=DEFAULT_BACKEND, show_default=True,
               help="Approximate index above --exact-max: embedded usearch HNSW (float16), embedded faiss HNSW-SQ8 "
                    "re-ranked from float16 vectors on disk, or Milvus (Lite or a cluster).")
 @click.option("--milvus-uri", default="", help="Milvus server URI for --ann-backend milvus (default: a Milvus "
@@ -66,14 +61,16 @@ def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
 def index_cmd(catalog, model_version, registry, index_root, num_shards, only, kinds, batch_size, exact_max,
               ann_backend, milvus_uri, output_dir, as_json, stream):
     """Embed a catalog shard by shard (kfp.local, dsl.ParallelFor) and build its index."""
-    from item_model.lifecycle.catalog_embedding import KIND_MODES, index_root_of
+    from item_model.lifecycle.catalog_embedding import index_root_of, index_settings
     from item_model.lifecycle.registry import ModelRegistry, RegistryError, default_registry
     from pipelines.index import index_pipeline
     from pipelines.local_runner import run_locally
 
-    kinds = [k.strip() for k in kinds.split(",") if k.strip()]
-    if "item" not in kinds or set(kinds) - set(KIND_MODES):
-        raise click.BadParameter(f"{kinds} must include 'item' and only {sorted(KIND_MODES)}", param_hint="--kinds")
+    try:
+        settings = index_settings(num_shards=num_shards, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
+                                  batch_size=batch_size, exact_max=exact_max, backend=ann_backend, milvus_uri=milvus_uri)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--kinds") from exc
     bad = [s for s in only if not 0 <= s < num_shards]
     if bad:
         raise click.BadParameter(f"{bad} outside [0, {num_shards})", param_hint="--shard")
@@ -94,10 +91,8 @@ def index_cmd(catalog, model_version, registry, index_root, num_shards, only, ki
     shards = sorted(set(only)) or list(range(num_shards))
     click.echo(f"item index: model {model_version}, {len(shards)} of {num_shards} shard(s)\n"
                f"            catalog {catalog}\n            index   {index_root}\n            outputs {run_dir}")
-    args = dict(catalog=catalog, model_version=model_version, registry_root=str(registry_root),
-                index_root=str(index_root), num_shards=num_shards, shards=shards, kinds=kinds,
-                batch_size=batch_size, exact_max=exact_max, ann=ANN_SETTINGS[ann_backend], backend=ann_backend,
-                milvus_uri=milvus_uri)
+    args = dict(catalog=catalog, model_version=model_version, registry_root=str(registry_root), storage_root="",
+                index_root=str(index_root), shards=shards, settings=settings)
     wall = run_locally(index_pipeline, args, run_dir, what="index pipeline", verbose=stream,
                        key_figure=index_key_figure)
     summary = {"model_version": model_version, "index_root": str(index_root), "run_dir": str(run_dir),

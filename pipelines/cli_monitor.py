@@ -129,8 +129,10 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
 
     from item_model.lifecycle.results import Blessing, DriftSummary
 
+    from pipelines.local_runner import task_folders
+
     run = find_run(run_dir)
-    tasks = {t.name: t for t in run.iterdir() if t.is_dir()} if run else {}
+    tasks = task_folders(run) if run else {}
     out: dict = {"status": "succeeded", "run_dir": str(run_dir), "pipeline_run": str(run) if run else None,
                  "wall_time_s": round(wall_s, 1), "tasks_run": sorted(tasks)}
     if "drift-report" in tasks:

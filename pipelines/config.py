@@ -21,7 +21,7 @@ GATE_FILE = CONFIG_DIR / "gate.yaml"
 DEFAULT_CATALOG = str((Path(__file__).resolve().parents[2] / "shared" / "datasets"
                        / "fashion-product-images-small"))
 PROFILE_KEYS = {"description", "max_listings", "max_quarantine_fraction", "modality_ablation",
-                "model_config", "train_config"}
+                "model_config", "train_config", "index"}
 
 
 def load_profiles(path: str | Path = PROFILES_FILE) -> dict[str, dict]:
@@ -84,7 +84,14 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
                        model_name: str = "item", bert_path: str = "", registry_root: str = "",
                        checkpoint_root: str = "", resume: bool = False) -> dict:
     """The training pipeline's parameters (:class:`pipelines.params.TrainingParams` as a dict) for a
-    catalog, a profile and a gate config."""
+    catalog, a profile and a gate config; the profile's ``index`` section (optional) sets the index
+    steps (:func:`item_model.lifecycle.catalog_embedding.index_settings`: ``num_shards``, ``kinds``, ...).
+
+    Raises:
+        ValueError: a bad ``index`` setting (naming the field).
+    """
+    from item_model.lifecycle.catalog_embedding import index_settings
+    settings = index_settings(**dict(profile.get("index") or {}))
     return asdict(TrainingParams(
         catalog=location(str(catalog)),
         max_listings=int(profile.get("max_listings") or 0),
@@ -102,6 +109,9 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
         registry_root=location(registry_root or default_registry()),
         model_name=model_name,
         bentoml_home=bentoml_home,
+        storage_root=location(str(storage_root())),
+        index_shards=list(range(settings["num_shards"])),
+        index_settings=settings,
     ))
 
 
@@ -175,6 +185,7 @@ def cluster_arguments(cluster: dict, profile: dict, gate_config: dict, overrides
     args = pipeline_arguments(params.get("catalog", DEFAULT_CATALOG), profile, gate_config)
     if cluster.get("storage_root"):
         args["registry_root"] = storage.join(cluster["storage_root"], "registry")
+        args["storage_root"] = storage.normalize(cluster["storage_root"])
     args["checkpoint_root"] = ""
     args["bentoml_home"] = ""
     for key, value in params.items():
@@ -182,6 +193,10 @@ def cluster_arguments(cluster: dict, profile: dict, gate_config: dict, overrides
             raise ClusterConfigError(f"cluster parameter {key!r} is not a training pipeline parameter; "
                                      f"known: {sorted(args)}")
         args[key] = value
+    from item_model.lifecycle.catalog_embedding import index_settings
+    args["index_settings"] = index_settings(**args["index_settings"])
+    if "index_shards" not in params:          # one ParallelFor iteration per shard of the settings
+        args["index_shards"] = list(range(args["index_settings"]["num_shards"]))
     return args
 
 

@@ -6,7 +6,8 @@ The DAG only; the logic is in :mod:`item_model.lifecycle.catalog_embedding`, the
 (``<storage root>/indexes/<model version>/shards/``), not as KFP artifacts, so that a second run finds
 the first run's vectors (incremental refresh) and a failed shard can be re-run alone; on a cluster each
 shard task gets the cluster config's ``resources.embed-shard`` (a GPU where set), so Kubeflow itself
-is the engine that scales the embedding.
+is the engine that scales the embedding. The training pipeline (``pipelines/training.py``) runs the
+same two components on the whole catalog for a blessed model, so every catalog index has one writer.
 """
 
 from kfp import dsl
@@ -24,18 +25,15 @@ def build_index_pipeline(cluster: dict | None = None):
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Embed a catalog with a registry version of ITEm, shard by shard in parallel, "
                               "re-embedding only new or changed listings, and build its catalog index.")
-    def index_pipeline(catalog: str, model_version: str, registry_root: str, index_root: str, num_shards: int,
-                       shards: list, kinds: list, batch_size: int = 64, exact_max: int = 200000,
-                       ann: dict = {}, backend: str = "faiss-hnsw-sq8+rerank",  # noqa: B006 (KFP reads defaults here)
-                       milvus_uri: str = ""):
+    def index_pipeline(catalog: str, model_version: str, registry_root: str, storage_root: str, index_root: str,
+                       shards: list, settings: dict):
         with dsl.ParallelFor(items=shards, name="shards") as shard:
-            embedded = apply_cluster(embed_shard(catalog=catalog, shard=shard, num_shards=num_shards,
-                                                 model_version=model_version, registry_root=registry_root,
-                                                 index_root=index_root, kinds=kinds, batch_size=batch_size),
+            embedded = apply_cluster(embed_shard(catalog=catalog, shard=shard, model_version=model_version,
+                                                 registry_root=registry_root, storage_root=storage_root,
+                                                 index_root=index_root, settings=settings),
                                      "embed-shard", cluster)
-        apply_cluster(build_index(index_root=index_root, model_version=model_version, num_shards=num_shards,
-                                  exact_max=exact_max, ann=ann, backend=backend,
-                                  milvus_uri=milvus_uri).after(embedded), "build-index", cluster)
+        apply_cluster(build_index(model_version=model_version, storage_root=storage_root, index_root=index_root,
+                                  settings=settings).after(embedded), "build-index", cluster)
 
     return index_pipeline
 

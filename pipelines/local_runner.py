@@ -67,6 +67,27 @@ def _fmt_time(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s" if seconds >= 60 else f"{seconds:.1f}s"
 
 
+def task_name(task_dir: Path) -> str:
+    """A task's name from its kfp.local output folder: the folder's name, with the iteration appended
+    inside a ``dsl.ParallelFor`` (``for-loop-2-iteration-1/embed-shard`` -> ``embed-shard-1``)."""
+    parent = task_dir.parent.name
+    if parent.startswith("for-loop-") and "-iteration-" in parent:
+        return f"{task_dir.name}-{parent.rsplit('-', 1)[-1]}"
+    return task_dir.name
+
+
+def task_folders(pipeline_run: Path) -> dict[str, Path]:
+    """``{task name: output folder}`` of one kfp.local pipeline run folder, loop iterations included
+    (:func:`task_name`)."""
+    out = {}
+    for t in sorted(p for p in pipeline_run.iterdir() if p.is_dir()):
+        if t.name.startswith("for-loop-") and "-iteration-" in t.name:
+            out.update({task_name(sub): sub for sub in sorted(t.iterdir()) if sub.is_dir()})
+        else:
+            out[t.name] = t
+    return out
+
+
 class _QuietTasks:
     """Replacement of kfp.local's ``run_local_subprocess``: the task's lines go to its log.txt, the
     terminal gets one line per task and a progress bar."""
@@ -82,9 +103,7 @@ class _QuietTasks:
 
         task_dir = _task_dir(full_command) or Path(os.environ.get("ITEM_ERROR_DIR", ".")).parent / "task"
         task_dir.mkdir(parents=True, exist_ok=True)
-        name = task_dir.name
-        if task_dir.parent.name.startswith("for-loop-") and "-iteration-" in task_dir.parent.name:
-            name += "-" + task_dir.parent.name.rsplit("-", 1)[-1]       # a dsl.ParallelFor iteration: embed-shard-2
+        name = task_name(task_dir)
         env = {**os.environ, **(env_vars or {})}
         lines: list[str] = []
         t0 = time.perf_counter()

@@ -34,6 +34,9 @@ class TrainingParams:
     registry_root: str                 #: model registry, folder or gs:// prefix
     model_name: str                    #: BentoML model name
     bentoml_home: str                  #: BentoML store ("" = $BENTOML_HOME or ~/bentoml)
+    storage_root: str                  #: the catalog index goes to <storage_root>/indexes/<version>
+    index_shards: list                 #: the shards the index steps embed in parallel: [0, ..., num_shards - 1]
+    index_settings: dict               #: catalog_embedding.index_settings (num_shards, kinds, backend, ...)
 
 
 @dataclass

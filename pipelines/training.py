@@ -1,5 +1,9 @@
 """The ITEm training pipeline (KFP v2): validate -> pretrain -> evaluate (challenger, champion,
-baselines) -> gate -> register -> (if blessed) package -> serving check -> (if served) promote.
+baselines) -> gate -> register -> (if blessed) embed the whole catalog, shard by shard in a
+``dsl.ParallelFor``, and build its index (the index pipeline's own components: one path for the
+catalog index) -> package -> serving check -> (if served) promote.
+
+A profile may train on a sample (``max_listings``); the index covers every listing of the catalog.
 
 The champion pointer moves last, only to a model that was packaged and answered canned requests
 from a real ``bentoml serve`` exactly as the in-process model does (TFX's InfraValidator order).
@@ -14,6 +18,8 @@ and a GPU for ``pretrain`` (KFP task settings), the GCS credentials secret mount
 
 from kfp import dsl
 
+from components.build_index import build_index
+from components.embed_shard import embed_shard
 from components.evaluate import evaluate
 from components.gate import gate
 from components.package import package
@@ -27,7 +33,8 @@ from pipelines.params import TRAINING_SPECS, pipeline_signature
 
 PIPELINE_NAME = "item-training"
 #: the DAG's task names (kfp.local writes each task's outputs to a folder of that name)
-TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package", "serving-check", "promote")
+TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "embed-shard", "build-index", "package",
+         "serving-check", "promote")
 
 
 def apply_cluster(task, name: str, cluster: dict | None):
@@ -120,15 +127,23 @@ def build_training_pipeline(cluster: dict | None = None):
             eval_details=evaluated.outputs["eval_details"], blessing=verdict.outputs["blessing"],
             report=verdict.outputs["report"], report_html=verdict.outputs["report_html"],
             validated_catalog=validated.outputs["validated_catalog"],
-            catalog_index=evaluated.outputs["catalog_index"], registry_root=registry_root,
-            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "register-model", cluster)
+            registry_root=registry_root, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "register-model", cluster)
         with dsl.If(verdict.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition syntax)
+            # the whole catalog (not the training sample), with the code and tasks of the index pipeline
+            with dsl.ParallelFor(items=p["index_shards"], name="index-shards") as shard:
+                embedded = apply_cluster(embed_shard(catalog=catalog, shard=shard, model_version=registered.output,
+                                                     registry_root=registry_root, storage_root=p["storage_root"],
+                                                     index_root="", settings=p["index_settings"]),
+                                         "embed-shard", cluster)
+            indexed = apply_cluster(build_index(model_version=registered.output, storage_root=p["storage_root"],
+                                                index_root="", settings=p["index_settings"]).after(embedded),
+                                    "build-index", cluster)
             packaged = apply_cluster(package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
                                              blessing=verdict.outputs["blessing"],
                                              validated_catalog=validated.outputs["validated_catalog"],
-                                             catalog_index=evaluated.outputs["catalog_index"],
-                                             registry_version=registered.output,
-                                             model_name=model_name, bentoml_home=bentoml_home), "package", cluster)
+                                             registry_version=registered.output, storage_root=p["storage_root"],
+                                             model_name=model_name, bentoml_home=bentoml_home).after(indexed),
+                                     "package", cluster)
             served = apply_cluster(serving_check(bento_model=packaged.outputs["bento_model"], gate_config=gate_config,
                                                  registry_root=registry_root, registry_version=registered.output,
                                                  bentoml_home=bentoml_home), "serving-check", cluster)

@@ -27,12 +27,14 @@ def _bentoml(bentoml_home: str | None):
 
 def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_dir: str,
                     model_name: str = "item", bentoml_home: str | None = None,
-                    tag_path: str | None = None, index_dir: str | None = None,
+                    tag_path: str | None = None, index_dir: str | Path | None = None,
                     registry_version: str = "", approved_by: str = "") -> str:
     """Save a blessed model folder into the BentoML model store with ``bentoml.models.create``.
 
     The store entry holds the Hugging Face model folder plus ``eval.json``, ``blessing.json`` and,
-    when ``index_dir`` is given, the catalog index in ``catalog_index/`` (:mod:`item_model.lifecycle.index`);
+    when ``index_dir`` is given (a folder holding ``catalog_index/`` and, above the exact-search
+    threshold, ``vector_index/``: the index the index steps built, :func:`item_model.lifecycle.catalog_embedding.local_index`),
+    a copy of that index, so the package serves on its own;
     labels carry the verdict and catalog fingerprint, metadata the headline metrics and code version.
     BentoML writes the entry under a temporary name and moves it into the store when the ``with``
     block ends, so a failure leaves no half-written model.
@@ -71,7 +73,9 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
         shutil.copy(eval_path, os.path.join(bento_model.path, "eval.json"))
         shutil.copy(blessing_path, os.path.join(bento_model.path, "blessing.json"))
         if index_dir:
-            shutil.copytree(index_dir, os.path.join(bento_model.path, INDEX_DIR))
+            for part in (INDEX_DIR, "vector_index"):
+                if (Path(index_dir) / part).is_dir():
+                    shutil.copytree(Path(index_dir) / part, os.path.join(bento_model.path, part))
     tag = str(bento_model.tag)
     logger.info("saved %s to the BentoML model store", tag)
     if tag_path:
@@ -81,9 +85,12 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
 
 
 def package_registry_version(path: str | Path, version: str, bentoml_home: str | None = None,
-                             approved_by: str = "", model_name: str = "item") -> str:
-    """Save a registry version folder (``model/``, ``eval.json``, ``blessing.json``, ``catalog_index/``,
-    ``version.json``) into the BentoML store, its catalog summary rebuilt from ``version.json``.
+                             approved_by: str = "", model_name: str = "item", storage_root: str | None = None) -> str:
+    """Save a registry version folder (``model/``, ``eval.json``, ``blessing.json``, ``version.json``)
+    into the BentoML store with the version's catalog index (``<storage root>/indexes/<version>/``,
+    built from the catalog the version was trained on when it does not exist yet:
+    :func:`item_model.lifecycle.catalog_embedding.ensure_index`), its catalog summary rebuilt from
+    ``version.json``.
 
     Returns:
         the model tag ``<model_name>:<store version>``.
@@ -94,14 +101,16 @@ def package_registry_version(path: str | Path, version: str, bentoml_home: str |
     import tempfile
 
     from item_model.io import write_json_atomic
+    from item_model.lifecycle.catalog_embedding import ensure_index, index_root_of, local_index
     path = Path(path)
     info = json.loads((path / "version.json").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
+    if info.get("catalog_source"):
+        ensure_index(info["catalog_source"], path / "model", version, storage_root)
+    with tempfile.TemporaryDirectory() as tmp, local_index(index_root_of(version, storage_root)) as index_dir:
         write_json_atomic(Path(tmp) / "catalog.json", {"fingerprint": info.get("catalog_fingerprint", ""),
                                                        "source": info.get("catalog_source", "")})
         return save_to_bentoml(str(path / "model"), str(path / "eval.json"), str(path / "blessing.json"), tmp,
-                               model_name, bentoml_home,
-                               index_dir=str(path / "catalog_index") if (path / "catalog_index").exists() else None,
+                               model_name, bentoml_home, index_dir=index_dir,
                                registry_version=version, approved_by=approved_by)
 
 
@@ -162,24 +171,16 @@ def champion_tag(bentoml_home: str | None = None, registry_root: str | None = No
 @contextlib.contextmanager
 def served_index_folder(tag: str, path: str | Path, bentoml_home: str | Path | None = None):
     """The folder whose ``catalog_index/`` a served model searches, and where it comes from:
-    ``(folder, "catalog")`` when ``item index`` built the whole catalog's index for the registry
-    version ``tag`` was packaged from (``<storage root>/indexes/<version>/``; downloaded while the
-    context is open when the storage root is ``gs://``), else ``(path, "package")``: the training
-    sample packaged with the model in its store folder ``path``."""
-    from item_model.data import storage
-    from item_model.lifecycle.catalog_embedding import index_root_of
+    ``(folder, "catalog")`` when the storage root holds the catalog index of the registry version
+    ``tag`` was packaged from (``<storage root>/indexes/<version>/``, written by the training pipeline's
+    index steps and refreshed by ``item index``; downloaded while the context is open when the storage
+    root is ``gs://``), else ``(path, "package")``: the copy of that index packaged with the model in
+    its store folder ``path``."""
+    from item_model.lifecycle.catalog_embedding import index_root_of, local_index
 
     version = registry_version_of(tag, bentoml_home)
-    root = index_root_of(version) if version else ""
-    if root and storage.exists(storage.join(str(root), INDEX_DIR, "index.json")):
-        if not storage.is_gcs(str(root)):
-            yield Path(root), "catalog"
-            return
-        import tempfile
-        with tempfile.TemporaryDirectory(prefix="item-index-") as tmp:   # the index, not the shard files
-            storage.download_tree(storage.join(str(root), INDEX_DIR), Path(tmp) / INDEX_DIR)
-            if storage.list_files(storage.join(str(root), "vector_index")):
-                storage.download_tree(storage.join(str(root), "vector_index"), Path(tmp) / "vector_index")
-            yield Path(tmp), "catalog"
-    else:
+    if not version:
         yield Path(path), "package"
+        return
+    with local_index(index_root_of(version)) as folder:
+        yield (folder, "catalog") if folder is not None else (Path(path), "package")

@@ -65,13 +65,15 @@ TINY_TRAIN = {"steps": 8, "batch_size": 8, "warmup_steps": 2, "log_every": 4, "s
 @pytest.fixture(scope="session")
 def packaged_model(tmp_path_factory, slice_catalog) -> dict:
     """A real tiny ITEm run through the training pipeline's own steps (no KFP): validated slice,
-    8 training steps of a 2-layer model, evaluation with the modality ablation (so the catalog index
-    holds joint, text-only and image-only embeddings), a gate with a zero floor, and
-    ``save_to_bentoml`` into a fresh BentoML store.
+    8 training steps of a 2-layer model, evaluation with the modality ablation, a gate with a zero floor,
+    the catalog index built by the index steps' code (one shard; joint, text-only and image-only
+    embeddings of every valid listing of the slice), and ``save_to_bentoml`` into a fresh BentoML store.
 
-    Returns ``{"bentoml_home", "tag", "model_dir", "catalog_dir", "index_dir", "eval_path"}``.
+    Returns ``{"bentoml_home", "tag", "model_dir", "catalog_dir", "index_root", "index_dir", "eval_path"}``
+    (``index_root`` holds ``catalog_index/``, which is ``index_dir``).
     """
     from item_model.lifecycle import steps
+    from item_model.lifecycle.catalog_embedding import build_index, embed_shard
 
     root = tmp_path_factory.mktemp("packaged")
     paths = {k: str(root / k) for k in ("catalog", "model", "index", "docs")}
@@ -79,7 +81,9 @@ def packaged_model(tmp_path_factory, slice_catalog) -> dict:
                         str(root / "validation.json"), paths["docs"])
     steps.pretrain_step(paths["catalog"], paths["model"], TINY_MODEL, TINY_TRAIN, progress=False)
     steps.evaluate_step(paths["catalog"], paths["model"], str(root / "eval.json"), modality_ablation=True,
-                        progress=False, index_dir=paths["index"])
+                        progress=False)
+    embed_shard(str(slice_catalog), 0, 1, paths["model"], "fixture", paths["index"])
+    build_index(paths["index"], "fixture", 1)
     steps.gate_step(str(root / "eval.json"), {"criteria": [{"metric": "item.recall@10", "min": 0.0}]},
                     str(root / "blessing.json"), str(root / "report.md"))
     from serving.store import save_to_bentoml
@@ -87,7 +91,8 @@ def packaged_model(tmp_path_factory, slice_catalog) -> dict:
     tag = save_to_bentoml(paths["model"], str(root / "eval.json"), str(root / "blessing.json"), paths["catalog"],
                           "item", str(home), index_dir=paths["index"])
     return {"bentoml_home": str(home), "tag": tag, "model_dir": paths["model"], "catalog_dir": paths["catalog"],
-            "index_dir": paths["index"], "eval_path": str(root / "eval.json")}
+            "index_root": paths["index"], "index_dir": str(root / "index" / "catalog_index"),
+            "eval_path": str(root / "eval.json")}
 
 
 @pytest.fixture(scope="session")

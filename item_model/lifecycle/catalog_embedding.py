@@ -24,6 +24,7 @@ shard holding another version's vectors: an index never mixes two models.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
@@ -35,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import storage
+from .vector_index import ANN_SETTINGS as RERANK_SETTINGS
 from .vector_index import IndexVersionMismatch
 
 logger = logging.getLogger(__name__)
@@ -137,7 +139,7 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
         ValueError: an unknown kind, ``"item"`` missing, or ``shard`` outside ``[0, num_shards)``.
     """
     from ..data.catalog import iter_catalog
-    from ..evaluation import embed_catalog
+    from ..evaluation import embed_catalog_modes
     from ..modeling_item import ItemModel
     from ..processing_item import ItemProcessor
 
@@ -186,13 +188,14 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
         dim = int(model.config.hidden_size)
     else:
         dim = next(iter(old_vectors.values())).shape[1]
+    fresh = embed_catalog_modes(model, processor, rows.iloc[todo], tuple(KIND_MODES[k] for k in kinds),
+                                batch_size=batch_size, progress=progress) if len(todo) else {}
     for kind in kinds:
         matrix = np.zeros((len(rows), dim), dtype=np.float32)
         if (reuse >= 0).any():
             matrix[reuse >= 0] = old_vectors[kind][reuse[reuse >= 0]]
         if len(todo):
-            matrix[todo] = embed_catalog(model, processor, rows.iloc[todo], mode=KIND_MODES[kind],
-                                         batch_size=batch_size, progress=progress)
+            matrix[todo] = fresh[KIND_MODES[kind]]
         vectors[kind] = matrix
     out = rows[[c for c in KEEP_COLUMNS if c in rows.columns]].copy()
     out["product_id"] = out["product_id"].astype(str)
@@ -303,3 +306,91 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
 def index_root_of(model_version: str, storage_root: str | Path | None = None) -> str:
     """The index root of a model version: ``<storage root>/indexes/<model version>``."""
     return storage.join(str(storage.storage_root(storage_root)), "indexes", model_version)
+
+
+#: the approximate index's settings per backend, used above ``exact_max`` (chosen in docs/index.md;
+#: ``faiss-hnsw-sq8+rerank`` is the one ``eval.json``'s ``ann_recall@k`` is measured through)
+BACKEND_SETTINGS = {"usearch-hnsw": {"connectivity": 32, "expansion_add": 128, "expansion_search": 64, "dtype": "f16"},
+                    "faiss-hnsw-sq8+rerank": dict(RERANK_SETTINGS),
+                    "milvus": {"M": 32, "efConstruction": 128, "ef": 64}}
+DEFAULT_BACKEND = "faiss-hnsw-sq8+rerank"
+
+
+def index_settings(num_shards: int = 2, kinds: list[str] | tuple[str, ...] = tuple(KIND_MODES), batch_size: int = 64,
+                   exact_max: int = DEFAULT_EXACT_MAX, backend: str = DEFAULT_BACKEND, milvus_uri: str = "",
+                   ann: dict | None = None) -> dict:
+    """The index steps' settings as one JSON-able dict (the ``settings`` parameter of the ``embed-shard``
+    and ``build-index`` KFP components, a profile's ``index`` section, ``item index``'s options),
+    validated and with numbers made ints again (kfp.local hands dict numbers back as floats).
+
+    Args:
+        num_shards: shards of the catalog (``sha1(product_id) mod num_shards``), >= 1.
+        kinds: embedding kinds to index (keys of :data:`KIND_MODES`; ``"item"`` is required).
+        batch_size: listings per forward pass, >= 1.
+        exact_max: listings above which an approximate index is built beside the exact one, >= 0.
+        backend: one of :data:`ANN_BACKENDS`; ``ann`` its settings (default :data:`BACKEND_SETTINGS`).
+        milvus_uri: a Milvus server for ``backend="milvus"`` ("" = Milvus Lite inside the index).
+
+    Returns:
+        ``{"num_shards", "kinds", "batch_size", "exact_max", "backend", "ann", "milvus_uri"}``.
+
+    Raises:
+        ValueError: naming the field at fault.
+    """
+    kinds = [str(k) for k in kinds]
+    if "item" not in kinds or set(kinds) - set(KIND_MODES):
+        raise ValueError(f"index settings: field 'kinds' {kinds} must include 'item' and only {sorted(KIND_MODES)}")
+    if backend not in ANN_BACKENDS:
+        raise ValueError(f"index settings: field 'backend' {backend!r} is not one of {ANN_BACKENDS}")
+    out = {"num_shards": int(num_shards), "kinds": kinds, "batch_size": int(batch_size), "exact_max": int(exact_max),
+           "backend": backend, "milvus_uri": str(milvus_uri or "")}
+    for field, low in (("num_shards", 1), ("batch_size", 1), ("exact_max", 0)):
+        if out[field] < low:
+            raise ValueError(f"index settings: field {field!r} is {out[field]}, must be >= {low}")
+    settings = BACKEND_SETTINGS[backend] if ann is None else ann
+    out["ann"] = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in dict(settings).items()}
+    return out
+
+
+def ensure_index(catalog: str | Path, model_dir: str | Path, model_version: str,
+                 storage_root: str | Path | None = None, settings: dict | None = None) -> dict:
+    """The catalog index of ``model_version`` at :func:`index_root_of`, built in this process with
+    :func:`embed_shard` and :func:`build_index` (the index pipeline's code, one shard after another)
+    when it does not exist yet; an existing one is left as it is (``item index`` refreshes it).
+
+    Used where a version reaches serving without the training pipeline's index steps (``item gate
+    approve`` of a version the gate refused). Returns the index's ``index.json`` content.
+    """
+    import json
+    root = index_root_of(model_version, storage_root)
+    meta_path = storage.join(root, "catalog_index", "index.json")
+    if not storage.exists(meta_path):
+        s = index_settings(**(settings or {}))
+        logger.info("no catalog index of %s yet: embedding %s in %d shard(s)", model_version, catalog, s["num_shards"])
+        for shard in range(s["num_shards"]):
+            embed_shard(catalog, shard, s["num_shards"], model_dir, model_version, root, kinds=tuple(s["kinds"]),
+                        batch_size=s["batch_size"])
+        build_index(root, model_version, s["num_shards"], exact_max=s["exact_max"], ann=s["ann"],
+                    backend=s["backend"], milvus_uri=s["milvus_uri"])
+    return json.loads(storage.read_bytes(meta_path))
+
+
+@contextlib.contextmanager
+def local_index(index_root: str | Path):
+    """A local folder holding the index of ``index_root`` (``catalog_index/`` and, when built,
+    ``vector_index/``) for as long as the context is open: ``index_root`` itself when local, else a
+    temporary download of those two folders without the shard files. Yields None when the root holds
+    no built index."""
+    root = str(index_root)
+    if not storage.exists(storage.join(root, "catalog_index", "index.json")):
+        yield None
+        return
+    if not storage.is_gcs(root):
+        yield Path(root)
+        return
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="item-index-") as tmp:
+        storage.download_tree(storage.join(root, "catalog_index"), Path(tmp) / "catalog_index")
+        if storage.list_files(storage.join(root, "vector_index")):
+            storage.download_tree(storage.join(root, "vector_index"), Path(tmp) / "vector_index")
+        yield Path(tmp)

@@ -235,11 +235,12 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
 
 @record_failure
 def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: str = "",
-                  modality_ablation: bool = True, progress: bool = True, index_dir: str | None = None,
+                  modality_ablation: bool = True, progress: bool = True,
                   details_path: str | None = None, registry_root: str = "") -> dict:
     """Evaluate the model, the champion (if the registry has one) and the baselines on the validated
-    catalog; write ``eval.json``, the per-item details (``details_path``, for the gate's bootstrap
-    tests and report) and the catalog index (``index_dir``, :mod:`item_model.lifecycle.index`).
+    catalog; write ``eval.json`` and the per-item details (``details_path``, for the gate's bootstrap
+    tests and report). The catalog index is not written here: the index steps embed the whole catalog
+    (:mod:`item_model.lifecycle.catalog_embedding`), one path for the training and the index pipelines.
 
     The champion is re-evaluated here, on the same split and gallery as the challenger, so the gate
     never compares numbers from different catalogs.
@@ -277,9 +278,6 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
         logger.info("item through the approximate index: Recall@1 %.4f, Recall@10 %.4f (exact %.4f, %.4f)",
                     models["item"]["ann_recall@1"], models["item"]["ann_recall@10"], models["item"]["recall@1"],
                     models["item"]["recall@10"])
-    if index_dir:
-        from .index import save_catalog_index
-        save_catalog_index(index_dir, df, embeddings, meta["fingerprint"])
     if details_path:
         from .significance import save_details
         save_details(details_path, details)

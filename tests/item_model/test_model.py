@@ -202,3 +202,26 @@ def test_config_validates_patch_grid():
     with pytest.raises(ValueError, match="multiples of patch_size"):
         ItemConfig(image_height=80, image_width=60, patch_size=16)
     assert ItemConfig(patch_size=8).num_patches == 80
+
+
+@pytest.mark.parametrize("readout_text_weight", [0.0, 4.0])
+def test_embed_kinds_in_one_call_equal_one_mode_at_a_time(tiny, listings, readout_text_weight):
+    """The index steps and the evaluation embed all three kinds per batch with each encoder pass run
+    once (``embed_catalog_modes``); every kind must equal what ``embed`` / ``embed_catalog`` serve."""
+    from item_model.evaluation import embed_catalog, embed_catalog_modes
+    model, proc = tiny
+    model.config.readout_text_weight = readout_text_weight
+    try:
+        df = listings.iloc[:20]
+        together = embed_catalog_modes(model, proc, df, ("joint", "text", "image"), batch_size=8, progress=False)
+        for mode in ("joint", "text", "image"):
+            alone = embed_catalog(model, proc, df, mode, batch_size=8, progress=False)
+            np.testing.assert_array_equal(together[mode], alone)
+        if readout_text_weight:   # the served joint vector leans on the title stream
+            assert (together["joint"] * together["text"]).sum(1).min() > 0.9
+        else:
+            assert not np.allclose(together["joint"], together["text"], atol=1e-3)
+        with pytest.raises(ValueError, match="modes"):
+            embed_catalog_modes(model, proc, df, ("audio",), progress=False)
+    finally:
+        model.config.readout_text_weight = 0.0

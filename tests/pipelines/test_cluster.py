@@ -144,13 +144,17 @@ def test_cli_compile_both_and_submit_dry_run(tmp_path):
     assert plan["pipeline_root"] == "gs://item-bucket/kfp-root" and plan["run_name"] == "r1"
     assert plan["arguments"]["catalog"] == "gs://item-bucket/catalog"
     assert plan["arguments"]["registry_root"] == "gs://item-bucket/storage/registry"
+    # the training run indexes the whole catalog under the cluster's storage root, one task per shard
+    assert plan["arguments"]["storage_root"] == "gs://item-bucket/storage"
+    assert plan["arguments"]["index_shards"] == list(range(plan["arguments"]["index_settings"]["num_shards"]))
     # the index pipeline: a ParallelFor over --param num_shards shard tasks, each with resources.embed-shard
     dry = cli("submit", "--host", "http://127.0.0.1:9", "--cluster", str(cluster_file), "--pipeline", "index",
               "--param", "model_version=v7", "--param", "num_shards=4", "--output-dir", str(tmp_path / "s"), "--dry-run")
     assert dry.exit_code == 0, dry.output[-2000:]
     args = json.loads(dry.output)["arguments"]
     assert args["shards"] == [0, 1, 2, 3] and args["index_root"] == "gs://item-bucket/storage/indexes/v7"
-    assert args["registry_root"] == "gs://item-bucket/storage/registry" and args["backend"] == "faiss-hnsw-sq8+rerank"
+    assert args["registry_root"] == "gs://item-bucket/storage/registry"
+    assert args["settings"]["backend"] == "faiss-hnsw-sq8+rerank" and args["settings"]["num_shards"] == 4
     spec, _ = _load(tmp_path / "s" / "index_pipeline.yaml")
     shard_exec = next(e for name, e in _executors(spec).items() if "embed-shard" in name)
     assert shard_exec["container"]["image"] == IMAGE and shard_exec["container"]["resources"]["cpuRequest"] == 8

@@ -73,9 +73,15 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     assert (stored / "model.safetensors").exists() and (stored / "blessing.json").exists()
     from item_model.lifecycle.index import load_catalog_index
     listings, embeddings, index_meta = load_catalog_index(stored / "catalog_index")
-    assert len(listings) == summary["catalog"]["n_valid"] == embeddings["item"].shape[0]
+    # the index covers the whole catalog (the index pipeline's tasks, one per shard), not the tiny
+    # profile's 400-listing training sample
+    import pyarrow.parquet as pq
+    n_catalog = sum(pq.read_metadata(f).num_rows for f in (slice_catalog / "data").glob("*.parquet"))
+    assert len(listings) == n_catalog == embeddings["item"].shape[0] > summary["catalog"]["n_valid"] == 400
+    assert set(embeddings) == {"item", "item_text_only", "item_image_only"}
     np.testing.assert_allclose(np.linalg.norm(embeddings["item"], axis=1), 1.0, atol=1e-5)
-    assert index_meta["catalog_fingerprint"] == meta["metadata"]["catalog_fingerprint"]
+    assert index_meta["model_version"] == meta["metadata"]["registry_version"] == summary["registry_version"]
+    assert {"embed-shard-0", "embed-shard-1", "build-index"} <= set(summary["tasks_run"])
     assert 0.0 <= meta["metadata"]["recall@1"] <= 1.0
     # artifacts of every step
     for key in ("data_docs", "quarantine", "eval_json", "gate_report", "training_curve"):
@@ -97,9 +103,13 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     task_lines = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("  ") and len(ln.split()) >= 3]
     assert [t[0] for t in task_lines if t[1] == "ok"] == [t["task"] for t in json.loads((run / "tasks.json").read_text())]
     assert {"validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package"} <= {t[0] for t in task_lines}
+    from pipelines.local_runner import task_folders
+    folders = task_folders(next(run.glob("item-training-*")))       # loop iterations: embed-shard-0, ...
     for task in summary["tasks_run"]:
-        log = next(run.glob(f"item-training-*/{task}/log.txt"))
-        assert "[KFP Executor" in log.read_text(), task
+        assert "[KFP Executor" in (folders[task] / "log.txt").read_text(), task
+    order = [t["task"] for t in json.loads((run / "tasks.json").read_text())]
+    assert max(order.index("embed-shard-0"), order.index("embed-shard-1")) < order.index("build-index") \
+        < order.index("package") < order.index("serving-check")
     assert any("R@1" in " ".join(t) for t in task_lines if t[0] == "evaluate")
     # registered and promoted: the registry's champion is this run's version, with its gate report
     from item_model.lifecycle.registry import ModelRegistry

@@ -87,7 +87,8 @@ def test_serving_lock_is_the_closure_of_what_the_service_needs():
 
 
 @pytest.mark.e2e
-def test_serving_check_packages_from_the_registry_when_the_task_store_lacks_the_model(packaged_model, tmp_path):
+def test_serving_check_packages_from_the_registry_when_the_task_store_lacks_the_model(packaged_model, slice_catalog,
+                                                                                      tmp_path):
     """On a cluster the package task's store lives in another pod: the serving-check task finds the
     tag missing in its own (empty) store, packages the registry's copy of the version there, serves it
     on loopback and passes; its result is written and nothing is recorded as blocked."""
@@ -97,8 +98,12 @@ def test_serving_check_packages_from_the_registry_when_the_task_store_lacks_the_
     registry = ModelRegistry(tmp_path / "registry")
     blessing = str(Path(packaged_model["eval_path"]).parent / "blessing.json")
     version = registry.register(packaged_model["model_dir"], {"eval.json": packaged_model["eval_path"],
-                                                              "blessing.json": blessing,
-                                                              "catalog_index": packaged_model["index_dir"]}, {})
+                                                              "blessing.json": blessing}, {})
+    # the version's catalog index, where the training pipeline's index steps write it (the storage root)
+    from item_model.lifecycle.catalog_embedding import build_index, embed_shard, index_root_of
+    storage_root = tmp_path / "storage"
+    embed_shard(slice_catalog, 0, 1, packaged_model["model_dir"], version, index_root_of(version, storage_root))
+    build_index(index_root_of(version, storage_root), version, 1)
     out = tmp_path / "result.json"
     import os
     import subprocess
@@ -107,7 +112,8 @@ def test_serving_check_packages_from_the_registry_when_the_task_store_lacks_the_
               "print(json.dumps(serving_check_step(*sys.argv[1:3], {}, *sys.argv[3:6])))")
     proc = subprocess.run([sys.executable, "-c", script, "item:notinthisstore", str(tmp_path / "empty-store"),
                            str(registry.root), version, str(out)], capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "BENTOML_HOME": ""})
+                          cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, "BENTOML_HOME": "", "ITEM_STORAGE_ROOT": str(storage_root)})
     assert proc.returncode == 0, proc.stderr[-3000:]           # a fresh process, as the pipeline task is
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["passed"] is True, result["reason"]
@@ -115,3 +121,5 @@ def test_serving_check_packages_from_the_registry_when_the_task_store_lacks_the_
     assert (tmp_path / "empty-store" / "models" / "item").is_dir()
     assert json.loads(out.read_text())["passed"] is True and registry.history() == []
     assert max(result["max_abs_diff"].values()) <= 1e-5 and "similar by product_id" in result["latency_ms"]
+    packaged = next((tmp_path / "empty-store" / "models" / "item").glob("*/catalog_index/index.json"))
+    assert json.loads(packaged.read_text())["model_version"] == version     # the version's own index, packaged

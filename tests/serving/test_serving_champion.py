@@ -45,7 +45,7 @@ def _save(m: dict, home: Path, registry_version: str, model_dir: str | None = No
     ``registry_version``; its tag."""
     env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(home)}
     args = [model_dir or m["model_dir"], m["eval_path"], str(Path(m["eval_path"]).parent / "blessing.json"), m["catalog_dir"],
-            str(home), m["index_dir"], registry_version]
+            str(home), m["index_root"], registry_version]
     out = subprocess.run([sys.executable, "-c", SAVE, *args], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -212,8 +212,8 @@ def test_shadow_challenger_is_compared_on_live_traffic(champion_store, packaged_
     ItemProcessor.from_pretrained(packaged_model["model_dir"]).save_pretrained(cut)
     registry = ModelRegistry(str(reg_root))
     challenger = registry.register(str(cut), {"eval.json": packaged_model["eval_path"],
-                                              "blessing.json": str(Path(packaged_model["eval_path"]).parent / "blessing.json"),
-                                              "catalog_index": packaged_model["index_dir"]}, {"blessed": True})
+                                              "blessing.json": str(Path(packaged_model["eval_path"]).parent / "blessing.json")},
+                                             {"blessed": True})
     _save(packaged_model, home, challenger, model_dir=str(cut))
     env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(home), "ITEM_REGISTRY": str(reg_root),
            "ITEM_STORAGE_ROOT": str(storage_root), "ITEM_MODEL_TAG": s["champion_tag"], "ITEM_SHADOW": challenger,

@@ -91,7 +91,8 @@ def test_champion_challenger_flow(tmp_path, packaged_model, worse_model):
     assert "Worst leaf categories" in html
 
     # human overrides through the CLI are recorded; reject of the champion rolls back
-    env = {**os.environ, "ITEM_REGISTRY": str(registry.root), "COLUMNS": "300"}
+    env = {**os.environ, "ITEM_REGISTRY": str(registry.root), "COLUMNS": "300",
+           "ITEM_STORAGE_ROOT": str(tmp_path / "storage")}
     run = lambda *a: subprocess.run([ITEM, "gate", *a], capture_output=True, text=True, env=env, timeout=120)
     # approve packages the version and runs the serving check first: a bound no server meets refuses it
     import yaml
@@ -106,6 +107,9 @@ def test_champion_challenger_flow(tmp_path, packaged_model, worse_model):
     p = run("approve", third["version"], "--reason", "looks fine to me", "--bentoml-home", home)
     assert p.returncode == 0, p.stderr
     assert "serving check passed" in p.stdout
+    # the refused version never ran the pipeline's index steps: approve built its index with their code
+    index_meta = json.loads((tmp_path / "storage" / "indexes" / third["version"] / "catalog_index" / "index.json").read_text())
+    assert index_meta["model_version"] == third["version"] and index_meta["n"] > 400
     assert registry.champion()["version"] == third["version"] and registry.champion()["automatic"] is False
     p = run("reject", third["version"], "--reason", "broke search after all")
     assert p.returncode == 0, p.stderr
@@ -281,7 +285,8 @@ def test_crash_between_pointer_and_history_is_reported_and_repaired(tmp_path, pa
     assert registry.champion()["version"] == new
     assert [h["version"] for h in registry.history()] == [old]           # the line is lost...
     assert registry.check() == [f"champion {new} has no promotion in the history"]      # ...and reported
-    env = {**os.environ, "ITEM_REGISTRY": str(registry.root), "COLUMNS": "300"}
+    env = {**os.environ, "ITEM_REGISTRY": str(registry.root), "COLUMNS": "300",
+           "ITEM_STORAGE_ROOT": str(tmp_path / "storage")}
     listing = subprocess.run([ITEM, "gate", "list"], capture_output=True, text=True, env=env, timeout=120)
     assert "has no promotion in the history" in listing.stdout and "item gate repair" in listing.stdout
     fixed = subprocess.run([ITEM, "gate", "repair"], capture_output=True, text=True, env=env, timeout=120)
