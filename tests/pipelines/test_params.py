@@ -29,3 +29,25 @@ def test_item_run_and_cluster_arguments_are_the_dataclass_fields():
     assert list(args) == list(TrainingParams.__dataclass_fields__)
     cluster = pconfig.load_cluster_config()
     assert set(pconfig.cluster_arguments(cluster, prof, gate)) == set(TRAINING_FIELDS)
+
+
+def test_index_settings_from_a_profile_reach_the_training_run_and_bad_ones_name_the_field():
+    """A profile's ``index`` section sets the training run's index steps (one dict for the pipeline, the
+    profiles, ``item index`` and the cluster); the shard list follows ``num_shards``; a bad setting is
+    refused before anything runs, naming the field."""
+    import pytest
+    gate = pconfig.load_gate_config(pconfig.GATE_FILE)
+    default = pconfig.pipeline_arguments("/catalog", pconfig.load_profile("default"), gate)
+    assert default["index_settings"]["kinds"] == ["item", "item_text_only", "item_image_only"]
+    assert default["index_shards"] == list(range(default["index_settings"]["num_shards"]))
+    prof = {**pconfig.load_profile("tiny"), "index": {"num_shards": 3, "kinds": ["item"], "exact_max": 10.0}}
+    args = pconfig.pipeline_arguments("/catalog", prof, gate)
+    assert args["index_shards"] == [0, 1, 2] and args["index_settings"]["kinds"] == ["item"]
+    assert args["index_settings"]["exact_max"] == 10 and isinstance(args["index_settings"]["exact_max"], int)
+    for bad, field in (({"num_shards": 0}, "num_shards"), ({"kinds": ["item_text_only"]}, "kinds"),
+                       ({"backend": "annoy"}, "backend"), ({"batch_size": -1}, "batch_size")):
+        with pytest.raises(ValueError, match=field):
+            pconfig.pipeline_arguments("/catalog", {**prof, "index": bad}, gate)
+    cluster = pconfig.cluster_arguments(pconfig.load_cluster_config(), pconfig.load_profile("default"), gate,
+                                        {"index_settings": {"num_shards": 8}})
+    assert cluster["index_shards"] == list(range(8)) and cluster["index_settings"]["backend"] == "faiss-hnsw-sq8+rerank"
