@@ -28,6 +28,9 @@ def embed_shard(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     s = index_settings(**settings)
+    if s["threads"]:                                    # shard tasks sharing a machine split its cores
+        import torch
+        torch.set_num_threads(s["threads"])
     model_dir = ModelRegistry(registry_root).version_path(model_version) / "model"
     root = index_root or index_root_of(model_version, storage_root or None)
     with storage.local_copy(catalog) as local:          # a gs:// catalog is downloaded

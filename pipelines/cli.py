@@ -357,8 +357,8 @@ def index_arguments(cluster: dict, catalog: str, params: dict) -> dict:
         raise ValueError(f"--param {sorted(set(params) - known)}: not index pipeline parameters; known: {sorted(known)}")
     if not params.get("model_version") or not cluster.get("storage_root"):
         raise ValueError("the index pipeline needs --param model_version=VERSION and the cluster's storage_root")
-    settings = index_settings(**{"num_shards": 16, **{k: v for k, v in params.items()
-                                                     if k not in ("model_version", "catalog")}})
+    settings = index_settings(**{"num_shards": 16, "threads": pconfig.task_threads(cluster, "embed-shard"),
+                                 **{k: v for k, v in params.items() if k not in ("model_version", "catalog")}})
     root = cluster["storage_root"]
     return {"catalog": params.get("catalog", catalog), "model_version": str(params["model_version"]),
             "registry_root": storage.join(root, "registry"), "storage_root": root,

@@ -6,7 +6,8 @@ index pipeline (:mod:`pipelines.index`) on kfp.local.
                [--ann-backend usearch-hnsw|faiss-hnsw-sq8+rerank|milvus] [--milvus-uri URI] [--json]
 
 The index goes to ``<storage root>/indexes/<model version>/`` (``--index-root`` to put it elsewhere);
-``item serve`` searches it for that version instead of the packaged training sample. A second run with
+``item serve`` searches it for that version (the training pipeline writes it first, with the same
+tasks, for every blessed model; this command refreshes it or builds one for another catalog). A second run with
 the same version re-embeds only new or changed listings; ``--shard K`` re-runs one shard (after a
 failure) and rebuilds the index from every shard's file. Registered into the ``item`` group by
 ``pipelines/cli.py``.
@@ -61,14 +62,15 @@ def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
 def index_cmd(catalog, model_version, registry, index_root, num_shards, only, kinds, batch_size, exact_max,
               ann_backend, milvus_uri, output_dir, as_json, stream):
     """Embed a catalog shard by shard (kfp.local, dsl.ParallelFor) and build its index."""
-    from item_model.lifecycle.catalog_embedding import index_root_of, index_settings
+    from item_model.lifecycle.catalog_embedding import index_root_of, index_settings, local_threads
     from item_model.lifecycle.registry import ModelRegistry, RegistryError, default_registry
     from pipelines.index import index_pipeline
     from pipelines.local_runner import run_locally
 
     try:
         settings = index_settings(num_shards=num_shards, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
-                                  batch_size=batch_size, exact_max=exact_max, backend=ann_backend, milvus_uri=milvus_uri)
+                                  batch_size=batch_size, exact_max=exact_max, backend=ann_backend, milvus_uri=milvus_uri,
+                                  threads=local_threads(len(set(only)) or num_shards))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--kinds") from exc
     bad = [s for s in only if not 0 <= s < num_shards]

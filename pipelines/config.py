@@ -90,8 +90,10 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
     Raises:
         ValueError: a bad ``index`` setting (naming the field).
     """
-    from item_model.lifecycle.catalog_embedding import index_settings
+    from item_model.lifecycle.catalog_embedding import index_settings, local_threads
     settings = index_settings(**dict(profile.get("index") or {}))
+    if not settings["threads"]:                 # kfp.local runs the shard tasks side by side on this machine
+        settings["threads"] = local_threads(settings["num_shards"])
     return asdict(TrainingParams(
         catalog=location(str(catalog)),
         max_listings=int(profile.get("max_listings") or 0),
@@ -177,6 +179,13 @@ def load_cluster_config(path: str | Path = CLUSTER_FILE) -> dict:
     return cfg
 
 
+def task_threads(cluster: dict, task: str) -> int:
+    """PyTorch threads for a cluster task: its CPU request (``resources.<task>.cpu``, whole cores), else
+    0 (PyTorch's default)."""
+    cpu = (cluster.get("resources", {}).get(task) or {}).get("cpu")
+    return int(float(cpu)) if cpu and float(cpu) >= 1 else 0
+
+
 def cluster_arguments(cluster: dict, profile: dict, gate_config: dict, overrides: dict | None = None) -> dict:
     """The training pipeline's parameters for a cluster run: the profile and gate as for ``item run``,
     the registry under the cluster's ``storage_root``, then the config's ``parameters``, then
@@ -194,6 +203,8 @@ def cluster_arguments(cluster: dict, profile: dict, gate_config: dict, overrides
                                      f"known: {sorted(args)}")
         args[key] = value
     from item_model.lifecycle.catalog_embedding import index_settings
+    if "index_settings" not in params:          # each shard task gets its own pod: threads from its CPU request
+        args["index_settings"]["threads"] = task_threads(cluster, "embed-shard")
     args["index_settings"] = index_settings(**args["index_settings"])
     if "index_shards" not in params:          # one ParallelFor iteration per shard of the settings
         args["index_shards"] = list(range(args["index_settings"]["num_shards"]))

@@ -354,8 +354,9 @@ class SimilarResult(BaseModel):
         "exact", description="how the index was searched: exactly (every listing scored) or through the "
                              "approximate HNSW index built for catalogs above the exact-search threshold")
     index_source: Literal["package", "catalog"] = Field(
-        "package", description="'package': the training sample packaged with the model; 'catalog': the whole "
-                               "catalog's index built by `item index` for this model version")
+        "package", description="'catalog': the catalog index of this model version under the storage root "
+                               "(written by the training run, refreshed by `item index`); 'package': the copy "
+                               "of it packaged with the model")
     note: Optional[str] = Field(None, description="set when the answer differs from the request, e.g. k clipped")
     results: list[Neighbour]
 

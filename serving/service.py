@@ -20,8 +20,8 @@ the OpenAPI document at ``/docs.json``):
   concurrent requests are batched together by BentoML's adaptive batching. Also accepts
   ``multipart/form-data`` (see :class:`RequestGuard`).
 * ``POST /similar`` ``{"listing": {...}}`` or ``{"product_id": "1163"}``, ``"k": 10`` -> the top-k
-  catalog listings by cosine similarity over the whole catalog's index of the served version when
-  ``item index`` built one (``<storage root>/indexes/<version>/``), else the packaged training sample;
+  catalog listings by cosine similarity over the whole catalog's index of the served version under the
+  storage root (``<storage root>/indexes/<version>/``), else the copy of it packaged with the model;
   exact search (a float32 matrix product and ``np.argpartition``) or, for an index built above its
   exact-search threshold, its approximate index (the answer's ``search`` and ``index_source`` say
   which); a ``product_id`` query uses its stored embedding and excludes itself; a title-only or
@@ -499,9 +499,9 @@ class ServedModel:
     def load(cls, tag: str, path: Path) -> "ServedModel":
         """Load the model folder ``path`` (a BentoML store entry) and warm it up (one forward pass).
 
-        The catalog index searched is the whole catalog's when ``item index`` built one for the registry
-        version ``tag`` was packaged from (:func:`serving.store.served_index_folder`), else the training
-        sample packaged with the model; an index built above the exact-search threshold brings its
+        The catalog index searched is the whole catalog's index of the registry version ``tag`` was
+        packaged from, under the storage root (:func:`serving.store.served_index_folder`), else the copy
+        of it packaged with the model; an index built above the exact-search threshold brings its
         approximate (HNSW) index per kind.
 
         Raises:
@@ -547,7 +547,7 @@ class ServedModel:
                 categories = (listings["category"].astype(object).where(listings["category"].notna(), None)
                               .to_numpy() if "category" in listings else np.full(len(listings), None))
                 logger.info("catalog index of %s (%s): %d listings x %d, kinds %s, %s search (fingerprint %s)", tag,
-                            "the whole catalog" if source == "catalog" else "the packaged training sample", len(ids), dim, sorted(indexes),
+                            "the storage root's" if source == "catalog" else "the packaged copy", len(ids), dim, sorted(indexes),
                             "approximate" if ann else "exact", str(meta.get("catalog_fingerprint", ""))[:16])
             else:
                 logger.warning("%s has no %s/: /similar answers 503", tag, INDEX_DIR)

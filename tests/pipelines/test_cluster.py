@@ -147,6 +147,7 @@ def test_cli_compile_both_and_submit_dry_run(tmp_path):
     # the training run indexes the whole catalog under the cluster's storage root, one task per shard
     assert plan["arguments"]["storage_root"] == "gs://item-bucket/storage"
     assert plan["arguments"]["index_shards"] == list(range(plan["arguments"]["index_settings"]["num_shards"]))
+    assert plan["arguments"]["index_settings"]["threads"] == 8
     # the index pipeline: a ParallelFor over --param num_shards shard tasks, each with resources.embed-shard
     dry = cli("submit", "--host", "http://127.0.0.1:9", "--cluster", str(cluster_file), "--pipeline", "index",
               "--param", "model_version=v7", "--param", "num_shards=4", "--output-dir", str(tmp_path / "s"), "--dry-run")
@@ -155,6 +156,7 @@ def test_cli_compile_both_and_submit_dry_run(tmp_path):
     assert args["shards"] == [0, 1, 2, 3] and args["index_root"] == "gs://item-bucket/storage/indexes/v7"
     assert args["registry_root"] == "gs://item-bucket/storage/registry"
     assert args["settings"]["backend"] == "faiss-hnsw-sq8+rerank" and args["settings"]["num_shards"] == 4
+    assert args["settings"]["threads"] == 8            # the shard task's CPU request, not this machine's cores
     spec, _ = _load(tmp_path / "s" / "index_pipeline.yaml")
     shard_exec = next(e for name, e in _executors(spec).items() if "embed-shard" in name)
     assert shard_exec["container"]["image"] == IMAGE and shard_exec["container"]["resources"]["cpuRequest"] == 8

@@ -40,12 +40,16 @@ def test_index_settings_from_a_profile_reach_the_training_run_and_bad_ones_name_
     default = pconfig.pipeline_arguments("/catalog", pconfig.load_profile("default"), gate)
     assert default["index_settings"]["kinds"] == ["item", "item_text_only", "item_image_only"]
     assert default["index_shards"] == list(range(default["index_settings"]["num_shards"]))
+    # kfp.local runs the shard tasks side by side: they split this machine's cores
+    import os
+    assert default["index_settings"]["threads"] == max(1, os.cpu_count() // default["index_settings"]["num_shards"])
     prof = {**pconfig.load_profile("tiny"), "index": {"num_shards": 3, "kinds": ["item"], "exact_max": 10.0}}
     args = pconfig.pipeline_arguments("/catalog", prof, gate)
     assert args["index_shards"] == [0, 1, 2] and args["index_settings"]["kinds"] == ["item"]
     assert args["index_settings"]["exact_max"] == 10 and isinstance(args["index_settings"]["exact_max"], int)
     for bad, field in (({"num_shards": 0}, "num_shards"), ({"kinds": ["item_text_only"]}, "kinds"),
-                       ({"backend": "annoy"}, "backend"), ({"batch_size": -1}, "batch_size")):
+                       ({"backend": "annoy"}, "backend"), ({"batch_size": -1}, "batch_size"),
+                       ({"threads": -2}, "threads")):
         with pytest.raises(ValueError, match=field):
             pconfig.pipeline_arguments("/catalog", {**prof, "index": bad}, gate)
     cluster = pconfig.cluster_arguments(pconfig.load_cluster_config(), pconfig.load_profile("default"), gate,

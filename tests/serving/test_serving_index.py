@@ -78,4 +78,4 @@ def test_server_searches_the_whole_catalog_index_of_its_version_approximately(pa
             assert len(r.json()["results"]) == 39 and "k=60 clipped to 39" in r.json()["note"]
     finally:
         srv.stop()
-    assert "catalog index of" in srv.log() and "the whole catalog" in srv.log()
+    assert "catalog index of" in srv.log() and "(the storage root's)" in srv.log()
