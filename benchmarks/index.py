@@ -44,21 +44,39 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 1e6
 
 
-def grow(real: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, float]:
-    """``n`` synthetic vectors from ``real`` (see the module docstring); returns (vectors, sigma)."""
-    rng = np.random.default_rng(seed)
+def noise_sigma(real: np.ndarray, rng: np.random.Generator) -> float:
+    """The noise level of the synthetic copies (module docstring): the catalog's median cosine between
+    a listing and its nearest other listing, from 2,000 sampled listings."""
     sample = real[rng.choice(len(real), size=min(2000, len(real)), replace=False)]
     sims = sample @ real.T
     sims[sims > 0.99999] = -1.0                       # the listing itself (and exact duplicates)
     nn_cos = float(np.median(sims.max(axis=1)))
-    dim = real.shape[1]
     # E[cos(x, normalize(x + e))] ~ 1 / sqrt(1 + sigma^2 D) for unit x and e ~ N(0, sigma^2 I)
-    sigma = float(np.sqrt(max(1.0 / nn_cos ** 2 - 1.0, 1e-6) / dim))
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 100_000):
-        m = min(100_000, n - start)
+    return float(np.sqrt(max(1.0 / nn_cos ** 2 - 1.0, 1e-6) / real.shape[1]))
+
+
+def grow_chunks(real: np.ndarray, n: int, seed: int = 0, chunk: int = 100_000):
+    """Yield ``sigma`` once, then the ``n`` synthetic vectors of :func:`grow` as float32 blocks of
+    ``chunk`` rows (the same vectors for the same seed), so that 10^7 of them never sit in memory."""
+    rng = np.random.default_rng(seed)
+    sigma = noise_sigma(real, rng)
+    yield sigma
+    dim = real.shape[1]
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
         block = real[rng.integers(0, len(real), m)] + rng.normal(0.0, sigma, (m, dim)).astype(np.float32)
-        out[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        yield (block / np.linalg.norm(block, axis=1, keepdims=True)).astype(np.float32)
+
+
+def grow(real: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, float]:
+    """``n`` synthetic vectors from ``real`` (see the module docstring); returns (vectors, sigma)."""
+    chunks = grow_chunks(real, n, seed)
+    sigma = next(chunks)
+    out = np.empty((n, real.shape[1]), dtype=np.float32)
+    start = 0
+    for block in chunks:
+        out[start:start + len(block)] = block
+        start += len(block)
     return out, sigma
 
 

@@ -3,7 +3,7 @@ index pipeline (:mod:`pipelines.index`) on kfp.local.
 
     item index [--catalog PATH] [--model-version VERSION] [--shards 4] [--shard K ...]
                [--kinds item,item_text_only,item_image_only] [--exact-max 200000]
-               [--ann-backend usearch-hnsw|faiss-hnsw-sq8+rerank|milvus] [--milvus-uri URI] [--json]
+               [--ann-backend usearch-hnsw|faiss-hnsw-sq8+rerank|faiss-ivfpq+rerank|milvus] [--milvus-uri URI] [--json]
 
 The index goes to ``<storage root>/indexes/<model version>/`` (``--index-root`` to put it elsewhere);
 ``item serve`` searches it for that version (the training pipeline writes it first, with the same

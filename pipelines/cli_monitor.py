@@ -144,7 +144,9 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
         r = tasks["recommend-retraining"]
         out["recommendation"] = json.loads((r / "recommendation").read_text())
         out["recommendation_md"] = str(r / "recommendation_md")
-    retrained = [t for t in TRAINING_TASKS if t in tasks]
+    # the nested training pipeline's tasks in pipeline order, loop iterations (embed-shard-0, -1, ...) included
+    retrained = [t for base in TRAINING_TASKS for t in sorted(tasks) if t == base or
+                 (t.startswith(base + "-") and t[len(base) + 1:].isdigit())]
     out["branch"] = ("recommend+retrain" if retrained else "recommend") if "recommend-retraining" in tasks \
         else "no-drift"
     if retrained:

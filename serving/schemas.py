@@ -350,9 +350,10 @@ class SimilarResult(BaseModel):
     product_id: Optional[str] = Field(None, description="the queried product_id (excluded from the results)")
     k: int
     catalog_size: int
-    search: Literal["exact", "usearch-hnsw", "faiss-hnsw-sq8+rerank", "milvus"] = Field(
+    search: Literal["exact", "usearch-hnsw", "faiss-hnsw-sq8+rerank", "faiss-ivfpq+rerank", "milvus"] = Field(
         "exact", description="how the index was searched: exactly (every listing scored) or through the "
-                             "approximate HNSW index built for catalogs above the exact-search threshold")
+                             "approximate index (HNSW, inverted file or Milvus) built for catalogs above the exact-search "
+                             "threshold")
     index_source: Literal["package", "catalog"] = Field(
         "package", description="'catalog': the catalog index of this model version under the storage root "
                                "(written by the training run, refreshed by `item index`); 'package': the copy "

@@ -37,6 +37,7 @@ import pandas as pd
 
 from ..data import storage
 from .vector_index import ANN_SETTINGS as RERANK_SETTINGS
+from .vector_index import IVFPQ_SETTINGS
 from .vector_index import IndexVersionMismatch
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ KEEP_COLUMNS = ["product_id", "title", "category", "year", "group_id"]
 #: above this many listings an approximate index is built beside the exact one (docs/index.md)
 DEFAULT_EXACT_MAX = 200_000
 #: the approximate index kinds ``build_index`` writes (:mod:`.vector_index`)
-ANN_BACKENDS = ("usearch-hnsw", "faiss-hnsw-sq8+rerank", "milvus")
+ANN_BACKENDS = ("usearch-hnsw", "faiss-hnsw-sq8+rerank", "faiss-ivfpq+rerank", "milvus")
 
 
 class ShardMissing(FileNotFoundError):
@@ -218,7 +219,9 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
     Args:
         backend: the approximate index: ``"usearch-hnsw"`` (embedded, float16 HNSW, saved in
             ``vector_index/<kind>/``), ``"faiss-hnsw-sq8+rerank"`` (embedded, 8-bit HNSW whose candidates
-            are re-scored from float16 vectors mapped from disk), or ``"milvus"`` (a collection per kind in Milvus: ``milvus_uri`` a server, or by default a
+            are re-scored from float16 vectors mapped from disk), ``"faiss-ivfpq+rerank"`` (embedded,
+            an inverted file of 48-byte product-quantisation codes, the same re-scoring: for 10^7 and
+            more on one machine, docs/scale.md), or ``"milvus"`` (a collection per kind in Milvus: ``milvus_uri`` a server, or by default a
             Milvus Lite ``.db`` in ``vector_index/<kind>/``; :class:`.vector_index.MilvusIndex`).
 
     Returns:
@@ -286,11 +289,12 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
                                           model_version=model_version, **(ann or {}))
                 built.save(folder)
                 built.close()
-            elif search == "faiss-hnsw-sq8+rerank":
-                from .vector_index import FaissHNSWIndex, RerankedIndex
+            elif search in ("faiss-hnsw-sq8+rerank", "faiss-ivfpq+rerank"):
+                from .vector_index import FaissHNSWIndex, FaissIVFPQIndex, RerankedIndex
                 settings = dict(ann or {})
                 factor = int(settings.pop("rerank_factor", 5))
-                inner = FaissHNSWIndex.build(matrix, model_version=model_version, **settings)
+                inner_cls = FaissHNSWIndex if search == "faiss-hnsw-sq8+rerank" else FaissIVFPQIndex
+                inner = inner_cls.build(matrix, model_version=model_version, **settings)
                 RerankedIndex.build(inner, matrix, folder, factor=factor).save(folder)
             else:
                 from .vector_index import USearchHNSWIndex
@@ -312,6 +316,7 @@ def index_root_of(model_version: str, storage_root: str | Path | None = None) ->
 #: ``faiss-hnsw-sq8+rerank`` is the one ``eval.json``'s ``ann_recall@k`` is measured through)
 BACKEND_SETTINGS = {"usearch-hnsw": {"connectivity": 32, "expansion_add": 128, "expansion_search": 64, "dtype": "f16"},
                     "faiss-hnsw-sq8+rerank": dict(RERANK_SETTINGS),
+                    "faiss-ivfpq+rerank": dict(IVFPQ_SETTINGS),
                     "milvus": {"M": 32, "efConstruction": 128, "ef": 64}}
 DEFAULT_BACKEND = "faiss-hnsw-sq8+rerank"
 

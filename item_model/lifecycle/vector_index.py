@@ -10,12 +10,15 @@ kind               what                                             memory per v
 ``usearch-hnsw``   HNSW graph (usearch), vectors quantised to int8  D + ~2 M x 4 bytes of links ≈ 640 B
 ``faiss-hnsw-sq8`` HNSW graph over 8-bit scalar-quantised vectors   D + 2 M x 4 ≈ 640 B
                    (faiss ``IndexHNSWSQ``, inner product)
+``faiss-ivfpq``    inverted file, product-quantised residuals       m + 8 bytes = 56 B at m = 48
+                   (faiss ``IndexIVFPQ``, inner product), with a
+                   float16 re-rank copy on disk
 ``milvus``         a Milvus collection (HNSW, inner product): Milvus   held by the engine, not this process
                    Lite in-process on a ``.db`` file, or a Milvus
                    cluster through the same client
 =================  ===============================================  =======================================
 
-The first three are embedded (in the serving process); ``milvus`` is the distributed kind, for
+The first four are embedded (in the serving process); ``milvus`` is the distributed kind, for
 catalogs that outgrow one machine (docs/scale.md).
 
 HNSW: Malkov & Yashunin, "Efficient and robust approximate nearest neighbor search using
@@ -231,6 +234,114 @@ class FaissHNSWIndex:
                                                           if k in meta})
 
 
+class FaissIVFPQIndex:
+    """An inverted file over product-quantised residuals with faiss (``IndexIVFPQ``, inner product):
+    the memory-lean index for catalogs of 10^7 and more on one machine (``m`` bytes of code + 8 of id
+    a vector: 56 B at ``m = 48`` against 656 B for HNSW-SQ8), meant to be wrapped in
+    :class:`RerankedIndex` because product quantisation alone orders near neighbours coarsely.
+
+    IVFADC: Jégou, Douze & Schmid, "Product quantization for nearest neighbor search", TPAMI 2011.
+    ``nlist`` coarse cells (k-means), a query scans the ``nprobe`` nearest cells; each vector's residual
+    to its cell centroid is coded by ``m`` sub-quantisers of ``2 ** nbits`` centroids each.
+
+    Args:
+        nlist: coarse cells; 0 = the power of two nearest sqrt(n), at most n / 39 (faiss's floor of
+            training points per centroid).
+        m: sub-quantisers (bytes per code at 8 bits); must divide D.
+        nbits: bits per sub-quantiser code, 8 unless n is too small to train 256 centroids.
+        nprobe: cells scanned per query (the recall / latency knob, :meth:`set_ef`).
+        train_size: at most this many vectors train the quantisers (a uniform sample without replacement).
+    """
+
+    kind = "faiss-ivfpq"
+
+    def __init__(self, index, model_version: str = "", settings: dict | None = None):
+        self.index, self.model_version, self.settings = index, model_version, dict(settings or {})
+
+    @staticmethod
+    def default_nlist(n: int) -> int:
+        """The power of two nearest sqrt(n), clipped to [1, n // 39]."""
+        nlist = 2 ** int(round(np.log2(max(np.sqrt(max(n, 1)), 1.0))))
+        return int(max(1, min(nlist, n // 39)))
+
+    @classmethod
+    def trained(cls, sample: np.ndarray, n: int, nlist: int = 0, m: int = 48, nbits: int = 8, nprobe: int = 32,
+                model_version: str = "", seed: int = 0) -> "FaissIVFPQIndex":
+        """An empty index whose coarse and product quantisers are trained on ``sample`` ((s, D) float32)
+        for a catalog of ``n`` vectors; :meth:`add` then streams the catalog in (a 10^7 catalog never
+        has to sit in memory as float32).
+
+        Raises:
+            ValueError: D not divisible by ``m``, or an empty sample.
+        """
+        import faiss
+        sample = _check(sample)
+        dim = sample.shape[1]
+        if dim % m:
+            raise ValueError(f"ivfpq settings: field 'm' {m} does not divide the vector dimension {dim}")
+        nlist = int(nlist) or cls.default_nlist(n)
+        nbits = int(min(nbits, max(1, int(np.log2(max(len(sample) // 39, 2))))))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, int(m), nbits, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = int(seed)
+        index.train(sample)
+        index.nprobe = int(min(nprobe, nlist))
+        return cls(index, model_version, {"nlist": nlist, "m": int(m), "nbits": nbits, "nprobe": int(nprobe)})
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, nlist: int = 0, m: int = 48, nbits: int = 8, nprobe: int = 32,
+              train_size: int = 262_144, model_version: str = "", seed: int = 0) -> "FaissIVFPQIndex":
+        """Train on at most ``train_size`` of ``vectors`` ((n, D) float32, L2-normalised) and add them all."""
+        vectors = _check(vectors)
+        rng = np.random.default_rng(seed)
+        sample = vectors if len(vectors) <= train_size else vectors[np.sort(rng.choice(len(vectors), train_size,
+                                                                                       replace=False))]
+        out = cls.trained(sample, len(vectors), nlist, m, nbits, nprobe, model_version, seed)
+        out.add(vectors)
+        out.settings["train_size"] = int(train_size)
+        return out
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append rows (row numbers continue from :func:`len`)."""
+        self.index.add(_check(vectors))
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def set_ef(self, ef: int) -> None:
+        """Cells scanned per query (``nprobe``), the recall / latency knob of an inverted file."""
+        self.index.nprobe = int(min(int(ef), self.index.nlist))
+        self.settings["nprobe"] = int(ef)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        scores, rows = self.index.search(q, min(k, len(self)))
+        return rows.astype(np.int64), scores.astype(np.float32)
+
+    def memory_bytes(self) -> int:
+        """Codes and ids of the inverted lists plus the quantisers' centroids."""
+        inv = self.index.invlists
+        lists = sum(inv.list_size(i) for i in range(self.index.nlist)) * (inv.code_size + 8)
+        pq = self.index.pq
+        return int(lists + self.index.nlist * self.index.d * 4 + pq.M * pq.ksub * pq.dsub * 4)
+
+    def save(self, folder: str | Path) -> None:
+        import faiss
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(folder / "faiss.index"))
+        write_json_atomic(folder / META_FILE, {"kind": self.kind, "n": len(self), "dim": int(self.index.d),
+                                               "model_version": self.model_version, **self.settings})
+
+    @classmethod
+    def load(cls, folder: str | Path, meta: dict) -> "FaissIVFPQIndex":
+        import faiss
+        index = faiss.read_index(str(Path(folder) / "faiss.index"))
+        index.nprobe = int(min(int(meta.get("nprobe", 32)), index.nlist))
+        return cls(index, meta.get("model_version", ""),
+                   {k: meta[k] for k in ("nlist", "m", "nbits", "nprobe", "train_size") if k in meta})
+
+
 class RerankedIndex:
     """An approximate index whose candidates are re-scored exactly: the inner index returns
     ``factor * k`` candidates, their float16 vectors are read from a memory-mapped ``.npy`` file on disk
@@ -432,8 +543,9 @@ class MilvusIndex:
         return out
 
 
-BACKENDS = {c.kind: c for c in (ExactIndex, USearchHNSWIndex, FaissHNSWIndex, MilvusIndex)}
+BACKENDS = {c.kind: c for c in (ExactIndex, USearchHNSWIndex, FaissHNSWIndex, FaissIVFPQIndex, MilvusIndex)}
 BACKENDS["faiss-hnsw-sq8+rerank"] = RerankedIndex
+BACKENDS["faiss-ivfpq+rerank"] = RerankedIndex
 
 
 def load_index(folder: str | Path, model_version: str | None = None) -> VectorIndex:
@@ -477,6 +589,10 @@ def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray, k: int = 10, ve
 #: exact-search threshold by default (pipelines/cli_index.py, docs/index.md): faiss HNSW-SQ8 (M = 32),
 #: 5 x k candidates re-ranked from float16 vectors
 ANN_SETTINGS = {"m": 32, "ef_construction": 128, "ef_search": 64, "rerank_factor": 5}
+
+#: ``faiss-ivfpq+rerank``'s settings (nlist 0 = the power of two nearest sqrt(n)); chosen at 10^7 by
+#: ``benchmarks/index_streaming.py`` (docs/scale.md)
+IVFPQ_SETTINGS = {"nlist": 0, "m": 48, "nbits": 8, "nprobe": 32, "rerank_factor": 10}
 
 
 def ann_search_metrics(emb: np.ndarray, group_ids: np.ndarray, settings: dict | None = None) -> dict[str, float]:

@@ -323,6 +323,7 @@ def test_monitor_temporal_drift_recommends_and_retrains(monitor_env, tmp_path):
     assert set(rec["drifted_modalities"]) <= set(MODALITIES) and rec["drifted_modalities"]
     assert "Retrain" in Path(summary["recommendation_md"]).read_text()
     assert summary["training"]["blessed"] is True
+    assert {"embed-shard-0", "build-index", "package"} <= set(summary["training"]["tasks_run"])   # the loop too
     assert summary["training"]["bento_model"].startswith("item:")
     assert summary["training"]["bento_model"] != monitor_env["tag"]
     assert "ITEm embedding drift: DRIFT" in proc.stdout

@@ -167,6 +167,15 @@ def test_a_failed_shard_is_rerun_alone_and_two_model_versions_are_refused(setup,
     ann = load_index(Path(s["root"]) / "vector_index" / "item", model_version=s["version"])
     rows, scores = ann.search(emb["item"][:5], 3)
     np.testing.assert_allclose(scores, np.sort(emb["item"][:5] @ emb["item"].T, axis=1)[:, ::-1][:, :3], atol=2e-3)
+    # and the IVF-PQ + re-rank backend (the one for 10^7 on a machine): nlist 1 at 34 listings, every
+    # candidate re-scored, so again the exact top-3
+    built = build_index(s["root"], s["version"], SHARDS, exact_max=10, backend="faiss-ivfpq+rerank",
+                        ann={"m": 16, "nprobe": 4, "rerank_factor": 20})
+    assert built["search"] == "faiss-ivfpq+rerank" and _index(s["root"])[2]["search"] == built["search"]
+    ann = load_index(Path(s["root"]) / "vector_index" / "item", model_version=s["version"])
+    assert (ann.kind, ann.inner.settings["nlist"]) == ("faiss-ivfpq+rerank", 1)
+    rows, scores = ann.search(emb["item"][:5], 3)
+    np.testing.assert_allclose(scores, np.sort(emb["item"][:5] @ emb["item"].T, axis=1)[:, ::-1][:, :3], atol=2e-3)
     with pytest.raises(ValueError, match="backend"):
         build_index(s["root"], s["version"], SHARDS, exact_max=10, backend="annoy")
 
