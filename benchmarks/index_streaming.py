@@ -1,5 +1,5 @@
 """A catalog index of 10^7 vectors on this 24 GB machine, built without ever holding the catalog as
-float32: faiss IVF-PQ (``item_model.lifecycle.vector_index.FaissIVFPQIndex``, 48-byte codes) whose
+float32: faiss IVF-PQ (``item_model.lifecycle.vector_index.FaissIVFPQIndex``, ``--m``-byte codes) whose
 candidates are re-ranked from a float16 copy mapped from disk (``RerankedIndex``), the backend
 ``faiss-ivfpq+rerank`` of ``item index --ann-backend``.
 
@@ -39,7 +39,17 @@ from item_model.lifecycle.vector_index import FaissIVFPQIndex, RerankedIndex, re
 
 
 def peak_rss_gb() -> float:
+    """Peak resident set, GiB: includes the pages of the float16 copy mapped while writing it."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20      # KiB on Linux
+
+
+def anon_rss_gb() -> float:
+    """Resident anonymous memory now, GiB (Linux ``RssAnon``): the index and the process, without
+    the file-backed pages of the mapped copy, which the kernel can drop and re-read."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 2 ** 20
+    return float("nan")
 
 
 def exact_top_k(copy: np.ndarray, queries: np.ndarray, k: int = 10, block: int = 250_000) -> np.ndarray:
@@ -61,11 +71,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--index", required=True, help="a catalog index folder (embeddings.npz with 'item')")
     ap.add_argument("--n", type=int, default=10_000_000)
     ap.add_argument("--workdir", required=True, help="where the float16 copy goes (2 D bytes a vector on disk)")
-    ap.add_argument("--m", type=int, default=48, help="PQ sub-quantisers (bytes a code)")
+    ap.add_argument("--m", type=int, default=192, help="PQ sub-quantisers (bytes a code)")
     ap.add_argument("--nlist", type=int, default=0, help="coarse cells (0 = the power of two nearest sqrt(n))")
     ap.add_argument("--train-size", type=int, default=262_144)
-    ap.add_argument("--nprobes", default="16,32,64,128")
-    ap.add_argument("--factors", default="5,10,20", help="re-rank candidates per result")
+    ap.add_argument("--nprobes", default="8,16,32")
+    ap.add_argument("--factors", default="10,20,50,100", help="re-rank candidates per result")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--exact-latency-queries", type=int, default=3)
     ap.add_argument("--target-recall", type=float, default=0.99)
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         row += len(block)
         if row % 1_000_000 == 0:
             print(f"  {row:,} / {n:,} added ({t_add:.0f} s adding, {t_gen:.0f} s generating, peak RSS "
-                  f"{peak_rss_gb():.1f} GB)", flush=True)
+                  f"{peak_rss_gb():.1f} GiB, anonymous {anon_rss_gb():.1f} GiB)", flush=True)
         t0 = time.perf_counter()
     copy.flush()
     del copy
@@ -158,10 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     ok = [r for r in rows if r["backend"] != "exact (float16 scan)" and r["recall@10"] >= args.target_recall]
     chosen = min(ok, key=lambda r: r["p50_ms"]) if ok else None
     print(f"\nfastest setting with Recall@10 >= {args.target_recall}: {json.dumps(chosen)}; peak RSS "
-          f"{peak_rss_gb():.1f} GB")
+          f"{peak_rss_gb():.1f} GiB (with the mapped copy's pages), anonymous now {anon_rss_gb():.1f} GiB")
     result = {"index": str(args.index), "n": n, "real_n": len(real), "dim": dim, "sigma": sigma,
               "queries": len(queries), "cpus": os.cpu_count(), "settings": index.settings, **build,
               "index_bytes": mem, "disk_bytes": n * dim * 2, "peak_rss_gb": peak_rss_gb(),
+              "anon_rss_gb_end": anon_rss_gb(),
               "exact_all_queries_s": t_exact_all, "rows": rows, "chosen": chosen}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

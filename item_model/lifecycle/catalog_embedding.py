@@ -220,7 +220,7 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
         backend: the approximate index: ``"usearch-hnsw"`` (embedded, float16 HNSW, saved in
             ``vector_index/<kind>/``), ``"faiss-hnsw-sq8+rerank"`` (embedded, 8-bit HNSW whose candidates
             are re-scored from float16 vectors mapped from disk), ``"faiss-ivfpq+rerank"`` (embedded,
-            an inverted file of 48-byte product-quantisation codes, the same re-scoring: for 10^7 and
+            an inverted file of 192-byte product-quantisation codes, the same re-scoring: for 10^7 and
             more on one machine, docs/scale.md), or ``"milvus"`` (a collection per kind in Milvus: ``milvus_uri`` a server, or by default a
             Milvus Lite ``.db`` in ``vector_index/<kind>/``; :class:`.vector_index.MilvusIndex`).
 

@@ -10,7 +10,7 @@ kind               what                                             memory per v
 ``usearch-hnsw``   HNSW graph (usearch), vectors quantised to int8  D + ~2 M x 4 bytes of links ≈ 640 B
 ``faiss-hnsw-sq8`` HNSW graph over 8-bit scalar-quantised vectors   D + 2 M x 4 ≈ 640 B
                    (faiss ``IndexHNSWSQ``, inner product)
-``faiss-ivfpq``    inverted file, product-quantised residuals       m + 8 bytes = 56 B at m = 48
+``faiss-ivfpq``    inverted file, product-quantised residuals       m + 8 bytes = 200 B at m = 192
                    (faiss ``IndexIVFPQ``, inner product), with a
                    float16 re-rank copy on disk
 ``milvus``         a Milvus collection (HNSW, inner product): Milvus   held by the engine, not this process
@@ -237,8 +237,9 @@ class FaissHNSWIndex:
 class FaissIVFPQIndex:
     """An inverted file over product-quantised residuals with faiss (``IndexIVFPQ``, inner product):
     the memory-lean index for catalogs of 10^7 and more on one machine (``m`` bytes of code + 8 of id
-    a vector: 56 B at ``m = 48`` against 656 B for HNSW-SQ8), meant to be wrapped in
-    :class:`RerankedIndex` because product quantisation alone orders near neighbours coarsely.
+    a vector: 200 B at ``m = 192`` against 656 B for HNSW-SQ8, and built in minutes where HNSW takes
+    hours), meant to be wrapped in :class:`RerankedIndex` because product quantisation alone orders
+    near neighbours coarsely (Recall@10 0.44 alone, 0.999 re-ranked at 10^7: docs/index.md).
 
     IVFADC: Jégou, Douze & Schmid, "Product quantization for nearest neighbor search", TPAMI 2011.
     ``nlist`` coarse cells (k-means), a query scans the ``nprobe`` nearest cells; each vector's residual
@@ -247,7 +248,8 @@ class FaissIVFPQIndex:
     Args:
         nlist: coarse cells; 0 = the power of two nearest sqrt(n), at most n / 39 (faiss's floor of
             training points per centroid).
-        m: sub-quantisers (bytes per code at 8 bits); must divide D.
+        m: sub-quantisers (bytes per code at 8 bits); must divide D. 192 (2 dimensions each at D = 384)
+            is the measured choice; 96 halves the memory and needs 5x the re-rank candidates.
         nbits: bits per sub-quantiser code, 8 unless n is too small to train 256 centroids.
         nprobe: cells scanned per query (the recall / latency knob, :meth:`set_ef`).
         train_size: at most this many vectors train the quantisers (a uniform sample without replacement).
@@ -265,7 +267,7 @@ class FaissIVFPQIndex:
         return int(max(1, min(nlist, n // 39)))
 
     @classmethod
-    def trained(cls, sample: np.ndarray, n: int, nlist: int = 0, m: int = 48, nbits: int = 8, nprobe: int = 32,
+    def trained(cls, sample: np.ndarray, n: int, nlist: int = 0, m: int = 192, nbits: int = 8, nprobe: int = 8,
                 model_version: str = "", seed: int = 0) -> "FaissIVFPQIndex":
         """An empty index whose coarse and product quantisers are trained on ``sample`` ((s, D) float32)
         for a catalog of ``n`` vectors; :meth:`add` then streams the catalog in (a 10^7 catalog never
@@ -289,7 +291,7 @@ class FaissIVFPQIndex:
         return cls(index, model_version, {"nlist": nlist, "m": int(m), "nbits": nbits, "nprobe": int(nprobe)})
 
     @classmethod
-    def build(cls, vectors: np.ndarray, nlist: int = 0, m: int = 48, nbits: int = 8, nprobe: int = 32,
+    def build(cls, vectors: np.ndarray, nlist: int = 0, m: int = 192, nbits: int = 8, nprobe: int = 8,
               train_size: int = 262_144, model_version: str = "", seed: int = 0) -> "FaissIVFPQIndex":
         """Train on at most ``train_size`` of ``vectors`` ((n, D) float32, L2-normalised) and add them all."""
         vectors = _check(vectors)
@@ -337,7 +339,7 @@ class FaissIVFPQIndex:
     def load(cls, folder: str | Path, meta: dict) -> "FaissIVFPQIndex":
         import faiss
         index = faiss.read_index(str(Path(folder) / "faiss.index"))
-        index.nprobe = int(min(int(meta.get("nprobe", 32)), index.nlist))
+        index.nprobe = int(min(int(meta.get("nprobe", 8)), index.nlist))
         return cls(index, meta.get("model_version", ""),
                    {k: meta[k] for k in ("nlist", "m", "nbits", "nprobe", "train_size") if k in meta})
 
@@ -590,9 +592,9 @@ def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray, k: int = 10, ve
 #: 5 x k candidates re-ranked from float16 vectors
 ANN_SETTINGS = {"m": 32, "ef_construction": 128, "ef_search": 64, "rerank_factor": 5}
 
-#: ``faiss-ivfpq+rerank``'s settings (nlist 0 = the power of two nearest sqrt(n)); chosen at 10^7 by
-#: ``benchmarks/index_streaming.py`` (docs/scale.md)
-IVFPQ_SETTINGS = {"nlist": 0, "m": 48, "nbits": 8, "nprobe": 32, "rerank_factor": 10}
+#: ``faiss-ivfpq+rerank``'s settings (nlist 0 = the power of two nearest sqrt(n)), chosen at 10^6 and
+#: 10^7 by ``benchmarks/index_streaming.py`` (docs/index.md): Recall@10 0.999 at 10^7, p50 2.7 ms
+IVFPQ_SETTINGS = {"nlist": 0, "m": 192, "nbits": 8, "nprobe": 8, "rerank_factor": 20}
 
 
 def ann_search_metrics(emb: np.ndarray, group_ids: np.ndarray, settings: dict | None = None) -> dict[str, float]:
