@@ -176,7 +176,48 @@ class USearchHNSWIndex:
         return out
 
 
-class FaissHNSWIndex:
+class _FaissIndex:
+    """What the faiss backends share: a faiss index, the model version, the settings that
+    ``vector_index.json`` records; ``search`` / ``save`` / ``load`` alike. Subclasses give ``kind``,
+    ``SETTING_KEYS`` (the settings kept on load), ``EF_KEY`` / ``EF_DEFAULT`` (the query-time knob
+    :meth:`set_ef` sets) and ``build``."""
+
+    kind = ""
+    SETTING_KEYS: tuple[str, ...] = ()
+    EF_KEY, EF_DEFAULT = "", 0
+
+    def __init__(self, index, model_version: str = "", settings: dict | None = None):
+        self.index, self.model_version, self.settings = index, model_version, dict(settings or {})
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def set_ef(self, ef: int) -> None:
+        raise NotImplementedError
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        scores, rows = self.index.search(q, min(k, len(self)))
+        return rows.astype(np.int64), scores.astype(np.float32)
+
+    def save(self, folder: str | Path) -> None:
+        import faiss
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(folder / "faiss.index"))
+        write_json_atomic(folder / META_FILE, {"kind": self.kind, "n": len(self), "dim": int(self.index.d),
+                                               "model_version": self.model_version, **self.settings})
+
+    @classmethod
+    def load(cls, folder: str | Path, meta: dict):
+        import faiss
+        out = cls(faiss.read_index(str(Path(folder) / "faiss.index")), meta.get("model_version", ""),
+                  {k: meta[k] for k in cls.SETTING_KEYS if k in meta})
+        out.set_ef(int(meta.get(cls.EF_KEY, cls.EF_DEFAULT)))
+        return out
+
+
+class FaissHNSWIndex(_FaissIndex):
     """HNSW over 8-bit scalar-quantised vectors with faiss (``IndexHNSWSQ``, inner product).
 
     Args:
@@ -184,9 +225,8 @@ class FaissHNSWIndex:
     """
 
     kind = "faiss-hnsw-sq8"
-
-    def __init__(self, index, model_version: str = "", settings: dict | None = None):
-        self.index, self.model_version, self.settings = index, model_version, dict(settings or {})
+    SETTING_KEYS = ("m", "ef_construction", "ef_search")
+    EF_KEY, EF_DEFAULT = "ef_search", 64
 
     @classmethod
     def build(cls, vectors: np.ndarray, m: int = 32, ef_construction: int = 128, ef_search: int = 64,
@@ -200,41 +240,17 @@ class FaissHNSWIndex:
         index.add(vectors)
         return cls(index, model_version, {"m": m, "ef_construction": ef_construction, "ef_search": ef_search})
 
-    def __len__(self) -> int:
-        return int(self.index.ntotal)
-
     def set_ef(self, ef: int) -> None:
         """The query-time candidate list size (recall / latency trade-off)."""
         self.index.hnsw.efSearch = int(ef)
         self.settings["ef_search"] = int(ef)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        scores, rows = self.index.search(q, min(k, len(self)))
-        return rows.astype(np.int64), scores.astype(np.float32)
-
     def memory_bytes(self) -> int:
         import faiss
         return int(faiss.serialize_index(self.index).nbytes)
 
-    def save(self, folder: str | Path) -> None:
-        import faiss
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(folder / "faiss.index"))
-        write_json_atomic(folder / META_FILE, {"kind": self.kind, "n": len(self), "dim": int(self.index.d),
-                                               "model_version": self.model_version, **self.settings})
 
-    @classmethod
-    def load(cls, folder: str | Path, meta: dict) -> "FaissHNSWIndex":
-        import faiss
-        index = faiss.read_index(str(Path(folder) / "faiss.index"))
-        index.hnsw.efSearch = int(meta.get("ef_search", 64))
-        return cls(index, meta.get("model_version", ""), {k: meta[k] for k in ("m", "ef_construction", "ef_search")
-                                                          if k in meta})
-
-
-class FaissIVFPQIndex:
+class FaissIVFPQIndex(_FaissIndex):
     """An inverted file over product-quantised residuals with faiss (``IndexIVFPQ``, inner product):
     the memory-lean index for catalogs of 10^7 and more on one machine (``m`` bytes of code + 8 of id
     a vector: 200 B at ``m = 192`` against 656 B for HNSW-SQ8; 10^7 built in 261 s here, where HNSW-SQ8
@@ -256,9 +272,8 @@ class FaissIVFPQIndex:
     """
 
     kind = "faiss-ivfpq"
-
-    def __init__(self, index, model_version: str = "", settings: dict | None = None):
-        self.index, self.model_version, self.settings = index, model_version, dict(settings or {})
+    SETTING_KEYS = ("nlist", "m", "nbits", "nprobe", "train_size")
+    EF_KEY, EF_DEFAULT = "nprobe", 8
 
     @staticmethod
     def default_nlist(n: int) -> int:
@@ -307,18 +322,10 @@ class FaissIVFPQIndex:
         """Append rows (row numbers continue from :func:`len`)."""
         self.index.add(_check(vectors))
 
-    def __len__(self) -> int:
-        return int(self.index.ntotal)
-
     def set_ef(self, ef: int) -> None:
         """Cells scanned per query (``nprobe``), the recall / latency knob of an inverted file."""
         self.index.nprobe = int(min(int(ef), self.index.nlist))
         self.settings["nprobe"] = int(ef)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        scores, rows = self.index.search(q, min(k, len(self)))
-        return rows.astype(np.int64), scores.astype(np.float32)
 
     def memory_bytes(self) -> int:
         """Codes and ids of the inverted lists plus the quantisers' centroids."""
@@ -326,22 +333,6 @@ class FaissIVFPQIndex:
         lists = sum(inv.list_size(i) for i in range(self.index.nlist)) * (inv.code_size + 8)
         pq = self.index.pq
         return int(lists + self.index.nlist * self.index.d * 4 + pq.M * pq.ksub * pq.dsub * 4)
-
-    def save(self, folder: str | Path) -> None:
-        import faiss
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(folder / "faiss.index"))
-        write_json_atomic(folder / META_FILE, {"kind": self.kind, "n": len(self), "dim": int(self.index.d),
-                                               "model_version": self.model_version, **self.settings})
-
-    @classmethod
-    def load(cls, folder: str | Path, meta: dict) -> "FaissIVFPQIndex":
-        import faiss
-        index = faiss.read_index(str(Path(folder) / "faiss.index"))
-        index.nprobe = int(min(int(meta.get("nprobe", 8)), index.nlist))
-        return cls(index, meta.get("model_version", ""),
-                   {k: meta[k] for k in ("nlist", "m", "nbits", "nprobe", "train_size") if k in meta})
 
 
 class RerankedIndex:
