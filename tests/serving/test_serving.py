@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
@@ -367,12 +368,17 @@ def test_one_failing_listing_fails_only_its_own_request_in_a_batch(packaged_mode
     import re
     try:
         shared = []
-        for burst in range(4):             # until the poisoned request has shared a batch with others
+        for burst in range(12):            # until the poisoned request has shared a batch with others
             bodies = [[{"title": f"Lucera Women Silver Earrings {burst} {i}"}] for i in range(15)]
             bodies.insert(7, [{"title": "Nike Men Running Shoes"}, {"title": "poison pill"}, {"title": "Puma Cap"}])
+            start = threading.Barrier(len(bodies))         # all 16 requests leave at once, so they can share a batch
+
+            def post(body, start=start):
+                start.wait(timeout=60)
+                return httpx.post(f"{srv.url}/embed", json={"listings": body}, timeout=120)
+
             with ThreadPoolExecutor(len(bodies)) as pool:
-                answers = list(pool.map(lambda b: httpx.post(f"{srv.url}/embed", json={"listings": b}, timeout=120),
-                                        bodies))
+                answers = list(pool.map(post, bodies))
             poisoned = answers.pop(7)
             assert poisoned.status_code == 500
             assert poisoned.json()["error"] == ("listings[1]: embedding failed (RuntimeError: injected fault "
