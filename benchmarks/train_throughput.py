@@ -94,7 +94,7 @@ def main() -> None:
 
     # ITEm training step
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)     # as item_model.train
     it = iter(batches * (args.steps + 2))
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
@@ -111,7 +111,7 @@ def main() -> None:
     # mask, followed by N ordinary tokens in place of the patches
     bert = BertModel.from_pretrained(bert_path, add_pooling_layer=False)
     bert.train()
-    bopt = torch.optim.AdamW(bert.parameters(), lr=1e-4)
+    bopt = torch.optim.AdamW(bert.parameters(), lr=1e-4, fused=True)
     n = model.config.num_patches
     bert_batches = [(torch.cat([x["input_ids"], torch.randint(1000, 30000, (b, n))], dim=1),
                      torch.cat([x["attention_mask"], torch.ones(b, n, dtype=x["attention_mask"].dtype)], dim=1))

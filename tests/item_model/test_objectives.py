@@ -14,7 +14,7 @@ from item_model.modeling_item import ItemModel, infonce_loss
 from item_model.processing_item import (ItemProcessor, ListingDataset, PretrainingCollator, default_bert_path,
                                         duplicate_photos, duplicate_titles, modality_rows)
 from item_model.lifecycle.steps import training_rows
-from item_model.train import TrainConfig, backbone_lr_scale, pretrain
+from item_model.train import TrainConfig, backbone_lr_scale, cpu_has_native_bf16, pretrain
 from tests.conftest import CATALOG
 
 BERT = default_bert_path()
@@ -168,6 +168,28 @@ def test_lp_ft_freezes_the_backbone_then_lowers_its_rate(listings):
     assert not torch.equal(before["patch_embedding.weight"], after["patch_embedding.weight"])
     assert not torch.equal(before["mlm_head.predictions.transform.dense.weight"],
                            after["mlm_head.predictions.transform.dense.weight"])
+
+
+def test_bf16_autocast_auto_follows_the_cpu_flags_and_trains_finite(tmp_path, listings):
+    """``bf16_autocast: auto`` (the profiles' setting) turns bf16 on only where the CPU has native bf16;
+    a bad value is named; a bf16 run on real listings keeps fp32 weights and finite losses that fall."""
+    native = tmp_path / "native"
+    native.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n")
+    emulated = tmp_path / "emulated"
+    emulated.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert cpu_has_native_bf16(str(native)) and not cpu_has_native_bf16(str(emulated))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+    assert TrainConfig(bf16_autocast="auto").use_bf16_autocast("cuda")
+    assert TrainConfig(bf16_autocast="auto").use_bf16_autocast("cpu") == cpu_has_native_bf16()
+    assert not TrainConfig().use_bf16_autocast("cpu") and TrainConfig(bf16_autocast=True).use_bf16_autocast("cpu")
+    with pytest.raises(ValueError, match="bf16_autocast"):
+        TrainConfig(bf16_autocast="yes")
+    model, proc = make(infonce_weight=1.0, modality_dropout=0.2)
+    cfg = TrainConfig(steps=6, batch_size=8, warmup_steps=1, log_every=1, learning_rate=1e-3, bf16_autocast=True)
+    history = pretrain(model, proc, listings.iloc[:48], cfg, progress=False)
+    assert all(np.isfinite(h["loss"]) for h in history)
+    assert history[-1]["mlm"] < history[0]["mlm"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_pretraining_protocols(listings):
