@@ -72,6 +72,11 @@ def main() -> None:
     ap.add_argument("--json", default="", help="also write the numbers to this JSON file")
     ap.add_argument("--profile", default="",
                     help="use this run profile's model_config (default: all five objectives, the costliest step)")
+    ap.add_argument("--model-config", default="{}",
+                    help='JSON ItemConfig overrides on top of --profile, e.g. \'{"infonce_weight": 0, "modality_dropout": 0}\' '
+                         "(the MLM + MIM step issue 12 was filed against)")
+    ap.add_argument("--foreach-adamw", action="store_true",
+                    help="the for-each AdamW (item_model.train used it before the fused one)")
     ap.add_argument("--bf16", action="store_true",
                     help="forward passes under CPU bf16 autocast (AVX512-BF16/AMX); MFU vs the bf16 matmul peak")
     args = ap.parse_args()
@@ -80,7 +85,9 @@ def main() -> None:
     torch.manual_seed(0)
     bert_path = default_bert_path()
     df = next(iter_catalog(args.catalog, batch_rows=2048)).dropna(subset=["title"]).reset_index(drop=True)
-    model = ItemModel.from_bert(bert_path, **(load_profile(args.profile)["model_config"] if args.profile else {}))
+    overrides = dict(load_profile(args.profile)["model_config"] if args.profile else {})
+    overrides.update(json.loads(args.model_config))
+    model = ItemModel.from_bert(bert_path, **overrides)
     processor = ItemProcessor(AutoTokenizer.from_pretrained(bert_path), model.config)
     dataset, collate = ListingDataset(df, processor), PretrainingCollator(processor, seed=0)
     b = args.batch_size
@@ -94,7 +101,8 @@ def main() -> None:
 
     # ITEm training step
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)     # as item_model.train
+    fused = not args.foreach_adamw
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)     # fused, as item_model.train
     it = iter(batches * (args.steps + 2))
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
@@ -111,7 +119,7 @@ def main() -> None:
     # mask, followed by N ordinary tokens in place of the patches
     bert = BertModel.from_pretrained(bert_path, add_pooling_layer=False)
     bert.train()
-    bopt = torch.optim.AdamW(bert.parameters(), lr=1e-4, fused=True)
+    bopt = torch.optim.AdamW(bert.parameters(), lr=1e-4, fused=fused)
     n = model.config.num_patches
     bert_batches = [(torch.cat([x["input_ids"], torch.randint(1000, 30000, (b, n))], dim=1),
                      torch.cat([x["attention_mask"], torch.ones(b, n, dtype=x["attention_mask"].dtype)], dim=1))
@@ -131,7 +139,8 @@ def main() -> None:
     peak = matmul_peak(dtype=torch.bfloat16 if args.bf16 else torch.float32)
     res = {
         "threads": torch.get_num_threads(), "batch_size": b, "seq_len": seq_len,
-        "dtype": "bf16 autocast" if args.bf16 else "fp32",
+        "dtype": "bf16 autocast" if args.bf16 else "fp32", "adamw": "fused" if fused else "foreach",
+        "model_config_overrides": overrides,
         "matmul_peak_gflops": round(peak, 1), "load_average_1min": os.getloadavg()[0],
         "item_samples_per_s": round(b / item_s, 1), "item_gflops": round(flops * b / item_s / 1e9, 1),
         "item_mfu": round(flops * b / item_s / 1e9 / peak, 3),

@@ -21,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..data import catalog as cat
@@ -236,10 +237,12 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
 @record_failure
 def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: str = "",
                   modality_ablation: bool = True, progress: bool = True,
-                  details_path: str | None = None, registry_root: str = "") -> dict:
+                  details_path: str | None = None, registry_root: str = "",
+                  embeddings_path: str | None = None) -> dict:
     """Evaluate the model, the champion (if the registry has one) and the baselines on the validated
-    catalog; write ``eval.json`` and the per-item details (``details_path``, for the gate's bootstrap
-    tests and report). The catalog index is not written here: the index steps embed the whole catalog
+    catalog; write ``eval.json``, the per-item details (``details_path``, for the gate's bootstrap
+    tests and report) and the scored ITEm vectors (``embeddings_path``, :func:`save_eval_embeddings`,
+    so that a read-out or post-processing can be studied without embedding the catalog again). The catalog index is not written here: the index steps embed the whole catalog
     (:mod:`item_model.lifecycle.catalog_embedding`), one path for the training and the index pipelines.
 
     The champion is re-evaluated here, on the same split and gallery as the challenger, so the gate
@@ -281,6 +284,8 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
     if details_path:
         from .significance import save_details
         save_details(details_path, details)
+    if embeddings_path:
+        save_eval_embeddings(embeddings_path, df["product_id"].astype(str).to_numpy(), embeddings)
     result = EvalResult(catalog_fingerprint=meta["fingerprint"], catalog_source=meta["source"],
               n_listings=int(len(df)), split_counts=meta["split_counts"],
               protocol="search: every same-product group member queries all n_listings (itself "
@@ -294,6 +299,28 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
               wall_time_s=time.perf_counter() - t0, champion=champion_info, models=models)
     result.to_json(eval_path)
     return result.to_dict()
+
+
+def save_eval_embeddings(path: str, product_ids: np.ndarray, embeddings: dict[str, np.ndarray]) -> None:
+    """Write the ITEm vectors the evaluation scored to one ``.npz`` (no pickling), atomically.
+
+    Args:
+        product_ids: (n,) str, the evaluated catalog's rows in order (key ``product_id``).
+        embeddings: ``{kind: (n, D) float32}`` L2-normalised, e.g. ``item`` (the served vector),
+            ``item_text_only``, ``item_image_only``; stored as float32 under their names (4 n D bytes
+            each: 68 MB a kind for the whole 44,434-listing catalog at D = 384).
+
+    Raises:
+        ValueError: a kind's rows differ from ``len(product_ids)``.
+    """
+    from ..io import atomic_path
+    for kind, emb in embeddings.items():
+        if len(emb) != len(product_ids):
+            raise ValueError(f"embeddings {kind!r}: {len(emb)} rows for {len(product_ids)} product_id(s)")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, product_id=np.asarray(product_ids).astype(str),
+                     **{k: np.asarray(v, dtype=np.float32) for k, v in embeddings.items()})
 
 
 @record_failure

@@ -82,6 +82,14 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     np.testing.assert_allclose(np.linalg.norm(embeddings["item"], axis=1), 1.0, atol=1e-5)
     assert index_meta["model_version"] == meta["metadata"]["registry_version"] == summary["registry_version"]
     assert {"embed-shard-0", "embed-shard-1", "build-index"} <= set(summary["tasks_run"])
+    # the evaluation keeps the ITEm vectors it scored (its 400 listings), the same vectors the index holds
+    with np.load(Path(summary["eval_json"]).parent / "item_embeddings", allow_pickle=False) as z:
+        scored = {k: z[k] for k in z.files}
+    assert set(scored) == {"product_id", "item"}           # the tiny profile has no modality ablation
+    assert len(scored["product_id"]) == scored["item"].shape[0] == summary["catalog"]["n_valid"]
+    row_of = {str(p): i for i, p in enumerate(listings["product_id"])}
+    rows = [row_of[p] for p in scored["product_id"]]
+    np.testing.assert_allclose(scored["item"], embeddings["item"][rows], atol=1e-4)
     assert 0.0 <= meta["metadata"]["recall@1"] <= 1.0
     # artifacts of every step
     for key in ("data_docs", "quarantine", "eval_json", "gate_report", "training_curve"):

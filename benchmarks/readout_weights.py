@@ -1,0 +1,103 @@
+"""The served vector's read-out weight w, studied on finished runs without embedding the catalog again.
+
+The served vector of a listing with title and photo is ``s = normalize(w t + j)`` (t the title
+stream's ``[CLS]``, j the joint pass's ``[CLS]``, both L2-normalised; ``ItemModel.embed``). The
+evaluation step keeps the vectors it scored (``evaluate/item_embeddings``: ``item`` = s,
+``item_text_only`` = t), so j is recovered exactly: with c = ||w t + j||, c s = w t + j and ||j|| = 1
+give c^2 - 2 c w (s.t) + w^2 - 1 = 0, whose larger root is c whenever t.j >= -1/w (checked on every
+row: the recovered j must have unit norm). Each variant is then scored with the pipeline's own
+:func:`item_model.evaluation.score_embeddings` (same split, gallery, probe with C chosen on the
+validation split, title-decides check):
+
+* ``w=<v>``: ``normalize(v t + j)`` for each v of ``--weights`` (the run's own w reproduces its eval.json);
+* ``concat``: ``[t, j] / sqrt(2)`` (768-d; a cosine equal to the mean of the two cosines).
+
+    .venv/bin/python benchmarks/readout_weights.py RUN_DIR [RUN_DIR ...] --json out.json [--weights 4,5,6,8]
+
+RUN_DIR is a kfp.local pipeline run folder (``runs/<id>/item-training-<timestamp>``). Test labels are
+read to score each variant, as for every row of eval.json: a w chosen from this table is chosen on
+the evaluation's labels, and must be said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHOWN = ("category_accuracy", "category_macro_f1", "recall@1", "mAP", "title_decides_recall@1")
+
+
+def l2(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32."""
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def recover_joint(served: np.ndarray, text: np.ndarray, w: float) -> np.ndarray:
+    """j from s = normalize(w t + j) and t, (n, D) float32 each (see the module docstring).
+
+    Raises:
+        ValueError: w <= 1 (both roots then fit), or a row whose recovered j is not unit-norm
+            (t.j < -1/w there: the smaller root was the true one).
+    """
+    if w <= 1:
+        raise ValueError(f"w={w}: the joint vector is recoverable this way only for w > 1")
+    s, t = served.astype(np.float64), text.astype(np.float64)
+    st = (s * t).sum(1)
+    c = w * st + np.sqrt(np.maximum(w * w * st * st - w * w + 1, 0.0))
+    j = c[:, None] * s - w * t
+    bad = np.flatnonzero(np.abs(np.linalg.norm(j, axis=1) - 1) > 1e-3)
+    if len(bad):
+        raise ValueError(f"{len(bad)} row(s) (first {bad[:5].tolist()}) do not give a unit-norm joint vector")
+    return l2(j)
+
+
+def main() -> None:
+    from item_model.configuration_item import ItemConfig
+    from item_model.evaluation import score_embeddings
+    from item_model.lifecycle.steps import load_validated
+    from item_model.title_decides import title_decides_groups
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--json", required=True)
+    p.add_argument("--weights", default="4,5,6,8", help="read-out weights w to score")
+    p.add_argument("--no-concat", action="store_true")
+    args = p.parse_args()
+    weights = [float(v) for v in args.weights.split(",")]
+    out: dict = {"method": "served vector re-weighted from the evaluation's stored vectors (j recovered from "
+                           "s and t), scored with item_model.evaluation.score_embeddings on the run's own split",
+                 "runs": {}}
+    for run in args.runs:
+        run = Path(run)
+        df, _ = load_validated(str(run / "validate-catalog" / "validated_catalog"))
+        with np.load(run / "evaluate" / "item_embeddings", allow_pickle=False) as z:
+            ids, served, text = z["product_id"], z["item"], z["item_text_only"]
+        if not np.array_equal(ids, df["product_id"].astype(str).to_numpy()):
+            raise ValueError(f"{run}: item_embeddings rows differ from the validated catalog's")
+        w_run = float(ItemConfig.from_pretrained(run / "pretrain" / "model").readout_text_weight)
+        joint = recover_joint(served, text, w_run)
+        split, groups = df["split"].to_numpy(), title_decides_groups(df)
+        variants = {f"w={v:g}": (lambda v=v: l2(v * text + joint)) for v in weights}
+        if not args.no_concat:
+            variants["concat"] = lambda: np.concatenate([text, joint], axis=1) / np.float32(np.sqrt(2))
+        res = {"run_readout_text_weight": w_run}
+        for name, make in variants.items():
+            t0 = time.perf_counter()
+            metrics, _ = score_embeddings(make(), df, split, groups)
+            res[name] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            print(f"{run.parent.name} {name:8s} {time.perf_counter() - t0:5.0f} s  "
+                  + "  ".join(f"{k} {res[name][k]:.4f}" for k in SHOWN), flush=True)
+        out["runs"][str(run)] = res
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
