@@ -14,9 +14,12 @@ validation split, title-decides check):
 
     .venv/bin/python benchmarks/readout_weights.py RUN_DIR [RUN_DIR ...] --json out.json [--weights 4,5,6,8]
 
-RUN_DIR is a kfp.local pipeline run folder (``runs/<id>/item-training-<timestamp>``). Test labels are
-read to score each variant, as for every row of eval.json: a w chosen from this table is chosen on
-the evaluation's labels, and must be said so.
+RUN_DIR is a kfp.local pipeline run folder (``runs/<id>/item-training-<timestamp>``). Every variant
+is scored on all queries, as eval.json (with the paired bootstrap of each w against each baseline of
+the run's ``evaluate/eval_details``), and also on the queries of each split (a query's split is its
+listing's). The choice of w, fixed before any run was scored: **the w with the best mean of
+same-product Recall@1 and title-decides Recall@1 over the validation split's queries** (ties: the
+smaller w); its test-split numbers are then the unbiased ones to quote.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ def recover_joint(served: np.ndarray, text: np.ndarray, w: float) -> np.ndarray:
 
 def main() -> None:
     from item_model.configuration_item import ItemConfig
-    from item_model.evaluation import score_embeddings
+    from item_model.evaluation import score_embeddings, title_decides_metrics
+    from item_model.lifecycle.significance import load_details, paired_bootstrap
     from item_model.lifecycle.steps import load_validated
     from item_model.title_decides import title_decides_groups
 
@@ -85,17 +89,47 @@ def main() -> None:
         w_run = float(ItemConfig.from_pretrained(run / "pretrain" / "model").readout_text_weight)
         joint = recover_joint(served, text, w_run)
         split, groups = df["split"].to_numpy(), title_decides_groups(df)
+        baselines = {k: v for k, v in load_details(run / "evaluate" / "eval_details").items()
+                     if k.startswith("baseline_")}
         variants = {f"w={v:g}": (lambda v=v: l2(v * text + joint)) for v in weights}
         if not args.no_concat:
             variants["concat"] = lambda: np.concatenate([text, joint], axis=1) / np.float32(np.sqrt(2))
         res = {"run_readout_text_weight": w_run}
         for name, make in variants.items():
             t0 = time.perf_counter()
-            metrics, _ = score_embeddings(make(), df, split, groups)
+            emb = make()
+            metrics, details = score_embeddings(emb, df, split, groups)
             res[name] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            if name.startswith("w="):          # paired bootstrap against each baseline, as the gate's
+                res[name]["bootstrap"] = {f"{b}/{m}": paired_bootstrap(details, d, m) for b, d in baselines.items()
+                                          for m in ("recall@1", "mAP", "category_accuracy", "category_macro_f1")}
+            td = title_decides_metrics(emb, groups)[1]
+            for part in ("validation", "test"):
+                for key, d in (("recall@1", details["retrieval"]), ("title_decides_recall@1", td)):
+                    keep = split[d["query_index"]] == part
+                    res[name][f"{part}/{key}"] = float(d["recall@1"][keep].mean())
+                    res[name][f"{part}/{key.replace('recall@1', 'n_queries')}"] = int(keep.sum())
             print(f"{run.parent.name} {name:8s} {time.perf_counter() - t0:5.0f} s  "
                   + "  ".join(f"{k} {res[name][k]:.4f}" for k in SHOWN), flush=True)
+        score = {n: (res[n]["validation/recall@1"] + res[n]["validation/title_decides_recall@1"]) / 2
+                 for n in res if n.startswith("w=")}
+        res["chosen_on_validation"] = max(score, key=lambda n: (score[n], -float(n[2:])))
+        print(f"{run.parent.name} chosen on validation: {res['chosen_on_validation']} "
+              + "  ".join(f"{n} {v:.4f}" for n, v in score.items()), flush=True)
         out["runs"][str(run)] = res
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    if len(out["runs"]) > 1:                    # mean ± sd over the runs (seeds) of every variant
+        runs = list(out["runs"].values())
+        out["mean_over_runs"] = {}
+        for name in (n for n in runs[0] if isinstance(runs[0][n], dict)):
+            row = {}
+            for key in SHOWN + ("validation/title_decides_recall@1", "test/title_decides_recall@1"):
+                v = [r[name][key] for r in runs]
+                row[key] = {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)), "runs": v}
+            out["mean_over_runs"][name] = row
+            print(f"mean of {len(runs)} {name:8s} " + "  ".join(
+                f"{k} {row[k]['mean']:.4f} ± {row[k]['sd']:.4f}" for k in SHOWN), flush=True)
+        out["chosen_on_validation"] = [r["chosen_on_validation"] for r in runs]
         Path(args.json).write_text(json.dumps(out, indent=1))
 
 
