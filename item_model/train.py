@@ -66,7 +66,7 @@ class TrainConfig:
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True when the CPU computes bf16 matrix products natively (x86 ``avx512_bf16`` or ``amx_bf16``
     in ``cpuinfo``'s flags), where PyTorch's oneDNN kernels run bf16 autocast faster than fp32 (on
-    this project's CPU: 2.0x the fp32 training samples/s with the fused AdamW, docs/results.md);
+    this project's CPU: 1.7-2.0x the fp32 training samples/s with the fused AdamW, docs/results.md);
     elsewhere bf16 is emulated and slower, so ``"auto"`` keeps fp32. False when ``cpuinfo`` cannot
     be read (not Linux)."""
     try:
@@ -140,7 +140,7 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
     checkpoints. InfoNCE's in-batch negatives are each rank's own rows (as SimCLR without a
     cross-device gather), so only that objective differs from the one-process run. On a GPU the
     forward pass runs under bf16 autocast; on a CPU when ``cfg.use_bf16_autocast()`` (``bf16_autocast``
-    true, or ``"auto"`` on a CPU with native bf16; with the fused AdamW 2.0x the fp32 samples/s on
+    true, or ``"auto"`` on a CPU with native bf16; with the fused AdamW 1.7-2.0x the fp32 samples/s on
     this project's AMX CPU, ``benchmarks/train_throughput.py --bf16``); master weights and the
     optimizer stay fp32. AdamW runs as PyTorch's fused kernel (``fused=True``: the same update as the
     for-each one, in one pass over each parameter).
