@@ -20,8 +20,9 @@ def evaluate(
 ):
     """KFP Metrics (``<model>.<metric>``), eval.json, per-item details (npz, for the gate's bootstrap
     tests) and the ITEm vectors it scored (npz: ``product_id`` and one float32 matrix a kind, for
-    read-out studies without embedding again). The registry's champion is re-evaluated on the same split. The catalog index serving and
-    drift monitoring read is not written here: the index steps build it from the whole catalog."""
+    read-out studies without embedding again). The registry's champion is re-evaluated on the same
+    split. The catalog index serving and drift monitoring read is not written here: the index steps
+    build it from the whole catalog."""
     import logging
 
     from item_model.lifecycle.steps import evaluate_step

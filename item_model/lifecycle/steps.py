@@ -242,7 +242,8 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
     """Evaluate the model, the champion (if the registry has one) and the baselines on the validated
     catalog; write ``eval.json``, the per-item details (``details_path``, for the gate's bootstrap
     tests and report) and the scored ITEm vectors (``embeddings_path``, :func:`save_eval_embeddings`,
-    so that a read-out or post-processing can be studied without embedding the catalog again). The catalog index is not written here: the index steps embed the whole catalog
+    so that a read-out or post-processing can be studied without embedding the catalog again). The
+    catalog index is not written here: the index steps embed the whole catalog
     (:mod:`item_model.lifecycle.catalog_embedding`), one path for the training and the index pipelines.
 
     The champion is re-evaluated here, on the same split and gallery as the challenger, so the gate
