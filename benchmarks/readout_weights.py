@@ -19,7 +19,10 @@ is scored on all queries, as eval.json (with the paired bootstrap of each w agai
 the run's ``evaluate/eval_details``), and also on the queries of each split (a query's split is its
 listing's). The choice of w, fixed before any run was scored: **the w with the best mean of
 same-product Recall@1 and title-decides Recall@1 over the validation split's queries** (ties: the
-smaller w); its test-split numbers are then the unbiased ones to quote.
+smaller w); its test-split numbers are then the unbiased ones to quote. Each run also gets
+``pipeline_rule``: what the pipeline's own selection (``train_config.readout_weights``, at the end of
+pretrain, :func:`item_model.evaluation.choose_readout_weight`) chooses from the same vectors, its
+gallery the validation listings and their train-split title partners (``--selection-only``: that alone).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -64,7 +68,8 @@ def recover_joint(served: np.ndarray, text: np.ndarray, w: float) -> np.ndarray:
 
 def main() -> None:
     from item_model.configuration_item import ItemConfig
-    from item_model.evaluation import score_embeddings, title_decides_metrics
+    from item_model.evaluation import (readout_selection_rows, readout_weight_scores, score_embeddings,
+                                       title_decides_metrics)
     from item_model.lifecycle.significance import load_details, paired_bootstrap
     from item_model.lifecycle.steps import load_validated
     from item_model.title_decides import title_decides_groups
@@ -74,6 +79,8 @@ def main() -> None:
     p.add_argument("--json", required=True)
     p.add_argument("--weights", default="4,5,6,8", help="read-out weights w to score")
     p.add_argument("--no-concat", action="store_true")
+    p.add_argument("--selection-only", action="store_true",
+                   help="only the pipeline's rule (evaluation.readout_weight_scores), no full scoring")
     args = p.parse_args()
     weights = [float(v) for v in args.weights.split(",")]
     out: dict = {"method": "served vector re-weighted from the evaluation's stored vectors (j recovered from "
@@ -89,12 +96,23 @@ def main() -> None:
         w_run = float(ItemConfig.from_pretrained(run / "pretrain" / "model").readout_text_weight)
         joint = recover_joint(served, text, w_run)
         split, groups = df["split"].to_numpy(), title_decides_groups(df)
+        # the pipeline's own rule (train_config.readout_weights, run at the end of pretrain): the same
+        # vectors, the validation listings and their train-split title partners as the gallery
+        rows = readout_selection_rows(df)
+        at = pd.Index(df["product_id"].astype(str)).get_indexer(rows["product_id"].astype(str))
+        res = {"run_readout_text_weight": w_run,
+               "pipeline_rule": readout_weight_scores(joint[at], text[at], rows, weights, reference=df)}
+        print(f"{run.parent.name} pipeline rule ({len(rows)} listings, {res['pipeline_rule']['n_queries']} + "
+              f"{res['pipeline_rule']['title_decides_n_queries']} queries): w={res['pipeline_rule']['chosen']:g}  "
+              + "  ".join(f"{w} {v:.4f}" for w, v in res["pipeline_rule"]["score"].items()), flush=True)
+        out["runs"][str(run)] = res
+        if args.selection_only:
+            continue
         baselines = {k: v for k, v in load_details(run / "evaluate" / "eval_details").items()
                      if k.startswith("baseline_")}
         variants = {f"w={v:g}": (lambda v=v: l2(v * text + joint)) for v in weights}
         if not args.no_concat:
             variants["concat"] = lambda: np.concatenate([text, joint], axis=1) / np.float32(np.sqrt(2))
-        res = {"run_readout_text_weight": w_run}
         for name, make in variants.items():
             t0 = time.perf_counter()
             emb = make()
@@ -118,10 +136,11 @@ def main() -> None:
               + "  ".join(f"{n} {v:.4f}" for n, v in score.items()), flush=True)
         out["runs"][str(run)] = res
         Path(args.json).write_text(json.dumps(out, indent=1))
-    if len(out["runs"]) > 1:                    # mean ± sd over the runs (seeds) of every variant
+    Path(args.json).write_text(json.dumps(out, indent=1))
+    if len(out["runs"]) > 1 and not args.selection_only:   # mean ± sd over the runs (seeds) of every variant
         runs = list(out["runs"].values())
         out["mean_over_runs"] = {}
-        for name in (n for n in runs[0] if isinstance(runs[0][n], dict)):
+        for name in (n for n in runs[0] if n.startswith("w=") or n == "concat"):
             row = {}
             for key in SHOWN + ("validation/title_decides_recall@1", "test/title_decides_recall@1"):
                 v = [r[name][key] for r in runs]

@@ -336,3 +336,123 @@ def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFram
     run("baseline_image_pixels", pixels)
     run("baseline_concat", concat_baseline(text, pixels))
     return results, item_embeddings, details
+
+
+def paired_groups(group_ids: np.ndarray) -> np.ndarray:
+    """Group ids with every group of fewer than two rows set to -1 (so each remaining member is a
+    valid query of :func:`item_model.metrics.retrieval_details`). (n,) int64 in, (n,) int64 out."""
+    groups = np.asarray(group_ids, dtype=np.int64).copy()
+    ids, counts = np.unique(groups[groups >= 0], return_counts=True)
+    groups[np.isin(groups, ids[counts < 2])] = -1
+    return groups
+
+
+def readout_selection_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows the read-out weight is chosen on (:func:`choose_readout_weight`): every validation
+    listing, plus the train listings that share a same-product group or a title-decides group
+    (:func:`item_model.title_decides.title_decides_groups` over the whole ``df``) with a validation
+    listing, so that a validation listing's partners are in the gallery (the split is by listing:
+    without them few groups have two validation members). No test listing is read.
+
+    Args:
+        df: the validated catalog with ``split``.
+
+    Returns:
+        the chosen rows of ``df`` in their order, index reset.
+    """
+    split = df["split"].to_numpy()
+    val = split == "validation"
+    keep = val.copy()
+    for groups in (title_decides_groups(df), df["group_id"].fillna(-1).astype("int64").to_numpy()):
+        keep |= (split == "train") & (groups >= 0) & np.isin(groups, groups[val & (groups >= 0)])
+    return df[keep].reset_index(drop=True)
+
+
+def readout_weight_scores(joint: np.ndarray, text: np.ndarray, df: pd.DataFrame, weights: tuple[float, ...],
+                          reference: pd.DataFrame | None = None) -> dict:
+    """Score each read-out weight w of the served vector ``s = normalize(w t + j)`` (:meth:`ItemModel.embed`)
+    by same-product search among the rows of ``df`` (in the pipeline: :func:`readout_selection_rows`,
+    the validation split and the train listings titled like one of them; no test listing is read),
+    and choose one.
+
+    Two searches, each over the rows of ``df`` as the gallery (the query itself excluded): the real
+    same-product groups of ``df`` (groups with two or more rows in it), and the title-decides groups
+    (:func:`item_model.title_decides.title_decides_groups` with ``reference``: titles qualify on the
+    whole catalog, the groups are the rows of ``df``). The score of w is the mean of the two
+    Recall@1 (or the one that has a query); the chosen w is the best score, ties going to the
+    smaller w (more weight on the joint pass). The rule is the one ``benchmarks/readout_weights.py``
+    fixed before scoring three whole-catalog runs (docs/results.md).
+
+    Args:
+        joint: (n, D) float32, the joint pass's ``[CLS]`` j of each row, L2-normalised.
+        text: (n, D) float32, the title stream's ``[CLS]`` t, L2-normalised.
+        df: (n rows) canonical catalog rows (``title``, ``category``, ``group_id``).
+        weights: the w to try, each >= 0 (0: the joint ``[CLS]`` alone).
+        reference: the catalog ``df`` was taken from (for the title-decides groups); None: ``df``.
+
+    Returns:
+        ``{"weights", "recall@1": {w: float}, "title_decides_recall@1": {w: float} (empty without a
+        title-decides group), "score": {w: float}, "n_queries", "title_decides_n_queries",
+        "n_listings", "chosen": float, or None when ``df`` has no query of either kind}``; the dict
+        keys are ``str(w)`` (JSON-ready).
+
+    Raises:
+        ValueError: no weight, a negative weight, or shapes that disagree with ``df``.
+    """
+    weights = tuple(float(w) for w in weights)
+    if not weights or min(weights) < 0:
+        raise ValueError(f"train_config.readout_weights={list(weights)}: give one or more weights, each >= 0")
+    if joint.shape != text.shape or len(joint) != len(df):
+        raise ValueError(f"joint {joint.shape} and text {text.shape} must both have len(df)={len(df)} rows")
+    same = paired_groups(df["group_id"].fillna(-1).astype("int64").to_numpy()) if "group_id" in df else \
+        np.full(len(df), -1, dtype=np.int64)
+    titled = title_decides_groups(df, reference=reference) if len(df) else same.copy()
+    out: dict = {"weights": list(weights), "recall@1": {}, "title_decides_recall@1": {}, "score": {},
+                 "n_queries": int((same >= 0).sum()), "title_decides_n_queries": int((titled >= 0).sum()),
+                 "n_listings": int(len(df)), "chosen": None}
+    if not out["n_queries"] and not out["title_decides_n_queries"]:
+        return out
+    for w in weights:
+        served = _l2(w * text + joint)
+        parts = []
+        for key, groups in (("recall@1", same), ("title_decides_recall@1", titled)):
+            if (groups >= 0).any():
+                out[key][str(w)] = float(retrieval_details(served, groups, ks=(1,))["recall@1"].mean())
+                parts.append(out[key][str(w)])
+        out["score"][str(w)] = float(np.mean(parts))
+    out["chosen"] = max(weights, key=lambda w: (out["score"][str(w)], -w))
+    return out
+
+
+def choose_readout_weight(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame,
+                          weights: tuple[float, ...], reference: pd.DataFrame | None = None,
+                          progress: bool = True) -> dict:
+    """Embed ``df``'s rows (:func:`readout_selection_rows`) in the joint ``[CLS]`` j and the title stream's t,
+    score each read-out weight (:func:`readout_weight_scores`) and set the chosen one as
+    ``model.config.readout_text_weight``, so that ``embed``, the index and serving all use it.
+    A catalog with no validation query keeps the configured weight (logged).
+
+    Returns:
+        the :func:`readout_weight_scores` record, plus ``"configured"`` (the weight before) and
+        ``"wall_time_s"``.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    configured = float(getattr(model.config, "readout_text_weight", 0.0) or 0.0)
+    model.config.readout_text_weight = 0.0               # the joint mode is then j itself
+    try:
+        own = embed_catalog_modes(model, processor, df, ("joint", "text"), progress=progress)
+    finally:
+        model.config.readout_text_weight = configured
+    record = readout_weight_scores(own["joint"], own["text"], df, weights, reference=reference)
+    record.update(configured=configured, wall_time_s=time.perf_counter() - t0)
+    if record["chosen"] is None:
+        logger.info("read-out weight: no same-product or title-decides query among %d listings; "
+                    "keeping the configured w=%g", len(df), configured)
+    else:
+        model.config.readout_text_weight = float(record["chosen"])
+        logger.info("read-out weight chosen on %d listings (%d same-product, %d title-decides "
+                    "queries): w=%g (scores %s)", len(df), record["n_queries"], record["title_decides_n_queries"],
+                    record["chosen"], {w: round(s, 4) for w, s in record["score"].items()})
+    return record

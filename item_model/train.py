@@ -42,10 +42,18 @@ class TrainConfig:
     freeze_backbone_steps: int = 0     # LP-FT: the first steps train only the new parts (patch projection, heads)
     backbone_lr_ratio: float = 1.0     # LP-FT: the pre-trained backbone's learning rate / the new parts'
     pretrain_listings: str = "train_split"   # which listings pre-training reads (item_model.lifecycle.steps.training_rows)
+    readout_weights: tuple = ()        # after training, the served vector's w chosen among these on the validation split (evaluation.choose_readout_weight); () = keep model_config's
 
     def __post_init__(self):
         if self.bf16_autocast not in (True, False, "auto"):
             raise ValueError(f"train_config.bf16_autocast must be true, false or 'auto', got {self.bf16_autocast!r}")
+        try:
+            self.readout_weights = tuple(float(w) for w in self.readout_weights)
+        except (TypeError, ValueError):
+            raise ValueError(f"train_config.readout_weights must be a list of numbers >= 0, "
+                             f"got {self.readout_weights!r}") from None
+        if any(w < 0 for w in self.readout_weights):
+            raise ValueError(f"train_config.readout_weights must be numbers >= 0, got {list(self.readout_weights)}")
 
     def use_bf16_autocast(self, device_type: str = "cpu") -> bool:
         """Whether the forward pass runs under bf16 autocast on ``device_type``: always on a GPU; on a

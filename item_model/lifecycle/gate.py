@@ -302,6 +302,25 @@ def balance_values(eval_result: dict, k: int = 10) -> tuple[float, float, int | 
     return float(t), float(i), item.get("balance_n_queries")
 
 
+def readout_line(eval_result: dict) -> str | None:
+    """One sentence on how the served vector was read out (eval.json ``checks.readout``, written by the
+    evaluate step from the model's config and training.json), or None when eval.json has none."""
+    r = eval_result.get("checks", {}).get("readout")
+    if not r:
+        return None
+    w = float(r["readout_text_weight"])
+    form = "the joint [CLS] j alone" if w == 0 else f"normalize({w:g} t + j), t the title stream's [CLS], j the joint [CLS]"
+    sel = r.get("selection")
+    if not sel or sel.get("chosen") is None:
+        why = " (no validation query to choose on)" if sel else ""
+        return f"Served vector: {form}; w as configured{why}."
+    scores = ", ".join(f"{float(k):g}: {v:.4f}" for k, v in sel["score"].items())
+    return (f"Served vector: {form}; w chosen among {', '.join(f'{float(k):g}' for k in sel['score'])} on "
+            f"{sel['n_listings']} validation listings and their train-split partners "
+            f"({sel['n_queries']} same-product, {sel['title_decides_n_queries']} title-decides queries; "
+            f"mean Recall@1 {scores}).")
+
+
 TITLE_DECIDES_REPORT_MODELS = ("item", "champion", "item_text_only", "item_image_only", "baseline_text_minilm",
                                "baseline_image_pixels", "baseline_concat")
 
@@ -321,8 +340,8 @@ def _validation_row(cfg: dict, validation: dict | None) -> dict:
 def blessing_markdown(blessing: dict, title: str = "ITEm promotion gate", eval_result: dict | None = None) -> str:
     """The blessing as a Markdown report: verdict line and one table row per criterion; with
     ``eval_result`` (eval.json) also a "Modality balance" section (item's top-10 overlaps and their
-    reading, :func:`balance_reading`) and a "Title-decides same-product search" table, each only
-    when its metrics are present."""
+    reading, :func:`balance_reading`, and the served vector's read-out, :func:`readout_line`) and a
+    "Title-decides same-product search" table, each only when its metrics are present."""
     verdict = "BLESSED" if blessing["blessed"] else "NOT BLESSED"
     lines = [f"# {title}: **{verdict}**", "", "| criterion | metric | value | threshold | verdict | note |",
              "|---|---|---|---|---|---|"]
@@ -341,6 +360,8 @@ def blessing_markdown(blessing: dict, title: str = "ITEm promotion gate", eval_r
                       f"embedding: **{t:.3f}**; with its image-only embedding: **{i:.3f}** "
                       f"({n or '?'} sampled catalog listings as queries, the whole catalog searched).", "",
                       f"Reading: the joint vector {balance_reading(t, i, modality_gains(eval_result))}."]
+        if readout_line(eval_result):
+            lines += ["", readout_line(eval_result)]
         models = eval_result.get("models", {})
         shown = [m for m in TITLE_DECIDES_REPORT_MODELS if "title_decides_recall@1" in models.get(m, {})]
         if shown:

@@ -12,7 +12,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from .gate import TITLE_DECIDES_REPORT_MODELS, balance_reading, balance_values, modality_gains
+from .gate import TITLE_DECIDES_REPORT_MODELS, balance_reading, balance_values, modality_gains, readout_line
 from .significance import bootstrap_ci
 
 BAR_METRICS = ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP")
@@ -105,10 +105,12 @@ def worst_categories(details: dict, n: int = 10) -> str:
 def modality_balance_html(eval_result: dict) -> str:
     """HTML "modality balance" section body: item's top-10 overlaps with its text-only and
     image-only embeddings as two bars and a one-line reading (:func:`item_model.lifecycle.gate.balance_reading`);
-    a note when eval.json has no balance (the evaluate step ran without the modality ablation)."""
+    a note when eval.json has no balance (the evaluate step ran without the modality ablation); then
+    the served vector's read-out (:func:`item_model.lifecycle.gate.readout_line`) when recorded."""
     balance = balance_values(eval_result)
+    readout = f"<p>{html.escape(readout_line(eval_result))}</p>" if readout_line(eval_result) else ""
     if balance is None:
-        return "<p>Not measured (the evaluation ran without the modality ablation).</p>"
+        return "<p>Not measured (the evaluation ran without the modality ablation).</p>" + readout
     t, i, n = balance
 
     def bar(label: str, v: float) -> str:
@@ -120,7 +122,8 @@ def modality_balance_html(eval_result: dict) -> str:
             f"neighbours of ITEm's own single-modality embedding ({n or '?'} sampled catalog listings "
             f"as queries, the whole catalog searched).</p>"
             + bar("text-only", t) + bar("image-only", i)
-            + f"<p><b>Reading:</b> the joint vector {html.escape(balance_reading(t, i, modality_gains(eval_result)))}.</p>")
+            + f"<p><b>Reading:</b> the joint vector {html.escape(balance_reading(t, i, modality_gains(eval_result)))}.</p>"
+            + readout)
 
 
 def title_decides_html(eval_result: dict) -> str:

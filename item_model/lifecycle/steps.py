@@ -186,8 +186,15 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
             ``<checkpoint_root>/<checkpoint_key>``.
         resume: continue from the newest valid checkpoint there.
 
+    With ``train_config.readout_weights``, the served vector's read-out weight is then chosen among
+    them on the validation split's listings and their train-split title partners
+    (:func:`item_model.evaluation.choose_readout_weight`, no test listing read) and
+    saved in the model's ``config.json`` (``readout_text_weight``), so the evaluation, the index and
+    serving all read it from the model.
+
     Returns:
-        ``training.json`` content: settings, final losses, wall time, number of training rows.
+        ``training.json`` content: settings, final losses, wall time, number of training rows, and
+        ``readout_selection`` (the validation scores of each weight) when weights were given.
     """
     import torch
     from transformers import AutoTokenizer
@@ -223,6 +230,10 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
                "n_train": int(len(train)), "wall_time_s": wall, "checkpoint_dir": str(ckpt_dir or ""),
                "final": history[-1] if history else {}, "catalog_fingerprint": meta["fingerprint"],
                "world_size": ctx.world_size}
+    if ctx.is_main and cfg.readout_weights:             # the served vector's w, chosen on the validation split
+        from ..evaluation import choose_readout_weight, readout_selection_rows
+        summary["readout_selection"] = choose_readout_weight(model.to("cpu"), processor, readout_selection_rows(df),
+                                                             cfg.readout_weights, reference=df, progress=progress)
     if ctx.is_main:                                     # only rank 0 writes artifacts
         out = Path(model_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -296,10 +307,21 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
                           "category, 2-6 listings, no real same-product member (photos differ); "
                           "balance_*_overlap@10: top-10 neighbour overlap of item with item_text_only / "
                           "item_image_only over a seeded sample of up to 2,000 listings",
-              checks={"title_decides": describe_groups(title_decides_groups(df))},
+              checks={"title_decides": describe_groups(title_decides_groups(df)), "readout": readout_record(model_dir)},
               wall_time_s=time.perf_counter() - t0, champion=champion_info, models=models)
     result.to_json(eval_path)
     return result.to_dict()
+
+
+def readout_record(model_dir: str) -> dict:
+    """How the model reads out its served vector: ``{"readout_text_weight": w (config.json),
+    "selection": training.json's ``readout_selection`` or None}`` (:func:`pretrain_step`)."""
+    from ..configuration_item import ItemConfig
+
+    training = Path(model_dir) / "training.json"
+    selection = json.loads(training.read_text()).get("readout_selection") if training.exists() else None
+    return {"readout_text_weight": float(ItemConfig.from_pretrained(model_dir).readout_text_weight or 0.0),
+            "selection": selection}
 
 
 def save_eval_embeddings(path: str, product_ids: np.ndarray, embeddings: dict[str, np.ndarray]) -> None:

@@ -320,6 +320,31 @@ def test_reports_show_modality_balance_and_title_decides(tmp_path):
     assert "Not measured" in render_gate_report(blessing, {"models": {"item": {}}}, None, None)
 
 
+def test_reports_say_how_the_served_vector_is_read_out(tmp_path):
+    from item_model.lifecycle.gate import readout_line
+    from item_model.lifecycle.gate_report import render_gate_report
+    from item_model.lifecycle.steps import gate_step
+
+    sel = {"chosen": 8.0, "score": {"0.0": 0.7871, "8.0": 1.0}, "n_listings": 6357, "n_queries": 189,
+           "title_decides_n_queries": 2938}
+    result = _eval(0.5)
+    for metrics in result["models"].values():     # this report without the title-decides table
+        for key in [k for k in metrics if k.startswith("title_decides")]:
+            metrics.pop(key)
+    result["checks"] = {"readout": {"readout_text_weight": 8.0, "selection": sel}}
+    (tmp_path / "eval.json").write_text(json.dumps(result))
+    blessing = gate_step(str(tmp_path / "eval.json"), {"criteria": [{"metric": "item.recall@1", "min": 0.0}]},
+                         str(tmp_path / "blessing.json"), str(tmp_path / "report.md"))
+    line = "normalize(8 t + j)"
+    assert line in (tmp_path / "report.md").read_text() and "0: 0.7871" in (tmp_path / "report.md").read_text()
+    assert line in render_gate_report(blessing, result, None, None)
+    configured = {"checks": {"readout": {"readout_text_weight": 0.0, "selection": None}}}
+    assert "joint [CLS] j alone" in readout_line(configured) and "as configured" in readout_line(configured)
+    none = {"checks": {"readout": {"readout_text_weight": 4.0, "selection": {**sel, "chosen": None}}}}
+    assert "no validation query" in readout_line(none)
+    assert readout_line({"models": {}}) is None
+
+
 def test_balance_reading_sees_the_weaker_modality_deciding_within():
     from item_model.lifecycle.gate import modality_gains
     ev = {"models": {"item": {"recall@1": 0.98, "title_decides_recall@1": 0.99},
@@ -349,3 +374,97 @@ def test_same_product_search_through_the_hnsw_index_matches_exact_search(real_sl
     assert 0.5 < ann["ann_recall@10"] <= 1.0                               # the photos do find same products
     with pytest.raises(ValueError, match="group_id"):
         ann_search_metrics(emb, np.full(len(emb), -1))
+
+
+# ----------------------------------------------------------------------------- read-out weight on validation
+def _title_and_photo(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """A perfect title embedding t and a photo embedding j (raw pixels) of the same rows, padded to one
+    width (t = [title one-hot, 0], j = [0, pixels]), so that w t + j weighs the title against the photo."""
+    title, photo = _title_onehot(df), pixel_baseline(df, progress=False)
+    t = np.concatenate([title, np.zeros((len(df), photo.shape[1]), np.float32)], axis=1)
+    j = np.concatenate([np.zeros((len(df), title.shape[1]), np.float32), photo], axis=1)
+    return t, j
+
+
+def test_readout_weight_is_chosen_on_the_validation_rows_by_both_searches(real_slice):
+    from item_model.evaluation import paired_groups, readout_selection_rows, readout_weight_scores
+    from item_model.metrics import retrieval_details
+
+    val = readout_selection_rows(real_slice)
+    assert "test" not in set(val["split"]) and (val["split"] == "validation").sum() == (
+        real_slice["split"] == "validation").sum()
+    # a train row is there only as the same-product or title partner of a validation row
+    v, tr = val[val["split"] == "validation"], val[val["split"] == "train"]
+    assert len(tr) and all(g in set(v["group_id"].dropna()) or normalise_title(t) in set(v["title"].map(normalise_title))
+                           for g, t in zip(tr["group_id"], tr["title"]))
+    t, j = _title_and_photo(val)
+    rec = readout_weight_scores(j, t, val, (0, 1, 8), reference=real_slice)
+    same = paired_groups(val["group_id"].fillna(-1).astype("int64").to_numpy())
+    titled = title_decides_groups(val, reference=real_slice)
+    assert rec["n_listings"] == len(val) and rec["n_queries"] == int((same >= 0).sum()) > 0
+    assert rec["title_decides_n_queries"] == int((titled >= 0).sum()) > 0
+    # every group kept has two members among the validation rows (a lone one could not be a query)
+    assert all((same == g).sum() >= 2 for g in np.unique(same[same >= 0]))
+    # the photo alone (w = 0) cannot tell identically titled listings apart; a large w can
+    assert rec["title_decides_recall@1"]["0.0"] < 0.9 and rec["title_decides_recall@1"]["8.0"] == 1.0
+    for w in ("0.0", "1.0", "8.0"):            # each score: the mean of the two Recall@1, each recomputed here
+        served = (float(w) * t + j) / np.linalg.norm(float(w) * t + j, axis=1, keepdims=True)
+        r1 = retrieval_details(served, same)["recall@1"].mean()
+        assert rec["recall@1"][w] == pytest.approx(r1)
+        assert rec["score"][w] == pytest.approx((r1 + rec["title_decides_recall@1"][w]) / 2)
+    best = max(rec["score"].values())
+    assert rec["score"][str(float(rec["chosen"]))] == best
+    assert all(s < best for w, s in rec["score"].items() if float(w) < rec["chosen"])   # ties go to the smaller w
+
+
+def test_readout_weight_ties_go_to_the_smaller_weight_and_no_query_keeps_none(real_slice):
+    from item_model.evaluation import readout_weight_scores
+
+    val = real_slice[real_slice["split"] == "validation"].reset_index(drop=True)
+    t, _ = _title_and_photo(val)
+    rec = readout_weight_scores(t, t, val, (8, 2, 4), reference=real_slice)   # j = t: every w serves t
+    assert len(set(rec["score"].values())) == 1 and rec["chosen"] == 2.0
+    lone = val.drop_duplicates("title").reset_index(drop=True)
+    lone["group_id"] = pd.array([pd.NA] * len(lone), dtype="Int64")      # no group, unique titles
+    t1, j1 = _title_and_photo(lone)
+    none = readout_weight_scores(j1, t1, lone, (0, 8))
+    assert none["chosen"] is None and none["n_queries"] == 0 == none["title_decides_n_queries"]
+    with pytest.raises(ValueError, match="readout_weights"):
+        readout_weight_scores(j1, t1, lone, (-1.0, 8))
+    with pytest.raises(ValueError, match="readout_weights"):
+        readout_weight_scores(j1, t1, lone, ())
+    with pytest.raises(ValueError, match="len\\(df\\)"):
+        readout_weight_scores(j1[:-1], t1[:-1], lone, (0,))
+
+
+def test_pretrain_step_saves_the_weight_chosen_on_validation_in_the_model(packaged_model, tmp_path):
+    """A real (2-step) pre-training on the validated slice: the chosen w is the model's own
+    ``readout_text_weight`` after ``from_pretrained``, and training.json keeps the validation scores."""
+    import torch
+
+    from item_model.evaluation import embed_catalog_modes
+    from item_model.lifecycle import steps
+    from item_model.modeling_item import ItemModel
+    from item_model.processing_item import ItemProcessor
+    from tests.conftest import TINY_MODEL
+
+    out = tmp_path / "model"
+    summary = steps.pretrain_step(packaged_model["catalog_dir"], str(out), TINY_MODEL,
+                                  {"steps": 2, "batch_size": 8, "warmup_steps": 1, "readout_weights": [0, 3, 8]},
+                                  progress=False)
+    rec = summary["readout_selection"]
+    df, _ = steps.load_validated(packaged_model["catalog_dir"])
+    from item_model.evaluation import readout_selection_rows
+    assert rec["n_listings"] == len(readout_selection_rows(df)) >= int((df["split"] == "validation").sum())
+    assert rec["configured"] == 0.0
+    assert rec["n_queries"] + rec["title_decides_n_queries"] > 0 and rec["chosen"] in (0.0, 3.0, 8.0)
+    assert json.loads((out / "training.json").read_text())["readout_selection"]["chosen"] == rec["chosen"]
+    model = ItemModel.from_pretrained(out)
+    assert model.config.readout_text_weight == rec["chosen"]
+    rows = df[df["split"] == "validation"].head(6).reset_index(drop=True)
+    kinds = embed_catalog_modes(model, ItemProcessor.from_pretrained(out), rows, ("joint", "text"), progress=False)
+    model.config.readout_text_weight = 0.0
+    j = embed_catalog_modes(model, ItemProcessor.from_pretrained(out), rows, ("joint",), progress=False)["joint"]
+    w = rec["chosen"]
+    expect = torch.nn.functional.normalize(torch.from_numpy(w * kinds["text"] + j), dim=-1).numpy()
+    np.testing.assert_allclose(kinds["joint"], expect, atol=1e-5)

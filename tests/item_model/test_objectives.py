@@ -220,3 +220,11 @@ def test_readout_text_weight_mixes_the_title_stream_into_the_served_vector(listi
     torch.testing.assert_close(model.embed(enc["input_ids"], enc["attention_mask"], px), joint, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="readout_text_weight"):
         make(readout_text_weight=-1.0)
+
+
+def test_train_config_readout_weights_are_numbers_at_least_zero():
+    assert TrainConfig.from_dict({"readout_weights": [0, 4, 8.5]}).readout_weights == (0.0, 4.0, 8.5)
+    assert TrainConfig().readout_weights == ()
+    for bad in ([-1, 4], ["four"], 3):
+        with pytest.raises(ValueError, match="readout_weights"):
+            TrainConfig.from_dict({"readout_weights": bad})
