@@ -48,6 +48,8 @@ class ItemConfig(PretrainedConfig):
             j that of the joint pass, w this weight (0 = the joint ``[CLS]`` alone, the former
             read-out). With w > 1 an identical title outranks any photo resemblance while the photo
             still orders listings with equal titles (docs/results.md); costs a second, title-only pass.
+            With ``train_config.readout_weights`` the pipeline sets it after training, chosen on the
+            catalog's validation listings (:func:`item_model.evaluation.choose_readout_weight`).
         duplicate_photo_threshold: two photos are duplicates (never InfoNCE negatives of each other)
             when their mean absolute 8 x 8 RGB difference is below this (0-255 scale; the catalog
             README's near-duplicate rule).

@@ -37,6 +37,11 @@ def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
     return ""
 
 
+#: index_settings field -> the option of this command that sets it (a bad value is reported under it)
+SETTING_OPTIONS = {"num_shards": "--shards", "kinds": "--kinds", "batch_size": "--batch-size",
+                   "exact_max": "--exact-max", "backend": "--ann-backend", "milvus_uri": "--milvus-uri"}
+
+
 @click.command("index")
 @click.option("--catalog", default=pconfig.DEFAULT_CATALOG, show_default=True,
               help="Catalog folder or gs://bucket/prefix (data/*.parquet).")
@@ -62,7 +67,7 @@ def index_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
 def index_cmd(catalog, model_version, registry, index_root, num_shards, only, kinds, batch_size, exact_max,
               ann_backend, milvus_uri, output_dir, as_json, stream):
     """Embed a catalog shard by shard (kfp.local, dsl.ParallelFor) and build its index."""
-    from item_model.lifecycle.catalog_embedding import index_root_of, index_settings, local_threads
+    from item_model.lifecycle.catalog_embedding import IndexSettingsError, index_root_of, index_settings, local_threads
     from item_model.lifecycle.registry import ModelRegistry, RegistryError, default_registry
     from pipelines.index import index_pipeline
     from pipelines.local_runner import run_locally
@@ -71,8 +76,8 @@ def index_cmd(catalog, model_version, registry, index_root, num_shards, only, ki
         settings = index_settings(num_shards=num_shards, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
                                   batch_size=batch_size, exact_max=exact_max, backend=ann_backend, milvus_uri=milvus_uri,
                                   threads=local_threads(len(set(only)) or num_shards))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--kinds") from exc
+    except IndexSettingsError as exc:              # the option that set the field at fault
+        raise click.BadParameter(str(exc), param_hint=SETTING_OPTIONS.get(exc.field, exc.field)) from exc
     bad = [s for s in only if not 0 <= s < num_shards]
     if bad:
         raise click.BadParameter(f"{bad} outside [0, {num_shards})", param_hint="--shard")

@@ -321,6 +321,14 @@ BACKEND_SETTINGS = {"usearch-hnsw": {"connectivity": 32, "expansion_add": 128, "
 DEFAULT_BACKEND = "faiss-hnsw-sq8+rerank"
 
 
+class IndexSettingsError(ValueError):
+    """A bad index setting; ``field`` names it (a key of :func:`index_settings`' result)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"index settings: field {field!r} {message}")
+        self.field = field
+
+
 def index_settings(num_shards: int = 2, kinds: list[str] | tuple[str, ...] = tuple(KIND_MODES), batch_size: int = 64,
                    exact_max: int = DEFAULT_EXACT_MAX, backend: str = DEFAULT_BACKEND, milvus_uri: str = "",
                    ann: dict | None = None, threads: int = 0) -> dict:
@@ -343,18 +351,18 @@ def index_settings(num_shards: int = 2, kinds: list[str] | tuple[str, ...] = tup
         ``{"num_shards", "kinds", "batch_size", "exact_max", "backend", "ann", "milvus_uri", "threads"}``.
 
     Raises:
-        ValueError: naming the field at fault.
+        IndexSettingsError: a ValueError naming the field at fault (its ``field``).
     """
     kinds = [str(k) for k in kinds]
     if "item" not in kinds or set(kinds) - set(KIND_MODES):
-        raise ValueError(f"index settings: field 'kinds' {kinds} must include 'item' and only {sorted(KIND_MODES)}")
+        raise IndexSettingsError("kinds", f"{kinds} must include 'item' and only {sorted(KIND_MODES)}")
     if backend not in ANN_BACKENDS:
-        raise ValueError(f"index settings: field 'backend' {backend!r} is not one of {ANN_BACKENDS}")
+        raise IndexSettingsError("backend", f"{backend!r} is not one of {ANN_BACKENDS}")
     out = {"num_shards": int(num_shards), "kinds": kinds, "batch_size": int(batch_size), "exact_max": int(exact_max),
            "backend": backend, "milvus_uri": str(milvus_uri or ""), "threads": int(threads)}
     for field, low in (("num_shards", 1), ("batch_size", 1), ("exact_max", 0), ("threads", 0)):
         if out[field] < low:
-            raise ValueError(f"index settings: field {field!r} is {out[field]}, must be >= {low}")
+            raise IndexSettingsError(field, f"is {out[field]}, must be >= {low}")
     settings = BACKEND_SETTINGS[backend] if ann is None else ann
     out["ann"] = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in dict(settings).items()}
     return out

@@ -414,16 +414,16 @@ def test_readout_weight_is_chosen_on_the_validation_rows_by_both_searches(real_s
         assert rec["score"][w] == pytest.approx((r1 + rec["title_decides_recall@1"][w]) / 2)
     best = max(rec["score"].values())
     assert rec["score"][str(float(rec["chosen"]))] == best
-    assert all(s < best for w, s in rec["score"].items() if float(w) < rec["chosen"])   # ties go to the smaller w
+    assert all(s < best for w, s in rec["score"].items() if float(w) > rec["chosen"])   # ties go to the larger w
 
 
-def test_readout_weight_ties_go_to_the_smaller_weight_and_no_query_keeps_none(real_slice):
+def test_readout_weight_ties_go_to_the_larger_weight_and_no_query_keeps_none(real_slice):
     from item_model.evaluation import readout_weight_scores
 
     val = real_slice[real_slice["split"] == "validation"].reset_index(drop=True)
     t, _ = _title_and_photo(val)
     rec = readout_weight_scores(t, t, val, (8, 2, 4), reference=real_slice)   # j = t: every w serves t
-    assert len(set(rec["score"].values())) == 1 and rec["chosen"] == 2.0
+    assert len(set(rec["score"].values())) == 1 and rec["chosen"] == 8.0
     lone = val.drop_duplicates("title").reset_index(drop=True)
     lone["group_id"] = pd.array([pd.NA] * len(lone), dtype="Int64")      # no group, unique titles
     t1, j1 = _title_and_photo(lone)

@@ -201,3 +201,19 @@ def test_index_pipeline_compiles_with_a_parallel_for(tmp_path):
     loop = next(t for t in tasks.values() if "parameterIterator" in t)
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("shards")
     assert tasks["build-index"]["dependentTasks"] == [next(k for k, t in tasks.items() if "parameterIterator" in t)]
+
+
+def test_item_index_names_the_option_of_the_bad_setting():
+    """A bad index setting is reported under the option that set it, derived from the field the
+    settings name (every field an option sets has one), before any catalog is read."""
+    from click.testing import CliRunner
+
+    from item_model.lifecycle.catalog_embedding import index_settings
+    from pipelines.cli import main
+    from pipelines.cli_index import SETTING_OPTIONS, index_cmd
+
+    options = {o for p in index_cmd.params for o in p.opts}
+    assert set(SETTING_OPTIONS.values()) <= options
+    assert set(SETTING_OPTIONS) == set(index_settings()) - {"ann", "threads"}    # derived, not set by an option
+    res = CliRunner().invoke(main, ["index", "--kinds", "item_text_only"])
+    assert res.exit_code == 2 and "--kinds" in res.output and "field 'kinds'" in res.output
