@@ -524,11 +524,12 @@ class ServedModel:
         indexes: dict[str, np.ndarray] = {}
         ann: dict = {}
         ids = titles = categories = np.empty(0, dtype=object)
-        with served_index_folder(tag, path) as (folder, source):
+        packaged_from = registry_version_of(tag)           # the store's model list, read once
+        with served_index_folder(tag, path, registry_version=packaged_from) as (folder, source):
             index_dir = Path(folder) / INDEX_DIR
             if (index_dir / "index.json").is_file():
                 listings, embeddings, meta = load_catalog_index(index_dir)
-                version = registry_version_of(tag) if source == "catalog" else None
+                version = packaged_from if source == "catalog" else None
                 if source == "catalog" and meta.get("model_version") != version:
                     raise ValueError(f"{index_dir}: field 'model_version' is {meta.get('model_version')!r}, "
                                      f"expected {version!r}; an index never mixes two models")

@@ -169,16 +169,18 @@ def champion_tag(bentoml_home: str | None = None, registry_root: str | None = No
 
 
 @contextlib.contextmanager
-def served_index_folder(tag: str, path: str | Path, bentoml_home: str | Path | None = None):
+def served_index_folder(tag: str, path: str | Path, bentoml_home: str | Path | None = None,
+                        registry_version: str | None = None):
     """The folder whose ``catalog_index/`` a served model searches, and where it comes from:
     ``(folder, "catalog")`` when the storage root holds the catalog index of the registry version
     ``tag`` was packaged from (``<storage root>/indexes/<version>/``, written by the training pipeline's
     index steps and refreshed by ``item index``; downloaded while the context is open when the storage
     root is ``gs://``), else ``(path, "package")``: the copy of that index packaged with the model in
-    its store folder ``path``."""
+    its store folder ``path``. ``registry_version``: ``tag``'s (:func:`registry_version_of`) when the
+    caller has read it already (the store's model list is then not read again)."""
     from item_model.lifecycle.catalog_embedding import index_root_of, local_index
 
-    version = registry_version_of(tag, bentoml_home)
+    version = registry_version_of(tag, bentoml_home) if registry_version is None else registry_version
     if not version:
         yield Path(path), "package"
         return
