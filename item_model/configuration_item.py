@@ -9,6 +9,8 @@ from __future__ import annotations
 from transformers import BertConfig, PretrainedConfig
 
 OBJECTIVES = ("mlm", "mim", "gmlm", "gmim", "itm", "infonce")
+#: read-outs of the title stream's vector (``ItemConfig.text_pooling``)
+TEXT_POOLINGS = ("cls", "mean")
 #: the backbone fields shared with :class:`transformers.BertConfig`
 BERT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
@@ -50,6 +52,13 @@ class ItemConfig(PretrainedConfig):
             still orders listings with equal titles (docs/results.md); costs a second, title-only pass.
             With ``train_config.readout_weights`` the pipeline sets it after training, chosen on the
             catalog's validation listings (:func:`item_model.evaluation.choose_readout_weight`).
+        text_pooling: how the title stream's vector t is read out of the title fed alone (the
+            text-only vector ``/similar`` serves, and the t of the joint read-out above): ``"cls"``,
+            its final ``[CLS]`` state (the state InfoNCE trains as the title-only key), or
+            ``"mean"``, the mean of its final token states with ``[CLS]`` left out (padding
+            excluded; sentence-transformers' mean pooling, Reimers & Gurevych 2019, the read-out
+            all-MiniLM-L6-v2 was trained with, less the ``[CLS]`` state ITEm's InfoNCE reshapes).
+            The joint and photo-only vectors are always their pass's ``[CLS]``.
         duplicate_photo_threshold: two photos are duplicates (never InfoNCE negatives of each other)
             when their mean absolute 8 x 8 RGB difference is below this (0-255 scale; the catalog
             README's near-duplicate rule).
@@ -94,6 +103,7 @@ class ItemConfig(PretrainedConfig):
         modality_dropout: float = 0.0,
         duplicate_photo_threshold: float = 6.0,
         readout_text_weight: float = 0.0,
+        text_pooling: str = "cls",
         **kwargs,
     ):
         kwargs.setdefault("tie_word_embeddings", True)
@@ -134,6 +144,9 @@ class ItemConfig(PretrainedConfig):
         self.readout_text_weight = readout_text_weight
         if readout_text_weight < 0:
             raise ValueError(f"readout_text_weight={readout_text_weight} must be >= 0")
+        self.text_pooling = text_pooling
+        if text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text_pooling={text_pooling!r} must be one of {list(TEXT_POOLINGS)}")
         if not 0.0 <= modality_dropout <= 1.0:
             raise ValueError(f"modality_dropout={modality_dropout} must be in [0, 1]")
         if infonce_temperature <= 0:

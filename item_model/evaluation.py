@@ -388,7 +388,7 @@ def readout_weight_scores(joint: np.ndarray, text: np.ndarray, df: pd.DataFrame,
 
     Args:
         joint: (n, D) float32, the joint pass's ``[CLS]`` j of each row, L2-normalised.
-        text: (n, D) float32, the title stream's ``[CLS]`` t, L2-normalised.
+        text: (n, D) float32, the title stream's vector t (``config.text_pooling``), L2-normalised.
         df: (n rows) canonical catalog rows (``title``, ``category``, ``group_id``).
         weights: the w to try, each >= 0 (0: the joint ``[CLS]`` alone).
         reference: the catalog ``df`` was taken from (for the title-decides groups); None: ``df``.
@@ -430,7 +430,8 @@ def readout_weight_scores(joint: np.ndarray, text: np.ndarray, df: pd.DataFrame,
 def choose_readout_weight(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame,
                           weights: tuple[float, ...], reference: pd.DataFrame | None = None,
                           progress: bool = True) -> dict:
-    """Embed ``df``'s rows (:func:`readout_selection_rows`) in the joint ``[CLS]`` j and the title stream's t,
+    """Embed ``df``'s rows (:func:`readout_selection_rows`) in the joint ``[CLS]`` j and the title stream's t
+    (:meth:`ItemModel.text_vector`),
     score each read-out weight (:func:`readout_weight_scores`) and set the chosen one as
     ``model.config.readout_text_weight``, so that ``embed``, the index and serving all use it.
     A catalog with no validation query keeps the configured weight (logged).

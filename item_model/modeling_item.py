@@ -277,22 +277,42 @@ class ItemModel(ItemPreTrainedModel):
         hidden = self.bert.encoder(hidden, attention_mask=mask).last_hidden_state
         return hidden, patches, input_ids.shape[1]
 
+    def text_vector(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The title stream's vector t: the title fed alone, read out by ``config.text_pooling``
+        (``"cls"``: the final ``[CLS]`` state; ``"mean"``: the mean of the final states of the
+        title's other tokens, ``[SEP]`` included, padding excluded; Reimers & Gurevych 2019).
+
+        Args:
+            input_ids / attention_mask: (B, T) long / 0-1 (None: no padding).
+
+        Returns:
+            (B, D) float32, L2-normalised rows.
+        """
+        hidden = self.encode(input_ids, attention_mask)[0].float()
+        if getattr(self.config, "text_pooling", "cls") == "cls":
+            return F.normalize(hidden[:, 0], dim=-1)
+        mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).to(hidden.dtype)
+        mask = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:]], dim=1)[..., None]
+        return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
+
     @torch.no_grad()
     def embed(self, input_ids=None, attention_mask=None, pixel_values=None) -> torch.Tensor:
         """Product embedding, L2-normalised. (B, D) float32.
 
-        Pass both streams for the joint embedding, or one for a text-only / image-only embedding
-        (the final ``[CLS]`` state of that stream fed alone). The joint embedding is the final
-        ``[CLS]`` state of the joint pass j, or, with ``config.readout_text_weight`` w > 0,
-        ``normalize(w * t + j)`` with t the title stream's own ``[CLS]`` (both L2-normalised first),
-        so that the title's identity survives in the served vector.
+        Pass both streams for the joint embedding, or one for a text-only / image-only embedding:
+        the title fed alone gives t (:meth:`text_vector`, ``config.text_pooling``), the photo fed
+        alone the final ``[CLS]`` state of its pass. The joint embedding is the final ``[CLS]``
+        state of the joint pass j, or, with ``config.readout_text_weight`` w > 0,
+        ``normalize(w * t + j)`` (both L2-normalised first), so that the title's identity
+        survives in the served vector.
         """
+        if pixel_values is None:
+            return self.text_vector(input_ids, attention_mask)
         hidden, _, _ = self.encode(input_ids, attention_mask, pixel_values)
         joint = F.normalize(hidden[:, 0].float(), dim=-1)
         w = float(getattr(self.config, "readout_text_weight", 0.0) or 0.0)
-        if w > 0 and input_ids is not None and pixel_values is not None:
-            text = F.normalize(self.encode(input_ids, attention_mask)[0][:, 0].float(), dim=-1)
-            joint = F.normalize(w * text + joint, dim=-1)
+        if w > 0 and input_ids is not None:
+            joint = F.normalize(w * self.text_vector(input_ids, attention_mask) + joint, dim=-1)
         return joint
 
     @torch.no_grad()
@@ -300,7 +320,7 @@ class ItemModel(ItemPreTrainedModel):
                     kinds: tuple[str, ...] = ("joint", "text", "image")) -> dict[str, torch.Tensor]:
         """The joint, text-only and image-only embeddings of the same listings in one call, each exactly
         what :meth:`embed` returns for that input, with each encoder pass run once: the title
-        stream's ``[CLS]`` serves both the text-only vector and the joint read-out.
+        stream's vector (:meth:`text_vector`) serves both the text-only vector and the joint read-out.
 
         Args:
             input_ids / attention_mask: (B, T) long / 0-1, the titles.
@@ -319,7 +339,7 @@ class ItemModel(ItemPreTrainedModel):
         w = float(getattr(self.config, "readout_text_weight", 0.0) or 0.0)
         text = None
         if "text" in kinds or ("joint" in kinds and w > 0):
-            text = F.normalize(self.encode(input_ids, attention_mask)[0][:, 0].float(), dim=-1)
+            text = self.text_vector(input_ids, attention_mask)
         if "joint" in kinds:
             joint = F.normalize(self.encode(input_ids, attention_mask, pixel_values)[0][:, 0].float(), dim=-1)
             out["joint"] = F.normalize(w * text + joint, dim=-1) if w > 0 else joint

@@ -309,7 +309,9 @@ def readout_line(eval_result: dict) -> str | None:
     if not r:
         return None
     w = float(r["readout_text_weight"])
-    form = "the joint [CLS] j alone" if w == 0 else f"normalize({w:g} t + j), t the title stream's [CLS], j the joint [CLS]"
+    t = ("the mean of the title stream's token states" if r.get("text_pooling") == "mean"
+         else "the title stream's [CLS]")
+    form = "the joint [CLS] j alone" if w == 0 else f"normalize({w:g} t + j), t {t}, j the joint [CLS]"
     sel = r.get("selection")
     if not sel or sel.get("chosen") is None:
         why = " (no validation query to choose on)" if sel else ""

@@ -315,13 +315,15 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
 
 def readout_record(model_dir: str) -> dict:
     """How the model reads out its served vector: ``{"readout_text_weight": w (config.json),
-    "selection": training.json's ``readout_selection`` or None}`` (:func:`pretrain_step`)."""
+    "text_pooling": how t is read out of the title stream (config.json), "selection": training.json's
+    ``readout_selection`` or None}`` (:func:`pretrain_step`)."""
     from ..configuration_item import ItemConfig
 
     training = Path(model_dir) / "training.json"
     selection = json.loads(training.read_text()).get("readout_selection") if training.exists() else None
-    return {"readout_text_weight": float(ItemConfig.from_pretrained(model_dir).readout_text_weight or 0.0),
-            "selection": selection}
+    config = ItemConfig.from_pretrained(model_dir)
+    return {"readout_text_weight": float(config.readout_text_weight or 0.0),
+            "text_pooling": getattr(config, "text_pooling", "cls"), "selection": selection}
 
 
 def save_eval_embeddings(path: str, product_ids: np.ndarray, embeddings: dict[str, np.ndarray]) -> None:

@@ -342,6 +342,9 @@ def test_reports_say_how_the_served_vector_is_read_out(tmp_path):
     assert "joint [CLS] j alone" in readout_line(configured) and "as configured" in readout_line(configured)
     none = {"checks": {"readout": {"readout_text_weight": 4.0, "selection": {**sel, "chosen": None}}}}
     assert "no validation query" in readout_line(none)
+    assert "t the title stream's [CLS]" in readout_line(none)
+    mean = {"checks": {"readout": {"readout_text_weight": 10.0, "text_pooling": "mean", "selection": sel}}}
+    assert "normalize(10 t + j), t the mean of the title stream's token states" in readout_line(mean)
     assert readout_line({"models": {}}) is None
 
 
@@ -438,8 +441,9 @@ def test_readout_weight_ties_go_to_the_larger_weight_and_no_query_keeps_none(rea
 
 
 def test_pretrain_step_saves_the_weight_chosen_on_validation_in_the_model(packaged_model, tmp_path):
-    """A real (2-step) pre-training on the validated slice: the chosen w is the model's own
-    ``readout_text_weight`` after ``from_pretrained``, and training.json keeps the validation scores."""
+    """A real (2-step) pre-training on the validated slice (title read out by mean pooling): the chosen
+    w is the model's own ``readout_text_weight`` after ``from_pretrained``, training.json keeps the
+    validation scores, and eval.json's read-out record says both."""
     import torch
 
     from item_model.evaluation import embed_catalog_modes
@@ -449,7 +453,7 @@ def test_pretrain_step_saves_the_weight_chosen_on_validation_in_the_model(packag
     from tests.conftest import TINY_MODEL
 
     out = tmp_path / "model"
-    summary = steps.pretrain_step(packaged_model["catalog_dir"], str(out), TINY_MODEL,
+    summary = steps.pretrain_step(packaged_model["catalog_dir"], str(out), {**TINY_MODEL, "text_pooling": "mean"},
                                   {"steps": 2, "batch_size": 8, "warmup_steps": 1, "readout_weights": [0, 3, 8]},
                                   progress=False)
     rec = summary["readout_selection"]
@@ -460,7 +464,10 @@ def test_pretrain_step_saves_the_weight_chosen_on_validation_in_the_model(packag
     assert rec["n_queries"] + rec["title_decides_n_queries"] > 0 and rec["chosen"] in (0.0, 3.0, 8.0)
     assert json.loads((out / "training.json").read_text())["readout_selection"]["chosen"] == rec["chosen"]
     model = ItemModel.from_pretrained(out)
-    assert model.config.readout_text_weight == rec["chosen"]
+    assert model.config.readout_text_weight == rec["chosen"] and model.config.text_pooling == "mean"
+    assert steps.readout_record(str(out)) == {"readout_text_weight": rec["chosen"], "text_pooling": "mean",
+                                              "selection": json.loads((out / "training.json").read_text())[
+                                                  "readout_selection"]}
     rows = df[df["split"] == "validation"].head(6).reset_index(drop=True)
     kinds = embed_catalog_modes(model, ItemProcessor.from_pretrained(out), rows, ("joint", "text"), progress=False)
     model.config.readout_text_weight = 0.0

@@ -204,13 +204,14 @@ def test_config_validates_patch_grid():
     assert ItemConfig(patch_size=8).num_patches == 80
 
 
-@pytest.mark.parametrize("readout_text_weight", [0.0, 4.0])
-def test_embed_kinds_in_one_call_equal_one_mode_at_a_time(tiny, listings, readout_text_weight):
+@pytest.mark.parametrize("readout_text_weight,text_pooling", [(0.0, "cls"), (4.0, "cls"), (4.0, "mean")])
+def test_embed_kinds_in_one_call_equal_one_mode_at_a_time(tiny, listings, readout_text_weight, text_pooling):
     """The index steps and the evaluation embed all three kinds per batch with each encoder pass run
     once (``embed_catalog_modes``); every kind must equal what ``embed`` / ``embed_catalog`` serve."""
     from item_model.evaluation import embed_catalog, embed_catalog_modes
     model, proc = tiny
     model.config.readout_text_weight = readout_text_weight
+    model.config.text_pooling = text_pooling
     try:
         df = listings.iloc[:20]
         together = embed_catalog_modes(model, proc, df, ("joint", "text", "image"), batch_size=8, progress=False)
@@ -225,3 +226,32 @@ def test_embed_kinds_in_one_call_equal_one_mode_at_a_time(tiny, listings, readou
             embed_catalog_modes(model, proc, df, ("audio",), progress=False)
     finally:
         model.config.readout_text_weight = 0.0
+        model.config.text_pooling = "cls"
+
+
+def test_mean_pooled_title_vector_leaves_out_cls_and_padding(tiny, listings):
+    """text_pooling="mean": the title stream's vector is the mean of its final token states after
+    [CLS] ([SEP] in, padding out), so a title padded inside a batch gets the vector it gets alone,
+    and it differs from the [CLS] read-out; a bad value names the field."""
+    model, proc = tiny
+    titles = [t for t in listings["title"].tolist() if len(t.split()) >= 5][:3] + ["Shirt"]
+    model.config.text_pooling = "mean"
+    try:
+        enc = proc.tokenize(titles)
+        assert (enc["attention_mask"] == 0).any()              # the short title is padded
+        with torch.no_grad():
+            batch_vec = model.text_vector(enc["input_ids"], enc["attention_mask"])
+            alone = proc.tokenize([titles[-1]])
+            hidden = model.encode(alone["input_ids"], alone["attention_mask"])[0][0, 1:].float()
+            by_hand = torch.nn.functional.normalize(hidden.mean(0), dim=-1)
+            assert torch.allclose(batch_vec[-1], by_hand, atol=1e-5)
+            assert torch.allclose(model.embed(enc["input_ids"], enc["attention_mask"]), batch_vec)
+            model.config.text_pooling = "cls"
+            cls = model.text_vector(enc["input_ids"], enc["attention_mask"])
+        assert batch_vec.shape == cls.shape == (4, model.config.hidden_size)
+        assert torch.allclose(batch_vec.norm(dim=1), torch.ones(4), atol=1e-5)
+        assert (batch_vec * cls).sum(1).max() < 0.999
+    finally:
+        model.config.text_pooling = "cls"
+    with pytest.raises(ValueError, match="text_pooling='max'"):
+        ItemConfig(text_pooling="max")
