@@ -71,6 +71,11 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     meta = yaml.safe_load((stored / "model.yaml").read_text())
     assert meta["labels"]["blessed"] == "true" and len(meta["metadata"]["catalog_fingerprint"]) == 64
     assert (stored / "model.safetensors").exists() and (stored / "blessing.json").exists()
+    # the profiles' read-out travels with the model: title by mean pooling, w chosen on validation
+    stored_config = json.loads((stored / "config.json").read_text())
+    assert stored_config["text_pooling"] == "mean"
+    assert summary["eval"]["checks"]["readout"]["text_pooling"] == "mean"
+    assert stored_config["readout_text_weight"] == summary["eval"]["checks"]["readout"]["readout_text_weight"]
     from item_model.lifecycle.index import load_catalog_index
     listings, embeddings, index_meta = load_catalog_index(stored / "catalog_index")
     # the index covers the whole catalog (the index pipeline's tasks, one per shard), not the tiny
