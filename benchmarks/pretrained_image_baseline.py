@@ -44,15 +44,14 @@ SHOWN = ("category_accuracy", "category_macro_f1", "recall@1", "mAP", "title_dec
 CHECK_CATEGORIES = ("Sunglasses", "Tshirts", "Backpacks", "Watches", "Heels", "Casual Shoes")
 
 
-def photo_features(df, size: tuple[int, int], batch_size: int = 64) -> np.ndarray:
-    """(len(df), 1280) float32 L2-normalised mean-pooled EfficientNet-Lite0 features of each photo."""
+def photo_features(model, df, size: tuple[int, int], batch_size: int = 64) -> np.ndarray:
+    """(len(df), 1280) float32 L2-normalised mean-pooled EfficientNet-Lite0 (``model``) features of each photo."""
     from tqdm.auto import tqdm
 
-    from item_model.image_encoders import imagenet_pixel_values, load_efficientnet_lite0
+    from item_model.image_encoders import imagenet_pixel_values
     from item_model.image_utils import decode_image, load_image_bytes
     from item_model.io import PROGRESS_INTERVAL
 
-    model = load_efficientnet_lite0()
     rows = df[["product_id", "image_bytes", "image_uri"]].to_dict("records")
     out = np.empty((len(df), 1280), dtype=np.float32)
     with torch.inference_mode():
@@ -62,12 +61,12 @@ def photo_features(df, size: tuple[int, int], batch_size: int = 64) -> np.ndarra
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def imagenet_check(df, size: tuple[int, int]) -> dict:
+def imagenet_check(model, df, size: tuple[int, int]) -> dict:
     """Most frequent top-1 ImageNet class index (and its count) of 8 photos of each check category."""
-    from item_model.image_encoders import imagenet_pixel_values, load_efficientnet_lite0
+    from item_model.image_encoders import imagenet_pixel_values
     from item_model.image_utils import decode_image, load_image_bytes
 
-    model, out = load_efficientnet_lite0(), {}
+    out = {}
     for c in CHECK_CATEGORIES:
         rows = df[df["category"] == c].head(8).to_dict("records")
         if rows:
@@ -110,10 +109,12 @@ def main() -> None:
                 with np.load(cache_file, allow_pickle=False) as z:
                     cache = {k: z[k] for k in z.files}
             if not np.array_equal(cache.get("ids", np.empty(0)), ids):
-                out["imagenet_check"] = imagenet_check(df, size)
+                from item_model.image_encoders import load_efficientnet_lite0
+                encoder = load_efficientnet_lite0()                 # loaded once, for both
+                out["imagenet_check"] = imagenet_check(encoder, df, size)
                 print("top ImageNet class of 8 photos:", out["imagenet_check"], flush=True)
                 t0 = time.perf_counter()
-                cache = {"ids": ids, "effnet": photo_features(df, size)}
+                cache = {"ids": ids, "effnet": photo_features(encoder, df, size)}
                 out["effnet_seconds"] = time.perf_counter() - t0
                 cache["minilm"] = text_baseline(df, default_bert_path())
                 if cache_file:
