@@ -104,7 +104,7 @@ def main() -> None:
                      "under each grid; paired bootstrap of item against each baseline on the test listings")
     out["grids"] = {g: list(cs) for g, cs in grids.items()}
     out.setdefault("runs", {})
-    baselines: dict[bytes, dict[str, np.ndarray]] = {}
+    baselines: dict[str, dict[str, np.ndarray]] = {}
     for run in args.runs:
         if run in out["runs"]:
             print(f"{run}: already in {out_path}, skipped", flush=True)
@@ -116,7 +116,7 @@ def main() -> None:
             if not np.array_equal(z["product_id"], ids):
                 raise ValueError(f"{run}: item_embeddings rows differ from the validated catalog's")
             embs = {"item": z["item"], "item_text_only": z["item_text_only"]}
-        key = ids.tobytes()
+        key = "\n".join(ids)                 # the catalog's rows, in order
         if key not in baselines:
             t0 = time.time()
             text, pixels = text_baseline(df, default_bert_path(), progress=False), pixel_baseline(df, progress=False)
