@@ -60,7 +60,9 @@ def macro_f1_split(details: dict, baseline: str, small: int) -> dict:
 
     Returns:
         ``{"delta", "delta_small", "delta_large", "labels_match", "n_small_labels", "n_large_labels",
-        "n_small_rows", "n_rows"}`` (``delta`` = ``delta_small + delta_large`` when ``labels_match``).
+        "n_small_rows", "n_rows", "small_labels": {label: {"n_test", "f1_item", "f1_baseline"}},
+        "errors_item", "errors_baseline", "errors_shared", "confusions_item": [[true, predicted, count], ...]
+        (the 10 most frequent)}`` (``delta`` = ``delta_small + delta_large`` when ``labels_match``).
 
     Raises:
         ValueError: the two models' probes were scored on different test rows.
@@ -80,9 +82,17 @@ def macro_f1_split(details: dict, baseline: str, small: int) -> dict:
     n = np.array([np.sum(y == c) for c in labels])
     d = np.array([f1(pa, c) - f1(pb, c) for c in labels])
     match = all(len(np.unique(np.concatenate([y, p]))) == len(labels) for p in (pa, pb))
+    wrong_a, wrong_b = pa != y, pb != y
+    pairs, counts = np.unique(np.stack([y[wrong_a], pa[wrong_a]], axis=1).astype(str), axis=0, return_counts=True)
+    top = np.argsort(-counts, kind="stable")[:10]
+    extra = {"small_labels": {str(c): {"n_test": int(k), "f1_item": f1(pa, c), "f1_baseline": f1(pb, c)}
+                              for c, k in zip(labels, n) if k <= small},
+             "errors_item": int(wrong_a.sum()), "errors_baseline": int(wrong_b.sum()),
+             "errors_shared": int((wrong_a & wrong_b).sum()),
+             "confusions_item": [[str(pairs[i][0]), str(pairs[i][1]), int(counts[i])] for i in top]}
     return {"delta": float(macro_f1(y, pa) - macro_f1(y, pb)), "delta_small": float(d[n <= small].sum() / len(labels)),
             "delta_large": float(d[n > small].sum() / len(labels)), "labels_match": bool(match), "n_small_labels": int(np.sum(n <= small)),
-            "n_large_labels": int(np.sum(n > small)), "n_small_rows": int(n[n <= small].sum()), "n_rows": int(len(y))}
+            "n_large_labels": int(np.sum(n > small)), "n_small_rows": int(n[n <= small].sum()), "n_rows": int(len(y)), **extra}
 
 
 def main() -> None:
@@ -96,6 +106,8 @@ def main() -> None:
     p.add_argument("runs", nargs="+")
     p.add_argument("--json", required=True)
     p.add_argument("--small", type=int, default=5, help="labels with at most this many test listings are 'small'")
+    p.add_argument("--macro-f1-only", action="store_true",
+                   help="only (re)compute the macro-F1 split of each run (no probe re-fits; other results kept)")
     args = p.parse_args()
     grids = {g: tuple(cs or PROBE_CS) for g, cs in GRIDS.items()}
     out_path = Path(args.json)
@@ -106,6 +118,15 @@ def main() -> None:
     out.setdefault("runs", {})
     baselines: dict[str, dict[str, np.ndarray]] = {}
     for run in args.runs:
+        if args.macro_f1_only:
+            details = load_details(Path(run) / "evaluate" / "eval_details")
+            out["runs"].setdefault(run, {})["macro_f1_by_class_size"] = {
+                b: macro_f1_split(details, b, args.small) for b in BASELINES}
+            for b, r in out["runs"][run]["macro_f1_by_class_size"].items():
+                print(f"{Path(run).parent.name} macro-F1 item - {b}: {r['delta']:+.4f} = {r['delta_small']:+.4f} "
+                      f"(<= {args.small}) {r['delta_large']:+.4f}; errors {r['errors_item']} / "
+                      f"{r['errors_baseline']}, shared {r['errors_shared']}", flush=True)
+            continue
         if run in out["runs"]:
             print(f"{run}: already in {out_path}, skipped", flush=True)
             continue
@@ -150,9 +171,15 @@ def main() -> None:
                     print(f"  item - {b} {m}: {bs['delta']:+.4f} [{bs['ci_low']:+.4f}, {bs['ci_high']:+.4f}]",
                           flush=True)
         out["runs"][run] = res
-        tmp = out_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        tmp.replace(out_path)
+        write_json(out_path, out)
+    write_json(out_path, out)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write ``obj`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
