@@ -27,7 +27,7 @@ and the rest: the sum of F1_c(item) - F1_c(baseline) over each part, divided by 
 both models' macro-F1 count the same labels (``labels_match``; otherwise ``delta`` is still the true
 difference and the parts are over the union).
 
-    .venv/bin/python benchmarks/category_probe_checks.py RUN_DIR [RUN_DIR ...] --json out.json
+    .venv/bin/python benchmarks/category_probe_checks.py RUN_DIR [RUN_DIR ...] --json out.json [--small 5] [--macro-f1-only]
 
 RUN_DIR is a kfp.local pipeline run folder (``runs/<id>/item-training-<timestamp>``). Results already
 in ``--json`` are kept (a run is skipped when its folder is there), so runs can be added later.
@@ -95,9 +95,24 @@ def macro_f1_split(details: dict, baseline: str, small: int) -> dict:
             "n_large_labels": int(np.sum(n > small)), "n_small_rows": int(n[n <= small].sum()), "n_rows": int(len(y)), **extra}
 
 
+def macro_f1_splits(run_dir: Path, small: int) -> dict:
+    """:func:`macro_f1_split` of ``item`` against each of :data:`BASELINES` from the run's
+    ``evaluate/eval_details``, each printed on one line."""
+    from item_model.lifecycle.significance import load_details
+
+    details = load_details(run_dir / "evaluate" / "eval_details")
+    out = {b: macro_f1_split(details, b, small) for b in BASELINES}
+    for b, r in out.items():
+        print(f"{run_dir.parent.name} macro-F1 item - {b}: {r['delta']:+.4f} = {r['delta_small']:+.4f} from "
+              f"{r['n_small_labels']} labels with <= {small} test listings ({r['n_small_rows']} rows) "
+              f"{r['delta_large']:+.4f} from the other {r['n_large_labels']}; probe errors {r['errors_item']} / "
+              f"{r['errors_baseline']}, {r['errors_shared']} shared", flush=True)
+    return out
+
+
 def main() -> None:
     from item_model.evaluation import concat_baseline, pixel_baseline, text_baseline
-    from item_model.lifecycle.significance import load_details, paired_bootstrap
+    from item_model.lifecycle.significance import paired_bootstrap
     from item_model.lifecycle.steps import load_validated
     from item_model.metrics import PROBE_CS, accuracy, macro_f1, probe_details
     from item_model.processing_item import default_bert_path
@@ -119,13 +134,7 @@ def main() -> None:
     baselines: dict[str, dict[str, np.ndarray]] = {}
     for run in args.runs:
         if args.macro_f1_only:
-            details = load_details(Path(run) / "evaluate" / "eval_details")
-            out["runs"].setdefault(run, {})["macro_f1_by_class_size"] = {
-                b: macro_f1_split(details, b, args.small) for b in BASELINES}
-            for b, r in out["runs"][run]["macro_f1_by_class_size"].items():
-                print(f"{Path(run).parent.name} macro-F1 item - {b}: {r['delta']:+.4f} = {r['delta_small']:+.4f} "
-                      f"(<= {args.small}) {r['delta_large']:+.4f}; errors {r['errors_item']} / "
-                      f"{r['errors_baseline']}, shared {r['errors_shared']}", flush=True)
+            out["runs"].setdefault(run, {})["macro_f1_by_class_size"] = macro_f1_splits(Path(run), args.small)
             continue
         if run in out["runs"]:
             print(f"{run}: already in {out_path}, skipped", flush=True)
@@ -146,12 +155,7 @@ def main() -> None:
         embs.update(baselines[key])
         split, y = df["split"].to_numpy(), df["category"].to_numpy(dtype=object)
         tr, va, te = (np.flatnonzero(split == s) for s in ("train", "validation", "test"))
-        res: dict = {"macro_f1_by_class_size": {
-            b: macro_f1_split(load_details(run_dir / "evaluate" / "eval_details"), b, args.small) for b in BASELINES}}
-        for b, r in res["macro_f1_by_class_size"].items():
-            print(f"{run_dir.parent.name} macro-F1 item - {b}: {r['delta']:+.4f} = {r['delta_small']:+.4f} from "
-                  f"{r['n_small_labels']} labels with <= {args.small} test listings ({r['n_small_rows']} rows) "
-                  f"{r['delta_large']:+.4f} from the other {r['n_large_labels']}", flush=True)
+        res: dict = {"macro_f1_by_class_size": macro_f1_splits(run_dir, args.small)}
         for grid, cs in grids.items():
             details = {}
             for name, x in embs.items():
