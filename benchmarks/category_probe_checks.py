@@ -67,6 +67,8 @@ def macro_f1_split(details: dict, baseline: str, small: int) -> dict:
     Raises:
         ValueError: the two models' probes were scored on different test rows.
     """
+    from sklearn.metrics import f1_score
+
     from item_model.metrics import macro_f1
 
     a, b = details["item"]["probe"], details[baseline]["probe"]
@@ -74,19 +76,15 @@ def macro_f1_split(details: dict, baseline: str, small: int) -> dict:
         raise ValueError(f"item and {baseline} were probed on different test rows")
     y, pa, pb = a["y_true"], a["y_pred"], b["y_pred"]
     labels = np.unique(np.concatenate([y, pa, pb]))
-
-    def f1(pred: np.ndarray, c: str) -> float:
-        tp, fp, fn = np.sum((y == c) & (pred == c)), np.sum((y != c) & (pred == c)), np.sum((y == c) & (pred != c))
-        return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
-
-    n = np.array([np.sum(y == c) for c in labels])
-    d = np.array([f1(pa, c) - f1(pb, c) for c in labels])
+    n = (y[:, None] == labels[None, :]).sum(axis=0)                        # test listings per label
+    f1_a, f1_b = (f1_score(y, p, labels=labels, average=None, zero_division=0) for p in (pa, pb))
+    d = f1_a - f1_b
     match = all(len(np.unique(np.concatenate([y, p]))) == len(labels) for p in (pa, pb))
     wrong_a, wrong_b = pa != y, pb != y
     pairs, counts = np.unique(np.stack([y[wrong_a], pa[wrong_a]], axis=1).astype(str), axis=0, return_counts=True)
     top = np.argsort(-counts, kind="stable")[:10]
-    extra = {"small_labels": {str(c): {"n_test": int(k), "f1_item": f1(pa, c), "f1_baseline": f1(pb, c)}
-                              for c, k in zip(labels, n) if k <= small},
+    extra = {"small_labels": {str(c): {"n_test": int(k), "f1_item": float(fa), "f1_baseline": float(fb)}
+                              for c, k, fa, fb in zip(labels, n, f1_a, f1_b) if k <= small},
              "errors_item": int(wrong_a.sum()), "errors_baseline": int(wrong_b.sum()),
              "errors_shared": int((wrong_a & wrong_b).sum()),
              "confusions_item": [[str(pairs[i][0]), str(pairs[i][1]), int(counts[i])] for i in top]}
