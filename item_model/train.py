@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .io import PROGRESS_INTERVAL, write_json_atomic
 from .modeling_item import ItemModel
+from .title_decides import normalise_title
 from .processing_item import ItemProcessor, ListingDataset, PretrainingCollator
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class TrainConfig:
     freeze_backbone_steps: int = 0     # LP-FT: the first steps train only the new parts (patch projection, heads)
     backbone_lr_ratio: float = 1.0     # LP-FT: the pre-trained backbone's learning rate / the new parts'
     pretrain_listings: str = "train_split"   # which listings pre-training reads (item_model.lifecycle.steps.training_rows)
+    title_batches: float = 0.0         # share of each batch drawn as same-title clusters (hard InfoNCE negatives; title_clusters)
+    title_cluster_size: int = 4        # listings per same-title cluster
     readout_weights: tuple = ()        # after training, the served vector's w chosen among these on the validation split (evaluation.choose_readout_weight); () = keep model_config's
 
     def __post_init__(self):
@@ -54,6 +57,10 @@ class TrainConfig:
                              f"got {self.readout_weights!r}") from None
         if any(w < 0 for w in self.readout_weights):
             raise ValueError(f"train_config.readout_weights must be numbers >= 0, got {list(self.readout_weights)}")
+        if not 0.0 <= self.title_batches <= 1.0:
+            raise ValueError(f"train_config.title_batches must be in [0, 1], got {self.title_batches!r}")
+        if self.title_cluster_size < 2:
+            raise ValueError(f"train_config.title_cluster_size must be >= 2, got {self.title_cluster_size!r}")
 
     def use_bf16_autocast(self, device_type: str = "cpu") -> bool:
         """Whether the forward pass runs under bf16 autocast on ``device_type``: always on a GPU; on a
@@ -112,6 +119,55 @@ def backbone_lr_scale(step: int, cfg: TrainConfig) -> float:
     return cfg.backbone_lr_ratio * ramp
 
 
+def title_buckets(titles: list[str | None]) -> list[np.ndarray]:
+    """The training listings that share their normalised title with at least one other
+    (:func:`item_model.title_decides.normalise_title`; listings without a title are left out).
+
+    Returns:
+        one int64 array of row indices into ``titles`` per title held by >= 2 listings, in first-seen order.
+    """
+    rows: dict[str, list[int]] = {}
+    for i, title in enumerate(titles):
+        key = normalise_title(title)
+        if key:
+            rows.setdefault(key, []).append(i)
+    return [np.asarray(r, dtype=np.int64) for r in rows.values() if len(r) >= 2]
+
+
+def title_clusters(buckets: list[np.ndarray], n_rows: int, cluster_size: int, rng: np.random.Generator) -> list[int]:
+    """``n_rows`` listing indices made of same-title clusters: the part of a training batch that
+    holds hard negatives for the product-vector InfoNCE.
+
+    Each cluster is up to ``cluster_size`` listings drawn without replacement from one bucket of
+    :func:`title_buckets`, the bucket drawn with probability proportional to its size (every listing
+    of a shared title is equally likely to anchor a cluster). Inside a cluster the titles are
+    identical, so the title keys are masked as duplicates and only the photo keys compete: the
+    joint and photo vectors must tell apart same-title listings by their photos, the hard case of
+    same-product search (82 earrings share "Lucera Women Silver Earrings"). Near-duplicate photos
+    stay masked by the collator, so the catalog's same-product groups are never pushed apart.
+    Batches composed from clusters of similar queries: Hofstätter et al., "Efficiently Teaching an
+    Effective Dense Retriever with Balanced Topic Aware Sampling", SIGIR 2021; here the clusters
+    come from the titles (input data), never from labels.
+
+    Args:
+        buckets: from :func:`title_buckets`. n_rows: how many indices to return (>= 0).
+        cluster_size: listings per cluster (>= 2; a bucket smaller than it gives all its listings).
+        rng: the generator the draw consumes (saved in checkpoints).
+
+    Returns:
+        ``n_rows`` int row indices, clusters contiguous; ``[]`` when ``buckets`` is empty.
+    """
+    if not buckets or n_rows <= 0:
+        return []
+    sizes = np.array([len(b) for b in buckets], dtype=np.float64)
+    out: list[int] = []
+    while len(out) < n_rows:
+        bucket = buckets[int(rng.choice(len(buckets), p=sizes / sizes.sum()))]
+        take = rng.choice(bucket, size=min(cluster_size, len(bucket), n_rows - len(out)), replace=False)
+        out.extend(int(i) for i in take)
+    return out
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -137,7 +193,9 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
              progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False) -> list[dict]:
     """Pre-train ``model`` in place on the listings of ``train_df`` (canonical catalog rows).
 
-    Batches are drawn epoch by epoch from a seeded permutation; the collator applies ITM pairing
+    Batches are drawn epoch by epoch from a seeded permutation; with ``cfg.title_batches`` > 0 that
+    share of each batch comes first from same-title clusters (:func:`title_clusters`, its own seeded
+    generator, kept in checkpoints), the rest from the permutation. The collator applies ITM pairing
     and MLM/MIM masking with its own seeded generator, so a run is reproducible for a given seed
     and thread count.
 
@@ -203,6 +261,13 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
                 "bf16 autocast" if bf16 else "fp32")
     history: list[dict] = []
     order, cursor, start = order_rng.permutation(len(dataset)), 0, 0
+    buckets = title_buckets(dataset.titles) if cfg.title_batches > 0 else []
+    n_cluster_rows = int(round(cfg.title_batches * cfg.batch_size)) if buckets else 0
+    cluster_rng = np.random.default_rng([cfg.seed, 1])         # apart from order_rng: off leaves runs unchanged
+    if cfg.title_batches > 0:
+        logger.info("title_batches %.2f: %d of %d rows a batch from same-title clusters of %d (%d titles shared by "
+                    "%d training listings)", cfg.title_batches, n_cluster_rows, cfg.batch_size,
+                    cfg.title_cluster_size, len(buckets), sum(len(b) for b in buckets))
     sums: dict[str, float] = {}
     n_since = 0
     state = load_latest_checkpoint(checkpoint_dir) if (resume and checkpoint_dir) else None
@@ -211,6 +276,8 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
         optimizer.load_state_dict(state["optimizer"])
         order, cursor, start = np.asarray(state["order"], dtype=np.int64), state["cursor"], state["step"]
         order_rng.bit_generator.state = state["order_rng"]
+        if "cluster_rng" in state:
+            cluster_rng.bit_generator.state = state["cluster_rng"]
         collate.generator.set_state(state["collate_rng"])
         _restore_rng_states(state, ctx)
         name, key, pos, has_gauss, cached = state["numpy_rng"]       # key saved as an int64 tensor
@@ -222,7 +289,7 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
     bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not (progress and ctx.is_main),
                mininterval=PROGRESS_INTERVAL, initial=start, total=cfg.steps)
     for step in bar:
-        idx = []
+        idx = title_clusters(buckets, n_cluster_rows, cfg.title_cluster_size, cluster_rng)
         while len(idx) < cfg.batch_size:
             if cursor >= len(order):
                 order, cursor = order_rng.permutation(len(dataset)), 0
@@ -269,6 +336,7 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
                 save_checkpoint(checkpoint_dir, step + 1, {
                     "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "order": order, "cursor": cursor, "order_rng": order_rng.bit_generator.state,
+                    "cluster_rng": cluster_rng.bit_generator.state,
                     "collate_rng": collate.generator.get_state(), "rank_rng": rank_rng,
                     "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
                     "history": history, "sums": sums, "n_since": n_since}, keep=cfg.keep_checkpoints)

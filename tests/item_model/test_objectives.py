@@ -14,7 +14,9 @@ from item_model.modeling_item import ItemModel, infonce_loss
 from item_model.processing_item import (ItemProcessor, ListingDataset, PretrainingCollator, default_bert_path,
                                         duplicate_photos, duplicate_titles, modality_rows)
 from item_model.lifecycle.steps import training_rows
-from item_model.train import TrainConfig, backbone_lr_scale, cpu_has_native_bf16, pretrain
+from item_model.title_decides import normalise_title
+from item_model.train import (TrainConfig, backbone_lr_scale, cpu_has_native_bf16, pretrain, title_buckets,
+                              title_clusters)
 from tests.conftest import CATALOG
 
 BERT = default_bert_path()
@@ -228,3 +230,46 @@ def test_train_config_readout_weights_are_numbers_at_least_zero():
     for bad in ([-1, 4], ["four"], 3):
         with pytest.raises(ValueError, match="readout_weights"):
             TrainConfig.from_dict({"readout_weights": bad})
+
+
+def test_title_clusters_share_a_title_and_are_reproducible(listings):
+    """Same-title clusters (``train_config.title_batches``) on real listings: every cluster is one
+    shared title, drawn without replacement inside it, the same for the same seed."""
+    titles = listings["title"].tolist() + [None, None]              # missing titles never cluster
+    buckets = title_buckets(titles)
+    assert buckets and all(len(b) >= 2 for b in buckets)
+    assert all(len({normalise_title(titles[i]) for i in b}) == 1 for b in buckets)
+    assert len(titles) - 1 not in np.concatenate(buckets)
+    rows = title_clusters(buckets, 32, 4, np.random.default_rng(0))
+    assert len(rows) == 32 and rows == title_clusters(buckets, 32, 4, np.random.default_rng(0))
+    owner = {int(i): k for k, b in enumerate(buckets) for i in b}
+    start = 0
+    while start < len(rows):                                        # contiguous clusters of one title each
+        k = owner[rows[start]]
+        end = start + min(4, len(buckets[k]), len(rows) - start)
+        assert {owner[i] for i in rows[start:end]} == {k} and len(set(rows[start:end])) == end - start
+        start = end
+    assert title_clusters([], 8, 4, np.random.default_rng(0)) == []
+    assert title_clusters(buckets, 0, 4, np.random.default_rng(0)) == []
+    for bad in ({"title_batches": 1.5}, {"title_cluster_size": 1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TrainConfig.from_dict(bad)
+
+
+def test_title_batches_train_finite_and_resume_exactly(tmp_path, listings):
+    """Half of each batch from same-title clusters (identical titles in one batch): InfoNCE stays
+    finite, and a run resumed from its step-2 checkpoint ends as the uninterrupted one (the
+    clusters' generator is checkpointed)."""
+    rows = listings.iloc[:300]
+    assert title_buckets(rows["title"].tolist()), "the slice must hold shared titles"
+    cfg = dict(steps=4, batch_size=8, warmup_steps=1, log_every=1, learning_rate=1e-3, title_batches=0.5,
+               checkpoint_every=2)
+    model, proc = make(infonce_weight=1.0, modality_dropout=0.2)
+    ref = pretrain(model, proc, rows, TrainConfig(**cfg), progress=False, checkpoint_dir=tmp_path / "a")
+    assert all(np.isfinite(h["loss"]) and np.isfinite(h["infonce"]) for h in ref)
+    model, proc = make(infonce_weight=1.0, modality_dropout=0.2)      # a fresh model from the step-2 checkpoint
+    resumed = pretrain(model, proc, rows, TrainConfig(**cfg), progress=False, checkpoint_dir=tmp_path / "a",
+                       resume=True)
+    assert [h["step"] for h in resumed] == [h["step"] for h in ref]
+    for a, b in zip(ref, resumed):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
