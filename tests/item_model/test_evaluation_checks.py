@@ -475,3 +475,54 @@ def test_pretrain_step_saves_the_weight_chosen_on_validation_in_the_model(packag
     w = rec["chosen"]
     expect = torch.nn.functional.normalize(torch.from_numpy(w * kinds["text"] + j), dim=-1).numpy()
     np.testing.assert_allclose(kinds["joint"], expect, atol=1e-5)
+
+
+def test_headroom_rule_ranks_the_same_title_first_then_the_nearest_photo(real_slice):
+    """benchmarks/headroom.py's reference rule, as an embedding, scores 2 [same title] + photo cosine
+    for every query against every gallery row; its Recall@1 equals a brute-force loop written here."""
+    from benchmarks.headroom import photos, rule_embedding
+    from item_model.metrics import retrieval_details
+
+    df = real_slice
+    titles = np.array([normalise_title(t) for t in df["title"]], dtype=object)
+    groups = df["group_id"].fillna(-1).astype("int64").to_numpy()
+    queries = np.flatnonzero(groups >= 0)
+    px = photos(df, (8, 8))                                  # the real photos at 8 x 8 px
+    assert px.shape == (len(df), 8, 8, 3) and px.dtype == np.uint8
+    emb = rule_embedding(titles, queries, px)
+    flat = px.reshape(len(df), -1).astype(np.float64)
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True)
+    q = queries[:20]
+    want = 2.0 * (titles[q][:, None] == titles[None, :]) + flat[q] @ flat.T
+    assert np.allclose(emb[q] @ emb.T, want, atol=1e-5)
+    d = retrieval_details(emb, groups)
+    hits = []
+    for i in queries:
+        s = emb @ emb[i]                                     # the scores checked above, as the metric sees them
+        s[i] = -np.inf
+        best = groups[s >= s.max() - 1e-6] == groups[i]     # float32 near-ties count as ties
+        assert titles[np.argmax(s)] == titles[i]             # the same title always ranks first here
+        hits.append(1.0 if best.all() else 0.0 if not best.any() else np.nan)
+    hits = np.array(hits)
+    sure = ~np.isnan(hits)                                   # a (near-)tie across groups: the metric breaks it at random
+    assert sure.sum() > 0.9 * len(queries)
+    assert np.array_equal(d["recall@1"][sure], hits[sure])
+
+
+def test_headroom_title_label_parts_follow_the_train_split(real_slice):
+    from benchmarks.headroom import title_label_parts
+
+    titles = np.array(["a", "a", "a", "b", "b", "c", None, "d"], dtype=object)
+    labels = np.array(["X", "X", "Y", "X", "Y", "Z", "X", "W"], dtype=object)
+    split = np.array(["train", "train", "test", "train", "test", "test", "test", "train"], dtype=object)
+    parts = title_label_parts(titles, labels, split)
+    assert parts[[2, 4, 5, 6]].tolist() == ["conflicting", "conflicting", "unseen_title", "unseen_title"]
+    split2 = split.copy()
+    split2[2] = "train"                                       # title "a" now has X and Y in train
+    parts2 = title_label_parts(titles, labels, split2)
+    assert parts2[0] == "ambiguous" and parts2[3] == "consistent"
+    real = title_label_parts(np.array([normalise_title(t) for t in real_slice["title"]], dtype=object),
+                             real_slice["category"].to_numpy(dtype=object), real_slice["split"].to_numpy(dtype=object))
+    test = real_slice["split"].to_numpy() == "test"
+    assert set(real[test]) <= {"conflicting", "ambiguous", "consistent", "unseen_title"}
+    assert (real[test] == "consistent").any() and (real[test] == "unseen_title").any()
