@@ -24,7 +24,7 @@ For each run (``item run`` output folder) it then reads the evaluate step's per-
 its top hits) and classifies every query each gets wrong at rank 1 (its top hit as the metric ranked
 it, equal scores broken as the metric breaks them):
 does the top hit share the query's title, is it a member of another same-product group (two groups
-of one product), and is its photo at 80 x 60 px at least as close to the query's (mean absolute
+of one product), does a labelled match tie with it (the metric's random tie-break decided), and is its photo at 80 x 60 px at least as close to the query's (mean absolute
 difference, 0-255 grey levels) as the nearest labelled match's (a miss no photo distance can fix).
 The paired bootstrap (:func:`item_model.lifecycle.significance.paired_bootstrap`, 1,000 resamples of
 the queries) compares each rule and the served vector with ``baseline_concat``.
@@ -36,13 +36,15 @@ category), ``ambiguous`` (the train split gives that title several leaf categori
 them) and ``consistent``; the rest have a title unseen in training. Each run's probe errors
 (``evaluate/eval_details``) of the served vector and of the MiniLM title baseline are counted per part.
 
-Writes ``OUT.json`` (every number, every miss) and ``OUT.html`` (the table and, for the first run,
-each miss of the served vector as query / its top hit / its nearest labelled match).
+Writes ``OUT.json`` (every number, every miss) and ``OUT.html`` (the tables and, for the first run,
+each miss of the served vector as query / its top hit / its nearest labelled match, with photos).
 
-    .venv/bin/python benchmarks/same_product_headroom.py RUN_DIR [RUN_DIR ...] --out benchmarks/results/NAME
+    .venv/bin/python benchmarks/headroom.py [LABEL=]RUN_DIR [...] --out OUT [--no-photos]
 
 RUN_DIR is an ``item run`` output folder (``runs/<run id>``, holding ``item-training-*``); all runs must
-have evaluated the same catalog rows.
+have evaluated the same catalog rows. The committed copies (``benchmarks/results/headroom_*``) were
+written with ``--no-photos`` (no catalog data in git): that page names each listing by id and title;
+re-run without it to see the photos.
 """
 
 from __future__ import annotations
@@ -61,11 +63,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from item_model.evaluation import top_k  # noqa: E402
+from item_model.evaluation import concat_baseline, pixel_baseline, text_baseline  # noqa: E402
 from item_model.image_utils import decode_image, load_image_bytes  # noqa: E402
+from item_model.io import atomic_path  # noqa: E402
 from item_model.lifecycle.significance import load_details, paired_bootstrap  # noqa: E402
 from item_model.lifecycle.steps import load_validated  # noqa: E402
 from item_model.metrics import retrieval_details  # noqa: E402
+from item_model.processing_item import default_bert_path  # noqa: E402
 from item_model.title_decides import normalise_title  # noqa: E402
 
 #: photo sizes (height, width) of the reference rules; (80, 60) is the catalog's own size
@@ -268,17 +272,11 @@ def main(argv: list[str] | None = None) -> dict:
         px = photos(df, size)
         if size == RULE_SIZES["80x60"]:
             full = px
-        if size == RULE_SIZES["16x16"]:
-            px16 = px.reshape(len(df), -1).astype(np.float32) / 255.0
         d = retrieval_details(rule_embedding(titles, query_index, px), groups)
-        d["top5"] = np.zeros((len(query_index), 5), dtype=np.int64)       # not used for rules
         details[f"rule: title, then pixels {name}"] = {"retrieval": d}
         print(f"rule title+pixels {name}: Recall@1 {d['recall@1'].mean():.4f} ({time.time() - t0:.0f} s)", flush=True)
-    from item_model.evaluation import concat_baseline, text_baseline
-    from item_model.processing_item import default_bert_path
-
-    px16 /= np.maximum(np.linalg.norm(px16, axis=1, keepdims=True), 1e-12)     # = evaluation.pixel_baseline
-    concat_emb = concat_baseline(text_baseline(df, default_bert_path(), progress=False), px16)
+    concat_emb = concat_baseline(text_baseline(df, default_bert_path(), progress=False),
+                                 pixel_baseline(df, progress=False))             # as the evaluate step computes it
     runs, concat_misses = [], None
     for label, p in zip(labels, pipeline):
         ev = load_details(p / "evaluate" / "eval_details")
@@ -289,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
                 raise ValueError(f"{p}: item_embeddings rows differ from the validated catalog's")
             served = z["item"]
         if concat_misses is None:
+            if not np.array_equal(retrieval_details(concat_emb, groups)["recall@1"], ev["baseline_concat"]["retrieval"]["recall@1"]):
+                raise ValueError(f"{p}: MiniLM ⊕ pixels recomputed here misses other queries than its eval_details")
             concat_misses = classify_misses(concat_emb, ev["baseline_concat"], groups, titles, full)
             details["baseline_concat"] = ev["baseline_concat"]
         misses = classify_misses(served, ev["item"], groups, titles, full)
@@ -311,8 +311,10 @@ def main(argv: list[str] | None = None) -> dict:
               "baseline_concat": {"summary": baseline_summary, "misses": concat_misses},
               "wall_s": time.time() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    write_html(args.out.with_suffix(".html"), result, runs[0]["misses"], df, full, with_photos=not args.no_photos)
+    with atomic_path(args.out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    with atomic_path(args.out.with_suffix(".html")) as tmp:
+        write_html(tmp, result, runs[0]["misses"], df, full, with_photos=not args.no_photos)
     for name, v in scores.items():
         c = v["vs_baseline_concat"]["recall@1"]
         print(f"| {name} | {v['recall@1']:.4f} | {v['mAP']:.4f} | {c['delta']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] |")
