@@ -68,7 +68,7 @@ from item_model.image_utils import decode_image, load_image_bytes  # noqa: E402
 from item_model.io import atomic_path  # noqa: E402
 from item_model.lifecycle.significance import load_details, paired_bootstrap  # noqa: E402
 from item_model.lifecycle.steps import load_validated  # noqa: E402
-from item_model.metrics import retrieval_details  # noqa: E402
+from item_model.metrics import retrieval_details, tie_break_order  # noqa: E402
 from item_model.processing_item import default_bert_path  # noqa: E402
 from item_model.title_decides import normalise_title  # noqa: E402
 
@@ -134,7 +134,7 @@ def classify_misses(emb: np.ndarray, details: dict, groups: np.ndarray, titles: 
         (``top1_mad <= mate_mad``).
     """
     r = details["retrieval"]
-    tiebreak = np.random.default_rng(tie_seed).permutation(len(groups))     # as in retrieval_ranks
+    tiebreak = tie_break_order(len(groups), tie_seed)
     out = []
     for q, hit in zip(r["query_index"], r["recall@1"]):
         if hit:
@@ -146,7 +146,8 @@ def classify_misses(emb: np.ndarray, details: dict, groups: np.ndarray, titles: 
         other = np.where(is_mate, -np.inf, scores)
         top = np.flatnonzero(other == other.max())
         t1 = int(top[np.argmin(tiebreak[top])])     # the best non-match, which the metric ranked first
-        mates = np.flatnonzero((groups == groups[q]) & (np.arange(len(groups)) != q))
+        mates = np.flatnonzero(is_mate)
+        mates = mates[mates != q]
         qa = full[q].astype(np.float32)
         mad = [float(np.abs(qa - full[m]).mean()) for m in mates]
         m = int(mates[int(np.argmin(mad))])

@@ -13,6 +13,12 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+def tie_break_order(n: int, tie_seed: int = 0) -> np.ndarray:
+    """The fixed random order that breaks equal scores in :func:`retrieval_ranks`: of two gallery items
+    with the same score, the one with the smaller value ranks first. (n,) int64, a permutation of 0..n-1."""
+    return np.random.default_rng(tie_seed).permutation(n)
+
+
 def retrieval_ranks(embeddings: np.ndarray, group_ids: np.ndarray, query_index: np.ndarray | None = None,
                     chunk: int = 128, tie_seed: int = 0) -> np.ndarray:
     """1-based ranks of each query's relevant items when it searches the whole gallery.
@@ -60,7 +66,7 @@ def retrieval_ranks(embeddings: np.ndarray, group_ids: np.ndarray, query_index: 
     if (n_rel == 0).any():
         bad = query_index[n_rel == 0][:5].tolist()
         raise ValueError(f"query rows {bad} have no other member of their group in the gallery")
-    tiebreak = np.random.default_rng(tie_seed).permutation(len(groups))
+    tiebreak = tie_break_order(len(groups), tie_seed)
     ranks = np.full((len(query_index), width), np.inf)
     for s in range(0, len(query_index), chunk):
         q = query_index[s:s + chunk]
