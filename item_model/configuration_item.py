@@ -11,6 +11,8 @@ from transformers import BertConfig, PretrainedConfig
 OBJECTIVES = ("mlm", "mim", "gmlm", "gmim", "itm", "infonce")
 #: read-outs of the title stream's vector (``ItemConfig.text_pooling``)
 TEXT_POOLINGS = ("cls", "mean")
+#: values of ``ItemConfig.ablate_stream``
+ABLATABLE_STREAMS = (None, "text", "image")
 #: the backbone fields shared with :class:`transformers.BertConfig`
 BERT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
@@ -59,6 +61,11 @@ class ItemConfig(PretrainedConfig):
             excluded; sentence-transformers' mean pooling, Reimers & Gurevych 2019, the read-out
             all-MiniLM-L6-v2 was trained with, less the ``[CLS]`` state ITEm's InfoNCE reshapes).
             The joint and photo-only vectors are always their pass's ``[CLS]``.
+        ablate_stream: a modality ablation: ``"text"`` zeroes the embeddings of every title token
+            but ``[CLS]`` (the title carries nothing), ``"image"`` zeroes every patch embedding (the
+            photo carries nothing), in training and in every vector served; None (default) keeps
+            both. For ablation studies and for the gate's refusal tests (a model with a lost stream
+            must be refused by the shipped gate, tests/pipelines/test_gate_catalogs.py).
         duplicate_photo_threshold: two photos are duplicates (never InfoNCE negatives of each other)
             when their mean absolute 8 x 8 RGB difference is below this (0-255 scale; the catalog
             README's near-duplicate rule).
@@ -104,6 +111,7 @@ class ItemConfig(PretrainedConfig):
         duplicate_photo_threshold: float = 6.0,
         readout_text_weight: float = 0.0,
         text_pooling: str = "cls",
+        ablate_stream: str | None = None,
         **kwargs,
     ):
         kwargs.setdefault("tie_word_embeddings", True)
@@ -145,6 +153,9 @@ class ItemConfig(PretrainedConfig):
         if readout_text_weight < 0:
             raise ValueError(f"readout_text_weight={readout_text_weight} must be >= 0")
         self.text_pooling = text_pooling
+        if ablate_stream not in ABLATABLE_STREAMS:
+            raise ValueError(f"ablate_stream={ablate_stream!r} must be one of {list(ABLATABLE_STREAMS)}")
+        self.ablate_stream = ablate_stream
         if text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling={text_pooling!r} must be one of {list(TEXT_POOLINGS)}")
         if not 0.0 <= modality_dropout <= 1.0:

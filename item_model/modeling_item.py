@@ -206,9 +206,14 @@ class ItemModel(ItemPreTrainedModel):
 
     # ----------------------------------------------------------------------------- embeddings
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) long -> (B, T, D): word + position + token-type-0 embeddings, LayerNorm, dropout."""
-        return self.bert.embeddings(input_ids=input_ids,
-                                    token_type_ids=torch.zeros_like(input_ids))
+        """(B, T) long -> (B, T, D): word + position + token-type-0 embeddings, LayerNorm, dropout.
+        With ``config.ablate_stream == "text"`` every position but ``[CLS]`` is zeroed."""
+        x = self.bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        if getattr(self.config, "ablate_stream", None) == "text":
+            keep = torch.zeros_like(x[:1, :, :1])
+            keep[:, 0] = 1
+            x = x * keep
+        return x
 
     def embed_patches(self, pixel_values: torch.Tensor, mim_mask: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,6 +221,7 @@ class ItemModel(ItemPreTrainedModel):
 
         Masked patches (``mim_mask`` (B, N) bool) have their projection replaced by the learned mask
         embedding; position and token-type-1 embeddings are then added, LayerNorm and dropout applied.
+        With ``config.ablate_stream == "image"`` the result is all zeros.
         """
         patches = patchify(pixel_values, self.config.patch_size)
         x = self.patch_embedding(patches)
@@ -223,7 +229,10 @@ class ItemModel(ItemPreTrainedModel):
             x = torch.where(mim_mask.unsqueeze(-1), self.mask_patch_embedding.to(x.dtype), x)
         emb = self.bert.embeddings
         x = x + self.patch_position_embedding.weight.unsqueeze(0) + emb.token_type_embeddings.weight[1]
-        return emb.dropout(emb.LayerNorm(x)), patches
+        x = emb.dropout(emb.LayerNorm(x))
+        if getattr(self.config, "ablate_stream", None) == "image":
+            x = torch.zeros_like(x)
+        return x, patches
 
     def encode(self, input_ids=None, attention_mask=None, pixel_values=None, mim_mask=None,
                text_only=None, image_only=None):

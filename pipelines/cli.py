@@ -80,15 +80,6 @@ def compile_monitoring(output: str | Path, profile: str = "default", cluster: di
     return output
 
 
-def find_outputs(run_dir: Path) -> dict[str, Path]:
-    """``{task name: task output folder}`` of the (single) pipeline run under ``run_dir``."""
-    runs = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("item-training-"))
-    if not runs:
-        return {}
-    from pipelines.local_runner import task_folders
-    return task_folders(runs[-1])
-
-
 def run_pipeline(arguments: dict, run_dir: Path, verbose: bool = False) -> dict:
     """Run the training pipeline through the local runner (:func:`pipelines.local_runner.run_locally`)
     with task outputs under ``run_dir``.
@@ -131,6 +122,7 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
     """Collect the run's artifacts into one summary dict (also written as ``run_dir/summary.json``)."""
     from item_model.io import write_json_atomic
     from item_model.lifecycle.results import Blessing, EvalResult
+    from pipelines.local_runner import find_outputs
     tasks = find_outputs(run_dir)
     summary: dict = {"status": "succeeded", "run_dir": str(run_dir), "wall_time_s": round(wall_s, 1),
                      "tasks_run": sorted(tasks)}

@@ -4,6 +4,7 @@
     item gate list                              the promotion history
     item gate approve VERSION --reason TEXT     promote by hand (and package into BentoML)
     item gate reject VERSION --reason TEXT      block by hand (rolls the champion back if needed)
+    item gate init --catalog PATH [--from-run RUN]  write a gate file for a catalog
 """
 
 from __future__ import annotations
@@ -248,3 +249,66 @@ def screenshot(version: str, output: str, chromium: str, registry: str) -> None:
     if proc.returncode != 0:
         raise click.ClickException(f"chromium failed ({proc.returncode}): {proc.stderr[-500:]}")
     click.echo(f"wrote {output}")
+
+
+def _run_inputs(run: str) -> tuple[dict, dict | None, dict | None, "object", str]:
+    """(eval.json, eval_details or None, catalog.json or None, validated catalog DataFrame, label) of
+    a run folder (``runs/<run id>``, as ``item run`` writes) or a registry version folder."""
+    from item_model.lifecycle.results import EvalResult
+    from item_model.lifecycle.significance import load_details
+    from item_model.lifecycle.steps import load_validated
+    from pipelines.local_runner import find_outputs
+
+    path = Path(run)
+    tasks = find_outputs(path) if path.is_dir() else {}
+    if "evaluate" not in tasks or "validate-catalog" not in tasks:
+        raise click.ClickException(f"--from-run {run}: not a run folder with evaluate and validate-catalog outputs "
+                                   f"(expected runs/<run id>/item-training-*/evaluate/eval_json)")
+    result = EvalResult.from_json(tasks["evaluate"] / "eval_json").to_dict()
+    details_path = tasks["evaluate"] / "eval_details"
+    details = load_details(details_path) if details_path.exists() else None
+    df, meta = load_validated(str(tasks["validate-catalog"] / "validated_catalog"))
+    return result, details, meta, df, f"run {path.name}"
+
+
+@gate_group.command("init")
+@click.option("--catalog", default=pconfig.DEFAULT_CATALOG, show_default=True,
+              help="Catalog folder or gs://bucket/prefix the gate is for.")
+@click.option("--from-run", "from_run", default="", help="A run folder (runs/<run id>) on this catalog: write what "
+              "every floor resolves to there and the verdict the new file gives it; its evaluated rows pick the slices.")
+@click.option("--slice-column", default="", help="Slice the champion comparison by this catalog column "
+              "(category, gender, usage, ...; category_path:N for level N of the path). Default: the first "
+              "with enough items per slice.")
+@click.option("--output", "-o", default="gate.yaml", show_default=True, help="Where to write the gate file.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+def init_cmd(catalog: str, from_run: str, slice_column: str, output: str, force: bool) -> None:
+    """Write a gate file for CATALOG: the shipped gate's relative floors (measured against the run's own
+    baselines), a slice column the catalog can be judged by, and, with --from-run, the numbers each
+    floor resolves to in that run. Use it with `item run --gate-config FILE`."""
+    from item_model.data.catalog import CatalogError, read_catalog
+    from item_model.io import write_text_atomic
+    from item_model.lifecycle.gate import evaluate_gate
+    from item_model.lifecycle.gate_init import catalog_with_split, render_gate_file
+
+    out = Path(output)
+    if out.exists() and not force:
+        _fail(click.UsageError(f"{out} exists; pass --force to overwrite it"))
+    column, _, lev = slice_column.partition(":")
+    level = int(lev) if lev.isdigit() else None
+    result = details = meta = None
+    if from_run:
+        result, details, meta, df, label = _run_inputs(from_run)
+    else:
+        try:
+            df, label = catalog_with_split(read_catalog(catalog)), ""
+        except CatalogError as exc:
+            _fail(exc)
+    try:
+        text = render_gate_file(pconfig.GATE_FILE.read_text(encoding="utf-8"), df, catalog, column or None, level,
+                                result, (lambda cfg: evaluate_gate(result, cfg, details, meta, df)) if result else None,
+                                label)
+    except KeyError as exc:
+        _fail(click.UsageError(f"--slice-column: {exc.args[0]}"))
+    write_text_atomic(out, text)
+    click.echo(f"wrote {out}: " + " ".join(line[2:] for line in text.splitlines()[1:3]))
+    click.echo(f"use it with: item run --catalog {catalog} --gate-config {out}")

@@ -213,3 +213,10 @@ def _failure_message(what: str, run_dir: Path, error_dir: Path, quiet: _QuietTas
 
 
 __all__ = ["run_locally", "PipelineFailed", "KeyFigure", "TAIL_LINES"]
+
+
+def find_outputs(run_dir: Path) -> dict[str, Path]:
+    """``{task name: task output folder}`` of the (single) training pipeline run under ``run_dir``
+    (``runs/<run id>``); {} when there is none."""
+    runs = sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and p.name.startswith("item-training-"))
+    return task_folders(runs[-1]) if runs else {}

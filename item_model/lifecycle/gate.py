@@ -1,29 +1,8 @@
 """Promotion gate: turn ``eval.json`` and a gate config into a blessing (TFX's ``blessing`` idea:
 an explicit artifact saying whether the model may be pushed, and why).
 
-Gate config (YAML or dict); every section but ``floors`` is optional::
-
-    floors:                        # (alias: criteria) absolute floors
-      - metric: item.recall@1      # "<model>.<metric>" path into eval.json["models"]
-        min: 0.60                  # value >= min passes; or max: for upper bounds
-        reason: why this floor     # shown in the report
-    champion:                      # challenger ("item") vs the champion re-evaluated on the same split
-      metrics: [recall@1, mAP, category_accuracy]
-      tolerance: 0.005             # largest allowed drop of the point estimate (absolute)
-      confidence: 0.95             # paired-bootstrap interval; a regression whose interval lies
-      bootstrap_resamples: 1000    #   entirely below 0 blocks
-    baselines:                     # the embedding must beat the best single-modality baseline
-      metrics: [recall@1, category_accuracy]
-      compare_to: [baseline_text_minilm, baseline_image_pixels]
-      margin: 0.0
-    validation:
-      max_quarantine_fraction: 0.01
-    title_decides:                 # title-decides same-product search (item_model.title_decides)
-      metric: title_decides_recall@1   # default
-      max_drop_vs: baseline_text_minilm  # item may trail this model by at most `tolerance`
-      tolerance: 0.01
-      must_beat: baseline_image_pixels   # and must stay strictly above this one (null: no such row)
-      reason: why                  # shown in the report
+The gate file's format, its checks and relative floors: :mod:`item_model.lifecycle.gate_config`;
+slices: :mod:`item_model.lifecycle.gate_slices`.
 
 Each criterion is one row of the blessing; a missing metric fails its row with a message naming it;
 the model is blessed only when every row passes. Exception: the ``title_decides`` rows pass with a
@@ -32,78 +11,8 @@ note when the metric is absent (a catalog without a qualifying title, e.g. a sma
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import yaml
-
-
-class GateConfigError(ValueError):
-    """The gate config is malformed (names the criterion and field)."""
-
-
-def load_gate_config(path: str | Path) -> dict:
-    """Read a gate config YAML file and check its shape.
-
-    Raises:
-        GateConfigError: not a mapping with a ``criteria`` list of ``{metric, min|max}`` entries.
-    """
-    with open(path, encoding="utf-8") as fh:
-        cfg = yaml.safe_load(fh)
-    check_gate_config(cfg)
-    return cfg
-
-
-def floors(cfg: dict) -> list:
-    """The config's floor list (``floors``, or its alias ``criteria``)."""
-    return cfg.get("floors", cfg.get("criteria"))
-
-
-def check_gate_config(cfg: Any) -> None:
-    """Raise :class:`GateConfigError` naming the criterion index and field if ``cfg`` is malformed."""
-    if not isinstance(cfg, dict) or not isinstance(floors(cfg), list) or not floors(cfg):
-        raise GateConfigError("gate config needs a non-empty 'floors' (or 'criteria') list")
-    # serving_check: checked by serving.serving_check.ServingCheckConfig (the serving layer reads it)
-    unknown = set(cfg) - {"floors", "criteria", "champion", "baselines", "validation", "title_decides",
-                          "serving_check"}
-    if unknown:
-        raise GateConfigError(f"gate config has unknown section(s) {sorted(unknown)}")
-    if "title_decides" in cfg:
-        _check_title_decides(cfg["title_decides"])
-    for i, c in enumerate(floors(cfg)):
-        if not isinstance(c, dict) or not isinstance(c.get("metric"), str):
-            raise GateConfigError(f"gate criterion #{i}: field 'metric' (str) is missing")
-        bounds = [k for k in ("min", "max") if k in c]
-        if len(bounds) != 1 or not isinstance(c[bounds[0]], (int, float)):
-            raise GateConfigError(f"gate criterion #{i} ({c['metric']}): give exactly one numeric 'min' or 'max'")
-
-
-TITLE_DECIDES_FIELDS = {"metric", "max_drop_vs", "tolerance", "must_beat", "reason"}
-
-
-def _check_title_decides(td: Any) -> None:
-    """Raise :class:`GateConfigError` unless ``td`` is ``{max_drop_vs: str, tolerance: number >= 0,
-    [metric: str], [must_beat: str | null], [reason: str]}``."""
-    if not isinstance(td, dict):
-        raise GateConfigError("gate section 'title_decides' must be a mapping")
-    unknown = set(td) - TITLE_DECIDES_FIELDS
-    if unknown:
-        raise GateConfigError(f"gate section 'title_decides' has unknown field(s) {sorted(unknown)}")
-    if not isinstance(td.get("max_drop_vs"), str) or not td["max_drop_vs"]:
-        raise GateConfigError("gate section 'title_decides': field 'max_drop_vs' (a model name) is missing")
-    tol = td.get("tolerance", 0.01)
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or tol < 0:
-        raise GateConfigError(f"gate section 'title_decides': 'tolerance' must be a number >= 0, got {tol!r}")
-    for key in ("metric", "must_beat", "reason"):
-        if td.get(key) is not None and not isinstance(td[key], str):
-            raise GateConfigError(f"gate section 'title_decides': {key!r} must be a string")
-
-
-def lookup_metric(eval_result: dict, path: str) -> float | None:
-    """``"item.recall@1"`` -> ``eval_result["models"]["item"]["recall@1"]`` (None if absent)."""
-    model, _, metric = path.partition(".")
-    value = eval_result.get("models", {}).get(model, {}).get(metric)
-    return float(value) if isinstance(value, (int, float)) else None
+from .gate_config import (GateConfigError, check_gate_config, floors, load_gate_config,  # noqa: F401
+                          lookup_metric, resolve_bound)
 
 
 def _row(criterion: str, metric: str, value: float | None, threshold: float | None, comparison: str,
@@ -113,7 +22,7 @@ def _row(criterion: str, metric: str, value: float | None, threshold: float | No
 
 
 def evaluate_gate(eval_result: dict, gate_config: dict, details: dict | None = None,
-                  validation: dict | None = None) -> dict:
+                  validation: dict | None = None, catalog=None) -> dict:
     """Apply every criterion of ``gate_config`` to ``eval_result`` (the content of ``eval.json``).
 
     Args:
@@ -121,27 +30,20 @@ def evaluate_gate(eval_result: dict, gate_config: dict, details: dict | None = N
             needed for the champion significance rows.
         validation: the validated catalog's summary (``catalog.json``: ``n_read``, ``n_quarantined``),
             needed for the validation row.
+        catalog: the validated catalog (``pandas.DataFrame``, rows in eval order), needed for the
+            ``slices`` rows (each query's and test listing's slice).
 
     Returns:
         blessing dict: ``{"blessed": bool, "criteria": [{"criterion", "metric", "value",
-        "threshold", "comparison", "passed", "reason", "message", ...}]}``.
+        "threshold", "comparison", "passed", "reason", "message", ...}]}``, and ``slices`` (every
+        slice's comparison, worst first; :func:`item_model.lifecycle.gate_slices.slice_rows`) when
+        the config has that section.
 
     Raises:
         GateConfigError: the config is malformed.
     """
     check_gate_config(gate_config)
-    rows = []
-    for c in floors(gate_config):
-        bound = "min" if "min" in c else "max"
-        threshold = float(c[bound])
-        value = lookup_metric(eval_result, c["metric"])
-        if value is None:
-            passed, message = False, f"metric {c['metric']!r} is missing from eval.json"
-        else:
-            passed = value >= threshold if bound == "min" else value <= threshold
-            message = "pass" if passed else (f"{value:.4f} {'<' if bound == 'min' else '>'} {threshold:.4f}")
-        rows.append(_row("floor", c["metric"], value, threshold, ">=" if bound == "min" else "<=", passed,
-                         c.get("reason", ""), message))
+    rows = [_floor_row(c, eval_result) for c in floors(gate_config)]
     if "champion" in gate_config:
         rows += _champion_rows(eval_result, gate_config["champion"], details)
     if "baselines" in gate_config:
@@ -150,7 +52,35 @@ def evaluate_gate(eval_result: dict, gate_config: dict, details: dict | None = N
         rows.append(_validation_row(gate_config["validation"], validation))
     if "title_decides" in gate_config:
         rows += _title_decides_rows(eval_result, gate_config["title_decides"])
-    return {"blessed": all(r["passed"] for r in rows), "criteria": rows}
+    out = {"blessed": None, "criteria": rows}
+    if "slices" in gate_config:
+        from .gate_slices import slice_rows
+        slice_criteria, out["slices"] = slice_rows(eval_result, gate_config["slices"], details, catalog)
+        rows += slice_criteria
+    out["blessed"] = all(r["passed"] for r in rows)
+    return out
+
+
+def _floor_row(c: dict, eval_result: dict) -> dict:
+    """One floor: ``value >= threshold`` (``min``) or ``<=`` (``max``), the threshold absolute or
+    resolved from the same run (:func:`item_model.lifecycle.gate_config.resolve_bound`); a missing
+    metric or reference fails the row with a message naming it."""
+    bound = "min" if "min" in c else "max"
+    threshold, info = resolve_bound(c[bound], eval_result)
+    value = lookup_metric(eval_result, c["metric"])
+    comparison = ">=" if bound == "min" else "<="
+    if value is None:
+        passed, message = False, f"metric {c['metric']!r} is missing from eval.json"
+    elif threshold is None:
+        passed, message = False, (f"relative floor: {', '.join(info['missing'])} missing from eval.json "
+                                  f"(the run did not score that model or metric)")
+    else:
+        passed = value >= threshold if bound == "min" else value <= threshold
+        message = "pass" if passed else f"{value:.4f} {'<' if bound == 'min' else '>'} {threshold:.4f}"
+    if info["kind"] == "relative":
+        message += f" (floor = {info['formula']})"
+    return _row("floor", c["metric"], value, threshold, comparison, passed, c.get("reason", ""), message,
+                bound={"kind": info["kind"], "formula": info["formula"]})
 
 
 def _champion_rows(eval_result: dict, cfg: dict, details: dict | None) -> list[dict]:
@@ -339,6 +269,25 @@ def _validation_row(cfg: dict, validation: dict | None) -> dict:
                 "pass" if passed else f"{share:.4f} of the rows were quarantined (limit {limit})")
 
 
+def slices_markdown(slices: dict | None, n: int = 5) -> list[str]:
+    """Markdown lines: the ``n`` worst judged slices of each metric (blessing ``slices``,
+    :func:`item_model.lifecycle.gate_slices.slice_rows`), regressed ones marked; [] when none."""
+    if not slices or not slices.get("by_metric"):
+        return []
+    level = f" level {slices['level']}" if slices.get("level") else ""
+    lines = ["", f"## Worst slices by {slices['column']}{level} (challenger - champion)", "",
+             f"Paired bootstrap at {slices['confidence']:g} over each slice's items; slices with fewer than "
+             f"{slices['min_queries']} items are not judged.", "",
+             "| metric | slice | items | champion | challenger | delta | interval | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for metric, comp in slices["by_metric"].items():
+        for r in [r for r in comp if r["judged"]][:n]:
+            lines.append(f"| {metric} | {r['slice']} | {r['n']} | {r['champion']:.4f} | {r['challenger']:.4f} | "
+                         f"{r['delta']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | "
+                         f"{'**REGRESSED**' if r['regressed'] else 'ok'} |")
+    return lines
+
+
 def blessing_markdown(blessing: dict, title: str = "ITEm promotion gate", eval_result: dict | None = None) -> str:
     """The blessing as a Markdown report: verdict line and one table row per criterion; with
     ``eval_result`` (eval.json) also a "Modality balance" section (item's top-10 overlaps and their
@@ -350,9 +299,13 @@ def blessing_markdown(blessing: dict, title: str = "ITEm promotion gate", eval_r
     for r in blessing["criteria"]:
         value = "missing" if r["value"] is None else f"{r['value']:.4f}"
         threshold = "-" if r["threshold"] is None else f"{r['comparison']} {r['threshold']:.4f}"
-        note = r["message"] if (not r["passed"] or r["criterion"] == "significance") else r["reason"]
+        note = r["message"] if (not r["passed"] or r["criterion"] in ("significance", "slice-regression")) \
+            else r["reason"]
+        if r.get("bound", {}).get("kind") == "relative" and r["passed"]:
+            note = f"floor = {r['bound']['formula']}; {note}"
         lines.append(f"| {r.get('criterion', 'floor')} | `{r['metric']}` | {value} | {threshold} | "
                      f"{'pass' if r['passed'] else '**FAIL**'} | {note} |")
+    lines += slices_markdown(blessing.get("slices"))
     if eval_result is not None:
         balance = balance_values(eval_result)
         if balance is not None:

@@ -1,5 +1,6 @@
-"""A self-contained HTML gate report (images inlined as data URIs): the verdict and every criterion,
-metric bars with bootstrap confidence intervals for the challenger, the champion and the baselines,
+"""A self-contained HTML gate report (images inlined as data URIs): the verdict and every criterion
+(relative floors with what they resolved from), the worst slices against the champion with their
+intervals and examples, metric bars with bootstrap confidence intervals for the challenger, the champion and the baselines,
 retrieval examples where the challenger wins and loses against the champion, the worst leaf
 categories, the modality balance of the served vector and the title-decides search."""
 
@@ -102,6 +103,67 @@ def worst_categories(details: dict, n: int = 10) -> str:
     return f"<table><tr><th>leaf category</th><th>accuracy</th><th>test listings</th></tr>{rows}</table>"
 
 
+def _interval_svg(lo: float, hi: float, delta: float, scale: float) -> str:
+    """A small inline SVG of a difference's interval around 0 (x axis -scale .. +scale)."""
+    def x(v: float) -> float:
+        return 100 + 100 * max(-1.0, min(1.0, v / scale))
+    color = "#b00020" if hi < 0 else "#1a7f1a" if lo > 0 else "#555"
+    return (f'<svg width="200" height="14"><line x1="100" y1="0" x2="100" y2="14" stroke="#aaa"/>'
+            f'<line x1="{x(lo):.1f}" y1="7" x2="{x(hi):.1f}" y2="7" stroke="{color}" stroke-width="3"/>'
+            f'<circle cx="{x(delta):.1f}" cy="7" r="3" fill="{color}"/></svg>')
+
+
+def _slice_examples(df: pd.DataFrame, details: dict, slices: dict, r: dict, n: int = 4) -> str:
+    """Listings of slice ``r`` where the challenger fails and the champion succeeds (thumbnails)."""
+    from .gate_slices import _item_slices, slice_labels
+    labels = slice_labels(df, slices["column"], slices.get("level"))
+    a, b = details["item"], details["champion"]
+    in_slice = _item_slices(a, r["metric"], labels) == r["slice"]
+    if r["metric"] == "category_accuracy":
+        pa, pb = a["probe"], b["probe"]
+        sel = np.flatnonzero(in_slice & (pa["y_pred"] != pa["y_true"]) & (pb["y_pred"] == pb["y_true"]))[:n]
+        cells = [_img(df.iloc[int(pa["test_index"][i])]["image_bytes"],
+                      f"{df.iloc[int(pa['test_index'][i])]['title']} | challenger: {pa['y_pred'][i]}", False)
+                 for i in sel]
+    else:
+        ra, rb = a["retrieval"], b["retrieval"]
+        sel = np.flatnonzero(in_slice & (ra["first_rank"] > 1) & (rb["first_rank"] == 1))[:n]
+        cells = [_img(df.iloc[int(ra["query_index"][i])]["image_bytes"],
+                      f"{df.iloc[int(ra['query_index'][i])]['title']} | challenger's first hit at rank "
+                      f"{int(ra['first_rank'][i])}", False) for i in sel]
+    return f'<div class="results">{"".join(cells)}</div>' if cells else "<p>no listing the champion gets right and the challenger wrong</p>"
+
+
+def slices_html(blessing: dict, details: dict | None, df: pd.DataFrame | None, n: int = 8) -> str:
+    """HTML of the gate's sliced comparison (blessing ``slices``): per metric the ``n`` worst judged
+    slices (worst first) with challenger, champion, delta and its interval drawn around 0, regressed
+    slices marked; examples for each regressed slice (or the worst one) when details and catalog are given."""
+    slices = blessing.get("slices")
+    if not slices or not slices.get("by_metric"):
+        return "<p>Not compared (no champion yet, or no slices section in the gate config).</p>"
+    level = f" level {slices['level']}" if slices.get("level") else ""
+    out = [f"<p>Challenger - champion in each {html.escape(slices['column'] + level)} slice; paired bootstrap "
+           f"at {slices['confidence']:g}; a slice of at least {slices['min_queries']} items blocks when it drops by "
+           f"more than {slices['tolerance']:g} with its interval below 0.</p>"]
+    for metric, comp in slices["by_metric"].items():
+        judged = [r for r in comp if r["judged"]]
+        scale = max([0.05] + [abs(v) for r in judged[:n] for v in (r["ci_low"], r["ci_high"])])
+        rows = "".join(
+            f'<tr class="{"fail" if r["regressed"] else "pass"}"><td>{html.escape(r["slice"])}</td><td>{r["n"]}</td>'
+            f'<td>{r["champion"]:.4f}</td><td>{r["challenger"]:.4f}</td><td>{r["delta"]:+.4f}</td>'
+            f'<td>[{r["ci_low"]:+.4f}, {r["ci_high"]:+.4f}] {_interval_svg(r["ci_low"], r["ci_high"], r["delta"], scale)}</td>'
+            f'<td>{"REGRESSED" if r["regressed"] else "ok"}</td></tr>' for r in judged[:n])
+        out.append(f"<h3>{html.escape(metric)}: {len(judged)} slices judged, {len(comp) - len(judged)} too small</h3>"
+                   "<table><tr><th>slice</th><th>items</th><th>champion</th><th>challenger</th><th>delta</th>"
+                   f"<th>interval</th><th>verdict</th></tr>{rows}</table>")
+        shown = [r for r in judged if r["regressed"]] or judged[:1]
+        if details and df is not None and "champion" in details:
+            for r in shown[:3]:
+                out.append(f"<p>{html.escape(r['slice'])}: where the challenger fails and the champion does not</p>"
+                           + _slice_examples(df, details, slices, r))
+    return "\n".join(out)
+
+
 def modality_balance_html(eval_result: dict) -> str:
     """HTML "modality balance" section body: item's top-10 overlaps with its text-only and
     image-only embeddings as two bars and a one-line reading (:func:`item_model.lifecycle.gate.balance_reading`);
@@ -142,6 +204,13 @@ def title_decides_html(eval_result: dict) -> str:
             f"{rows}</table>")
 
 
+def _note(r: dict) -> str:
+    """A criterion's note: its message, with a relative floor's formula (what its threshold resolved from)."""
+    if r.get("bound", {}).get("kind") == "relative" and "floor =" not in r["message"]:
+        return f"{r['message']} (floor = {r['bound']['formula']})"
+    return r["message"]
+
+
 def render_gate_report(blessing: dict, eval_result: dict, details: dict | None, df: pd.DataFrame | None,
                        title: str = "ITEm promotion gate") -> str:
     """The whole report as one HTML string (no external resources)."""
@@ -152,7 +221,7 @@ def render_gate_report(blessing: dict, eval_result: dict, details: dict | None, 
         threshold = "-" if r["threshold"] is None else f"{r['comparison']} {r['threshold']:.4f}"
         rows.append(f'<tr class="{"pass" if r["passed"] else "fail"}"><td>{html.escape(r.get("criterion", ""))}</td>'
                     f'<td><code>{html.escape(r["metric"])}</code></td><td>{value}</td><td>{html.escape(threshold)}</td>'
-                    f'<td>{"pass" if r["passed"] else "FAIL"}</td><td>{html.escape(r["message"])}</td></tr>')
+                    f'<td>{"pass" if r["passed"] else "FAIL"}</td><td>{html.escape(_note(r))}</td></tr>')
     champion = eval_result.get("champion", {}).get("version")
     other = "champion" if details and "champion" in details else "baseline_text_minilm"
     sections = [
@@ -162,6 +231,7 @@ def render_gate_report(blessing: dict, eval_result: dict, details: dict | None, 
         f"listings. Champion: {html.escape(champion or 'none yet')}.</p>",
         "<h2>Criteria</h2><table><tr><th>criterion</th><th>metric</th><th>value</th><th>threshold</th>"
         f"<th>verdict</th><th>note</th></tr>{''.join(rows)}</table>",
+        "<h2>Worst slices</h2>" + slices_html(blessing, details, df),
         f'<h2>Metrics (95 % bootstrap intervals)</h2><img class="bars" src="{metric_bars(eval_result, details)}"/>',
         "<h2>Modality balance</h2>" + modality_balance_html(eval_result),
         "<h2>Title-decides same-product search</h2>" + title_decides_html(eval_result),

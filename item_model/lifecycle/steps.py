@@ -352,9 +352,10 @@ def save_eval_embeddings(path: str, product_ids: np.ndarray, embeddings: dict[st
 def gate_step(eval_path: str, gate_config: dict, blessing_path: str, report_path: str,
               details_path: str | None = None, catalog_dir: str | None = None,
               html_path: str | None = None) -> dict:
-    """Apply the gate; write the blessing JSON, its Markdown report (criteria, modality balance,
-    title-decides search) and (``html_path``) the HTML report with metric bars, retrieval examples,
-    worst categories, modality balance and title-decides search. Returns the blessing."""
+    """Apply the gate; write the blessing JSON, its Markdown report (criteria, worst slices, modality
+    balance, title-decides search) and (``html_path``) the HTML report with metric bars, the worst
+    slices with their intervals and examples, retrieval examples, worst categories, modality balance
+    and title-decides search. Returns the blessing."""
     from .gate import blessing_markdown, evaluate_gate
 
     result = EvalResult.from_json(eval_path).to_dict()
@@ -363,7 +364,7 @@ def gate_step(eval_path: str, gate_config: dict, blessing_path: str, report_path
         from .significance import load_details
         details = load_details(details_path)
     df, validation = load_validated(catalog_dir) if catalog_dir else (None, None)
-    blessing = evaluate_gate(result, gate_config, details, validation)
+    blessing = evaluate_gate(result, gate_config, details, validation, df)
     blessing["catalog_fingerprint"] = result.get("catalog_fingerprint")
     blessing["champion"] = result.get("champion", {}).get("version")
     blessing = Blessing.from_dict(blessing, blessing_path).to_dict()

@@ -37,8 +37,13 @@ def test_one_floor_missed_is_not_blessed():
 
 
 def test_missing_metric_blocks_with_a_clear_message():
-    b = evaluate_gate(EVAL, {"criteria": [{"metric": "item.recall@5", "min": 0.1}]})
-    assert b["blessed"] is False and "'item.recall@5' is missing" in b["criteria"][0]["message"]
+    b = evaluate_gate(EVAL, {"criteria": [{"metric": "item.ann_recall@10", "min": 0.1}]})
+    assert b["blessed"] is False and "'item.ann_recall@10' is missing" in b["criteria"][0]["message"]
+
+
+def test_unknown_metric_is_a_config_error_not_a_failed_row():
+    with pytest.raises(GateConfigError, match="unknown metric 'recall@5'"):
+        evaluate_gate(EVAL, {"criteria": [{"metric": "item.recall@5", "min": 0.1}]})
 
 
 @pytest.mark.parametrize("cfg, match", [({}, "criteria"), ({"criteria": [{"min": 1}]}, "metric"),
