@@ -68,8 +68,9 @@ def blessing_table(blessing: dict, title: str = "Promotion gate", notes: str = "
     """A rich table of every gate criterion: criterion, metric, value, threshold, verdict, note.
 
     Args:
-        notes: ``"all"``: every criterion's note (why it exists, for ``item gate show``); ``"failed"``:
-            only the notes of failed criteria and of the significance test (the run summary).
+        notes: ``"all"``: every criterion's note (why it exists, and what a relative floor resolved
+            from, for ``item gate show``); ``"failed"``: only the notes of failed criteria and of the
+            significance and slice tests (the run summary).
     """
     from rich.table import Table
     table = Table(title=f"{title}: " + ("[green]BLESSED[/]" if blessing.get("blessed") else "[red]NOT BLESSED[/]"))
@@ -77,8 +78,10 @@ def blessing_table(blessing: dict, title: str = "Promotion gate", notes: str = "
         table.add_column(c, no_wrap=True)
     table.add_column("note", overflow="fold", min_width=16)
     for r in blessing.get("criteria", []):
-        note = r["message"] if (not r["passed"] or r.get("criterion") == "significance") else \
+        note = r["message"] if (not r["passed"] or r.get("criterion") in ("significance", "slice-regression")) else \
             (r.get("reason", "") if notes == "all" else "")
+        if r["passed"] and r.get("bound", {}).get("kind") == "relative" and notes == "all":
+            note = f"floor = {r['bound']['formula']}; {note}"
         table.add_row(r.get("criterion", "floor"), r["metric"], "missing" if r["value"] is None else f"{r['value']:.4f}",
                       "-" if r["threshold"] is None else f"{r['comparison']} {r['threshold']:.4f}",
                       "[green]pass[/]" if r["passed"] else "[red]FAIL[/]", note)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
@@ -49,6 +50,26 @@ def write_slice(dest: Path, n_plain: int = 300, n_groups: int = 50, mutate=None)
     (dest / "data").mkdir(parents=True, exist_ok=True)
     pq.write_table(table, dest / "data" / "train-00000-of-00001.parquet")
     chosen.to_csv(dest / "same_product_groups.csv", index=False)
+    return dest
+
+
+def write_subset(dest: Path, column: str, value: str, n_plain: int, seed: int = 0) -> Path:
+    """Write another catalog cut from the real one, in its folder layout: every listing whose
+    ``column`` (a source column, e.g. ``masterCategory``) equals ``value`` that is in a same-product
+    group, plus ``n_plain`` of its other listings drawn with ``seed``; the group file keeps the
+    groups of the listings kept."""
+    groups = pd.read_csv(CATALOG / "same_product_groups.csv")
+    parts = [pq.read_table(shard) for shard in sorted((CATALOG / "data").glob("*.parquet"))]
+    table = pa.concat_tables([t.filter(pa.compute.equal(t.column(column), value)) for t in parts])
+    ids = table.column("id").to_numpy()
+    grouped = np.isin(ids, groups["id"].to_numpy())
+    keep = grouped.copy()
+    plain = np.flatnonzero(~grouped)
+    keep[np.random.default_rng(seed).choice(plain, min(n_plain, len(plain)), replace=False)] = True
+    table = table.filter(pa.array(keep))
+    (dest / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, dest / "data" / "train-00000-of-00001.parquet")
+    groups[groups["id"].isin(table.column("id").to_numpy())].to_csv(dest / "same_product_groups.csv", index=False)
     return dest
 
 
