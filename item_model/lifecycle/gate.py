@@ -280,7 +280,8 @@ def slices_markdown(slices: dict | None, n: int = 5) -> list[str]:
              f"{slices['min_queries']} items are not judged.", "",
              "| metric | slice | items | champion | challenger | delta | interval | verdict |",
              "|---|---|---|---|---|---|---|---|"]
-    for metric, comp in slices["by_metric"].items():
+    from .gate_slices import metrics_worst_first
+    for metric, comp in metrics_worst_first(slices):
         for r in [r for r in comp if r["judged"]][:n]:
             lines.append(f"| {metric} | {r['slice']} | {r['n']} | {r['champion']:.4f} | {r['challenger']:.4f} | "
                          f"{r['delta']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | "

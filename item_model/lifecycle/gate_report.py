@@ -106,7 +106,7 @@ def worst_categories(details: dict, n: int = 10) -> str:
 def _interval_svg(lo: float, hi: float, delta: float, scale: float) -> str:
     """A small inline SVG of a difference's interval around 0 (x axis -scale .. +scale)."""
     def x(v: float) -> float:
-        return 100 + 100 * max(-1.0, min(1.0, v / scale))
+        return 100 + 96 * max(-1.0, min(1.0, v / scale))
     color = "#b00020" if hi < 0 else "#1a7f1a" if lo > 0 else "#555"
     return (f'<svg width="200" height="14"><line x1="100" y1="0" x2="100" y2="14" stroke="#aaa"/>'
             f'<line x1="{x(lo):.1f}" y1="7" x2="{x(hi):.1f}" y2="7" stroke="{color}" stroke-width="3"/>'
@@ -123,21 +123,22 @@ def _slice_examples(df: pd.DataFrame, details: dict, slices: dict, r: dict, n: i
         pa, pb = a["probe"], b["probe"]
         sel = np.flatnonzero(in_slice & (pa["y_pred"] != pa["y_true"]) & (pb["y_pred"] == pb["y_true"]))[:n]
         cells = [_img(df.iloc[int(pa["test_index"][i])]["image_bytes"],
-                      f"{df.iloc[int(pa['test_index'][i])]['title']} | challenger: {pa['y_pred'][i]}", False)
+                      f"challenger: {pa['y_pred'][i]} | {df.iloc[int(pa['test_index'][i])]['title']}", False)
                  for i in sel]
     else:
         ra, rb = a["retrieval"], b["retrieval"]
         sel = np.flatnonzero(in_slice & (ra["first_rank"] > 1) & (rb["first_rank"] == 1))[:n]
         cells = [_img(df.iloc[int(ra["query_index"][i])]["image_bytes"],
-                      f"{df.iloc[int(ra['query_index'][i])]['title']} | challenger's first hit at rank "
-                      f"{int(ra['first_rank'][i])}", False) for i in sel]
+                      f"first hit at rank {int(ra['first_rank'][i])} | {df.iloc[int(ra['query_index'][i])]['title']}",
+                      False) for i in sel]
     return f'<div class="results">{"".join(cells)}</div>' if cells else "<p>no listing the champion gets right and the challenger wrong</p>"
 
 
 def slices_html(blessing: dict, details: dict | None, df: pd.DataFrame | None, n: int = 8) -> str:
     """HTML of the gate's sliced comparison (blessing ``slices``): per metric the ``n`` worst judged
     slices (worst first) with challenger, champion, delta and its interval drawn around 0, regressed
-    slices marked; examples for each regressed slice (or the worst one) when details and catalog are given."""
+    slices marked; examples for each regressed slice (or the worst one when it dropped) when details and
+    catalog are given."""
     slices = blessing.get("slices")
     if not slices or not slices.get("by_metric"):
         return "<p>Not compared (no champion yet, or no slices section in the gate config).</p>"
@@ -145,7 +146,8 @@ def slices_html(blessing: dict, details: dict | None, df: pd.DataFrame | None, n
     out = [f"<p>Challenger - champion in each {html.escape(slices['column'] + level)} slice; paired bootstrap "
            f"at {slices['confidence']:g}; a slice of at least {slices['min_queries']} items blocks when it drops by "
            f"more than {slices['tolerance']:g} with its interval below 0.</p>"]
-    for metric, comp in slices["by_metric"].items():
+    from .gate_slices import metrics_worst_first
+    for metric, comp in metrics_worst_first(slices):
         judged = [r for r in comp if r["judged"]]
         scale = max([0.05] + [abs(v) for r in judged[:n] for v in (r["ci_low"], r["ci_high"])])
         rows = "".join(
@@ -156,7 +158,7 @@ def slices_html(blessing: dict, details: dict | None, df: pd.DataFrame | None, n
         out.append(f"<h3>{html.escape(metric)}: {len(judged)} slices judged, {len(comp) - len(judged)} too small</h3>"
                    "<table><tr><th>slice</th><th>items</th><th>champion</th><th>challenger</th><th>delta</th>"
                    f"<th>interval</th><th>verdict</th></tr>{rows}</table>")
-        shown = [r for r in judged if r["regressed"]] or judged[:1]
+        shown = [r for r in judged if r["regressed"]] or [r for r in judged[:1] if r["delta"] < 0]
         if details and df is not None and "champion" in details:
             for r in shown[:3]:
                 out.append(f"<p>{html.escape(r['slice'])}: where the challenger fails and the champion does not</p>"

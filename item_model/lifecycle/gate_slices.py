@@ -102,6 +102,11 @@ def _value(details: dict, metric: str) -> float:
     return float(np.mean(details["probe"]["y_true"] == details["probe"]["y_pred"]))
 
 
+def metrics_worst_first(slices: dict) -> list[tuple[str, list[dict]]]:
+    """``(metric, slice comparisons)`` of a blessing's ``slices``, metrics with a regressed slice first."""
+    return sorted(slices["by_metric"].items(), key=lambda kv: not any(r["regressed"] for r in kv[1]))
+
+
 def _row(metric: str, value, threshold, passed: bool, reason: str, message: str, **extra) -> dict:
     return {"criterion": "slice-regression", "metric": metric, "value": value, "threshold": threshold,
             "comparison": "slice delta >=", "passed": bool(passed), "reason": reason, "message": message, **extra}
