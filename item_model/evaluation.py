@@ -9,6 +9,9 @@ Protocol (``shared/docs/item-model.md``, "How it is judged"):
 * title-decides search: the same search on groups of identically titled listings of one leaf
   category whose photos differ (:mod:`item_model.title_decides`): does the title decide when the
   photo misleads;
+* titles-disagree search: the real same-product groups with every member's title rewritten by a
+  different seller-style rule (:mod:`item_model.titles_disagree`): does the photo carry the match
+  when the titles disagree;
 * modality balance of the served vector: top-10 neighbour overlap of the joint embedding with
   ITEm's own text-only and image-only embeddings (:func:`modality_balance`);
 * beside the baselines on the same split and gallery: MiniLM title embedding (text only), raw
@@ -29,6 +32,7 @@ from .metrics import PROBE_CS, accuracy, macro_f1, probe_details, retrieval_deta
 from .modeling_item import ItemModel
 from .processing_item import ItemProcessor
 from .title_decides import describe_groups, title_decides_groups
+from .titles_disagree import score_titles_disagree
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +290,11 @@ def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFram
                      champion: tuple[ItemModel, ItemProcessor] | None = None
                      ) -> tuple[dict[str, dict], dict[str, np.ndarray], dict[str, dict]]:
     """Embed the catalog with ITEm (and the champion, if given) and the baselines; score each on both
-    tasks and the title-decides search (:func:`score_embeddings`); with ``modality_ablation``, add
-    the modality balance (:func:`modality_balance`) to ``item``'s metrics.
+    tasks and the title-decides search (:func:`score_embeddings`) and the titles-disagree search
+    (``titles_disagree_*`` keys, per-query details under ``"titles_disagree"``;
+    :func:`item_model.titles_disagree.score_titles_disagree`: only the group members are embedded
+    again, under their rewritten titles); with ``modality_ablation``, add the modality balance
+    (:func:`modality_balance`) to ``item``'s metrics.
 
     Returns:
         (``{name: metrics}`` for ``item``, optionally ``item_text_only``, ``item_image_only`` and
@@ -310,9 +317,12 @@ def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFram
         logger.info("title-decides check skipped: no normalised title of %d listings qualifies "
                     "(2-6 listings, one leaf category, no real same-product group member)", len(df))
 
+    scored: dict[str, np.ndarray] = {}
+
     def run(name: str, emb: np.ndarray) -> None:
         results[name], details[name] = score_embeddings(emb, df, split, title_groups)
         logger.info("%-22s %s", name, {k: round(v, 4) for k, v in results[name].items()})
+        scored[name] = emb
         if name.startswith("item"):
             item_embeddings[name] = emb
 
@@ -335,7 +345,34 @@ def evaluate_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFram
     run("baseline_text_minilm", text)
     run("baseline_image_pixels", pixels)
     run("baseline_concat", concat_baseline(text, pixels))
+    td_metrics, td_details, td_info = score_titles_disagree(df, scored, _title_readers(
+        model, processor, champion, bert_path, pixels, df, modality_ablation))
+    for name, metrics in td_metrics.items():
+        results[name].update(metrics)
+        details[name]["titles_disagree"] = td_details[name]
+    if td_info:
+        logger.info("titles-disagree check: %d groups, %d queries; Recall@1 %s", td_info["n_groups"],
+                    td_info["n_queries"], {k: round(v["titles_disagree_recall@1"], 4) for k, v in td_metrics.items()})
     return results, item_embeddings, details
+
+
+def _title_readers(model: ItemModel, processor: ItemProcessor, champion: tuple | None, bert_path: str,
+                   pixels: np.ndarray, df: pd.DataFrame, modality_ablation: bool) -> dict:
+    """``{name: f(rows) -> vectors}`` of every evaluated model that reads titles, for the titles-disagree
+    check (:func:`item_model.titles_disagree.score_titles_disagree`); the photo-only ones are absent."""
+    position = pd.Series(np.arange(len(df)), index=df.index)
+
+    def minilm(rows: pd.DataFrame) -> np.ndarray:
+        return text_baseline(rows, bert_path, progress=False)
+
+    readers = {"item": lambda rows: embed_catalog(model, processor, rows, "joint", progress=False),
+               "baseline_text_minilm": minilm,
+               "baseline_concat": lambda rows: concat_baseline(minilm(rows), pixels[position[rows.index].to_numpy()])}
+    if modality_ablation:
+        readers["item_text_only"] = lambda rows: embed_catalog(model, processor, rows, "text", progress=False)
+    if champion is not None:
+        readers["champion"] = lambda rows: embed_catalog(champion[0], champion[1], rows, "joint", progress=False)
+    return readers
 
 
 def paired_groups(group_ids: np.ndarray) -> np.ndarray:

@@ -52,6 +52,8 @@ def evaluate_gate(eval_result: dict, gate_config: dict, details: dict | None = N
         rows.append(_validation_row(gate_config["validation"], validation))
     if "title_decides" in gate_config:
         rows += _title_decides_rows(eval_result, gate_config["title_decides"])
+    if "titles_disagree" in gate_config:
+        rows += _title_decides_rows(eval_result, gate_config["titles_disagree"], "titles_disagree")
     out = {"blessed": None, "criteria": rows}
     if "slices" in gate_config:
         from .gate_slices import slice_rows
@@ -143,39 +145,46 @@ def _baseline_rows(eval_result: dict, cfg: dict) -> list[dict]:
     return rows
 
 
-def _title_decides_rows(eval_result: dict, cfg: dict) -> list[dict]:
-    """Title-decides rows: ``item.<metric> >= <max_drop_vs>.<metric> - tolerance`` and
-    ``item.<metric> > <must_beat>.<metric>``; each passes with a note when a value is absent."""
-    metric = cfg.get("metric") or "title_decides_recall@1"
+#: per check: (criterion name, default metric, default must_beat, what must_beat stands for)
+CHECKS = {"title_decides": ("title-decides", "title_decides_recall@1", "baseline_image_pixels", "the photo alone"),
+          "titles_disagree": ("titles-disagree", "titles_disagree_recall@1", "baseline_text_minilm", "the title alone")}
+
+
+def _title_decides_rows(eval_result: dict, cfg: dict, check: str = "title_decides") -> list[dict]:
+    """Rows of a same-product check (``title_decides`` or ``titles_disagree``, :data:`CHECKS`):
+    ``item.<metric> >= <max_drop_vs>.<metric> - tolerance`` and ``item.<metric> > <must_beat>.<metric>``;
+    each passes with a note when a value is absent (a catalog without a qualifying group)."""
+    criterion, default_metric, default_floor, floor_what = CHECKS[check]
+    metric = cfg.get("metric") or default_metric
     tol = float(cfg.get("tolerance", 0.01))
     reason = cfg.get("reason", "")
     value = lookup_metric(eval_result, f"item.{metric}")
     if value is None:
         note = (f"item.{metric} not measured (the evaluated catalog has no qualifying title, or an "
                 f"eval.json from before this check): passes")
-        return [_row("title-decides", f"item.{metric}", None, None, "-", True, note, note)]
+        return [_row(criterion, f"item.{metric}", None, None, "-", True, note, note)]
     rows = []
     ref_name = cfg["max_drop_vs"]
     ref = lookup_metric(eval_result, f"{ref_name}.{metric}")
     if ref is None:
         note = f"{ref_name}.{metric} not measured: nothing to compare with, passes"
-        rows.append(_row("title-decides", f"item.{metric}", value, None, ">=", True, note, note))
+        rows.append(_row(criterion, f"item.{metric}", value, None, ">=", True, note, note))
     else:
         passed = value >= ref - tol
-        rows.append(_row("title-decides", f"item.{metric}", value, ref - tol, ">=", passed,
+        rows.append(_row(criterion, f"item.{metric}", value, ref - tol, ">=", passed,
                          f"{reason + '; ' if reason else ''}{ref_name} = {ref:.4f}, tolerance {tol}",
                          "pass" if passed else f"{value:.4f} is {ref - value:.4f} below {ref_name} "
                                                f"({ref:.4f}); tolerance {tol}"))
-    floor_name = cfg.get("must_beat", "baseline_image_pixels")
+    floor_name = cfg.get("must_beat", default_floor)
     if floor_name:
         floor = lookup_metric(eval_result, f"{floor_name}.{metric}")
         if floor is None:
             note = f"{floor_name}.{metric} not measured: nothing to compare with, passes"
-            rows.append(_row("title-decides", f"item.{metric}", value, None, ">", True, note, note))
+            rows.append(_row(criterion, f"item.{metric}", value, None, ">", True, note, note))
         else:
             passed = value > floor
-            rows.append(_row("title-decides", f"item.{metric}", value, floor, ">", passed,
-                             f"must stay above {floor_name} = {floor:.4f} (the photo alone)",
+            rows.append(_row(criterion, f"item.{metric}", value, floor, ">", passed,
+                             f"must stay above {floor_name} = {floor:.4f} ({floor_what})",
                              "pass" if passed else f"{value:.4f} does not exceed {floor_name} ({floor:.4f})"))
     return rows
 
@@ -253,6 +262,21 @@ def readout_line(eval_result: dict) -> str | None:
             f"mean Recall@1 {scores}).")
 
 
+#: the same-product checks shown as tables: (metric prefix, heading, what it measures)
+CHECK_TABLES = (
+    ("title_decides", "Title-decides same-product search",
+     "Identically titled listings of one leaf category whose photos differ: the title decides, the photo misleads."),
+    ("titles_disagree", "Titles-disagree same-product search",
+     "The real same-product groups with each member's title rewritten by another seller-style rule (brand "
+     "dropped or abbreviated, words reordered, colour synonyms, seller noise); photos untouched: the photo "
+     "must carry the match (item_model/titles_disagree.py)."),
+)
+def check_models(models: dict, prefix: str) -> list[str]:
+    """The models of eval.json (in report order) with all four metrics of one check (``prefix``)."""
+    keys = [f"{prefix}_{k}" for k in ("recall@1", "recall@10", "mAP", "n_queries")]
+    return [m for m in TITLE_DECIDES_REPORT_MODELS if all(k in models.get(m, {}) for k in keys)]
+
+
 TITLE_DECIDES_REPORT_MODELS = ("item", "champion", "item_text_only", "item_image_only", "baseline_text_minilm",
                                "baseline_image_pixels", "baseline_concat")
 
@@ -319,14 +343,11 @@ def blessing_markdown(blessing: dict, title: str = "ITEm promotion gate", eval_r
         if readout_line(eval_result):
             lines += ["", readout_line(eval_result)]
         models = eval_result.get("models", {})
-        shown = [m for m in TITLE_DECIDES_REPORT_MODELS if "title_decides_recall@1" in models.get(m, {})]
-        if shown:
-            lines += ["", "## Title-decides same-product search", "",
-                      "Identically titled listings of one leaf category whose photos differ: the title "
-                      "decides, the photo misleads.", "",
-                      "| model | Recall@1 | Recall@10 | mAP | queries |", "|---|---|---|---|---|"]
-            for m in shown:
-                v = models[m]
-                lines.append(f"| {m} | {v['title_decides_recall@1']:.4f} | {v['title_decides_recall@10']:.4f} | "
-                             f"{v['title_decides_mAP']:.4f} | {int(v['title_decides_n_queries'])} |")
+        for prefix, heading, blurb in CHECK_TABLES:
+            shown = check_models(models, prefix)
+            if shown:
+                lines += ["", f"## {heading}", "", blurb, "",
+                          "| model | Recall@1 | Recall@10 | mAP | queries |", "|---|---|---|---|---|"]
+                lines += [f"| {m} | {models[m][f'{prefix}_recall@1']:.4f} | {models[m][f'{prefix}_recall@10']:.4f} | "
+                          f"{models[m][f'{prefix}_mAP']:.4f} | {int(models[m][f'{prefix}_n_queries'])} |" for m in shown]
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ A gate file (YAML) has these sections; every one but ``floors`` is optional::
     baselines: {metrics, compare_to, margin}
     validation: {max_quarantine_fraction}
     title_decides: {metric, max_drop_vs, tolerance, must_beat, reason}
+    titles_disagree: {metric, max_drop_vs, tolerance, must_beat, reason}   # the same, on the titles-disagree check
     slices: {column, level, metrics, min_queries, tolerance, confidence, bootstrap_resamples}
     serving_check: {...}               # read by serving.serving_check.ServingCheckConfig
 
@@ -48,15 +49,17 @@ KNOWN_METRICS = BOOTSTRAP_METRICS + (
     "n_queries", "n_test", "n_classes", "probe_C",
     "ann_recall@1", "ann_recall@10", "ann_n_queries",
     "title_decides_recall@1", "title_decides_recall@10", "title_decides_mAP", "title_decides_n_queries",
+    "titles_disagree_recall@1", "titles_disagree_recall@10", "titles_disagree_mAP", "titles_disagree_n_queries",
     "balance_text_overlap@10", "balance_image_overlap@10", "balance_n_queries",
 )
-SECTIONS = ("floors", "criteria", "champion", "baselines", "validation", "title_decides", "slices",
+SECTIONS = ("floors", "criteria", "champion", "baselines", "validation", "title_decides", "titles_disagree", "slices",
             "serving_check")
 SECTION_FIELDS = {
     "champion": {"metrics", "tolerance", "confidence", "bootstrap_resamples"},
     "baselines": {"metrics", "compare_to", "margin"},
     "validation": {"max_quarantine_fraction"},
     "title_decides": {"metric", "max_drop_vs", "tolerance", "must_beat", "reason"},
+    "titles_disagree": {"metric", "max_drop_vs", "tolerance", "must_beat", "reason"},
     "slices": {"column", "level", "metrics", "min_queries", "tolerance", "confidence", "bootstrap_resamples",
                "reason"},
 }
@@ -187,8 +190,9 @@ def check_gate_config(cfg: Any, source: str | None = None, lines: dict[tuple, in
     if "validation" in cfg and "max_quarantine_fraction" in cfg["validation"]:
         ck.number(("validation", "max_quarantine_fraction"), cfg["validation"]["max_quarantine_fraction"],
                   "validation.max_quarantine_fraction", 0.0, 1.0)
-    if "title_decides" in cfg:
-        _check_title_decides(ck, cfg["title_decides"])
+    for check in ("title_decides", "titles_disagree"):
+        if check in cfg:
+            _check_title_decides(ck, cfg[check], check)
     if "slices" in cfg:
         _check_slices(ck, cfg["slices"])
 
@@ -260,17 +264,17 @@ def _check_baselines(ck: _Checker, cfg: dict) -> None:
         ck.number(("baselines", "margin"), cfg["margin"], "baselines.margin")
 
 
-def _check_title_decides(ck: _Checker, td: dict) -> None:
+def _check_title_decides(ck: _Checker, td: dict, section: str = "title_decides") -> None:
     if not isinstance(td.get("max_drop_vs"), str) or not td["max_drop_vs"]:
-        ck.fail(("title_decides",), "section 'title_decides': field 'max_drop_vs' (a model name) is missing")
-    ck.model(("title_decides", "max_drop_vs"), td["max_drop_vs"], "title_decides.max_drop_vs")
+        ck.fail((section,), f"section {section!r}: field 'max_drop_vs' (a model name) is missing")
+    ck.model((section, "max_drop_vs"), td["max_drop_vs"], f"{section}.max_drop_vs")
     if td.get("must_beat") is not None:
-        ck.model(("title_decides", "must_beat"), td["must_beat"], "title_decides.must_beat")
+        ck.model((section, "must_beat"), td["must_beat"], f"{section}.must_beat")
     if td.get("metric") is not None:
-        ck.metric(("title_decides", "metric"), td["metric"], "title_decides.metric", KNOWN_METRICS)
-    ck.number(("title_decides", "tolerance"), td.get("tolerance", 0.01), "title_decides.tolerance", 0.0)
+        ck.metric((section, "metric"), td["metric"], f"{section}.metric", KNOWN_METRICS)
+    ck.number((section, "tolerance"), td.get("tolerance", 0.01), f"{section}.tolerance", 0.0)
     if td.get("reason") is not None and not isinstance(td["reason"], str):
-        ck.fail(("title_decides", "reason"), "title_decides.reason must be a string")
+        ck.fail((section, "reason"), f"{section}.reason must be a string")
 
 
 def _check_slices(ck: _Checker, cfg: dict) -> None:

@@ -13,7 +13,8 @@ import io
 import numpy as np
 import pandas as pd
 
-from .gate import TITLE_DECIDES_REPORT_MODELS, balance_reading, balance_values, modality_gains, readout_line
+from .gate import (CHECK_TABLES, balance_reading, balance_values, check_models, modality_gains,
+                   readout_line)
 from .significance import bootstrap_ci
 
 BAR_METRICS = ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP")
@@ -190,18 +191,19 @@ def modality_balance_html(eval_result: dict) -> str:
             + readout)
 
 
-def title_decides_html(eval_result: dict) -> str:
-    """HTML table of every model's title-decides search metrics (:mod:`item_model.title_decides`),
-    or a note when eval.json has none (no qualifying title in the evaluated catalog)."""
+def check_html(eval_result: dict, prefix: str = "title_decides") -> str:
+    """HTML table of every model's metrics on one same-product check (``prefix``: ``title_decides``,
+    :mod:`item_model.title_decides`, or ``titles_disagree``, :mod:`item_model.titles_disagree`; what it
+    measures from :data:`item_model.lifecycle.gate.CHECK_TABLES`), or a note when eval.json has none."""
     models = eval_result.get("models", {})
-    shown = [m for m in TITLE_DECIDES_REPORT_MODELS if "title_decides_recall@1" in models.get(m, {})]
+    blurb = next(b for p, _, b in CHECK_TABLES if p == prefix)
+    shown = check_models(models, prefix)
     if not shown:
-        return "<p>Not measured: the evaluated catalog has no qualifying title.</p>"
-    rows = "".join(f"<tr><td>{html.escape(m)}</td><td>{models[m]['title_decides_recall@1']:.4f}</td>"
-                   f"<td>{models[m]['title_decides_recall@10']:.4f}</td><td>{models[m]['title_decides_mAP']:.4f}</td>"
-                   f"<td>{int(models[m]['title_decides_n_queries'])}</td></tr>" for m in shown)
-    return ("<p>Listings with an identical title in one leaf category whose photos differ (no real "
-            "same-product group member): the title decides, the photo misleads.</p>"
+        return "<p>Not measured: the evaluated catalog has no qualifying group (or the eval.json predates the check).</p>"
+    rows = "".join(f"<tr><td>{html.escape(m)}</td><td>{models[m][f'{prefix}_recall@1']:.4f}</td>"
+                   f"<td>{models[m][f'{prefix}_recall@10']:.4f}</td><td>{models[m][f'{prefix}_mAP']:.4f}</td>"
+                   f"<td>{int(models[m][f'{prefix}_n_queries'])}</td></tr>" for m in shown)
+    return (f"<p>{html.escape(blurb)}</p>"
             "<table><tr><th>model</th><th>Recall@1</th><th>Recall@10</th><th>mAP</th><th>queries</th></tr>"
             f"{rows}</table>")
 
@@ -236,7 +238,8 @@ def render_gate_report(blessing: dict, eval_result: dict, details: dict | None, 
         "<h2>Worst slices</h2>" + slices_html(blessing, details, df),
         f'<h2>Metrics (95 % bootstrap intervals)</h2><img class="bars" src="{metric_bars(eval_result, details)}"/>',
         "<h2>Modality balance</h2>" + modality_balance_html(eval_result),
-        "<h2>Title-decides same-product search</h2>" + title_decides_html(eval_result),
+        "<h2>Title-decides same-product search</h2>" + check_html(eval_result, "title_decides"),
+        "<h2>Titles-disagree same-product search</h2>" + check_html(eval_result, "titles_disagree"),
     ]
     if details and df is not None:
         sections.append(f"<h2>Same-product search examples (challenger vs {html.escape(other)})</h2>"
