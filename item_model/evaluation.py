@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .image_utils import decode_image, load_image_bytes
 from .io import PROGRESS_INTERVAL
-from .metrics import PROBE_CS, accuracy, macro_f1, probe_details, retrieval_details
+from .metrics import PROBE_CS, accuracy, group_search_metrics, macro_f1, probe_details, retrieval_details
 from .modeling_item import ItemModel
 from .processing_item import ItemProcessor
 from .title_decides import describe_groups, title_decides_groups
@@ -175,13 +175,7 @@ def title_decides_metrics(emb: np.ndarray, groups: np.ndarray) -> tuple[dict[str
         "title_decides_n_queries"}``, per-query details of :func:`item_model.metrics.retrieval_details`),
         or ``({}, None)`` when no listing is in a group.
     """
-    if not (np.asarray(groups) >= 0).any():
-        return {}, None
-    d = retrieval_details(emb, groups)
-    return ({"title_decides_recall@1": float(d["recall@1"].mean()),
-             "title_decides_recall@10": float(d["recall@10"].mean()),
-             "title_decides_mAP": float(d["mAP"].mean()),
-             "title_decides_n_queries": int(len(d["mAP"]))}, d)
+    return group_search_metrics(emb, groups, "title_decides")
 
 
 def score_embeddings(emb: np.ndarray, df: pd.DataFrame, split: np.ndarray,

@@ -101,6 +101,29 @@ def retrieval_metrics(embeddings: np.ndarray, group_ids: np.ndarray, ks: Sequenc
     return out
 
 
+def group_search_metrics(emb: np.ndarray, groups: np.ndarray, prefix: str) -> tuple[dict[str, float], dict | None]:
+    """Same-product search on relabelled groups (a check such as title-decides or titles-disagree):
+    every listing of a group queries all rows, itself excluded.
+
+    Args:
+        emb: (n, D) float32 rows aligned with the catalog.
+        groups: (n,) int64 group ids, -1 = no group.
+        prefix: the check's name, the keys' prefix (``"title_decides"``).
+
+    Returns:
+        (``{"<prefix>_recall@1", "<prefix>_recall@10", "<prefix>_mAP", "<prefix>_n_queries"}``, per-query
+        details of :func:`retrieval_details`), or ``({}, None)`` when no listing is in a group.
+
+    Raises:
+        ValueError: shapes disagree, or a group has a single member (:func:`retrieval_ranks`).
+    """
+    if not (np.asarray(groups) >= 0).any():
+        return {}, None
+    d = retrieval_details(emb, groups)
+    return ({f"{prefix}_recall@1": float(d["recall@1"].mean()), f"{prefix}_recall@10": float(d["recall@10"].mean()),
+             f"{prefix}_mAP": float(d["mAP"].mean()), f"{prefix}_n_queries": int(len(d["mAP"]))}, d)
+
+
 def retrieval_details(embeddings: np.ndarray, group_ids: np.ndarray, ks: Sequence[int] = (1, 10),
                       query_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-query outcomes behind :func:`retrieval_metrics` (for paired bootstrap tests and reports).

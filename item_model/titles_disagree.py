@@ -53,7 +53,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from .metrics import retrieval_details
+from .metrics import group_search_metrics
 from .title_decides import normalise_title
 
 logger = logging.getLogger(__name__)
@@ -353,13 +353,7 @@ def titles_disagree_metrics(emb: np.ndarray, groups: np.ndarray) -> tuple[dict[s
         ValueError: shapes disagree, or a group has a single member
             (:func:`item_model.metrics.retrieval_ranks`).
     """
-    if not (np.asarray(groups) >= 0).any():
-        return {}, None
-    d = retrieval_details(emb, groups)
-    return ({"titles_disagree_recall@1": float(d["recall@1"].mean()),
-             "titles_disagree_recall@10": float(d["recall@10"].mean()),
-             "titles_disagree_mAP": float(d["mAP"].mean()),
-             "titles_disagree_n_queries": int(len(d["mAP"]))}, d)
+    return group_search_metrics(emb, groups, "titles_disagree")
 
 
 def _jaccard(a: object, b: object) -> float:
