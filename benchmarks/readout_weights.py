@@ -24,6 +24,9 @@ smaller w); its test-split numbers are then the unbiased ones to quote. Each run
 pretrain, :func:`item_model.evaluation.choose_readout_weight`) chooses from the same vectors, its
 gallery the validation listings and their train-split title partners (``--selection-only``: that alone).
 
+``--titles-disagree`` also scores each ``w=<v>`` on the titles-disagree check (:mod:`item_model.titles_disagree`):
+the group members' t and j re-embedded under their rewritten titles by the run's model.
+
 ``--text-pooling cls,mean`` compares read-outs of the title stream's t (``ItemConfig.text_pooling``):
 t is re-embedded from the run's model for each pooling the run did not serve (a title-only pass over
 the catalog), j stays the one recovered above; variants are then named ``<pooling>/w=<v>`` and
@@ -86,6 +89,28 @@ def title_vectors(run: Path, df: pd.DataFrame, pooling: str) -> np.ndarray:
     return embed_catalog(model, ItemProcessor.from_pretrained(str(model_dir)), df, "text")
 
 
+def titles_disagree_vectors(run: Path, df: pd.DataFrame, text: np.ndarray, joint: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, j, groups) of the titles-disagree catalog (:mod:`item_model.titles_disagree`): the rows of
+    the rewritten group members embedded again by the run's model (t: the title alone, j: the joint
+    pass's ``[CLS]``, read-out weight 0), every other row as given."""
+    from item_model.evaluation import embed_catalog_modes
+    from item_model.modeling_item import ItemModel
+    from item_model.processing_item import ItemProcessor
+    from item_model.titles_disagree import titles_disagree_catalog
+
+    model_dir = run / "pretrain" / "model"
+    model = ItemModel.from_pretrained(str(model_dir)).eval()
+    model.config.readout_text_weight = 0.0
+    rewritten, groups = titles_disagree_catalog(df)
+    members = np.flatnonzero(groups >= 0)
+    kinds = embed_catalog_modes(model, ItemProcessor.from_pretrained(str(model_dir)), rewritten.iloc[members],
+                                ("joint", "text"), progress=False)
+    t, j = text.copy(), joint.copy()
+    t[members], j[members] = kinds["text"], kinds["joint"]
+    return t, j, groups
+
+
 def main() -> None:
     from item_model.configuration_item import ItemConfig
     from item_model.evaluation import (readout_selection_rows, readout_weight_scores, score_embeddings,
@@ -107,6 +132,9 @@ def main() -> None:
     p.add_argument("--text-pooling", default="",
                    help="comma list of title read-outs (ItemConfig.text_pooling: cls, mean) to compare: t is "
                         "re-embedded from the run's model for each one the run did not use")
+    p.add_argument("--titles-disagree", action="store_true",
+                   help="also score every w on the titles-disagree check (the group members re-embedded "
+                        "under their rewritten titles with the run's model)")
     args = p.parse_args()
     weights = [float(v) for v in args.weights.split(",")]
     out: dict = {"method": "served vector re-weighted from the evaluation's stored vectors (j recovered from "
@@ -150,11 +178,16 @@ def main() -> None:
         kept: dict = {}
         if not args.no_concat:
             variants["concat"] = lambda: np.concatenate([text, joint], axis=1) / np.float32(np.sqrt(2))
+        if args.titles_disagree:
+            from item_model.titles_disagree import titles_disagree_metrics
+            td_text, td_joint, td_groups = titles_disagree_vectors(run, df, texts[run_pooling], joint)
         for name, make in variants.items():
             t0 = time.perf_counter()
             emb = make()
             metrics, details = score_embeddings(emb, df, split, groups)
             res[name] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            if args.titles_disagree and name.startswith("w="):
+                res[name].update(titles_disagree_metrics(l2(float(name[2:]) * td_text + td_joint), td_groups)[0])
             if "w=" in name or name.endswith("title"):   # paired bootstrap against each baseline, as the gate's
                 res[name]["bootstrap"] = {f"{b}/{m}": paired_bootstrap(details, d, m) for b, d in baselines.items()
                                           for m in ("recall@1", "mAP", "category_accuracy", "category_macro_f1")}
@@ -171,7 +204,8 @@ def main() -> None:
                     res[name][f"{part}/{key}"] = float(d["recall@1"][keep].mean())
                     res[name][f"{part}/{key.replace('recall@1', 'n_queries')}"] = int(keep.sum())
             print(f"{run.parent.name} {name:8s} {time.perf_counter() - t0:5.0f} s  "
-                  + "  ".join(f"{k} {res[name][k]:.4f}" for k in SHOWN), flush=True)
+                  + "  ".join(f"{k} {res[name][k]:.4f}" for k in SHOWN + ("titles_disagree_recall@1",)
+                              if k in res[name]), flush=True)
         score = {n: (res[n]["validation/recall@1"] + res[n]["validation/title_decides_recall@1"]) / 2
                  for n in res if n.startswith("w=")} if len(texts) == 1 else {}
         if not score:           # several title read-outs: the rule per read-out is pipeline_rule/<pooling>

@@ -116,10 +116,10 @@ def _interval_svg(lo: float, hi: float, delta: float, scale: float) -> str:
 
 def _slice_examples(df: pd.DataFrame, details: dict, slices: dict, r: dict, n: int = 4) -> str:
     """Listings of slice ``r`` where the challenger fails and the champion succeeds (thumbnails)."""
-    from .gate_slices import _item_slices, slice_labels
+    from .gate_slices import item_slices, slice_labels
     labels = slice_labels(df, slices["column"], slices.get("level"))
     a, b = details["item"], details["champion"]
-    in_slice = _item_slices(a, r["metric"], labels) == r["slice"]
+    in_slice = item_slices(a, r["metric"], labels) == r["slice"]
     if r["metric"] == "category_accuracy":
         pa, pb = a["probe"], b["probe"]
         sel = np.flatnonzero(in_slice & (pa["y_pred"] != pa["y_true"]) & (pb["y_pred"] == pb["y_true"]))[:n]

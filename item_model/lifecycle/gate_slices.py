@@ -50,8 +50,9 @@ def _subset(details: dict, metric: str, mask: np.ndarray) -> dict:
     return {"probe": {k: np.asarray(details["probe"][k])[mask] for k in ("y_true", "y_pred")}}
 
 
-def _item_slices(details: dict, metric: str, labels: np.ndarray) -> np.ndarray:
-    """The slice of each item of ``metric``: its query's row (search) or test listing's row (probe)."""
+def item_slices(details: dict, metric: str, labels: np.ndarray) -> np.ndarray:
+    """The slice of each item of ``metric``: its query's row (search) or test listing's row (probe), looked up
+    in ``labels`` ((n_catalog,) object, :func:`slice_labels`). Returns (n_items,) object."""
     rows = details["retrieval"]["query_index"] if metric in RETRIEVAL_METRICS else details["probe"]["test_index"]
     return labels[np.asarray(rows, dtype=np.int64)]
 
@@ -75,12 +76,12 @@ def compare_slices(challenger: dict, champion: dict, labels: np.ndarray, metric:
     Raises:
         ValueError: the two models' items differ (not the same split).
     """
-    item_slices = _item_slices(challenger, metric, labels)
-    if len(item_slices) != len(_item_slices(champion, metric, labels)):
+    per_item = item_slices(challenger, metric, labels)
+    if len(per_item) != len(item_slices(champion, metric, labels)):
         raise ValueError(f"{metric}: challenger and champion were scored on different items")
     out = []
-    for value in pd.unique(item_slices):
-        mask = item_slices == value
+    for value in pd.unique(per_item):
+        mask = per_item == value
         a, b = _subset(challenger, metric, mask), _subset(champion, metric, mask)
         n = int(mask.sum())
         champ, judged = _value(b, metric), n >= min_queries
