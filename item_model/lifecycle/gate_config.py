@@ -67,6 +67,9 @@ FLOOR_FIELDS = {"metric", "min", "max", "reason"}
 RELATIVE_FIELDS = {"of", "best_of", "times", "minus"}
 #: catalog columns a slice may be cut by (item_model.data.catalog.CANONICAL_COLUMNS, those with labels)
 SLICE_COLUMNS = ("category", "category_path", "gender", "colour", "season", "year", "usage")
+#: the fashion layout's source column names, accepted as slice columns: name -> (column, level of category_path)
+SLICE_ALIASES = {"masterCategory": ("category_path", 1), "subCategory": ("category_path", 2),
+                 "articleType": ("category", None), "baseColour": ("colour", None)}
 
 
 class GateConfigError(ValueError):
@@ -278,8 +281,9 @@ def _check_title_decides(ck: _Checker, td: dict, section: str = "title_decides")
 
 
 def _check_slices(ck: _Checker, cfg: dict) -> None:
-    if cfg.get("column") not in SLICE_COLUMNS:
-        ck.fail(("slices", "column"), f"slices.column must be one of {list(SLICE_COLUMNS)}, got {cfg.get('column')!r}")
+    if cfg.get("column") not in SLICE_COLUMNS and cfg.get("column") not in SLICE_ALIASES:
+        ck.fail(("slices", "column"), f"slices.column must be one of {list(SLICE_COLUMNS) + list(SLICE_ALIASES)}, "
+                                      f"got {cfg.get('column')!r}")
     if "level" in cfg:
         if cfg["column"] != "category_path":
             ck.fail(("slices", "level"), "slices.level applies to column 'category_path' only")

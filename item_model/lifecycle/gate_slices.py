@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .gate_config import SLICE_METRICS
+from .gate_config import SLICE_ALIASES, SLICE_METRICS
 from .significance import RETRIEVAL_METRICS, paired_bootstrap
 
 DEFAULTS = {"metrics": ["recall@1", "category_accuracy"], "min_queries": 30, "tolerance": 0.02,
@@ -30,9 +30,15 @@ def slice_labels(catalog: pd.DataFrame, column: str, level: int | None = None) -
     """Each catalog row's slice: the column's value as a string, ``level`` (1-based) of
     ``category_path`` (levels joined by ``" > "``), ``"(missing)"`` for null. (n,) object.
 
+    ``column`` may also be a source column of the fashion layout (:data:`SLICE_ALIASES`:
+    ``masterCategory`` = level 1 of ``category_path``, ``subCategory`` = level 2, ``articleType`` =
+    ``category``, ``baseColour`` = ``colour``).
+
     Raises:
         KeyError: the catalog has no such column (the message names the column and the catalog's columns).
     """
+    if column in SLICE_ALIASES and level is None:
+        column, level = SLICE_ALIASES[column]
     if column not in catalog.columns:
         raise KeyError(f"slice column {column!r} is not in the validated catalog (columns: "
                        f"{[c for c in catalog.columns if c not in ('image_bytes',)]})")

@@ -95,3 +95,5 @@ def test_a_good_file_with_comments_loads(tmp_path):
         slices: {column: category_path, level: 1}
         """))
     assert load_gate_config(path)["slices"]["level"] == 1
+    path.write_text("floors:\n  - metric: item.mAP\n    min: 0.5\nslices:\n  column: masterCategory\n")
+    assert load_gate_config(path)["slices"]["column"] == "masterCategory"

@@ -110,6 +110,7 @@ def test_no_champion_passes_with_a_note_and_missing_inputs_fail_by_name(with_cha
 def test_category_path_levels_and_missing_values(with_champion):
     df = with_champion["df"]
     master = slice_labels(df, "category_path", 1)
+    assert list(slice_labels(df, "masterCategory")) == list(master)          # the source layout's name
     assert set(master) <= {"Accessories", "Apparel", "Footwear", "Personal Care", "Free Items", "Home",
                            "Sporting Goods", "(missing)"} and len(set(master)) >= 2
     assert list(slice_labels(df, "category")) == [str(c) for c in df["category"]]
