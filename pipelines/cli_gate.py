@@ -273,7 +273,7 @@ def _run_inputs(run: str) -> tuple[dict, dict | None, dict | None, "object", str
 
 @gate_group.command("init")
 @click.option("--catalog", default=pconfig.DEFAULT_CATALOG, show_default=True,
-              help="Catalog folder or gs://bucket/prefix the gate is for.")
+              help="Catalog folder or gs://bucket/prefix the gate is for (with --from-run: the run's own).")
 @click.option("--from-run", "from_run", default="", help="A run folder (runs/<run id>) on this catalog: write what "
               "every floor resolves to there and the verdict the new file gives it; its evaluated rows pick the slices.")
 @click.option("--slice-column", default="", help="Slice the champion comparison by this catalog column "
@@ -303,12 +303,13 @@ def init_cmd(catalog: str, from_run: str, slice_column: str, output: str, force:
             df, label = catalog_with_split(read_catalog(catalog)), ""
         except CatalogError as exc:
             _fail(exc)
+    source = (meta or {}).get("source") or catalog        # --from-run: the catalog that run validated
     try:
-        text = render_gate_file(pconfig.GATE_FILE.read_text(encoding="utf-8"), df, catalog, column or None, level,
+        text = render_gate_file(pconfig.GATE_FILE.read_text(encoding="utf-8"), df, source, column or None, level,
                                 result, (lambda cfg: evaluate_gate(result, cfg, details, meta, df)) if result else None,
                                 label)
     except KeyError as exc:
         _fail(click.UsageError(f"--slice-column: {exc.args[0]}"))
     write_text_atomic(out, text)
     click.echo(f"wrote {out}: " + " ".join(line[2:] for line in text.splitlines()[1:3]))
-    click.echo(f"use it with: item run --catalog {catalog} --gate-config {out}")
+    click.echo(f"use it with: item run --catalog {source} --gate-config {out}")

@@ -69,6 +69,16 @@ def test_shipped_gate_blesses_a_model_that_beats_its_baselines_on_another_catalo
     assert models["baseline_concat"]["recall@1"] < 0.95                  # no embedding reaches that floor here
     report = Path(summary["gate_report"]).read_text()
     assert "floor = best of baseline_text_minilm.recall@10" in report
+    # item gate init from this run: the run's catalog, what each floor resolved to, the verdict it gives
+    out = tmp_path / "gate_for_accessories.yaml"
+    init = subprocess.run([ITEM, "gate", "init", "--from-run", str(Path(summary["run_dir"])), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert init.returncode == 0, init.stderr[-2000:]
+    text = out.read_text()
+    assert f"for the catalog {accessories}" in text
+    assert f"item.mAP >= {mAP_floor['bound']['formula']} = {mAP_floor['threshold']:.4f}" in text
+    assert ("verdict of this file on that run: " + ("BLESSED" if beats else "NOT BLESSED")) in text
+    assert load_gate_config(out)["floors"] == load_gate_config(GATE_FILE)["floors"]
 
 
 @pytest.mark.e2e
