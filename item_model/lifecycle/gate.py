@@ -5,8 +5,10 @@ The gate file's format, its checks and relative floors: :mod:`item_model.lifecyc
 slices: :mod:`item_model.lifecycle.gate_slices`.
 
 Each criterion is one row of the blessing; a missing metric fails its row with a message naming it;
-the model is blessed only when every row passes. Exception: the ``title_decides`` rows pass with a
-note when the metric is absent (a catalog without a qualifying title, e.g. a small slice).
+the model is blessed only when every row passes. Exception: the ``title_decides`` and
+``titles_disagree`` rows pass with a note when the metric is absent (a catalog without a qualifying
+group, e.g. a small slice), and the ``slices`` rows when there is no champion yet or no slice has
+enough items to be judged.
 """
 
 from __future__ import annotations
