@@ -355,9 +355,13 @@ def _title_readers(model: ItemModel, processor: ItemProcessor, champion: tuple |
     """``{name: f(rows) -> vectors}`` of every evaluated model that reads titles, for the titles-disagree
     check (:func:`item_model.titles_disagree.score_titles_disagree`); the photo-only ones are absent."""
     position = pd.Series(np.arange(len(df)), index=df.index)
+    cache: dict[tuple, np.ndarray] = {}
 
-    def minilm(rows: pd.DataFrame) -> np.ndarray:
-        return text_baseline(rows, bert_path, progress=False)
+    def minilm(rows: pd.DataFrame) -> np.ndarray:          # MiniLM alone and inside the concatenation: once
+        key = tuple(rows.index)
+        if key not in cache:
+            cache[key] = text_baseline(rows, bert_path, progress=False)
+        return cache[key]
 
     readers = {"item": lambda rows: embed_catalog(model, processor, rows, "joint", progress=False),
                "baseline_text_minilm": minilm,

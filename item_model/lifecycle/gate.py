@@ -13,8 +13,8 @@ enough items to be judged.
 
 from __future__ import annotations
 
-from .gate_config import (GateConfigError, check_gate_config, floors, load_gate_config,  # noqa: F401
-                          lookup_metric, resolve_bound)
+from .gate_config import (KNOWN_MODELS, GateConfigError, check_gate_config, floors,  # noqa: F401
+                          load_gate_config, lookup_metric, resolve_bound)
 
 
 def _row(criterion: str, metric: str, value: float | None, threshold: float | None, comparison: str,
@@ -279,8 +279,8 @@ def check_models(models: dict, prefix: str) -> list[str]:
     return [m for m in TITLE_DECIDES_REPORT_MODELS if all(k in models.get(m, {}) for k in keys)]
 
 
-TITLE_DECIDES_REPORT_MODELS = ("item", "champion", "item_text_only", "item_image_only", "baseline_text_minilm",
-                               "baseline_image_pixels", "baseline_concat")
+#: the models the report tables show, in order: every model eval.json scores
+TITLE_DECIDES_REPORT_MODELS = KNOWN_MODELS
 
 
 def _validation_row(cfg: dict, validation: dict | None) -> dict:

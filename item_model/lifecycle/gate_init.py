@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import yaml
 
-from .gate_config import check_gate_config, floors, resolve_bound
+from .gate_config import check_gate_config, floors, lookup_metric, resolve_bound
 from .gate_slices import slice_labels
 
 #: slice candidates in order of preference: (column, level of category_path or None)
@@ -78,8 +78,7 @@ def run_comments(cfg: dict, eval_result: dict, blessing: dict | None, label: str
     for c in floors(cfg):
         bound = "min" if "min" in c else "max"
         threshold, info = resolve_bound(c[bound], eval_result)
-        model, _, metric = c["metric"].partition(".")
-        value = eval_result.get("models", {}).get(model, {}).get(metric)
+        value = lookup_metric(eval_result, c["metric"])
         shown = "missing" if threshold is None else f"{threshold:.4f}"
         got = "missing" if value is None else f"{float(value):.4f}"
         margin = "" if threshold is None or value is None else (

@@ -15,11 +15,11 @@ import pandas as pd
 
 from .gate import (CHECK_TABLES, balance_reading, balance_values, check_models, modality_gains,
                    readout_line)
+from .gate_config import KNOWN_MODELS
 from .significance import bootstrap_ci
 
 BAR_METRICS = ("category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP")
-BAR_MODELS = ("item", "champion", "item_text_only", "item_image_only", "baseline_text_minilm",
-              "baseline_image_pixels", "baseline_concat")
+BAR_MODELS = KNOWN_MODELS
 
 
 def _png_uri(fig) -> str:
