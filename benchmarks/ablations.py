@@ -25,7 +25,7 @@ import logging
 import time
 from pathlib import Path
 
-from item_model.lifecycle.environment import set_offline_defaults
+from components.steps.environment import set_offline_defaults
 
 set_offline_defaults()
 
@@ -103,8 +103,8 @@ MODES = {"joint": "item", "text": "item_text_only", "image": "item_image_only"}
 
 def prepare_catalog(catalog: str, out: Path, max_listings: int) -> Path:
     """The pipeline's validate step, once: ``<out>/catalog`` (validated parquet + split)."""
-    from item_model.lifecycle.artifacts import CATALOG_META
-    from item_model.lifecycle.steps import validate_step
+    from components.storage.layout import CATALOG_META
+    from components.steps.training import validate_step
     cdir = out / "catalog"
     if not (cdir / CATALOG_META).exists():
         logger.info("validating %s (max_listings=%d) into %s", catalog, max_listings, cdir)
@@ -118,7 +118,7 @@ def run_baselines(cdir: Path, out: Path) -> dict:
     from item_model.evaluation import concat_baseline, pixel_baseline, score_embeddings, text_baseline
     from item_model.io import write_json_atomic
     from item_model.processing_item import default_bert_path
-    from item_model.lifecycle.steps import load_validated
+    from components.steps.training import load_validated
     path = out / "baselines.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -150,11 +150,12 @@ def run_row(name: str, cdir: Path, out: Path, threads: int, seed: int = 0,
     import torch
     from transformers import AutoTokenizer
 
-    from item_model.evaluation import embed_catalog, score_embeddings
+    from item_model.evaluation import score_embeddings
+    from item_model.inference import embed_catalog
     from item_model.io import write_json_atomic
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor, default_bert_path
-    from item_model.lifecycle.steps import load_validated, training_rows
+    from components.steps.training import load_validated, training_rows
     from item_model.train import TrainConfig, pretrain, save_training_curve
 
     desc, model_over, train_over = ROWS[name]
@@ -202,10 +203,10 @@ def embed_saved_row(key: str, out: Path, cname: str, cdir: Path, modes=("joint",
     pass, the row's own read-out weight 0), for :mod:`benchmarks.model_comparison`."""
     import numpy as np
 
-    from item_model.evaluation import embed_catalog
+    from item_model.inference import embed_catalog
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
-    from item_model.lifecycle.steps import load_validated
+    from components.steps.training import load_validated
     model_dir = out / key / "model"
     model = ItemModel.from_pretrained(model_dir)
     model.config.readout_text_weight = 0.0

@@ -15,7 +15,7 @@ validation split, test labels read only to score), for
   catalog with :func:`item_model.evaluation.text_baseline` / ``pixel_baseline`` (runs of one catalog share
   them),
 
-and the paired bootstrap (:func:`item_model.lifecycle.significance.paired_bootstrap`, 1,000 resamples
+and the paired bootstrap (:func:`components.promotion.bootstrap.paired_bootstrap`, 1,000 resamples
 of the test listings) of ``item`` against each baseline on category accuracy and macro-F1 under each grid.
 
 **Macro-F1 by class size.** Macro-F1 is the unweighted mean over labels of F1_c (scikit-learn's
@@ -96,7 +96,7 @@ def macro_f1_split(details: dict, baseline: str, small: int) -> dict:
 def macro_f1_splits(run_dir: Path, small: int) -> dict:
     """:func:`macro_f1_split` of ``item`` against each of :data:`BASELINES` from the run's
     ``evaluate/eval_details``, each printed on one line."""
-    from item_model.lifecycle.significance import load_details
+    from components.promotion.bootstrap import load_details
 
     details = load_details(run_dir / "evaluate" / "eval_details")
     out = {b: macro_f1_split(details, b, small) for b in BASELINES}
@@ -110,8 +110,8 @@ def macro_f1_splits(run_dir: Path, small: int) -> dict:
 
 def main() -> None:
     from item_model.evaluation import concat_baseline, pixel_baseline, text_baseline
-    from item_model.lifecycle.significance import paired_bootstrap
-    from item_model.lifecycle.steps import load_validated
+    from components.promotion.bootstrap import paired_bootstrap
+    from components.steps.training import load_validated
     from item_model.metrics import PROBE_CS, accuracy, macro_f1, probe_details
     from item_model.processing_item import default_bert_path
 

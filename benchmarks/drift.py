@@ -45,11 +45,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from item_model.lifecycle.environment import set_offline_defaults  # noqa: E402
+from components.steps.environment import set_offline_defaults  # noqa: E402
 
 set_offline_defaults()
 
-from item_model.lifecycle.embedding_io import MODALITIES  # noqa: E402
+from components.storage.embeddings import MODALITIES  # noqa: E402
 from monitoring.calibration import calibrate  # noqa: E402
 from monitoring.drift import DriftConfig, DriftInputError, drift_score, reference_size  # noqa: E402
 from monitoring.inputs import resolve_model  # noqa: E402
@@ -64,8 +64,8 @@ EVIDENTLY_MODEL_DEFAULT = 0.55       # ModelDriftMethod().threshold: EmbeddingsD
 
 def tiny_model(catalog: Path, cache: Path) -> tuple[str, Path]:
     """Train (once) the test suite's tiny ITEm model on a 400-listing sample of the catalog."""
-    from item_model.lifecycle import steps
-
+    from components.steps import training as steps
+    
     model_dir = cache / "tiny-model"
     if not (model_dir / "model.safetensors").exists():
         logger.info("no packaged model: training the tiny model (2 layers, 8 steps) into %s", model_dir)
@@ -83,7 +83,7 @@ def listing_sets(catalog: Path, reference_size_: int, holdout: int, drifted: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from item_model.data.catalog import to_canonical
+    from components.catalog import to_canonical
 
     table = pa.concat_tables([pq.read_table(s) for s in sorted((catalog / "data").glob("*.parquet"))])
     year = table.column("year").to_numpy(zero_copy_only=False)
@@ -111,7 +111,7 @@ def embed_sets(model_dir: Path, sets: dict, cache_file: Path) -> dict[str, dict[
         if all(len(out[k]["joint"]) == len(v) for k, v in sets.items()):
             logger.info("embeddings read from %s", cache_file)
             return out
-    from item_model.lifecycle.embedding_io import embed_modalities
+    from components.storage.embeddings import embed_modalities
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
 

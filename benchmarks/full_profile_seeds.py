@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from item_model.lifecycle.significance import load_details, paired_bootstrap  # noqa: E402
+from components.promotion.bootstrap import load_details, paired_bootstrap  # noqa: E402
 
 COLUMNS = ["category_accuracy", "category_macro_f1", "recall@1", "recall@10", "mAP", "title_decides_recall@1"]
 BASELINES = ("baseline_concat", "baseline_text_minilm", "baseline_image_pixels")

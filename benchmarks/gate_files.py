@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from item_model.io import write_json_atomic
-from item_model.lifecycle.gate import evaluate_gate, load_gate_config
+from components.promotion.gate import evaluate_gate, load_gate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,7 @@ it, equal scores broken as the metric breaks them):
 does the top hit share the query's title, is it a member of another same-product group (two groups
 of one product), does a labelled match tie with it (the metric's random tie-break decided), and is its photo at 80 x 60 px at least as close to the query's (mean absolute
 difference, 0-255 grey levels) as the nearest labelled match's (a miss no photo distance can fix).
-The paired bootstrap (:func:`item_model.lifecycle.significance.paired_bootstrap`, 1,000 resamples of
+The paired bootstrap (:func:`components.promotion.bootstrap.paired_bootstrap`, 1,000 resamples of
 the queries) compares each rule and the served vector with ``baseline_concat``.
 
 **Category.** A vector that follows the title gives listings with one normalised title (nearly) one
@@ -66,8 +66,8 @@ sys.path.insert(0, str(ROOT))
 from item_model.evaluation import concat_baseline, pixel_baseline, text_baseline  # noqa: E402
 from item_model.image_utils import decode_image, load_image_bytes  # noqa: E402
 from item_model.io import atomic_path  # noqa: E402
-from item_model.lifecycle.significance import load_details, paired_bootstrap  # noqa: E402
-from item_model.lifecycle.steps import load_validated  # noqa: E402
+from components.promotion.bootstrap import load_details, paired_bootstrap  # noqa: E402
+from components.steps.training import load_validated  # noqa: E402
 from item_model.metrics import retrieval_details, tie_break_order  # noqa: E402
 from item_model.processing_item import default_bert_path  # noqa: E402
 from item_model.title_decides import normalise_title  # noqa: E402

@@ -1,10 +1,10 @@
 """Approximate vs exact search over catalog embeddings: build time, memory per vector, p50/p99 query
-latency at k = 10 and Recall@10 against exact search, for each :mod:`item_model.lifecycle.vector_index`
+latency at k = 10 and Recall@10 against exact search, for each :mod:`components.index.backends`
 backend, on real catalog embeddings and on synthetic catalogs grown from them.
 
     .venv/bin/python benchmarks/index.py --index PATH/catalog_index [--sizes 0,1000000] [--json out.json]
 
-``PATH/catalog_index`` is a catalog index folder (``item_model.lifecycle.index``: ``embeddings.npz`` with
+``PATH/catalog_index`` is a catalog index folder (``components.index.layout``: ``embeddings.npz`` with
 the joint vectors ``item``), e.g. a packaged model's in the BentoML store, or the ``evaluate`` step's
 output of a full-profile run (all 44,441 listings).
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from item_model.lifecycle.vector_index import (ExactIndex, FaissHNSWIndex, USearchHNSWIndex,  # noqa: E402
+from components.index.backends import (ExactIndex, FaissHNSWIndex, USearchHNSWIndex,  # noqa: E402
                                                recall_at_k)
 
 
@@ -109,12 +109,12 @@ def bench_size(vectors: np.ndarray, queries: np.ndarray, efs: list[int], backend
             index = USearchHNSWIndex.build(vectors, connectivity=32, expansion_add=128, dtype="f16")
         elif name == "faiss-hnsw-sq8+rerank":   # SQ8 candidates re-scored from float16 vectors mapped from disk
             import tempfile
-            from item_model.lifecycle.vector_index import RerankedIndex
+            from components.index.backends import RerankedIndex
             index = RerankedIndex.build(FaissHNSWIndex.build(vectors, m=32, ef_construction=128), vectors,
                                         tempfile.mkdtemp(prefix="bench-rerank-"), factor=5)
         elif name == "milvus":            # Milvus Lite in this process: its memory is this process's growth
             import tempfile
-            from item_model.lifecycle.vector_index import MilvusIndex
+            from components.index.backends import MilvusIndex
             index = MilvusIndex.build(vectors, str(Path(tempfile.mkdtemp(prefix="bench-milvus-")) / "bench.db"),
                                       "bench", M=32, efConstruction=128)
         else:

@@ -1,5 +1,5 @@
 """A catalog index of 10^7 vectors on this 24 GB machine, built without ever holding the catalog as
-float32: faiss IVF-PQ (``item_model.lifecycle.vector_index.FaissIVFPQIndex``, ``--m``-byte codes) whose
+float32: faiss IVF-PQ (``components.index.backends.FaissIVFPQIndex``, ``--m``-byte codes) whose
 candidates are re-ranked from a float16 copy mapped from disk (``RerankedIndex``), the backend
 ``faiss-ivfpq+rerank`` of ``item index --ann-backend``.
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from benchmarks.index import grow_chunks, latencies  # noqa: E402
-from item_model.lifecycle.vector_index import FaissIVFPQIndex, RerankedIndex, recall_at_k  # noqa: E402
+from components.index.backends import FaissIVFPQIndex, RerankedIndex, recall_at_k  # noqa: E402
 
 
 def peak_rss_gb() -> float:

@@ -10,7 +10,7 @@ For every row and seed it scores the joint ``[CLS]`` alone (read-out weight 0), 
 :meth:`item_model.modeling_item.ItemModel.embed`), and the text-only / image-only vectors; the
 baselines (MiniLM title, raw pixels, their concatenation) are scored on the same catalog. For each
 metric the best baseline is the one with the highest value; the paired bootstrap (1,000 resamples
-of queries / test listings, :func:`item_model.lifecycle.significance.paired_bootstrap`) gives the 95 % interval
+of queries / test listings, :func:`components.promotion.bootstrap.paired_bootstrap`) gives the 95 % interval
 of served - best baseline per seed.
 
 Writes ``<out>/model_comparison.json`` (every number), ``model_comparison.md`` (the table) and
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from item_model.lifecycle.environment import set_offline_defaults
+from components.steps.environment import set_offline_defaults
 
 set_offline_defaults()
 
@@ -61,8 +61,8 @@ def compare(ablation_dir: Path, rows: list[str], seeds: list[int], weights: list
     12,000-listing catalog; ``"full"``: the whole catalog, embedded by ``ablations.py --embed-full``);
     bootstrap served - best baseline. ``served_only`` skips the text-only / image-only vectors."""
     from item_model.evaluation import score_embeddings
-    from item_model.lifecycle.significance import paired_bootstrap
-    from item_model.lifecycle.steps import load_validated
+    from components.promotion.bootstrap import paired_bootstrap
+    from components.steps.training import load_validated
 
     cdir = ablation_dir / "catalog" if catalog == "sample" else ablation_dir / "full" / "catalog"
     df, _ = load_validated(str(cdir))

@@ -78,8 +78,8 @@ def imagenet_check(model, df, size: tuple[int, int]) -> dict:
 
 def main() -> None:
     from item_model.evaluation import concat_baseline, score_embeddings, text_baseline
-    from item_model.lifecycle.significance import load_details, paired_bootstrap
-    from item_model.lifecycle.steps import load_validated
+    from components.promotion.bootstrap import load_details, paired_bootstrap
+    from components.steps.training import load_validated
     from item_model.processing_item import default_bert_path
     from item_model.title_decides import title_decides_groups
 
@@ -92,7 +92,7 @@ def main() -> None:
                    help="first write RUN_DIR/validate-catalog/ from this catalog, whole, with the pipeline's split")
     args = p.parse_args()
     if args.validate_catalog:
-        from item_model.lifecycle.steps import validate_step
+        from components.steps.training import validate_step
         run = Path(args.runs[0]) / "validate-catalog"
         validate_step(args.validate_catalog, str(run / "validated_catalog"), str(run / "quarantine.parquet"),
                       str(run / "validation.json"), str(run / "data_docs"))

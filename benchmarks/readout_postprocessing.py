@@ -49,7 +49,7 @@ VARIANTS = {"raw": lambda x: x, "centred": lambda x: l2(x - x.mean(0)), "whiten_
 
 def main() -> None:
     from item_model.evaluation import score_embeddings
-    from item_model.lifecycle.steps import load_validated
+    from components.steps.training import load_validated
     from item_model.title_decides import title_decides_groups
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -79,7 +79,7 @@ def title_vectors(run: Path, df: pd.DataFrame, pooling: str) -> np.ndarray:
     """The run's model's title-stream vector t of every row of ``df`` read out by ``pooling``
     (``ItemConfig.text_pooling``), (n, D) float32 L2-normalised: the title fed alone, as
     ``embed_catalog(..., "text")`` serves it."""
-    from item_model.evaluation import embed_catalog
+    from item_model.inference import embed_catalog
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
 
@@ -94,7 +94,7 @@ def titles_disagree_vectors(run: Path, df: pd.DataFrame, text: np.ndarray, joint
     """(t, j, groups) of the titles-disagree catalog (:mod:`item_model.titles_disagree`): the rows of
     the rewritten group members embedded again by the run's model (t: the title alone, j: the joint
     pass's ``[CLS]``, read-out weight 0), every other row as given."""
-    from item_model.evaluation import embed_catalog_modes
+    from item_model.inference import embed_catalog_modes
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
     from item_model.titles_disagree import titles_disagree_catalog
@@ -115,8 +115,8 @@ def main() -> None:
     from item_model.configuration_item import ItemConfig
     from item_model.evaluation import (readout_selection_rows, readout_weight_scores, score_embeddings,
                                        title_decides_metrics)
-    from item_model.lifecycle.significance import load_details, paired_bootstrap
-    from item_model.lifecycle.steps import load_validated
+    from components.promotion.bootstrap import load_details, paired_bootstrap
+    from components.steps.training import load_validated
     from item_model.title_decides import title_decides_groups
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

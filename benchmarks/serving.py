@@ -54,7 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from item_model.lifecycle.environment import set_offline_defaults  # noqa: E402
+from components.steps.environment import set_offline_defaults  # noqa: E402
 
 set_offline_defaults()
 
@@ -80,7 +80,7 @@ def read_catalog_columns(catalog: Path) -> pd.DataFrame:
 
 def read_query_listings(catalog: Path, n: int) -> pd.DataFrame:
     """The first ``n`` listings of shard 0 with a title and a photo: ``title``, ``image_bytes``."""
-    from item_model.data.catalog import shard_paths, to_canonical
+    from components.catalog import shard_paths, to_canonical
     df = to_canonical(pq.read_table(shard_paths(catalog)[0]).slice(0, 2 * n), "shard 0")
     df = df[df["title"].notna() & df["image_bytes"].notna()].head(n)
     return df[["product_id", "title", "image_bytes"]].reset_index(drop=True)
@@ -118,7 +118,7 @@ def build_model_folder(kind: str, out: Path, bentoml_home: str | None, tag: str 
 
 def package(model_dir: Path, index_df: pd.DataFrame, dim: int, home: Path) -> str:
     """Save the model folder plus a random-vector catalog index into a fresh BentoML store at ``home``."""
-    from item_model.lifecycle.index import save_catalog_index
+    from components.index.layout import save_catalog_index
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((len(index_df), dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -137,7 +137,7 @@ def in_process_throughput(model_dir: Path, queries: pd.DataFrame, batch_size: in
     import torch
 
     from item_model.image_utils import decode_image
-    from item_model.evaluation import embed_listings
+    from item_model.inference import embed_listings
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
     model = ItemModel.from_pretrained(str(model_dir)).eval()
@@ -195,7 +195,7 @@ def in_process_cpu_per_embedding(model_dir: Path, queries: pd.DataFrame, batch: 
     ``batch``, in-process, after a warm-up pass."""
     import torch
 
-    from item_model.evaluation import embed_listings
+    from item_model.inference import embed_listings
     from item_model.image_utils import decode_image
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor

@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from item_model.io import write_json_atomic
-from item_model.lifecycle import steps
-from item_model.lifecycle.gate import load_gate_config
-from item_model.lifecycle.registry import ModelRegistry
+from components.steps import training as steps
+from components.promotion.gate import load_gate_config
+from components.registry import ModelRegistry
 from pipelines.config import GATE_FILE, load_profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                       # the tests' catalog-subset writer
@@ -50,7 +50,7 @@ def corrupt(catalog_dir: Path, out_dir: Path, category: str, like: str) -> int:
         values = df[col].to_numpy(dtype=object).copy()
         values[target] = df[col].to_numpy(dtype=object)[donors]
         df[col] = values
-    from item_model.lifecycle.artifacts import CATALOG_FILE
+    from components.storage.layout import CATALOG_FILE
     pd.DataFrame(df).to_parquet(out_dir / CATALOG_FILE, index=False)
     return len(target)
 

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from item_model.io import write_json_atomic  # noqa: E402
-from item_model.lifecycle import steps  # noqa: E402
-from item_model.lifecycle.significance import load_details, paired_bootstrap  # noqa: E402
+from components.steps import training as steps  # noqa: E402
+from components.promotion.bootstrap import load_details, paired_bootstrap  # noqa: E402
 from pipelines.config import DEFAULT_CATALOG, load_profile  # noqa: E402
 
 MODELS = ("item", "item_text_only", "item_image_only", "baseline_text_minilm", "baseline_image_pixels",

@@ -25,7 +25,7 @@ import json
 import os
 import time
 
-from item_model.lifecycle.environment import set_offline_defaults
+from components.steps.environment import set_offline_defaults
 
 set_offline_defaults()
 
@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, BertModel  # noqa: E402
 
-from item_model.data.catalog import iter_catalog  # noqa: E402
+from components.catalog import iter_catalog  # noqa: E402
 from item_model.modeling_item import ItemModel  # noqa: E402
 from item_model.processing_item import ItemProcessor, ListingDataset, PretrainingCollator, default_bert_path  # noqa: E402
 from pipelines.config import DEFAULT_CATALOG, load_profile  # noqa: E402

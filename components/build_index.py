@@ -1,6 +1,6 @@
 """KFP component: gather every shard's vectors into the catalog index of one model version, exact below
 ``exact_max`` listings and with an approximate index above (faiss HNSW-SQ8 re-ranked, usearch HNSW, or a
-Milvus collection) (:func:`item_model.lifecycle.catalog_embedding.build_index`)."""
+Milvus collection) (:func:`components.index.build.build_index`)."""
 
 from kfp import dsl
 
@@ -19,8 +19,8 @@ def build_index(
     search, written)."""
     import logging
 
-    from item_model.lifecycle.catalog_embedding import build_index as build
-    from item_model.lifecycle.catalog_embedding import index_root_of, index_settings
+    from components.index.build import build_index as build
+    from components.index.build import index_root_of, index_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     s = index_settings(**settings)

@@ -28,7 +28,7 @@ def drift_report(
     import logging
     import tempfile
 
-    from item_model.data import storage
+    from components import storage
     from monitoring.steps import drift_report_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -17,12 +17,12 @@ def embed_current(
     current_embeddings: Output[Dataset],
 ):
     """The current window's ITEm embeddings per modality (``embeddings.npz`` + ``embeddings.json``,
-    :mod:`item_model.lifecycle.embedding_io`): a catalog folder embedded joint / text-only / image-only, or the
+    :mod:`components.storage.embeddings`): a catalog folder embedded joint / text-only / image-only, or the
     traffic-log rows with ``since <= timestamp < until`` each under its served modality. ``current``
     may be a local path or a ``gs://`` URI."""
     import logging
 
-    from item_model.data import storage
+    from components import storage
     from monitoring.drift import DriftConfig
     from monitoring.steps import embed_current_step
 

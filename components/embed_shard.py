@@ -1,5 +1,5 @@
 """KFP component: embed one shard of a catalog with one registry version of ITEm, reusing the vectors of
-listings whose title and photo did not change (:func:`item_model.lifecycle.catalog_embedding.embed_shard`)."""
+listings whose title and photo did not change (:func:`components.index.build.embed_shard`)."""
 
 from kfp import dsl
 
@@ -17,14 +17,14 @@ def embed_shard(
     settings: dict,
 ) -> dict:
     """Writes ``<index root>/shards/shard-SSSSS-of-NNNNN.parquet`` (``index_root``, or "" for
-    ``<storage_root>/indexes/<model_version>``; ``settings``: :func:`~item_model.lifecycle.catalog_embedding.index_settings`);
+    ``<storage_root>/indexes/<model_version>``; ``settings``: :func:`~components.index.build.index_settings`);
     returns its counts (listings, embedded, reused, removed, skipped, written)."""
     import logging
 
-    from item_model.data import storage
-    from item_model.lifecycle.catalog_embedding import embed_shard as embed
-    from item_model.lifecycle.catalog_embedding import index_root_of, index_settings
-    from item_model.lifecycle.registry import ModelRegistry
+    from components import storage
+    from components.index.build import embed_shard as embed
+    from components.index.build import index_root_of, index_settings
+    from components.registry import ModelRegistry
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     s = index_settings(**settings)

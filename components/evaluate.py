@@ -25,7 +25,7 @@ def evaluate(
     build it from the whole catalog."""
     import logging
 
-    from item_model.lifecycle.steps import evaluate_step
+    from components.steps.training import evaluate_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = evaluate_step(validated_catalog.path, model.path, eval_json.path, bert_path, modality_ablation,

@@ -25,7 +25,7 @@ def gate(
     """
     import logging
 
-    from item_model.lifecycle.steps import gate_step
+    from components.steps.training import gate_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = gate_step(eval_json.path, gate_config, blessing.path, report.path, eval_details.path,

@@ -23,7 +23,7 @@ def package(
     and metadata; its tag in bento_model."""
     import logging
 
-    from item_model.lifecycle.catalog_embedding import index_root_of, local_index
+    from components.index.build import index_root_of, local_index
     from serving.store import save_to_bentoml
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -22,7 +22,7 @@ def pretrain(
     re-run of this task (or ``item run --resume``) continues from the last one when ``resume``."""
     import logging
 
-    from item_model.lifecycle.steps import pretrain_step
+    from components.steps.training import pretrain_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     summary = pretrain_step(validated_catalog.path, model.path, model_config, train_config, bert_path,

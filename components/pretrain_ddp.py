@@ -4,13 +4,13 @@ PyTorchJob (Kubeflow Training Operator, ``kubeflow.org/v1``), launched and await
 Compiled in place of :mod:`components.pretrain` when ``ddp.enabled`` is set in
 ``pipelines/configs/cluster.yaml`` (``item compile --cluster`` / ``item submit``); ``item run``
 (kfp.local) always uses the single-process ``pretrain``. Each replica runs the configured command
-under ``torchrun`` (``torchrun -m item_model.lifecycle.torchrun_pretrain``; see ``item_model/train.py`` and
+under ``torchrun`` (``torchrun -m components.steps.torchrun_pretrain``; see ``item_model/train.py`` and
 ``item_model/distributed.py``): the pipeline-root bucket is mounted at ``/gcs/<bucket>`` in every
 replica (GKE Cloud Storage FUSE), so the replicas read the validated catalog at its artifact path and
 rank 0 writes the model folder at this task's ``model`` artifact path (``/gcs/...`` = its ``gs://`` URI).
 
 The task's service account needs RBAC to create, get and delete ``pytorchjobs.kubeflow.org`` in its
-namespace (docs/deploy.md). The manifest and the Kubernetes calls live in :mod:`item_model.lifecycle.pytorchjob`.
+namespace (docs/deploy.md). The manifest and the Kubernetes calls live in :mod:`components.steps.pytorchjob`.
 """
 
 from kfp import dsl
@@ -35,7 +35,7 @@ def pretrain_ddp(
     import os
     import uuid
 
-    from item_model.lifecycle.pytorchjob import pytorchjob_manifest, run_pytorchjob
+    from components.steps.pytorchjob import pytorchjob_manifest, run_pytorchjob
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     namespace = os.environ.get("POD_NAMESPACE") or open(

@@ -12,7 +12,7 @@ def promote(eval_json: Input[Artifact], registry_root: str, registry_version: st
     """Returns the champion's version (the challenger's)."""
     import logging
 
-    from item_model.lifecycle.steps import promote_step
+    from components.steps.training import promote_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return promote_step(registry_root, registry_version, eval_json.path)["version"]

@@ -22,7 +22,7 @@ def register_model(
     """Returns the new registry version id."""
     import logging
 
-    from item_model.lifecycle.steps import register_step
+    from components.steps.training import register_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = register_step(registry_root, model.path, eval_json.path, blessing.path, validated_catalog.path,

@@ -19,7 +19,7 @@ def validate_catalog(
     """Validated catalog (folder), quarantined rows (parquet), GX result (JSON), GX Data Docs (folder)."""
     import logging
 
-    from item_model.lifecycle.steps import validate_step
+    from components.steps.training import validate_step
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     summary = validate_step(catalog, validated_catalog.path, quarantine.path, validation_result.path,

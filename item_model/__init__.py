@@ -2,17 +2,14 @@
 
 The ML library of ITEm-MLOps, Hugging Face-style: configuration (``configuration_item``), model
 (``modeling_item``), processor (``processing_item``, ``image_utils``), training (``train``,
-``distributed``, ``checkpoint``), evaluation and metrics (``evaluation``, ``metrics``, ``title_decides``).
-It imports nothing of the platform.
-
-The platform lives in two sub-packages that build on the library, never the other way round
-(``docs/architecture.md``; checked by the import-linter contracts in ``pyproject.toml``):
-:mod:`item_model.data` (storage, catalog, validation) and :mod:`item_model.lifecycle` (pipeline steps,
-gate, registry, catalog index).
+``distributed``, ``checkpoint``), inference (``inference``), evaluation and metrics (``evaluation``,
+``metrics``, ``title_decides``, ``titles_disagree``). It imports nothing of the platform, which lives
+in ``components/`` and builds on the library, never the other way round (``docs/architecture.md``;
+checked by the import-linter contract in ``pyproject.toml``).
 
 The top-level names are imported on first use (PEP 562), so that ``import item_model.<anything>`` does
 not load transformers: the platform sets its process environment (offline, telemetry off) before any
-library reads it (:mod:`item_model.lifecycle.environment`). ``modeling_item`` registers the model with
+library reads it (:mod:`components.steps.environment`). ``modeling_item`` registers the model with
 ``AutoConfig`` / ``AutoModel`` when it is imported.
 """
 

@@ -6,7 +6,7 @@ and every objective is normalised by its *global* count of masked tokens / patch
 loss curve equals that of one process with the same global batch (up to float summation order
 and dropout draws). Only rank 0 writes artifacts.
 
-    torchrun --nproc_per_node 2 -m item_model.lifecycle.torchrun_pretrain VALIDATED_CATALOG_DIR MODEL_DIR \\
+    torchrun --nproc_per_node 2 -m components.steps.torchrun_pretrain VALIDATED_CATALOG_DIR MODEL_DIR \\
         --train-config '{"steps": 250, "batch_size": 32}' [--model-config '{}'] [--checkpoint-root DIR]
 
 On a Kubeflow cluster the same command is the entry point of each replica of a PyTorchJob

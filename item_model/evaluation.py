@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .image_utils import decode_image, load_image_bytes
+from .inference import MODES, embed_catalog, embed_catalog_modes, top_k
 from .io import PROGRESS_INTERVAL
 from .metrics import PROBE_CS, accuracy, group_search_metrics, macro_f1, probe_details, retrieval_details
 from .modeling_item import ItemModel
@@ -36,93 +37,8 @@ from .titles_disagree import score_titles_disagree
 
 logger = logging.getLogger(__name__)
 
-MODES = ("joint", "text", "image")
-
-
 def _l2(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-@torch.no_grad()
-def embed_listings(model: ItemModel, processor: ItemProcessor, titles: list[str | None] | None,
-                   images: list[np.ndarray | None] | None, batch_size: int = 128) -> np.ndarray:
-    """ITEm product embeddings of listings with both, only a title, or only an image.
-
-    Args:
-        titles: n titles (None or "" = no title), or None for image-only listings.
-        images: n uint8 (H, W, 3) arrays already at the model's image size (None = no image), or None.
-
-    Returns:
-        (n, D) float32, L2-normalised rows.
-
-    Raises:
-        ValueError: a listing has neither a title nor an image (names its position), or the two
-            lists differ in length.
-    """
-    n = len(titles) if titles is not None else len(images)
-    titles = titles if titles is not None else [None] * n
-    images = images if images is not None else [None] * n
-    if len(titles) != len(images):
-        raise ValueError(f"titles ({len(titles)}) and images ({len(images)}) differ in length")
-    has_t = np.array([isinstance(t, str) and t.strip() != "" for t in titles])
-    has_i = np.array([im is not None for im in images])
-    if (~has_t & ~has_i).any():
-        raise ValueError(f"listing(s) at position {np.flatnonzero(~has_t & ~has_i)[:5].tolist()} "
-                         f"have neither 'title' nor 'image'")
-    out = np.zeros((n, model.config.hidden_size), dtype=np.float32)
-    model.eval()
-    for kind, sel in (("joint", has_t & has_i), ("text", has_t & ~has_i), ("image", ~has_t & has_i)):
-        idx = np.flatnonzero(sel)
-        for s in range(0, len(idx), batch_size):
-            b = idx[s:s + batch_size]
-            enc = processor.tokenize([titles[i] for i in b]) if kind != "image" else {}
-            px = processor.pixel_values([images[i] for i in b]) if kind != "text" else None
-            out[b] = model.embed(enc.get("input_ids"), enc.get("attention_mask"), px).numpy()
-    return out
-
-
-@torch.no_grad()
-def embed_catalog(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame, mode: str = "joint",
-                  batch_size: int = 128, progress: bool = True) -> np.ndarray:
-    """Embed canonical catalog rows with ITEm, images decoded batch by batch.
-
-    Args:
-        mode: ``"joint"`` (title + photo), ``"text"`` (title stream alone) or ``"image"`` (photo alone).
-
-    Returns:
-        (len(df), D) float32, L2-normalised.
-    """
-    return embed_catalog_modes(model, processor, df, (mode,), batch_size, progress)[mode]
-
-
-@torch.no_grad()
-def embed_catalog_modes(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame,
-                        modes: tuple[str, ...] = MODES, batch_size: int = 128,
-                        progress: bool = True) -> dict[str, np.ndarray]:
-    """Embed canonical catalog rows in several modes at once: each batch's titles tokenised and photos
-    decoded once, each encoder pass run once (:meth:`ItemModel.embed_kinds`); each mode's rows equal
-    :func:`embed_catalog`'s for that mode alone.
-
-    Returns:
-        ``{mode: (len(df), D) float32}``, L2-normalised rows.
-
-    Raises:
-        ValueError: an unknown mode.
-    """
-    if not modes or set(modes) - set(MODES):
-        raise ValueError(f"modes must be among {MODES}, got {list(modes)}")
-    titles = df["title"].tolist()
-    rows = df[["product_id", "image_bytes", "image_uri"]].to_dict("records")
-    out = {m: np.zeros((len(df), model.config.hidden_size), dtype=np.float32) for m in modes}
-    model.eval()
-    for s in tqdm(range(0, len(df), batch_size), desc=f"embed ITEm ({', '.join(modes)})", disable=not progress,
-                  mininterval=PROGRESS_INTERVAL):
-        e = min(s + batch_size, len(df))
-        enc = processor.tokenize(titles[s:e]) if set(modes) - {"image"} else {}
-        px = processor.pixel_values([processor.image_array(r) for r in rows[s:e]]) if set(modes) - {"text"} else None
-        for mode, vectors in model.embed_kinds(enc.get("input_ids"), enc.get("attention_mask"), px, modes).items():
-            out[mode][s:e] = vectors.numpy()
-    return out
 
 
 def text_baseline(df: pd.DataFrame, bert_path: str, batch_size: int = 256, progress: bool = True) -> np.ndarray:
@@ -148,19 +64,6 @@ def pixel_baseline(df: pd.DataFrame, side: int = 16, progress: bool = True) -> n
 def concat_baseline(text: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     """[text ; pixels] / sqrt(2) of two L2-normalised embeddings (so the result is unit length). (n, Dt+Dp)."""
     return np.concatenate([text, pixels], axis=1) / np.sqrt(2.0).astype(np.float32)
-
-
-def top_k(embeddings: np.ndarray, query_index: np.ndarray, k: int = 5, chunk: int = 256) -> np.ndarray:
-    """Indices of each query's k best-scoring gallery items (itself excluded), best first. (q, k) int64."""
-    out = np.empty((len(query_index), k), dtype=np.int64)
-    for s in range(0, len(query_index), chunk):
-        q = query_index[s:s + chunk]
-        scores = embeddings[q] @ embeddings.T
-        scores[np.arange(len(q)), q] = -np.inf
-        part = np.argpartition(-scores, k, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-        out[s:s + chunk] = np.take_along_axis(part, order, axis=1)
-    return out
 
 
 def title_decides_metrics(emb: np.ndarray, groups: np.ndarray) -> tuple[dict[str, float], dict | None]:
@@ -241,7 +144,7 @@ def modality_balance(joint: np.ndarray, text: np.ndarray, image: np.ndarray, k: 
     :func:`top_k`, 1e-6 slack). Without ties this is exactly the set overlap.
 
     Reading: near 1 with one modality and low with the other = the joint vector follows that
-    modality; both low = it follows neither single-modality view (:func:`item_model.lifecycle.gate.balance_reading`).
+    modality; both low = it follows neither single-modality view (:func:`components.promotion.gate.balance_reading`).
 
     Args:
         joint, text, image: (n, D) float32 rows aligned with the same catalog (L2-normalised; inner

@@ -3,7 +3,7 @@ serving, and the reader of a row's encoded image.
 
 A row's image is its ``image_bytes``, else the file or object its ``image_uri`` names. Local paths are
 read here; other schemes (``gs://``) are read by the reader the storage layer registers
-(:func:`register_uri_reader`, done by :mod:`item_model.data.storage` on import), so this ML library
+(:func:`register_uri_reader`, done by :mod:`components.storage` on import), so this ML library
 does not depend on the platform that stores catalogs.
 """
 
@@ -36,7 +36,7 @@ def read_uri(uri: str) -> bytes:
         scheme = uri.split("://", 1)[0]
         if scheme not in URI_READERS:
             raise ValueError(f"image_uri {uri!r}: no reader for '{scheme}://' URIs "
-                             f"(import item_model.data.storage to read gs:// objects)")
+                             f"(import components.storage to read gs:// objects)")
         return URI_READERS[scheme](uri)
     return Path(uri).read_bytes()
 
@@ -46,7 +46,7 @@ def load_image_bytes(row: pd.Series | dict) -> bytes:
 
     Raises:
         ValueError: the row has neither, naming the ``product_id``.
-        FileNotFoundError / item_model.data.storage.StorageNotFound: ``image_uri`` names no file/object.
+        FileNotFoundError / components.storage.StorageNotFound: ``image_uri`` names no file/object.
         ValueError: ``image_uri`` has a scheme no reader is registered for (:func:`register_uri_reader`).
     """
     data = row.get("image_bytes")

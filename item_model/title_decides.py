@@ -60,7 +60,7 @@ def title_decides_groups(df: pd.DataFrame, min_size: int = 2, max_size: int = 6,
     """Relabel a canonical catalog into title-decides same-product groups (see the module docstring).
 
     Args:
-        df: canonical catalog rows (:mod:`item_model.data.catalog`): ``title`` (str, may be null),
+        df: canonical catalog rows (:mod:`components.catalog`): ``title`` (str, may be null),
             ``category`` (leaf, str), ``group_id`` (Int64 / float, null for listings in no real
             same-product group; a missing column counts as all null).
         min_size, max_size: inclusive bounds on the number of listings that carry a qualifying

@@ -281,7 +281,7 @@ def titles_disagree_catalog(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]
     group members carry rewritten, pairwise different titles.
 
     Args:
-        df: canonical catalog (:mod:`item_model.data.catalog`): ``product_id`` (str), ``title``
+        df: canonical catalog (:mod:`components.catalog`): ``product_id`` (str), ``title``
             (str), ``group_id`` (Int64 / float, null for listings in no group); ``colour`` is used
             when present. Other columns are copied as they are.
 

@@ -42,7 +42,7 @@ class TrainConfig:
     bf16_autocast: bool | str = False  # CPU: forward under bf16 autocast; "auto" = when the CPU has native bf16 (cpu_has_native_bf16); GPU: always
     freeze_backbone_steps: int = 0     # LP-FT: the first steps train only the new parts (patch projection, heads)
     backbone_lr_ratio: float = 1.0     # LP-FT: the pre-trained backbone's learning rate / the new parts'
-    pretrain_listings: str = "train_split"   # which listings pre-training reads (item_model.lifecycle.steps.training_rows)
+    pretrain_listings: str = "train_split"   # which listings pre-training reads (components.steps.training.training_rows)
     title_batches: float = 0.0         # share of each batch drawn as same-title clusters (hard InfoNCE negatives; title_clusters)
     title_cluster_size: int = 4        # listings per same-title cluster
     readout_weights: tuple = ()        # after training, the served vector's w chosen among these on the validation split (evaluation.choose_readout_weight); () = keep model_config's

@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from item_model.data import storage
+from components import storage
 from item_model.io import PROGRESS_INTERVAL, json_text, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def calibrate(pool: np.ndarray, window: int, n_reference: int, score: ScoreFn, n
 
 class CalibrationStore:
     """Calibrations of one storage root: ``<root>/calibration/<model name>/<model version>.json``, the
-    root a local folder or ``gs://bucket/prefix`` (:func:`item_model.data.storage.storage_root`).
+    root a local folder or ``gs://bucket/prefix`` (:func:`components.storage.storage_root`).
 
     File content: ``{"model_tag": "<name>:<version>", "entries": {key: calibration dict}}``, where
     the key names the modality, window size, reference size and method settings

@@ -2,7 +2,7 @@
 thresholds, per modality (joint, text-only, image-only).
 
 * Reference: the champion's catalog index, stored with the model at package time
-  (``<BentoML model>/catalog_index``, :mod:`item_model.lifecycle.index`): the embeddings of the catalog it was
+  (``<BentoML model>/catalog_index``, :mod:`components.index.layout`): the embeddings of the catalog it was
   trained and validated on, joint and, when the model was evaluated with the modality ablation,
   text-only and image-only.
 * Current: a new catalog batch (a folder in the catalog layout), embedded by the same model in each
@@ -37,8 +37,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from item_model.lifecycle.artifacts import INDEX_KINDS
-from item_model.lifecycle.embedding_io import MODALITIES, check_embeddings, sample_rows
+from components.storage.layout import INDEX_KINDS
+from components.storage.embeddings import MODALITIES, check_embeddings, sample_rows
 
 from .calibration import CalibrationStore, calibrate, pool_fingerprint
 
@@ -300,7 +300,7 @@ def detect_drift(reference: dict[str, np.ndarray], current: dict[str, np.ndarray
 
     Args:
         reference: ``{modality: (n_P, D) float32}`` (e.g. :func:`load_reference`).
-        current: ``{modality: (n_m, D) float32}`` (e.g. :func:`item_model.lifecycle.embedding_io.load_embeddings`).
+        current: ``{modality: (n_m, D) float32}`` (e.g. :func:`components.storage.embeddings.load_embeddings`).
 
     Returns:
         (summary: ``{"drift", "drifted_modalities", "tested_modalities", "modalities": {modality:

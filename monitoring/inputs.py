@@ -1,6 +1,6 @@
 """The two sides of a drift test: the reference (the champion's catalog index, stored with the packaged
 model in the BentoML store) and the current window (a catalog batch folder, or a window of the serving
-traffic log read through :func:`item_model.lifecycle.artifacts.read_traffic_files`)."""
+traffic log read through :func:`components.storage.layout.read_traffic_files`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from item_model.lifecycle import artifacts
-from item_model.lifecycle.artifacts import (INDEX_DIR, INDEX_KINDS, TrafficLogError, find_packaged_model,
+from components.storage import layout as artifacts
+from components.storage.layout import (INDEX_DIR, INDEX_KINDS, TrafficLogError, find_packaged_model,
                                             read_traffic_files)
-from item_model.lifecycle.embedding_io import MODALITIES
+from components.storage.embeddings import MODALITIES
 
 from .drift import DriftInputError
 
@@ -52,7 +52,7 @@ def load_reference(model_path: str | Path) -> tuple[dict[str, np.ndarray], dict]
     Raises:
         DriftInputError: the model has no catalog index.
     """
-    from item_model.lifecycle.index import load_catalog_index
+    from components.index.layout import load_catalog_index
 
     path = Path(model_path) / INDEX_DIR
     if not (path / "index.json").exists():

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from item_model.io import write_json_atomic
-from item_model.lifecycle.embedding_io import load_embeddings, sample_rows, save_embeddings
-from item_model.lifecycle.results import DriftSummary
-from item_model.lifecycle.steps import record_failure
+from components.storage.embeddings import load_embeddings, sample_rows, save_embeddings
+from components.storage.results import DriftSummary
+from components.steps.training import record_failure
 
 from .calibration import CalibrationStore
 from .drift import DriftConfig, DriftInputError, detect_drift
@@ -32,7 +32,7 @@ def embed_current_step(current: str, model_tag: str, bentoml_home: str | None, o
                        since: str = "", until: str = "", max_rows: int = 1000, seed: int = 0,
                        progress: bool = True) -> dict:
     """Embed the current window with the reference model and write the embeddings artifact
-    (:mod:`item_model.lifecycle.embedding_io`).
+    (:mod:`components.storage.embeddings`).
 
     * catalog folder: rows with a title and an image, a seeded random sample of at most ``max_rows``,
       embedded by the model in the joint, text-only and image-only modes;
@@ -44,7 +44,7 @@ def embed_current_step(current: str, model_tag: str, bentoml_home: str | None, o
 
     Raises:
         DriftInputError: see :func:`source_type`, :func:`load_traffic_window`,
-            :func:`traffic_embeddings`; an empty catalog window. item_model.data.catalog.CatalogError: an
+            :func:`traffic_embeddings`; an empty catalog window. components.catalog.CatalogError: an
             unreadable catalog.
     """
     tag, model_path = resolve_model(model_tag, bentoml_home)
@@ -53,8 +53,8 @@ def embed_current_step(current: str, model_tag: str, bentoml_home: str | None, o
                   "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     t0 = time.perf_counter()
     if kind == "catalog":
-        from item_model.data.catalog import read_catalog
-        from item_model.lifecycle.embedding_io import embed_modalities, usable_listings
+        from components.catalog import read_catalog
+        from components.storage.embeddings import embed_modalities, usable_listings
         from item_model.modeling_item import ItemModel
         from item_model.processing_item import ItemProcessor
 

@@ -7,7 +7,7 @@
     item submit --host URL [--pipeline training|monitoring] [--param KEY=VALUE ...]
 
 Locations (catalog, registry, output folder) are local paths or ``gs://bucket/prefix`` URIs
-(:mod:`item_model.data.storage`).
+(:mod:`components.storage`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import click
 
-from item_model.lifecycle.environment import set_offline_defaults
+from components.steps.environment import set_offline_defaults
 
 set_offline_defaults()
 
-from item_model.data import storage  # noqa: E402
+from components import storage  # noqa: E402
 from pipelines import config as pconfig  # noqa: E402
 from pipelines.summary import print_summary  # noqa: E402
 
@@ -107,7 +107,7 @@ def training_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
     if task == "pretrain" and (task_dir / "model" / "training_curve.json").exists():
         last = json.loads((task_dir / "model" / "training_curve.json").read_text())[-1]
         return f"step {last['step']}: loss {last['loss']:.3f}, {last.get('samples_per_s', 0):.1f} samples/s"
-    from item_model.lifecycle.results import Blessing, EvalResult
+    from components.storage.results import Blessing, EvalResult
     if task == "evaluate" and (task_dir / "eval_json").exists():
         r = EvalResult.from_json(task_dir / "eval_json")
         return (f"item R@1 {r.metric('item', 'recall@1'):.4f}, mAP {r.metric('item', 'mAP'):.4f}, "
@@ -121,7 +121,7 @@ def training_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
 def summarize(run_dir: Path, wall_s: float) -> dict:
     """Collect the run's artifacts into one summary dict (also written as ``run_dir/summary.json``)."""
     from item_model.io import write_json_atomic
-    from item_model.lifecycle.results import Blessing, EvalResult
+    from components.storage.results import Blessing, EvalResult
     from pipelines.local_runner import find_outputs
     tasks = find_outputs(run_dir)
     summary: dict = {"status": "succeeded", "run_dir": str(run_dir), "wall_time_s": round(wall_s, 1),
@@ -165,7 +165,7 @@ def upload_run(run_dir: Path, remote: str, summary: dict) -> dict:
     local copy. Returns the rewritten summary.
 
     Raises:
-        item_model.data.storage.StorageError: an upload failed (the local run folder is kept then).
+        components.storage.StorageError: an upload failed (the local run folder is kept then).
     """
     import shutil
     local = str(run_dir)
@@ -224,8 +224,8 @@ def main(ctx, verbose: bool) -> None:
 def run_cmd(ctx, catalog, profile, gate_config, overrides, output_dir, bentoml_home, model_name, bert_path, registry,
             resume, checkpoint_root, as_json, stream):
     """Run the training pipeline locally through kfp.local on a catalog."""
-    from item_model.data.catalog import CatalogError
-    from item_model.lifecycle.gate import GateConfigError
+    from components.catalog import CatalogError
+    from components.promotion.gate import GateConfigError
 
     try:
         pconfig.preflight(catalog)
@@ -261,9 +261,9 @@ def run_cmd(ctx, catalog, profile, gate_config, overrides, output_dir, bentoml_h
 def validate_cmd(catalog, profile, overrides, output_dir, as_json):
     """Validate a catalog drop alone: the pipeline's first step (Great Expectations suites, quarantine,
     split), the same report and exit code (0 valid, 1 stopped), no training."""
-    from item_model.data.catalog import CatalogError
-    from item_model.data.validation import CatalogValidationError
-    from item_model.lifecycle.steps import validate_step
+    from components.catalog import CatalogError
+    from components.catalog.validation import CatalogValidationError
+    from components.steps.training import validate_step
 
     try:
         prof = pconfig.apply_overrides(pconfig.load_profile(profile), list(overrides))
@@ -341,9 +341,9 @@ def index_arguments(cluster: dict, catalog: str, params: dict) -> dict:
 
     Raises:
         ValueError: no ``model_version``, no ``storage_root``, an unknown parameter or a bad setting
-            (:func:`item_model.lifecycle.catalog_embedding.index_settings`).
+            (:func:`components.index.build.index_settings`).
     """
-    from item_model.lifecycle.catalog_embedding import index_settings
+    from components.index.build import index_settings
     known = {"model_version", "catalog", "num_shards", "kinds", "batch_size", "exact_max", "backend", "milvus_uri"}
     if set(params) - known:
         raise ValueError(f"--param {sorted(set(params) - known)}: not index pipeline parameters; known: {sorted(known)}")

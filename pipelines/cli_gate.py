@@ -20,7 +20,7 @@ registry_option = click.option("--registry", default="", help="Registry root (de
 
 
 def _registry(root: str):
-    from item_model.lifecycle.registry import ModelRegistry
+    from components.registry import ModelRegistry
     return ModelRegistry(root or pconfig.default_registry())
 
 
@@ -44,7 +44,7 @@ def show(version: str, storage_root: str, live_html: str, registry: str) -> None
     when it ran in shadow beside the champion (item serve --shadow VERSION)."""
     from rich.console import Console
 
-    from item_model.lifecycle.registry import RegistryError
+    from components.registry import RegistryError
     from pipelines.summary import blessing_table
 
     reg = _registry(registry)
@@ -55,7 +55,7 @@ def show(version: str, storage_root: str, live_html: str, registry: str) -> None
     except RegistryError as exc:
         _fail(exc)
     info = reg.info(v)
-    from item_model.lifecycle.results import Blessing, ResultFileError
+    from components.storage.results import Blessing, ResultFileError
     try:
         blessing = Blessing.from_json(path / "blessing.json").to_dict()
     except ResultFileError as exc:
@@ -75,7 +75,7 @@ def _show_live_traffic(console, version: str, storage_root: str, live_html: str)
     """The "live traffic" section: the shadow log of ``version`` summarised (serving/shadow.py)."""
     from rich.table import Table
 
-    from item_model.data.storage import storage_root as resolve_root
+    from components.storage import storage_root as resolve_root
     from item_model.io import write_text_atomic
     from serving.shadow import disagreements, read_shadow_log, shadow_report_html, summarize_shadow
 
@@ -103,7 +103,7 @@ def _show_live_traffic(console, version: str, storage_root: str, live_html: str)
                           f"{r.get('query_title') or r.get('product_id')!r}", highlight=False)
     if live_html:
         titles = {}
-        from item_model.lifecycle.catalog_embedding import index_root_of, local_index
+        from components.index.build import index_root_of, local_index
         with local_index(index_root_of(version, storage_root or None)) as folder:   # titles for the top-5 lists
             if folder is not None:
                 import pandas as pd
@@ -120,7 +120,7 @@ def list_cmd(registry: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from item_model.lifecycle.registry import RegistryError
+    from components.registry import RegistryError
 
     reg = _registry(registry)
     table = Table(title=f"Promotion history ({reg.root})")
@@ -144,7 +144,7 @@ def list_cmd(registry: str) -> None:
 @registry_option
 def repair_cmd(registry: str) -> None:
     """Recover the champion's promotion line in the history when a crash lost it."""
-    from item_model.lifecycle.registry import RegistryError
+    from components.registry import RegistryError
     reg = _registry(registry)
     try:
         added = reg.repair()
@@ -171,7 +171,7 @@ def approve(version: str, reason: str, package: bool, check: bool, gate_config: 
     and check it (the pipeline's serving check), then move the champion pointer."""
     import getpass
 
-    from item_model.lifecycle.registry import RegistryError
+    from components.registry import RegistryError
     reg = _registry(registry)
     if check and not package:
         _fail(click.UsageError("--no-package needs --no-serving-check: the serving check serves the packaged model"))
@@ -183,7 +183,7 @@ def approve(version: str, reason: str, package: bool, check: bool, gate_config: 
             tag = package_registry_version(reg.version_path(v), v, bentoml_home or None, approved_by=getpass.getuser())
             click.echo(f"packaged as BentoML model {tag}")
         if check:
-            from item_model.lifecycle.gate import GateConfigError
+            from components.promotion.gate import GateConfigError
             from serving.serving_check import ServingCheckConfig, ServingCheckError, serving_check
             try:
                 config = ServingCheckConfig.from_gate_config(pconfig.load_gate_config(gate_config or pconfig.GATE_FILE))
@@ -209,7 +209,7 @@ def approve(version: str, reason: str, package: bool, check: bool, gate_config: 
 @registry_option
 def reject(version: str, reason: str, registry: str) -> None:
     """Block VERSION by hand; if it is the champion, the previous champion comes back."""
-    from item_model.lifecycle.registry import RegistryError
+    from components.registry import RegistryError
     reg = _registry(registry)
     try:
         v = reg.resolve(version)
@@ -231,7 +231,7 @@ def screenshot(version: str, output: str, chromium: str, registry: str) -> None:
     import subprocess
     import tempfile
 
-    from item_model.lifecycle.registry import RegistryError
+    from components.registry import RegistryError
     reg = _registry(registry)
     try:
         html = reg.version_path(reg.resolve(version)) / "gate_report.html"
@@ -254,9 +254,9 @@ def screenshot(version: str, output: str, chromium: str, registry: str) -> None:
 def _run_inputs(run: str) -> tuple[dict, dict | None, dict | None, "object", str]:
     """(eval.json, eval_details or None, catalog.json or None, validated catalog DataFrame, label) of
     a run folder (``runs/<run id>``, as ``item run`` writes) or a registry version folder."""
-    from item_model.lifecycle.results import EvalResult
-    from item_model.lifecycle.significance import load_details
-    from item_model.lifecycle.steps import load_validated
+    from components.storage.results import EvalResult
+    from components.promotion.bootstrap import load_details
+    from components.steps.training import load_validated
     from pipelines.local_runner import find_outputs
 
     path = Path(run)
@@ -285,10 +285,10 @@ def init_cmd(catalog: str, from_run: str, slice_column: str, output: str, force:
     """Write a gate file for CATALOG: the shipped gate's relative floors (measured against the run's own
     baselines), a slice column the catalog can be judged by, and, with --from-run, the numbers each
     floor resolves to in that run. Use it with `item run --gate-config FILE`."""
-    from item_model.data.catalog import CatalogError, read_catalog
+    from components.catalog import CatalogError, read_catalog
     from item_model.io import write_text_atomic
-    from item_model.lifecycle.gate import evaluate_gate
-    from item_model.lifecycle.gate_init import catalog_with_split, render_gate_file
+    from components.promotion.gate import evaluate_gate
+    from components.promotion.init_config import catalog_with_split, render_gate_file
 
     out = Path(output)
     if out.exists() and not force:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from item_model.lifecycle.catalog_embedding import ANN_BACKENDS, DEFAULT_BACKEND
+from components.index.build import ANN_BACKENDS, DEFAULT_BACKEND
 from pipelines import config as pconfig
 
 
@@ -67,8 +67,8 @@ SETTING_OPTIONS = {"num_shards": "--shards", "kinds": "--kinds", "batch_size": "
 def index_cmd(catalog, model_version, registry, index_root, num_shards, only, kinds, batch_size, exact_max,
               ann_backend, milvus_uri, output_dir, as_json, stream):
     """Embed a catalog shard by shard (kfp.local, dsl.ParallelFor) and build its index."""
-    from item_model.lifecycle.catalog_embedding import IndexSettingsError, index_root_of, index_settings, local_threads
-    from item_model.lifecycle.registry import ModelRegistry, RegistryError, default_registry
+    from components.index.build import IndexSettingsError, index_root_of, index_settings, local_threads
+    from components.registry import ModelRegistry, RegistryError, default_registry
     from pipelines.index import index_pipeline
     from pipelines.local_runner import run_locally
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from item_model.lifecycle.environment import set_offline_defaults
+from components.steps.environment import set_offline_defaults
 
 set_offline_defaults()
 
@@ -44,7 +44,7 @@ def preflight(current: str, model_tag: str, bentoml_home: str, since: str, until
         ``{"model_tag": resolved tag, "model_path", "source_type", "reference_dim", "window": counts}``.
 
     Raises:
-        monitoring.drift.DriftInputError / item_model.data.catalog.CatalogError: naming the field or file.
+        monitoring.drift.DriftInputError / components.catalog.CatalogError: naming the field or file.
     """
     from monitoring import inputs
 
@@ -66,11 +66,11 @@ def check_catalog(catalog: str) -> None:
     """The catalog folder, its shards and their required columns can be read (no rows are read).
 
     Raises:
-        item_model.data.catalog.CatalogError: naming the folder, shard or column.
+        components.catalog.CatalogError: naming the folder, shard or column.
     """
     import pyarrow.parquet as pq
 
-    from item_model.data import catalog as cat
+    from components import catalog as cat
     for shard in cat.shard_paths(catalog):
         try:
             names = pq.read_schema(shard).names
@@ -111,7 +111,7 @@ def run_monitoring(arguments: dict, run_dir: Path, verbose: bool = False) -> dic
 def monitoring_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
     """The figure ``item monitor`` shows on a finished task's line: the verdict and drift scores after
     ``drift-report``; other tasks: their last INFO message (empty here)."""
-    from item_model.lifecycle.results import DriftSummary
+    from components.storage.results import DriftSummary
     if task == "drift-report" and (task_dir / "summary").exists():
         d = DriftSummary.from_json(task_dir / "summary")
         scores = ", ".join(f"{m} {r['score']:.3g}/{r['threshold']:.3g}" for m, r in d.modalities.items()
@@ -127,7 +127,7 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
     recommendation and, when retraining ran, its blessing and BentoML tag."""
     from item_model.io import write_json_atomic
 
-    from item_model.lifecycle.results import Blessing, DriftSummary
+    from components.storage.results import Blessing, DriftSummary
 
     from pipelines.local_runner import task_folders
 
@@ -223,9 +223,9 @@ def monitor_cmd(ctx, current, model_tag, bentoml_home, storage_root, since, unti
     run the training pipeline."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from item_model.data.catalog import CatalogError
-    from item_model.lifecycle.gate import GateConfigError
-    from item_model.data.storage import storage_root as resolve_storage_root
+    from components.catalog import CatalogError
+    from components.promotion.gate import GateConfigError
+    from components.storage import storage_root as resolve_storage_root
     from monitoring.drift import DriftConfig, DriftInputError
     from pipelines import config as pconfig
 

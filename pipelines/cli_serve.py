@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from item_model.lifecycle.environment import set_offline_defaults
+from components.steps.environment import set_offline_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "serving.service:ItemService"
@@ -26,8 +26,8 @@ SERVICE = "serving.service:ItemService"
 
 def model_on_disk(bentoml_home: str, tag: str | None) -> str | None:
     """The ``name:version`` the store at ``bentoml_home`` holds for ``tag`` (default ``item:latest``),
-    or None when it has none (:func:`item_model.lifecycle.artifacts.find_packaged_model`)."""
-    from item_model.lifecycle.artifacts import find_packaged_model
+    or None when it has none (:func:`components.storage.layout.find_packaged_model`)."""
+    from components.storage.layout import find_packaged_model
     found = find_packaged_model(tag, bentoml_home)
     return found[0] if found else None
 
@@ -72,7 +72,7 @@ def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, stora
         env["ITEM_MODEL_TAG"] = tag
     # relative to where the command runs (bentoml serve runs in the repository root)
     # (a gs://bucket/prefix storage root is passed on as it is: the traffic log writes to GCS)
-    from item_model.data import storage
+    from components import storage
     root = storage_root or env.get("ITEM_STORAGE_ROOT") or "item-storage"
     env["ITEM_STORAGE_ROOT"] = root if storage.is_gcs(root) else str(Path(root).expanduser().resolve())
     if traffic_sample is not None:
@@ -89,7 +89,7 @@ def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, stora
     if wanted is None:          # the service resolves the same champion itself, and keeps following it
         from serving.store import champion_tag
         registry = env.get("ITEM_REGISTRY") or storage.join(env["ITEM_STORAGE_ROOT"], "registry")
-        from item_model.lifecycle.registry import RegistryError
+        from components.registry import RegistryError
         try:
             wanted = champion_tag(home, registry)
         except (LookupError, RegistryError) as exc:

@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
-from item_model.data import storage
-from item_model.data.storage import storage_root
-from item_model.lifecycle.registry import default_registry
-from item_model.lifecycle.gate import load_gate_config
+from components import storage
+from components.storage import storage_root
+from components.registry import default_registry
+from components.promotion.gate import load_gate_config
 from pipelines.params import TrainingParams
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -85,12 +85,12 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
                        checkpoint_root: str = "", resume: bool = False) -> dict:
     """The training pipeline's parameters (:class:`pipelines.params.TrainingParams` as a dict) for a
     catalog, a profile and a gate config; the profile's ``index`` section (optional) sets the index
-    steps (:func:`item_model.lifecycle.catalog_embedding.index_settings`: ``num_shards``, ``kinds``, ...).
+    steps (:func:`components.index.build.index_settings`: ``num_shards``, ``kinds``, ...).
 
     Raises:
         ValueError: a bad ``index`` setting (naming the field).
     """
-    from item_model.lifecycle.catalog_embedding import index_settings, local_threads
+    from components.index.build import index_settings, local_threads
     settings = index_settings(**dict(profile.get("index") or {}))
     if not settings["threads"]:                 # kfp.local runs the shard tasks side by side on this machine
         settings["threads"] = local_threads(settings["num_shards"])
@@ -202,7 +202,7 @@ def cluster_arguments(cluster: dict, profile: dict, gate_config: dict, overrides
             raise ClusterConfigError(f"cluster parameter {key!r} is not a training pipeline parameter; "
                                      f"known: {sorted(args)}")
         args[key] = value
-    from item_model.lifecycle.catalog_embedding import index_settings
+    from components.index.build import index_settings
     if "index_settings" not in params:          # each shard task gets its own pod: threads from its CPU request
         args["index_settings"]["threads"] = task_threads(cluster, "embed-shard")
     args["index_settings"] = index_settings(**args["index_settings"])
@@ -216,9 +216,9 @@ def preflight(catalog: str) -> None:
     columns and the group file can be read.
 
     Raises:
-        item_model.data.catalog.CatalogError: naming the folder, file or column at fault.
+        components.catalog.CatalogError: naming the folder, file or column at fault.
     """
-    from item_model.data import catalog as cat
+    from components import catalog as cat
     for path in cat.shard_paths(catalog):
         cat.check_columns(path, cat._open_shard(path).schema_arrow.names)
     cat.read_groups(catalog)

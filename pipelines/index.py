@@ -1,7 +1,7 @@
 """The ITEm index pipeline (KFP v2): embed a catalog with one registry version of the model, one task per
 shard in a ``dsl.ParallelFor``, then one task that builds the catalog index from the shards' files.
 
-The DAG only; the logic is in :mod:`item_model.lifecycle.catalog_embedding`, the parameters come from
+The DAG only; the logic is in :mod:`components.index.build`, the parameters come from
 ``item index`` (:mod:`pipelines.cli_index`). Shard tasks write their output to the storage root
 (``<storage root>/indexes/<model version>/shards/``), not as KFP artifacts, so that a second run finds
 the first run's vectors (incremental refresh) and a failed shard can be re-run alone; on a cluster each

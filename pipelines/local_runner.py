@@ -11,7 +11,7 @@ cluster image to the terminal. Here, by default:
   INFO message, or what ``key_figure`` returns), with a live progress bar while a task reports
   progress (tqdm);
 - a failed task stops the run with :class:`PipelineFailed`, whose message holds the step's own error
-  (``$ITEM_ERROR_DIR`` records, :func:`item_model.lifecycle.steps.record_failure`) and the last lines
+  (``$ITEM_ERROR_DIR`` records, :func:`components.steps.training.record_failure`) and the last lines
   of the failing task's log.
 
 ``verbose=True`` restores kfp.local's own stream unchanged.

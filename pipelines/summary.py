@@ -3,7 +3,7 @@ the promotion gate) and the gate table ``item gate show`` reuses."""
 
 from __future__ import annotations
 
-from item_model.data import storage
+from components import storage
 
 
 def print_summary(summary: dict) -> None:
@@ -45,9 +45,9 @@ def print_summary(summary: dict) -> None:
 def check_lines(models: dict) -> list[str]:
     """Up to two summary lines (each under 100 columns) under the metrics table: the served vector's
     modality balance (item's top-10 overlap with its text-only / image-only embeddings, and the
-    reading of :func:`item_model.lifecycle.gate.balance_reading`) and the title-decides Recall@1 of item and
+    reading of :func:`components.promotion.gate.balance_reading`) and the title-decides Recall@1 of item and
     the text/pixel baselines; a line is left out when eval.json lacks its metrics."""
-    from item_model.lifecycle.gate import balance_reading, balance_values, modality_gains
+    from components.promotion.gate import balance_reading, balance_values, modality_gains
     lines = []
     balance = balance_values({"models": models})
     if balance is not None:

@@ -9,7 +9,7 @@ polls the champion pointer (``ITEM_WATCH_INTERVAL_S``, default 10 s; ``gs://`` r
 when it moves (a promotion, ``item gate reject``), loads the new champion beside the old one and
 swaps them in one assignment (:meth:`ItemService.swap_to`): requests in flight finish on the model
 they started on, every response names the version that produced it, ``/readyz`` stays 200. Its store entry holds the Hugging Face model folder and, built at
-package time, ``catalog_index/`` (:mod:`item_model.lifecycle.index`): the embeddings of the catalog the model
+package time, ``catalog_index/`` (:mod:`components.index.layout`): the embeddings of the catalog the model
 was validated on, with ids and titles.
 
 Endpoints (BentoML also serves ``/livez``, ``/readyz``, ``/healthz``, ``/metrics`` (Prometheus) and
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 
-from item_model.lifecycle.environment import set_offline_defaults  # noqa: E402
+from components.steps.environment import set_offline_defaults  # noqa: E402
 
 set_offline_defaults()
 # OpenMP threads sleep instead of spinning while they wait: the model's threads share the cores with the
@@ -61,7 +61,7 @@ from bentoml.exceptions import InvalidArgument, NotFound  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from serving import schemas  # noqa: E402
-from item_model.lifecycle.artifacts import INDEX_DIR, INDEX_KINDS  # noqa: E402
+from components.storage.layout import INDEX_DIR, INDEX_KINDS  # noqa: E402
 from serving.schemas import (MAX_K, MAX_LISTINGS, Embedding, Listing, Neighbour, ProductId,  # noqa: E402
                              SimilarResult, top_k)
 
@@ -125,7 +125,7 @@ def resolve_model_tag(tag: str | None = None) -> str:
 
     wanted = tag or os.environ.get("ITEM_MODEL_TAG", "").strip()
     if not wanted:
-        from item_model.lifecycle.registry import RegistryError
+        from components.registry import RegistryError
         try:
             wanted = champion_tag(model_name=MODEL_NAME)
         except (LookupError, RegistryError) as exc:
@@ -476,7 +476,7 @@ class ServedModel:
         self.tag, self.model, self.processor = tag, model, processor
         self.dim = int(model.config.hidden_size)
         self.indexes, self.ids, self.titles, self.categories = indexes, ids, titles, categories
-        #: kind -> approximate index (:mod:`item_model.lifecycle.vector_index`), for a catalog built above
+        #: kind -> approximate index (:mod:`components.index.backends`), for a catalog built above
         #: the exact-search threshold by ``item index``; empty = exact search
         self.ann = dict(ann or {})
         self.index_source = index_source
@@ -511,8 +511,8 @@ class ServedModel:
         """
         import torch
 
-        from item_model.lifecycle.index import load_catalog_index
-        from item_model.lifecycle.vector_index import load_index
+        from components.index.layout import load_catalog_index
+        from components.index.backends import load_index
         from item_model.modeling_item import ItemModel
         from item_model.processing_item import ItemProcessor
         from serving.store import registry_version_of, served_index_folder
@@ -562,7 +562,7 @@ class ServedModel:
     def embed(self, titles: list[str | None], images: list[np.ndarray | None]) -> np.ndarray:
         """(n, D) float32 L2-normalised embeddings; photos of another size than this model's input
         (decoded for the model served before a swap) are resized first."""
-        from item_model.evaluation import embed_listings
+        from item_model.inference import embed_listings
         h, w = self.processor.image_size
         images = [im if im is None or im.shape[:2] == (h, w) else _resize(im, h, w) for im in images]
         fault = os.environ.get(FAULT_TITLE_ENV)
@@ -643,7 +643,7 @@ class ItemService:
         Raises:
             LookupError: no package of it in the BentoML store.
         """
-        from item_model.lifecycle.artifacts import find_packaged_model
+        from components.storage.layout import find_packaged_model
         from serving.shadow import Shadow
         from serving.store import package_of, registry_version_of
 
@@ -693,7 +693,7 @@ class ItemService:
         Raises:
             LookupError: ``tag`` is not in the BentoML store. ValueError: its catalog index is malformed.
         """
-        from item_model.lifecycle.artifacts import find_packaged_model
+        from components.storage.layout import find_packaged_model
 
         found = find_packaged_model(tag)
         if found is None:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from item_model.lifecycle.artifacts import INDEX_DIR, find_packaged_model
-from item_model.lifecycle.environment import OFFLINE_ENV
+from components.storage.layout import INDEX_DIR, find_packaged_model
+from components.steps.environment import OFFLINE_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def serving_check(tag: str, bentoml_home: str | Path | None, config: ServingChec
     import httpx
     import torch
 
-    from item_model.evaluation import embed_listings
+    from item_model.inference import embed_listings
     from item_model.image_utils import decode_image
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
@@ -220,7 +220,7 @@ def serving_check(tag: str, bentoml_home: str | Path | None, config: ServingChec
     with served_index_folder(tag, path, bentoml_home) as (folder, _):     # the index the server will search
         has_index = (folder / INDEX_DIR / "index.json").is_file()
         if has_index:
-            from item_model.lifecycle.index import load_catalog_index
+            from components.index.layout import load_catalog_index
             listings, embeddings, _ = load_catalog_index(folder / INDEX_DIR)
     if has_index:
         picked = listings.head(config.n_listings)
@@ -320,7 +320,7 @@ def serving_check_step(tag: str, bentoml_home: str, gate_config: dict, registry_
         ServingCheckError: the gate config's ``serving_check`` section is malformed.
     """
     from item_model.io import write_json_atomic
-    from item_model.lifecycle.registry import ModelRegistry
+    from components.registry import ModelRegistry
 
     config = ServingCheckConfig.from_gate_config(gate_config)
     registry = ModelRegistry(registry_root)

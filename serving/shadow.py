@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from item_model.data import storage
+from components import storage
 
 logger = logging.getLogger("bentoml.item.shadow")     # printed by BentoML's handlers in the server
 

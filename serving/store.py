@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from item_model.lifecycle.artifacts import INDEX_DIR
+from components.storage.layout import INDEX_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 def _bentoml(bentoml_home: str | None):
     """Import bentoml with ``BENTOML_HOME`` set first (the store location is read at import time)."""
-    from item_model.lifecycle.environment import set_offline_defaults
+    from components.steps.environment import set_offline_defaults
     if bentoml_home:
         os.environ["BENTOML_HOME"] = str(bentoml_home)
     set_offline_defaults()
@@ -33,7 +33,7 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
 
     The store entry holds the Hugging Face model folder plus ``eval.json``, ``blessing.json`` and,
     when ``index_dir`` is given (a folder holding ``catalog_index/`` and, above the exact-search
-    threshold, ``vector_index/``: the index the index steps built, :func:`item_model.lifecycle.catalog_embedding.local_index`),
+    threshold, ``vector_index/``: the index the index steps built, :func:`components.index.build.local_index`),
     a copy of that index, so the package serves on its own;
     labels carry the verdict and catalog fingerprint, metadata the headline metrics and code version.
     BentoML writes the entry under a temporary name and moves it into the store when the ``with``
@@ -49,9 +49,9 @@ def save_to_bentoml(model_dir: str, eval_path: str, blessing_path: str, catalog_
     Raises:
         ValueError: the blessing says the model is not blessed and there is no approval (nothing is saved).
     """
-    from item_model.lifecycle.artifacts import CATALOG_META
-    from item_model.lifecycle.results import Blessing, EvalResult
-    from item_model.lifecycle.steps import code_version
+    from components.storage.layout import CATALOG_META
+    from components.storage.results import Blessing, EvalResult
+    from components.steps.training import code_version
 
     blessing = Blessing.from_json(blessing_path)
     if not blessing.blessed and not approved_by:
@@ -89,7 +89,7 @@ def package_registry_version(path: str | Path, version: str, bentoml_home: str |
     """Save a registry version folder (``model/``, ``eval.json``, ``blessing.json``, ``version.json``)
     into the BentoML store with the version's catalog index (``<storage root>/indexes/<version>/``,
     built from the catalog the version was trained on when it does not exist yet:
-    :func:`item_model.lifecycle.catalog_embedding.ensure_index`), its catalog summary rebuilt from
+    :func:`components.index.build.ensure_index`), its catalog summary rebuilt from
     ``version.json``.
 
     Returns:
@@ -101,7 +101,7 @@ def package_registry_version(path: str | Path, version: str, bentoml_home: str |
     import tempfile
 
     from item_model.io import write_json_atomic
-    from item_model.lifecycle.catalog_embedding import ensure_index, index_root_of, local_index
+    from components.index.build import ensure_index, index_root_of, local_index
     path = Path(path)
     info = json.loads((path / "version.json").read_text())
     if info.get("catalog_source"):
@@ -117,7 +117,7 @@ def package_registry_version(path: str | Path, version: str, bentoml_home: str |
 def package_of(registry_version: str, bentoml_home: str | Path | None = None, model_name: str = "item") -> str | None:
     """The BentoML tag of the newest store entry packaged from ``registry_version`` (its metadata's
     ``registry_version``), read from the store's folders; None when there is none."""
-    from item_model.lifecycle.artifacts import packaged_versions
+    from components.storage.layout import packaged_versions
     found = [(str(info.get("creation_time", "")), version) for version, info in packaged_versions(model_name, bentoml_home)
              if str((info.get("metadata") or {}).get("registry_version", "")) == registry_version]
     return f"{model_name}:{max(found)[1]}" if found else None
@@ -125,7 +125,7 @@ def package_of(registry_version: str, bentoml_home: str | Path | None = None, mo
 
 def registry_version_of(tag: str, bentoml_home: str | Path | None = None) -> str:
     """The registry version a store entry ``name:version`` was packaged from ("" when none is recorded)."""
-    from item_model.lifecycle.artifacts import packaged_versions
+    from components.storage.layout import packaged_versions
     name, _, version = tag.partition(":")
     info = next((i for v, i in packaged_versions(name, bentoml_home) if v == version), {})
     return str((info.get("metadata") or {}).get("registry_version") or "")
@@ -142,7 +142,7 @@ def champion_tag(bentoml_home: str | None = None, registry_root: str | None = No
 
     Args:
         bentoml_home: the store (default ``$BENTOML_HOME``, else ``~/bentoml``).
-        registry_root: the registry (default :func:`item_model.lifecycle.registry.default_registry`:
+        registry_root: the registry (default :func:`components.registry.default_registry`:
             ``$ITEM_REGISTRY``, else ``$ITEM_STORAGE_ROOT/registry``); a folder or ``gs://`` URI.
 
     Returns:
@@ -152,8 +152,8 @@ def champion_tag(bentoml_home: str | None = None, registry_root: str | None = No
         LookupError: the registry has a champion but the store holds no package of it (the message
             names the version, the store and how to package it).
     """
-    from item_model.lifecycle.artifacts import bentoml_home as store_root
-    from item_model.lifecycle.registry import ModelRegistry, default_registry
+    from components.storage.layout import bentoml_home as store_root
+    from components.registry import ModelRegistry, default_registry
 
     root = registry_root or default_registry()
     pointer = ModelRegistry(root).champion()
@@ -178,7 +178,7 @@ def served_index_folder(tag: str, path: str | Path, bentoml_home: str | Path | N
     root is ``gs://``), else ``(path, "package")``: the copy of that index packaged with the model in
     its store folder ``path``. ``registry_version``: ``tag``'s (:func:`registry_version_of`) when the
     caller has read it already (the store's model list is then not read again)."""
-    from item_model.lifecycle.catalog_embedding import index_root_of, local_index
+    from components.index.build import index_root_of, local_index
 
     version = registry_version_of(tag, bentoml_home) if registry_version is None else registry_version
     if not version:

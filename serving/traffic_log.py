@@ -6,7 +6,7 @@ Layout::
 
     <storage root>/traffic/<YYYY-MM-DD>/traffic-<YYYYmmddTHHMMSS>Z-<pid>-<seq>.parquet
 
-The storage root is a local folder or a ``gs://bucket/prefix`` (:mod:`item_model.data.storage`). Each
+The storage root is a local folder or a ``gs://bucket/prefix`` (:mod:`components.storage`). Each
 file holds at most ``rows_per_file`` rows, all from one UTC hour, and is written atomically (locally a
 temporary file moved into place; on GCS one upload, which only appears once complete), so readers
 never see half a file. Rows are buffered in memory
@@ -43,8 +43,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from item_model.data import storage
-from item_model.lifecycle.artifacts import TRAFFIC_DIR, TRAFFIC_SCHEMA
+from components import storage
+from components.storage.layout import TRAFFIC_DIR, TRAFFIC_SCHEMA
 
 logger = logging.getLogger("bentoml.item.traffic_log")   # printed by BentoML's handlers in the server
 

@@ -13,7 +13,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
-from item_model.lifecycle.environment import OFFLINE_ENV  # noqa: E402
+from components.steps.environment import OFFLINE_ENV  # noqa: E402
 
 os.environ.update(OFFLINE_ENV)           # telemetry off and offline in every test, whatever the shell says
 # no test reads or writes the developer's own ./item-storage (registry, calibrations, traffic log) or
@@ -93,8 +93,8 @@ def packaged_model(tmp_path_factory, slice_catalog) -> dict:
     Returns ``{"bentoml_home", "tag", "model_dir", "catalog_dir", "index_root", "index_dir", "eval_path"}``
     (``index_root`` holds ``catalog_index/``, which is ``index_dir``).
     """
-    from item_model.lifecycle import steps
-    from item_model.lifecycle.catalog_embedding import build_index, embed_shard
+    from components.steps import training as steps
+    from components.index.build import build_index, embed_shard
 
     root = tmp_path_factory.mktemp("packaged")
     paths = {k: str(root / k) for k in ("catalog", "model", "index", "docs")}
@@ -130,8 +130,8 @@ def gcs_emulator():
     import time
     import urllib.request
 
-    from item_model.data import storage
-
+    from components import storage
+    
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -18,7 +18,7 @@ from item_model.checkpoint import load_latest_checkpoint, save_checkpoint
 TRAIN = {"steps": 24, "batch_size": 4, "warmup_steps": 2, "log_every": 4, "seed": 0, "num_threads": 1,
          "checkpoint_every": 4, "keep_checkpoints": 2}
 SCRIPT = ("import sys, json, logging; logging.basicConfig(level=logging.INFO); "
-          "from item_model.lifecycle.steps import pretrain_step; "
+          "from components.steps.training import pretrain_step; "
           "pretrain_step(sys.argv[1], sys.argv[2], {'num_hidden_layers': 1}, json.loads(sys.argv[3]), "
           "progress=False, checkpoint_root=sys.argv[4], resume=sys.argv[5] == '1')")
 

@@ -36,7 +36,7 @@ def _run(cmd: list[str]) -> str:
 
 def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, packaged_model):
     catalog = packaged_model["catalog_dir"]
-    args = ["-m", "item_model.lifecycle.torchrun_pretrain", catalog, "{out}", "--model-config", json.dumps(MODEL),
+    args = ["-m", "components.steps.torchrun_pretrain", catalog, "{out}", "--model-config", json.dumps(MODEL),
             "--train-config", json.dumps(TRAIN)]
     one = tmp_path / "one"
     _run([sys.executable] + [a.replace("{out}", str(one)) for a in args])
@@ -62,7 +62,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, packag
 
 def test_global_batch_must_split_evenly_over_ranks(tmp_path, packaged_model):
     train = {**TRAIN, "batch_size": 7, "steps": 1}
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "item_model.lifecycle.torchrun_pretrain",
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "components.steps.torchrun_pretrain",
                            packaged_model["catalog_dir"], str(tmp_path / "m"), "--model-config", json.dumps(MODEL),
                            "--train-config", json.dumps(train)], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -74,7 +74,7 @@ def test_global_batch_must_split_evenly_over_ranks(tmp_path, packaged_model):
 def _torchrun(catalog: str, out: Path, ckpt: Path, train: dict, resume: bool) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "item_model.lifecycle.torchrun_pretrain",
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "components.steps.torchrun_pretrain",
            catalog, str(out), "--model-config", json.dumps({"num_hidden_layers": 1}),
            "--train-config", json.dumps(train), "--checkpoint-root", str(ckpt)] + (["--resume"] if resume else [])
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

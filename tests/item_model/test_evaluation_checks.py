@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from item_model.data import catalog as cat
+from components import catalog as cat
 from item_model.evaluation import modality_balance, pixel_baseline, score_embeddings, title_decides_metrics
-from item_model.lifecycle.gate import GateConfigError, balance_reading, blessing_markdown, evaluate_gate, load_gate_config
+from components.promotion.gate import GateConfigError, balance_reading, blessing_markdown, evaluate_gate, load_gate_config
 from item_model.metrics import PROBE_CS, PROBE_FALLBACK_C, probe_details
 from item_model.title_decides import describe_groups, normalise_title, title_decides_groups
 from pipelines.config import GATE_FILE
@@ -24,7 +24,7 @@ from tests.conftest import write_slice
 @pytest.fixture(scope="module")
 def real_slice(tmp_path_factory) -> pd.DataFrame:
     """3,000 real listings of shard 0 plus the members of 100 real same-product groups, read with
-    :func:`item_model.data.catalog.read_catalog`, with the project's hash split."""
+    :func:`components.catalog.read_catalog`, with the project's hash split."""
     folder = write_slice(tmp_path_factory.mktemp("checks"), n_plain=3000, n_groups=100)
     df = cat.read_catalog(folder)
     df["split"] = cat.assign_split(df["product_id"].tolist())
@@ -292,8 +292,8 @@ def test_default_gate_has_the_title_decides_criterion_with_a_reason():
 
 
 def test_reports_show_modality_balance_and_title_decides(tmp_path):
-    from item_model.lifecycle.gate_report import render_gate_report
-    from item_model.lifecycle.steps import gate_step
+    from components.promotion.report import render_gate_report
+    from components.steps.training import gate_step
     from pipelines.summary import check_lines
 
     result = _eval(0.5)
@@ -321,9 +321,9 @@ def test_reports_show_modality_balance_and_title_decides(tmp_path):
 
 
 def test_reports_say_how_the_served_vector_is_read_out(tmp_path):
-    from item_model.lifecycle.gate import readout_line
-    from item_model.lifecycle.gate_report import render_gate_report
-    from item_model.lifecycle.steps import gate_step
+    from components.promotion.gate import readout_line
+    from components.promotion.report import render_gate_report
+    from components.steps.training import gate_step
 
     sel = {"chosen": 8.0, "score": {"0.0": 0.7871, "8.0": 1.0}, "n_listings": 6357, "n_queries": 189,
            "title_decides_n_queries": 2938}
@@ -349,7 +349,7 @@ def test_reports_say_how_the_served_vector_is_read_out(tmp_path):
 
 
 def test_balance_reading_sees_the_weaker_modality_deciding_within():
-    from item_model.lifecycle.gate import modality_gains
+    from components.promotion.gate import modality_gains
     ev = {"models": {"item": {"recall@1": 0.98, "title_decides_recall@1": 0.99},
                      "item_text_only": {"recall@1": 0.70}, "item_image_only": {"title_decides_recall@1": 0.08}}}
     gains = modality_gains(ev)
@@ -364,7 +364,7 @@ def test_same_product_search_through_the_hnsw_index_matches_exact_search(real_sl
     """ann_search_metrics on real raw-pixel embeddings of 3,000+ listings with 100 real same-product
     groups, through the index serving uses (HNSW-SQ8, candidates re-ranked from float16 vectors):
     Recall@10 as exact search's; float16 re-scoring may reorder a few near-tied first places."""
-    from item_model.lifecycle.vector_index import ann_search_metrics
+    from components.index.backends import ann_search_metrics
     from item_model.metrics import retrieval_metrics
 
     emb = pixel_baseline(real_slice, progress=False)
@@ -446,8 +446,8 @@ def test_pretrain_step_saves_the_weight_chosen_on_validation_in_the_model(packag
     validation scores, and eval.json's read-out record says both."""
     import torch
 
-    from item_model.evaluation import embed_catalog_modes
-    from item_model.lifecycle import steps
+    from item_model.inference import embed_catalog_modes
+    from components.steps import training as steps
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
     from tests.conftest import TINY_MODEL

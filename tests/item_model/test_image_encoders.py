@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from item_model.data import catalog as cat
+from components import catalog as cat
 from item_model.image_encoders import imagenet_pixel_values, load_efficientnet_lite0
 from item_model.image_utils import decode_image, load_image_bytes
 from tests.conftest import CATALOG

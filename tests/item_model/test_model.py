@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from item_model.data import catalog as cat
+from components import catalog as cat
 from item_model.configuration_item import OBJECTIVES, ItemConfig
-from item_model.evaluation import embed_listings
+from item_model.inference import embed_listings
 from item_model.modeling_item import ItemModel, normalize_patches, patchify
 from item_model.processing_item import (ItemProcessor, ListingDataset, PretrainingCollator, default_bert_path,
                                         itm_pairs, mask_patches, mask_tokens)
@@ -208,7 +208,7 @@ def test_config_validates_patch_grid():
 def test_embed_kinds_in_one_call_equal_one_mode_at_a_time(tiny, listings, readout_text_weight, text_pooling):
     """The index steps and the evaluation embed all three kinds per batch with each encoder pass run
     once (``embed_catalog_modes``); every kind must equal what ``embed`` / ``embed_catalog`` serve."""
-    from item_model.evaluation import embed_catalog, embed_catalog_modes
+    from item_model.inference import embed_catalog, embed_catalog_modes
     model, proc = tiny
     model.config.readout_text_weight = readout_text_weight
     model.config.text_pooling = text_pooling

@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from item_model.data import catalog as cat
+from components import catalog as cat
 from item_model.modeling_item import ItemModel, infonce_loss
 from item_model.processing_item import (ItemProcessor, ListingDataset, PretrainingCollator, default_bert_path,
                                         duplicate_photos, duplicate_titles, modality_rows)
-from item_model.lifecycle.steps import training_rows
+from components.steps.training import training_rows
 from item_model.title_decides import normalise_title
 from item_model.train import (TrainConfig, backbone_lr_scale, cpu_has_native_bf16, pretrain, title_buckets,
                               title_clusters)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from item_model.data import catalog as cat
+from components import catalog as cat
 from item_model.evaluation import concat_baseline, pixel_baseline
 from item_model.title_decides import normalise_title
 from item_model.titles_disagree import (METRIC_KEYS, abbreviate_brand, describe, rewrite_title,
@@ -23,7 +23,7 @@ from tests.conftest import write_slice
 @pytest.fixture(scope="module")
 def real_slice(tmp_path_factory) -> pd.DataFrame:
     """2,000 real listings of shard 0 plus every member of all 496 real same-product groups, read
-    with :func:`item_model.data.catalog.read_catalog`."""
+    with :func:`components.catalog.read_catalog`."""
     folder = write_slice(tmp_path_factory.mktemp("titles_disagree"), n_plain=2000, n_groups=496)
     return cat.read_catalog(folder)
 
@@ -187,8 +187,8 @@ def test_evaluate_step_scores_every_model_on_the_rewritten_titles(packaged_model
     """A real tiny model evaluated by the pipeline's own step: every model gets the titles-disagree
     keys; the photo-only rows score exactly their plain search (photos untouched), the title models
     drop, and the per-query details travel in eval_details."""
-    from item_model.lifecycle import steps
-    from item_model.lifecycle.significance import load_details
+    from components.steps import training as steps
+    from components.promotion.bootstrap import load_details
 
     result = steps.evaluate_step(packaged_model["catalog_dir"], packaged_model["model_dir"], str(tmp_path / "eval.json"),
                                  modality_ablation=True, progress=False, details_path=str(tmp_path / "details.npz"))
@@ -208,8 +208,8 @@ def test_evaluate_step_scores_every_model_on_the_rewritten_titles(packaged_model
 
 
 def test_titles_disagree_gate_rows_and_report():
-    from item_model.lifecycle.gate import blessing_markdown, evaluate_gate
-    from item_model.lifecycle.gate_report import check_html
+    from components.promotion.gate import blessing_markdown, evaluate_gate
+    from components.promotion.report import check_html
 
     ev = {"models": {"item": {"recall@10": 1.0, "titles_disagree_recall@1": 0.90, "titles_disagree_recall@10": 1.0,
                               "titles_disagree_mAP": 0.92, "titles_disagree_n_queries": 100},

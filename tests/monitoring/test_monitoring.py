@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from item_model.lifecycle.embedding_io import MODALITIES, load_embeddings, save_embeddings
+from components.storage.embeddings import MODALITIES, load_embeddings, save_embeddings
 from monitoring import drift, inputs, steps
 from monitoring.calibration import CalibrationStore, conformal_threshold
 from monitoring.drift import DriftConfig, DriftInputError, detect_drift
@@ -54,8 +54,8 @@ def year_embeddings(packaged_model) -> dict[str, dict[str, np.ndarray]]:
     """The packaged tiny model's embeddings (joint, text-only, image-only) of real listings:
     ``reference`` = 600 random 2011-2012 listings, ``control`` = 200 other 2011-2012 listings,
     ``temporal`` = 200 random 2016-2017 listings."""
-    from item_model.data.catalog import to_canonical
-    from item_model.lifecycle.embedding_io import embed_modalities
+    from components.catalog import to_canonical
+    from components.storage.embeddings import embed_modalities
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
 
@@ -143,7 +143,7 @@ def test_evidently_report_html_json_and_terminal_summary(year_embeddings, tmp_pa
     r = summary["modalities"]["text"]
     # the report's Evidently score is the very score the calibration measured
     n, m = r["n_current"], r["n_reference"]
-    from item_model.lifecycle.embedding_io import sample_rows
+    from components.storage.embeddings import sample_rows
     direct = drift.drift_score(ref["text"][sample_rows(len(ref["text"]), m, config.seed + 1)],
                                cur["text"][sample_rows(len(cur["text"]), n, config.seed)], config)
     assert r["score"] == pytest.approx(direct, rel=1e-4)
@@ -175,7 +175,7 @@ def write_traffic(folder: Path, embeddings: np.ndarray, tag: str, start: str, ha
 def test_traffic_log_window_per_modality(packaged_model, tmp_path):
     """Served embeddings (the champion's own embeddings of its catalog) in a traffic log: the window
     is cut by time, each row tested under its own modality, a modality with too few rows skipped."""
-    from item_model.lifecycle.index import load_catalog_index
+    from components.index.layout import load_catalog_index
 
     _, emb, _ = load_catalog_index(packaged_model["index_dir"])
     rows = np.random.default_rng(0).permutation(len(emb["item"]))          # requests for random listings

@@ -100,7 +100,7 @@ def test_ddp_pretrain_compiles_as_a_multi_replica_pytorchjob(tmp_path):
     assert job["replicas"] == 3 and job["image"] == IMAGE and job["resources"]["accelerator"] == "nvidia.com/gpu"
     assert job["command"][0] == "torchrun"
     # the launcher's manifest: 1 master + 2 workers of the image, GPU each, the secret mounted
-    from item_model.lifecycle.pytorchjob import pytorchjob_manifest
+    from components.steps.pytorchjob import pytorchjob_manifest
     manifest = pytorchjob_manifest("item-pretrain-x", "kubeflow", job["image"], job["command"], job["replicas"],
                                    job["nproc_per_node"], job["resources"], job["gcs_credentials"],
                                    values={"validated_catalog_path": "/gcs/b/root/validated", "model_path": "/gcs/b/root/model",
@@ -110,7 +110,7 @@ def test_ddp_pretrain_compiles_as_a_multi_replica_pytorchjob(tmp_path):
     assert manifest["kind"] == "PyTorchJob" and replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
     container = replicas["Worker"]["template"]["spec"]["containers"][0]
     assert container["image"] == IMAGE and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["command"][:5] == ["torchrun", "--nproc_per_node", "1", "-m", "item_model.lifecycle.torchrun_pretrain"]
+    assert container["command"][:5] == ["torchrun", "--nproc_per_node", "1", "-m", "components.steps.torchrun_pretrain"]
     assert "/gcs/b/root/model" in container["command"] and '{"steps": 8}' in container["command"]
     assert {"name": "gcs-fuse-0", "mountPath": "/gcs/b"} in container["volumeMounts"]
     assert replicas["Worker"]["template"]["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"

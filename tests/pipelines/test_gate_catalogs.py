@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from item_model.lifecycle.gate import evaluate_gate, load_gate_config
+from components.promotion.gate import evaluate_gate, load_gate_config
 from pipelines.config import CONFIG_DIR, GATE_FILE
 from tests.conftest import write_subset
 

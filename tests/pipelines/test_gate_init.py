@@ -12,11 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from item_model.lifecycle.gate import evaluate_gate, load_gate_config
-from item_model.lifecycle.gate_config import KNOWN_METRICS, KNOWN_MODELS
-from item_model.lifecycle.steps import load_validated
-from item_model.lifecycle.gate_init import catalog_with_split, choose_slice_column
-from item_model.data.catalog import read_catalog
+from components.promotion.gate import evaluate_gate, load_gate_config
+from components.promotion.config import KNOWN_METRICS, KNOWN_MODELS
+from components.steps.training import load_validated
+from components.promotion.init_config import catalog_with_split, choose_slice_column
+from components.catalog import read_catalog
 from pipelines.config import CONFIG_DIR, GATE_FILE
 
 ITEM = str(Path(sys.executable).parent / "item")

@@ -56,7 +56,7 @@ def modified(table: pa.Table) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def setup(packaged_model, tmp_path_factory):
-    from item_model.lifecycle.registry import ModelRegistry
+    from components.registry import ModelRegistry
     tmp = tmp_path_factory.mktemp("index")
     registry = ModelRegistry(str(tmp / "registry"))
     version = registry.register(packaged_model["model_dir"], {"eval.json": packaged_model["eval_path"]},
@@ -67,14 +67,14 @@ def setup(packaged_model, tmp_path_factory):
 
 
 def _index(root: str):
-    from item_model.lifecycle.index import load_catalog_index
+    from components.index.layout import load_catalog_index
     return load_catalog_index(Path(root) / "catalog_index")
 
 
 @pytest.mark.e2e
 def test_index_pipeline_parallel_shards_then_incremental_refresh(setup, packaged_model):
-    from item_model.data.catalog import read_catalog
-    from item_model.evaluation import embed_catalog
+    from components.catalog import read_catalog
+    from item_model.inference import embed_catalog
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
 
@@ -128,8 +128,8 @@ def test_index_pipeline_parallel_shards_then_incremental_refresh(setup, packaged
 
 @pytest.mark.e2e
 def test_a_failed_shard_is_rerun_alone_and_two_model_versions_are_refused(setup, packaged_model):
-    from item_model.lifecycle.catalog_embedding import ShardMissing, build_index, shard_file
-    from item_model.lifecycle.vector_index import IndexVersionMismatch
+    from components.index.build import ShardMissing, build_index, shard_file
+    from components.index.backends import IndexVersionMismatch
 
     s = {**setup, "root": str(setup["tmp"] / "index-root-2"), "runs": str(setup["tmp"] / "runs-2")}
     catalog = write_slice(s["tmp"] / "catalog-c", n_plain=30, n_groups=2)
@@ -149,7 +149,7 @@ def test_a_failed_shard_is_rerun_alone_and_two_model_versions_are_refused(setup,
     # the distributed backend: the same shards, the approximate index as Milvus collections (Milvus Lite)
     out = summary(run_index(catalog, s, "--model-version", s["version"], "--ann-backend", "milvus", "--exact-max", "10"))
     assert out["tasks"][-1]["key_figure"] == f"{n} listings, milvus search"
-    from item_model.lifecycle.vector_index import load_index
+    from components.index.backends import load_index
     listings, emb, meta = _index(s["root"])
     assert meta["search"] == "milvus"
     for kind in ("item", "item_text_only"):
@@ -208,7 +208,7 @@ def test_item_index_names_the_option_of_the_bad_setting():
     settings name (every field an option sets has one), before any catalog is read."""
     from click.testing import CliRunner
 
-    from item_model.lifecycle.catalog_embedding import index_settings
+    from components.index.build import index_settings
     from pipelines.cli import main
     from pipelines.cli_index import SETTING_OPTIONS, index_cmd
 

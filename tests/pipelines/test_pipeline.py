@@ -76,7 +76,7 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     assert stored_config["text_pooling"] == "mean"
     assert summary["eval"]["checks"]["readout"]["text_pooling"] == "mean"
     assert stored_config["readout_text_weight"] == summary["eval"]["checks"]["readout"]["readout_text_weight"]
-    from item_model.lifecycle.index import load_catalog_index
+    from components.index.layout import load_catalog_index
     listings, embeddings, index_meta = load_catalog_index(stored / "catalog_index")
     # the index covers the whole catalog (the index pipeline's tasks, one per shard), not the tiny
     # profile's 400-listing training sample
@@ -125,7 +125,7 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
         < order.index("package") < order.index("serving-check")
     assert any("R@1" in " ".join(t) for t in task_lines if t[0] == "evaluate")
     # registered and promoted: the registry's champion is this run's version, with its gate report
-    from item_model.lifecycle.registry import ModelRegistry
+    from components.registry import ModelRegistry
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.champion()["version"] == summary["registry_version"] == meta["metadata"]["registry_version"]
     assert (registry.version_path(summary["registry_version"]) / "gate_report.html").exists()
@@ -143,7 +143,7 @@ def test_failed_serving_check_blocks_promotion(tmp_path, slice_catalog):
     assert "serving-check" in summary["tasks_run"] and "promote" not in summary["tasks_run"]
     assert summary["serving_check"]["passed"] is False and "> max_latency_ms 0" in summary["serving_check"]["reason"]
     assert summary["promoted"] is False and "unchanged (not promoted)" in proc.stdout
-    from item_model.lifecycle.registry import ModelRegistry
+    from components.registry import ModelRegistry
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.champion() is None
     last = registry.history()[-1]
@@ -160,7 +160,7 @@ def test_run_not_blessed_skips_package(tmp_path, slice_catalog):
     assert "package" not in summary["tasks_run"] and "gate" in summary["tasks_run"]
     assert summary["bento_model"] is None and bento_models(tmp_path / "bentoml") == []
     assert "NOT BLESSED" in Path(summary["gate_report"]).read_text()
-    from item_model.lifecycle.registry import ModelRegistry
+    from components.registry import ModelRegistry
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.champion() is None and registry.versions() == [summary["registry_version"]]
     assert registry.history()[-1]["action"] == "blocked"

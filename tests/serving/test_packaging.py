@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from item_model.lifecycle.index import load_catalog_index
+from components.index.layout import load_catalog_index
 
 
 def test_packaged_model_holds_weights_index_and_metadata(packaged_model):
@@ -94,13 +94,13 @@ def test_serving_check_packages_from_the_registry_when_the_task_store_lacks_the_
     on loopback and passes; its result is written and nothing is recorded as blocked."""
     import json
 
-    from item_model.lifecycle.registry import ModelRegistry
+    from components.registry import ModelRegistry
     registry = ModelRegistry(tmp_path / "registry")
     blessing = str(Path(packaged_model["eval_path"]).parent / "blessing.json")
     version = registry.register(packaged_model["model_dir"], {"eval.json": packaged_model["eval_path"],
                                                               "blessing.json": blessing}, {})
     # the version's catalog index, where the training pipeline's index steps write it (the storage root)
-    from item_model.lifecycle.catalog_embedding import build_index, embed_shard, index_root_of
+    from components.index.build import build_index, embed_shard, index_root_of
     storage_root = tmp_path / "storage"
     embed_shard(slice_catalog, 0, 1, packaged_model["model_dir"], version, index_root_of(version, storage_root))
     build_index(index_root_of(version, storage_root), version, 1)

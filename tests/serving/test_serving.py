@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-from item_model.lifecycle.environment import OFFLINE_ENV  # noqa: E402
+from components.steps.environment import OFFLINE_ENV  # noqa: E402
 
 QUIET_ENV = dict(OFFLINE_ENV)
 
@@ -92,7 +92,7 @@ def test_embed_round_trip_equals_in_process_embedding(server, packaged_model, ca
     import bentoml
 
     from item_model.image_utils import decode_image
-    from item_model.evaluation import embed_listings
+    from item_model.inference import embed_listings
 
     rows = catalog_rows.iloc[:12]
     listings, titles, images = [], [], []
@@ -401,7 +401,7 @@ def test_one_failing_listing_fails_only_its_own_request_in_a_batch(packaged_mode
 
 # -------------------------------------------------------------------------------- traffic log
 def test_traffic_log_holds_served_embeddings(server, packaged_model, catalog_rows):
-    from item_model.lifecycle.artifacts import TRAFFIC_SCHEMA as SCHEMA, read_traffic_log, traffic_files
+    from components.storage.layout import TRAFFIC_SCHEMA as SCHEMA, read_traffic_log, traffic_files
 
     rows = catalog_rows.iloc[20:28]
     listings = [{"title": t, "image": _b64(b)} if i % 2 else {"title": t} for i, (t, b)
@@ -440,7 +440,7 @@ def test_item_monitor_reads_the_traffic_log_a_real_server_wrote(server, packaged
         r = httpx.post(f"{server.url}/embed", timeout=120, json={"listings": [
             {"title": t, "image": _b64(b)} for t, b in zip(part["title"], part["image_bytes"])]})
         assert r.status_code == 200, r.text
-    from item_model.lifecycle.artifacts import read_traffic_log
+    from components.storage.layout import read_traffic_log
     log = read_traffic_log(server.storage_root)
     on_disk = int((log["timestamp"] >= pd.Timestamp(since)).sum())   # 4 rows a file: up to 3 still buffered
     assert 61 <= on_disk <= 64
@@ -461,7 +461,7 @@ def test_item_monitor_reads_the_traffic_log_a_real_server_wrote(server, packaged
 
 
 def test_traffic_log_rotates_by_rows_and_hour_and_samples(tmp_path):
-    from item_model.lifecycle.artifacts import read_traffic_log, traffic_files
+    from components.storage.layout import read_traffic_log, traffic_files
     from serving.traffic_log import TrafficLog, TrafficLogConfig
 
     now = [datetime(2026, 5, 1, 9, 59, 30, tzinfo=timezone.utc)]
@@ -516,7 +516,7 @@ def test_bentoml_build_makes_a_self_contained_bento_that_serves_offline(packaged
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "bentoml==1.4.39" in requirements and "great" not in requirements and "kfp" not in requirements
     for module in ("serving/service.py", "serving/shadow.py", "item_model/modeling_item.py",
-                   "item_model/lifecycle/artifacts.py", "item_model/lifecycle/index.py", "item_model/data/storage.py"):
+                   "components/storage/layout.py", "components/index/layout.py", "components/storage/__init__.py"):
         assert (bento_dir / "src" / module).is_file(), module          # everything the service imports
     size_mb = sum(p.stat().st_size for p in bento_dir.rglob("*") if p.is_file()) / 1e6
     print(f"Bento {bento_tag}: {size_mb:.1f} MB (model, catalog index, source)")

@@ -25,7 +25,7 @@ SAVE = ("import sys; from serving.store import save_to_bentoml; "
 @pytest.fixture(scope="module")
 def champion_store(packaged_model, tmp_path_factory):
     """``{"home", "registry", "champion_tag", "newer_tag", "version"}``: a fresh store and registry."""
-    from item_model.lifecycle.registry import ModelRegistry
+    from components.registry import ModelRegistry
 
     tmp = tmp_path_factory.mktemp("champion")
     m = packaged_model
@@ -99,7 +99,7 @@ def test_promotion_and_rollback_are_served_without_a_failed_request(champion_sto
     import threading
     import time
 
-    from item_model.lifecycle.registry import ModelRegistry
+    from components.registry import ModelRegistry
     from tests.serving.test_serving import READYZ_POLLER, _metric
 
     s = champion_store
@@ -195,7 +195,7 @@ def test_shadow_challenger_is_compared_on_live_traffic(champion_store, packaged_
     import pandas as pd
     import torch
 
-    from item_model.lifecycle.registry import ModelRegistry
+    from components.registry import ModelRegistry
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
     from serving.shadow import read_shadow_log

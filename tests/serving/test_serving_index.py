@@ -18,10 +18,10 @@ from tests.serving.test_serving_champion import _save
 
 
 def test_server_searches_the_whole_catalog_index_of_its_version_approximately(packaged_model, tmp_path):
-    from item_model.lifecycle.catalog_embedding import build_index, embed_shard, index_root_of
-    from item_model.lifecycle.index import load_catalog_index
-    from item_model.lifecycle.registry import ModelRegistry
-    from item_model.lifecycle.vector_index import recall_at_k
+    from components.index.build import build_index, embed_shard, index_root_of
+    from components.index.layout import load_catalog_index
+    from components.registry import ModelRegistry
+    from components.index.backends import recall_at_k
 
     m = packaged_model
     version = ModelRegistry(str(tmp_path / "registry")).register(m["model_dir"], {"eval.json": m["eval_path"]},

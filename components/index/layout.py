@@ -1,0 +1,73 @@
+"""The catalog index: the model's embeddings of the catalog it was validated on, with the listings'
+ids, titles and attributes. Written by the evaluate step, stored with the model at package time, and
+read by serving (``/similar``) and drift monitoring (the reference window).
+
+Layout of the folder::
+
+    listings.parquet   product_id, title, category, split, year, group_id   (n rows)
+    embeddings.npz     one float32 (n, D) array per embedding kind: "item" (joint), and when
+                       computed "item_text_only", "item_image_only"; rows aligned with listings
+    index.json         {"n", "dim", "kinds", "catalog_fingerprint"}, and from the index pipeline
+                       (:mod:`components.index.build`) "model_version", "search", "shards"
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from item_model.io import atomic_path, write_json_atomic
+
+LISTING_COLUMNS = ["product_id", "title", "category", "split", "year", "group_id"]
+
+
+def save_catalog_index(path: str | Path, df: pd.DataFrame, embeddings: dict[str, np.ndarray],
+                       catalog_fingerprint: str, extra: dict | None = None) -> Path:
+    """Write the index folder (each file atomically).
+
+    Args:
+        df: canonical catalog rows (with ``split``), aligned with every embedding matrix.
+        embeddings: ``{kind: (n, D) float32}``; must contain ``"item"``.
+        extra: more ``index.json`` fields (the index pipeline's ``model_version``, ``search``, ``shards``).
+
+    Raises:
+        ValueError: ``"item"`` missing, or a matrix whose row count or width disagrees.
+    """
+    if "item" not in embeddings:
+        raise ValueError("catalog index needs the joint 'item' embeddings")
+    n, dim = len(df), embeddings["item"].shape[1]
+    for kind, emb in embeddings.items():
+        if emb.shape != (n, dim):
+            raise ValueError(f"embeddings[{kind!r}] has shape {emb.shape}, expected ({n}, {dim})")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    listings = df[[c for c in LISTING_COLUMNS if c in df.columns]].reset_index(drop=True)
+    with atomic_path(path / "listings.parquet") as tmp:
+        listings.to_parquet(tmp, index=False)
+    with atomic_path(path / "embeddings.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in embeddings.items()})
+    write_json_atomic(path / "index.json", {"n": n, "dim": int(dim), "kinds": sorted(embeddings),
+                                            "catalog_fingerprint": catalog_fingerprint,
+                                            **(extra or {})})
+    return path
+
+
+def load_catalog_index(path: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
+    """Read an index folder: (listings DataFrame, ``{kind: (n, D) float32}``, ``index.json`` dict).
+
+    Raises:
+        FileNotFoundError: a file of the layout is missing. ValueError: row counts disagree.
+    """
+    path = Path(path)
+    meta = json.loads((path / "index.json").read_text())
+    listings = pd.read_parquet(path / "listings.parquet")
+    with np.load(path / "embeddings.npz", allow_pickle=False) as z:
+        embeddings = {k: z[k] for k in z.files}
+    for kind, emb in embeddings.items():
+        if emb.shape[0] != len(listings):
+            raise ValueError(f"{path}: embeddings[{kind!r}] has {emb.shape[0]} rows, listings {len(listings)}")
+    return listings, embeddings, meta
