@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ from components import storage
 from components.storage import storage_root
 from components.registry import default_registry
 from components.promotion.gate import load_gate_config
-from pipelines.params import TrainingParams
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROFILES_FILE = CONFIG_DIR / "profiles.yaml"
@@ -83,7 +81,8 @@ def location(path: str) -> str:
 def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_home: str = "",
                        model_name: str = "item", bert_path: str = "", registry_root: str = "",
                        checkpoint_root: str = "", resume: bool = False) -> dict:
-    """The training pipeline's parameters (:class:`pipelines.params.TrainingParams` as a dict) for a
+    """The training pipeline's parameters (the arguments of
+    :func:`pipelines.training.build_training_pipeline`'s pipeline, in its signature's order) for a
     catalog, a profile and a gate config; the profile's ``index`` section (optional) sets the index
     steps (:func:`components.index.build.index_settings`: ``num_shards``, ``kinds``, ...).
 
@@ -94,7 +93,7 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
     settings = index_settings(**dict(profile.get("index") or {}))
     if not settings["threads"]:                 # kfp.local runs the shard tasks side by side on this machine
         settings["threads"] = local_threads(settings["num_shards"])
-    return asdict(TrainingParams(
+    return dict(
         catalog=location(str(catalog)),
         max_listings=int(profile.get("max_listings") or 0),
         max_quarantine_fraction=float(profile.get("max_quarantine_fraction", 0.01)),
@@ -114,7 +113,7 @@ def pipeline_arguments(catalog: str, profile: dict, gate_config: dict, bentoml_h
         storage_root=location(str(storage_root())),
         index_shards=list(range(settings["num_shards"])),
         index_settings=settings,
-    ))
+    )
 
 
 __all__ = ["load_profile", "load_profiles", "apply_overrides", "parse_key_values", "pipeline_arguments", "load_gate_config",

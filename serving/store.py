@@ -131,6 +131,25 @@ def registry_version_of(tag: str, bentoml_home: str | Path | None = None) -> str
     return str((info.get("metadata") or {}).get("registry_version") or "")
 
 
+def production_tag(bentoml_home: str | None = None, registry_root: str | None = None, tag: str | None = None,
+                   model_name: str = "item") -> tuple[str, str]:
+    """The model in production, one rule for every command (``item serve``, ``item monitor``): a tag
+    given explicitly (pinned), else the registry's champion (:func:`champion_tag`), else, while the
+    registry has no champion yet, the newest ``<model_name>`` model in the store.
+
+    Returns:
+        ``(tag, source)``: ``source`` is ``"pinned"``, ``"champion"`` or ``"newest"``.
+
+    Raises:
+        LookupError: the registry's champion has no package in the store (:func:`champion_tag`).
+        components.registry.RegistryError: the registry cannot be read.
+    """
+    if tag:
+        return tag, "pinned"
+    champion = champion_tag(bentoml_home, registry_root, model_name)
+    return (champion, "champion") if champion else (f"{model_name}:latest", "newest")
+
+
 def champion_tag(bentoml_home: str | None = None, registry_root: str | None = None,
                  model_name: str = "item") -> str | None:
     """The BentoML tag of the model registry's champion, read from the store's folders (no BentoML

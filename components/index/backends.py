@@ -579,7 +579,7 @@ def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray, k: int = 10, ve
 
 
 #: the approximate index the pipeline measures search through: what ``item index`` builds above its
-#: exact-search threshold by default (pipelines/cli_index.py, docs/index.md): faiss HNSW-SQ8 (M = 32),
+#: exact-search threshold by default (pipelines/cli/index.py, docs/index.md): faiss HNSW-SQ8 (M = 32),
 #: 5 x k candidates re-ranked from float16 vectors
 ANN_SETTINGS = {"m": 32, "ef_construction": 128, "ef_search": 64, "rerank_factor": 5}
 

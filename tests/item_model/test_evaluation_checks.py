@@ -294,7 +294,7 @@ def test_default_gate_has_the_title_decides_criterion_with_a_reason():
 def test_reports_show_modality_balance_and_title_decides(tmp_path):
     from components.promotion.report import render_gate_report
     from components.steps.training import gate_step
-    from pipelines.summary import check_lines
+    from pipelines.cli.tables import check_lines
 
     result = _eval(0.5)
     result["models"]["item"].update({"balance_text_overlap@10": 0.12, "balance_image_overlap@10": 0.71,

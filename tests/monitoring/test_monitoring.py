@@ -240,7 +240,7 @@ def test_bad_input_gets_clear_errors(packaged_model, year_embeddings, tmp_path):
     # and through the command line, before any task starts
     from click.testing import CliRunner
 
-    from pipelines.cli_monitor import monitor_cmd
+    from pipelines.cli.monitor import monitor_cmd
     result = CliRunner().invoke(monitor_cmd, ["--current", str(other), "--model-tag", tag, "--bentoml-home", home,
                                               "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 1 and "field 'model_tag'" in result.output, result.output
@@ -283,7 +283,7 @@ def monitor_env(packaged_model, tmp_path_factory) -> dict:
 
 
 def run_monitor(env: dict, out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict | None]:
-    cmd = [sys.executable, "-m", "pipelines.cli_monitor", "--model-tag", env["tag"], "--bentoml-home", env["home"],
+    cmd = [sys.executable, "-m", "pipelines.cli.monitor", "--model-tag", env["tag"], "--bentoml-home", env["home"],
            "--storage-root", env["storage"], "--registry", str(out / "registry"), "--output-dir", str(out / "runs"),
            *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[2],

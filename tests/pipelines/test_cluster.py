@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipelines import config as pconfig
-from pipelines.cli import compile_monitoring, compile_pipeline
+from pipelines.cli.compile import compile_monitoring, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "registry.example/item/item-mlops:test-1"

@@ -210,7 +210,7 @@ def test_item_index_names_the_option_of_the_bad_setting():
 
     from components.index.build import index_settings
     from pipelines.cli import main
-    from pipelines.cli_index import SETTING_OPTIONS, index_cmd
+    from pipelines.cli.index import SETTING_OPTIONS, index_cmd
 
     options = {o for p in index_cmd.params for o in p.opts}
     assert set(SETTING_OPTIONS.values()) <= options

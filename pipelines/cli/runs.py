@@ -1,5 +1,6 @@
-"""The one local runner of the ``item`` commands (``item run``, ``item monitor``): a pipeline through
-``kfp.local`` with a terminal a person can read.
+"""The one local runner of the ``item`` commands (``item run``, ``item monitor``, ``item index``): a
+pipeline through ``kfp.local`` with a terminal a person can read, and its summary
+(:func:`run_and_summarise`).
 
 kfp.local (``SubprocessRunner(use_venv=False)``: tasks run in this virtual environment, nothing is
 pip-installed) streams every task's executor input, its whole output and a RuntimeWarning about the
@@ -49,6 +50,11 @@ KeyFigure = Callable[[str, Path, list[str]], str]
 
 class PipelineFailed(click.ClickException):
     """A task of a local run failed; the message names the step, its error and its last log lines."""
+    exit_code = 1
+
+
+class RunFailed(click.ClickException):
+    """An ``item`` command's run stopped (exit code 1); the message says where and why."""
     exit_code = 1
 
 
@@ -212,7 +218,6 @@ def _failure_message(what: str, run_dir: Path, error_dir: Path, quiet: _QuietTas
     return text + f"\nTask outputs: {run_dir}"
 
 
-__all__ = ["run_locally", "PipelineFailed", "KeyFigure", "TAIL_LINES"]
 
 
 def find_outputs(run_dir: Path) -> dict[str, Path]:
@@ -220,3 +225,41 @@ def find_outputs(run_dir: Path) -> dict[str, Path]:
     (``runs/<run id>``); {} when there is none."""
     runs = sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and p.name.startswith("item-training-"))
     return task_folders(runs[-1]) if runs else {}
+
+
+def new_run_id(suffix: str) -> str:
+    """A run folder name: the UTC time (``YYYYmmdd-HHMMSS``) and what ran (``default``, ``monitor``, ...)."""
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{suffix}"
+
+
+def run_and_summarise(pipeline: Callable, arguments: dict, run_dir: Path, *, what: str,
+                      summarise: Callable[[Path], dict], key_figure: KeyFigure | None = None,
+                      verbose: bool = False, on_failure: str = "") -> dict:
+    """Run a pipeline locally (:func:`run_locally`) and write its summary: what every ``item`` command
+    that runs a pipeline does.
+
+    Args:
+        summarise: ``run_dir -> dict`` of the pipeline's own results (its artifacts' paths, metrics).
+        on_failure: a sentence added to the failure message ("Nothing was packaged.").
+
+    Returns:
+        ``{"status": "succeeded", "run_dir", "wall_time_s", **summarise(run_dir)}``, also written
+        atomically to ``run_dir/summary.json``.
+
+    Raises:
+        RunFailed: a task failed (the step's own error and the last lines of its log).
+    """
+    from item_model.io import write_json_atomic
+    try:
+        wall = run_locally(pipeline, arguments, run_dir, what=what, verbose=verbose, key_figure=key_figure)
+    except PipelineFailed as exc:
+        message = exc.message.replace("\nTask outputs:", f"\n{on_failure} Task outputs:") if on_failure else exc.message
+        raise RunFailed(message) from exc
+    summary = {"status": "succeeded", "run_dir": str(run_dir), "wall_time_s": round(wall, 1), **summarise(run_dir)}
+    write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+__all__ = ["run_locally", "run_and_summarise", "new_run_id", "find_outputs", "task_folders", "PipelineFailed",
+           "RunFailed", "KeyFigure", "TAIL_LINES"]

@@ -10,13 +10,12 @@ The index goes to ``<storage root>/indexes/<model version>/`` (``--index-root`` 
 tasks, for every blessed model; this command refreshes it or builds one for another catalog). A second run with
 the same version re-embeds only new or changed listings; ``--shard K`` re-runs one shard (after a
 failure) and rebuilds the index from every shard's file. Registered into the ``item`` group by
-``pipelines/cli.py``.
+``pipelines/cli/``.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -70,7 +69,7 @@ def index_cmd(catalog, model_version, registry, index_root, num_shards, only, ki
     from components.index.build import IndexSettingsError, index_root_of, index_settings, local_threads
     from components.registry import ModelRegistry, RegistryError, default_registry
     from pipelines.index import index_pipeline
-    from pipelines.local_runner import run_locally
+    from pipelines.cli.runs import new_run_id, run_and_summarise
 
     try:
         settings = index_settings(num_shards=num_shards, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
@@ -94,15 +93,17 @@ def index_cmd(catalog, model_version, registry, index_root, num_shards, only, ki
     except (RegistryError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
     index_root = index_root or index_root_of(model_version)
-    run_dir = Path(output_dir).resolve() / (datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-index")
+    run_dir = Path(output_dir).resolve() / new_run_id("index")
     shards = sorted(set(only)) or list(range(num_shards))
     click.echo(f"item index: model {model_version}, {len(shards)} of {num_shards} shard(s)\n"
                f"            catalog {catalog}\n            index   {index_root}\n            outputs {run_dir}")
     args = dict(catalog=catalog, model_version=model_version, registry_root=str(registry_root), storage_root="",
                 index_root=str(index_root), shards=shards, settings=settings)
-    wall = run_locally(index_pipeline, args, run_dir, what="index pipeline", verbose=stream,
-                       key_figure=index_key_figure)
-    summary = {"model_version": model_version, "index_root": str(index_root), "run_dir": str(run_dir),
-               "wall_s": round(wall, 1), "tasks": json.loads((run_dir / "tasks.json").read_text())
-               if (run_dir / "tasks.json").is_file() else []}
-    click.echo(json.dumps(summary, indent=2) if as_json else f"index ready in {wall:.0f} s: {index_root}")
+
+    def summarise(run_dir: Path) -> dict:
+        return {"model_version": model_version, "index_root": str(index_root),
+                "tasks": json.loads((run_dir / "tasks.json").read_text()) if (run_dir / "tasks.json").is_file() else []}
+
+    summary = run_and_summarise(index_pipeline, args, run_dir, what="index pipeline", summarise=summarise,
+                                key_figure=index_key_figure, verbose=stream)
+    click.echo(json.dumps(summary, indent=2) if as_json else f"index ready in {summary['wall_time_s']:.0f} s: {index_root}")

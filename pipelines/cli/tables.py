@@ -6,20 +6,21 @@ from __future__ import annotations
 from components import storage
 
 
-def print_summary(summary: dict) -> None:
-    """One screen: metrics beside baselines, the gate's verdict, the artifacts' paths."""
+def print_summary(summary: dict, console=None) -> None:
+    """One screen: metrics beside baselines, the gate's verdict, the artifacts' paths (to ``console``, a
+    ``rich.console.Console``; default: the terminal, at its width)."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = console or Console()
     models = summary.get("eval", {}).get("models", {})
     table = Table(title=f"ITEm vs baselines ({summary.get('eval', {}).get('n_listings', '?')} listings; "
                         f"search over all, probe on the test split)")
     cols = {"category_accuracy": "cat. acc", "category_macro_f1": "macro-F1", "recall@1": "R@1",
             "recall@10": "R@10", "mAP": "mAP"}
-    table.add_column("embedding")
+    table.add_column("embedding", overflow="fold")          # names wrap; numbers are never cut
     for header in cols.values():
-        table.add_column(header, justify="right")
+        table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for name, m in models.items():
         table.add_row(name, *(f"{m[c]:.4f}" for c in cols), style="bold" if name == "item" else None)
     console.print(table)
@@ -74,9 +75,12 @@ def blessing_table(blessing: dict, title: str = "Promotion gate", notes: str = "
     """
     from rich.table import Table
     table = Table(title=f"{title}: " + ("[green]BLESSED[/]" if blessing.get("blessed") else "[red]NOT BLESSED[/]"))
-    for c in ("criterion", "metric", "value", "threshold", "verdict"):
-        table.add_column(c, no_wrap=True)
-    table.add_column("note", overflow="fold", min_width=16)
+    # on a narrow terminal the names and the note wrap; value, threshold and verdict are never cut
+    for c in ("criterion", "metric"):
+        table.add_column(c, overflow="fold")
+    for c, width in (("value", 7), ("threshold", 9), ("verdict", 7)):
+        table.add_column(c, no_wrap=True, min_width=width)
+    table.add_column("note", overflow="fold", ratio=1)
     for r in blessing.get("criteria", []):
         note = r["message"] if (not r["passed"] or r.get("criterion") in ("significance", "slice-regression")) else \
             (r.get("reason", "") if notes == "all" else "")

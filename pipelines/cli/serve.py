@@ -20,7 +20,7 @@ import click
 
 from components.steps.environment import set_offline_defaults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "serving.service:ItemService"
 
 
@@ -84,19 +84,17 @@ def serve(tag: str | None, host: str, port: int, bentoml_home: str | None, stora
     if shadow_sample is not None:
         env["ITEM_SHADOW_SAMPLE"] = repr(shadow_sample)
     home = env.get("BENTOML_HOME") or "~/bentoml"
-    wanted = env.get("ITEM_MODEL_TAG") or None
-    pinned = wanted is not None
-    if wanted is None:          # the service resolves the same champion itself, and keeps following it
-        from serving.store import champion_tag
-        registry = env.get("ITEM_REGISTRY") or storage.join(env["ITEM_STORAGE_ROOT"], "registry")
-        from components.registry import RegistryError
-        try:
-            wanted = champion_tag(home, registry)
-        except (LookupError, RegistryError) as exc:
-            raise click.ClickException(str(exc)) from None
+    from components.registry import RegistryError
+    from serving.store import production_tag
+    registry = env.get("ITEM_REGISTRY") or storage.join(env["ITEM_STORAGE_ROOT"], "registry")
+    try:                        # the service resolves the same model itself, and keeps following the champion
+        wanted, source = production_tag(home, registry, env.get("ITEM_MODEL_TAG") or None)
+    except (LookupError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from None
+    pinned = source == "pinned"
     found = model_on_disk(home, wanted)
     if found is None:
-        raise click.ClickException(f"no model {wanted or 'item:latest'} in the BentoML store at {home} "
+        raise click.ClickException(f"no model {wanted} in the BentoML store at {home} "
                                    f"(package one with 'item run', or pass --tag / --bentoml-home)")
     cmd = serve_command(host, port, bentoml_args)
     interval = float(env.get("ITEM_WATCH_INTERVAL_S", "10"))

@@ -4,8 +4,8 @@
                  [--catalog PATH] [--profile default] [--output-dir runs] [--fail-on-drift] [--json]
 
 PATH is a new catalog batch (a folder in the catalog layout) or the serving traffic log (a folder of
-parquet files, or one file). Registered into the ``item`` group by ``pipelines/cli.py``; also runs
-on its own as ``python -m pipelines.cli_monitor``.
+parquet files, or one file). Registered into the ``item`` group by ``pipelines/cli/``; also runs
+on its own as ``python -m pipelines.cli.monitor``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -29,10 +28,6 @@ from pipelines.training import TASKS as TRAINING_TASKS  # noqa: E402
 logger = logging.getLogger(__name__)
 
 DRIFT_EXIT_CODE = 3
-
-
-class MonitorFailed(click.ClickException):
-    exit_code = 1
 
 
 def preflight(current: str, model_tag: str, bentoml_home: str, since: str, until: str) -> dict:
@@ -87,27 +82,6 @@ def find_run(run_dir: Path) -> Path | None:
     return runs[-1] if runs else None
 
 
-def run_monitoring(arguments: dict, run_dir: Path, verbose: bool = False) -> dict:
-    """Run the monitoring pipeline through the local runner (:func:`pipelines.local_runner.run_locally`)
-    with task outputs under ``run_dir``.
-
-    Returns:
-        :func:`summarize`'s dict.
-
-    Raises:
-        MonitorFailed: a task failed (message: the step's own error and the last lines of its log).
-    """
-    from pipelines.local_runner import PipelineFailed, run_locally
-    from pipelines.monitoring import monitoring_pipeline
-
-    try:
-        wall = run_locally(monitoring_pipeline, arguments, run_dir, what="monitoring pipeline", verbose=verbose,
-                           key_figure=monitoring_key_figure)
-    except PipelineFailed as exc:
-        raise MonitorFailed(exc.message) from exc
-    return summarize(run_dir, wall)
-
-
 def monitoring_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
     """The figure ``item monitor`` shows on a finished task's line: the verdict and drift scores after
     ``drift-report``; other tasks: their last INFO message (empty here)."""
@@ -121,20 +95,17 @@ def monitoring_key_figure(task: str, task_dir: Path, lines: list[str]) -> str:
     return ""
 
 
-def summarize(run_dir: Path, wall_s: float) -> dict:
-    """Collect the run into one dict (also written as ``run_dir/summary.json``): ``tasks_run``,
+def summarize(run_dir: Path) -> dict:
+    """The monitoring run's results (``summary.json`` beside :func:`pipelines.cli.runs.run_and_summarise`'s
+    status and wall time): ``pipeline_run``, ``tasks_run``,
     ``branch`` (``"no-drift"``, ``"recommend"`` or ``"recommend+retrain"``), the drift summary, the
     recommendation and, when retraining ran, its blessing and BentoML tag."""
-    from item_model.io import write_json_atomic
-
     from components.storage.results import Blessing, DriftSummary
-
-    from pipelines.local_runner import task_folders
+    from pipelines.cli.runs import task_folders
 
     run = find_run(run_dir)
     tasks = task_folders(run) if run else {}
-    out: dict = {"status": "succeeded", "run_dir": str(run_dir), "pipeline_run": str(run) if run else None,
-                 "wall_time_s": round(wall_s, 1), "tasks_run": sorted(tasks)}
+    out: dict = {"pipeline_run": str(run) if run else None, "tasks_run": sorted(tasks)}
     if "drift-report" in tasks:
         d = tasks["drift-report"]
         out["drift"] = DriftSummary.from_json(d / "summary").to_dict()
@@ -156,7 +127,6 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
         if "package" in tasks and (tasks["package"] / "bento_model").exists():
             training["bento_model"] = json.loads((tasks["package"] / "bento_model").read_text()).get("tag")
         out["training"] = training
-    write_json_atomic(run_dir / "summary.json", out)
     return out
 
 
@@ -194,7 +164,8 @@ def _parse_pairs(pairs: tuple[str, ...], what: str) -> dict:
 @click.command("monitor")
 @click.option("--current", required=True, help="A new catalog batch (folder in the catalog layout) or the "
                                                "traffic log (folder of parquet files, or one file).")
-@click.option("--model-tag", default="item:latest", show_default=True, help="The champion in the BentoML store.")
+@click.option("--model-tag", default="", help="The model to watch (default: the model in production, as 'item serve' "
+              "picks it: the registry's champion, or the newest 'item' model while there is none).")
 @click.option("--bentoml-home", default="", help="BentoML store root (default: $BENTOML_HOME or ~/bentoml).")
 @click.option("--storage-root", default="", help="Storage root: calibrations, and for --retrain checkpoints "
                                                   "and the registry (default: $ITEM_STORAGE_ROOT or ./item-storage).")
@@ -226,13 +197,16 @@ def monitor_cmd(ctx, current, model_tag, bentoml_home, storage_root, since, unti
     from components.catalog import CatalogError
     from components.promotion.gate import GateConfigError
     from components.storage import storage_root as resolve_storage_root
+    from components.registry import RegistryError
     from monitoring.drift import DriftConfig, DriftInputError
-    from pipelines import config as pconfig
+    from pipelines.cli.runs import new_run_id, run_and_summarise
+    from serving.store import production_tag
 
     if storage_root:            # calibrations, and for --retrain checkpoints and the registry, live under it
         os.environ["ITEM_STORAGE_ROOT"] = str(resolve_storage_root(storage_root))   # a folder or gs://
     try:
         drift_config = DriftConfig.from_dict(_parse_pairs(drift_overrides, "--drift-set")).to_dict()
+        model_tag, _ = production_tag(bentoml_home or None, registry or None, model_tag or None)
         checked = preflight(current, model_tag, bentoml_home, since, until)
         if not catalog and checked["source_type"] == "catalog":
             catalog = current                    # the batch itself: what a retraining would learn from
@@ -242,7 +216,7 @@ def monitor_cmd(ctx, current, model_tag, bentoml_home, storage_root, since, unti
         gate_cfg = pconfig.load_gate_config(gate_config or pconfig.GATE_FILE)
         if retrain:
             check_catalog(catalog)
-    except (DriftInputError, CatalogError, GateConfigError, KeyError, ValueError) as exc:
+    except (DriftInputError, CatalogError, GateConfigError, RegistryError, LookupError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
     training = pconfig.pipeline_arguments(catalog or ".", prof, gate_cfg, bentoml_home=bentoml_home,
                                           model_name=checked["model_tag"].split(":")[0], registry_root=registry)
@@ -251,11 +225,14 @@ def monitor_cmd(ctx, current, model_tag, bentoml_home, storage_root, since, unti
                  "bentoml_home": bentoml_home, "storage_root": str(resolve_storage_root(storage_root or None)),
                  "since": since, "until": until, "drift_config": drift_config, "retrain": bool(retrain),
                  **training}
-    run_dir = Path(output_dir).resolve() / (datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-monitor")
+    run_dir = Path(output_dir).resolve() / new_run_id("monitor")
     click.echo(f"item monitor: {checked['source_type']} {current} against {checked['model_tag']}"
                + (f"; retrain on {catalog} (profile {profile}) if drift" if retrain else ""))
     click.echo(f"              outputs {run_dir}")
-    summary = run_monitoring(arguments, run_dir, verbose=stream or bool((ctx.obj or {}).get("verbose")))
+    from pipelines.monitoring import monitoring_pipeline
+    summary = run_and_summarise(monitoring_pipeline, arguments, run_dir, what="monitoring pipeline",
+                                summarise=summarize, key_figure=monitoring_key_figure,
+                                verbose=stream or bool((ctx.obj or {}).get("verbose")))
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:

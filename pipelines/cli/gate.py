@@ -45,7 +45,7 @@ def show(version: str, storage_root: str, live_html: str, registry: str) -> None
     from rich.console import Console
 
     from components.registry import RegistryError
-    from pipelines.summary import blessing_table
+    from pipelines.cli.tables import blessing_table
 
     reg = _registry(registry)
     try:
@@ -257,7 +257,7 @@ def _run_inputs(run: str) -> tuple[dict, dict | None, dict | None, "object", str
     from components.storage.results import EvalResult
     from components.promotion.bootstrap import load_details
     from components.steps.training import load_validated
-    from pipelines.local_runner import find_outputs
+    from pipelines.cli.runs import find_outputs
 
     path = Path(run)
     tasks = find_outputs(path) if path.is_dir() else {}
