@@ -1,4 +1,4 @@
-"""ITEm: a single-stream BERT over title tokens and image patches, pre-trained with five objectives.
+"""ITEm: a single-stream BERT over title tokens and image patches, pre-trained with six objectives.
 
 Source: B. Liao, M. Kozielski, S. Hewavitharana, J. Yuan, S. Khadivi, T. Lancewicki,
 "ITEm: Unsupervised Image-Text Embedding Learning for eCommerce", arXiv:2311.02084 (2024); the
@@ -141,7 +141,7 @@ class ItemPreTrainedModel(PreTrainedModel):
 
 
 class ItemModel(ItemPreTrainedModel):
-    """ITEm encoder with its five pre-training heads.
+    """ITEm encoder with its pre-training heads (MLM, GMLM, MIM, GMIM, ITM) and the InfoNCE temperature.
 
     Build from a BERT checkpoint with :meth:`from_bert`; reload a trained model with
     ``ItemModel.from_pretrained(path)`` (safetensors).

@@ -1,6 +1,8 @@
 """The catalog index: the model's embeddings of the catalog it was validated on, with the listings'
-ids, titles and attributes. Written by the evaluate step, stored with the model at package time, and
-read by serving (``/similar``) and drift monitoring (the reference window).
+ids, titles and attributes. Written by the index pipeline's ``build-index`` step
+(:func:`components.index.build.build_index`, also run by the training pipeline for a blessed model),
+copied into the BentoML model at package time, and read by serving (``/similar``) and drift monitoring
+(the reference window).
 
 Layout of the folder::
 
