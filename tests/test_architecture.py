@@ -63,3 +63,15 @@ def test_every_component_file_and_platform_package_is_in_a_layer():
     on_disk = {f"components.{p.stem}" for p in (ROOT / "components").glob("*.py") if p.stem != "__init__"}
     on_disk |= {f"components.{p.parent.name}" for p in (ROOT / "components").glob("*/__init__.py")}
     assert on_disk - named == set(), f"not in any import-linter layer: {sorted(on_disk - named)}"
+
+
+def test_the_picture_in_docs_names_every_package():
+    """docs/architecture.md's picture is drawn from the code: every platform package, every package of the
+    top level and every module of the ML library appears in it."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    picture = doc.split("## The house", 1)[1].split("```", 2)[1]
+    platform = {p.parent.name + "/" for p in (ROOT / "components").glob("*/__init__.py")}
+    top = {"pipelines/", "components/", "serving/", "monitoring/", "item_model/"}
+    library = {p.stem for p in (ROOT / "item_model").glob("*.py") if p.stem != "__init__"}
+    missing = sorted(n for n in platform | top | library if n not in picture)
+    assert missing == [], f"docs/architecture.md's picture does not name {missing}"
