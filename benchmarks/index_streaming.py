@@ -66,7 +66,7 @@ def exact_top_k(copy: np.ndarray, queries: np.ndarray, k: int = 10, block: int =
     return best_r
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--index", required=True, help="a catalog index folder (embeddings.npz with 'item')")
     ap.add_argument("--n", type=int, default=10_000_000)
@@ -80,23 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--exact-latency-queries", type=int, default=3)
     ap.add_argument("--target-recall", type=float, default=0.99)
     ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-    import faiss
-    import torch
-    torch.set_num_threads(1)
+    return ap.parse_args(argv)
 
-    with np.load(Path(args.index) / "embeddings.npz", allow_pickle=False) as z:
-        real = np.ascontiguousarray(z["item"], dtype=np.float32)
-    queries = real[np.random.default_rng(1).choice(len(real), size=min(args.queries, len(real)), replace=False)]
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    n, dim = args.n, real.shape[1]
-    copy = np.lib.format.open_memmap(workdir / "rerank.f16.npy", mode="w+", dtype=np.float16, shape=(n, dim))
-    chunks = grow_chunks(real, n)
-    sigma = next(chunks)
-    print(f"synthetic catalog of {n:,} from {len(real):,} real vectors (D = {dim}), sigma {sigma:.4f}, "
-          f"{faiss.omp_get_max_threads()} faiss threads", flush=True)
 
+def _stream_build(chunks, copy: np.ndarray, n: int, args: argparse.Namespace):
+    """Write the synthetic blocks into the float16 copy and the IVF-PQ index: trained on the first
+    ``--train-size`` vectors, then added block by block. Returns ``(index, train_s, add_s, generate_s)``."""
     t_gen = t_add = 0.0
     sample, row, index, t_train = [], 0, None, 0.0
     t0 = time.perf_counter()
@@ -126,6 +115,28 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {row:,} / {n:,} added ({t_add:.0f} s adding, {t_gen:.0f} s generating, peak RSS "
                   f"{peak_rss_gb():.1f} GiB, anonymous {anon_rss_gb():.1f} GiB)", flush=True)
         t0 = time.perf_counter()
+    return index, t_train, t_add, t_gen
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse_args(argv)
+    import faiss
+    import torch
+    torch.set_num_threads(1)
+
+    with np.load(Path(args.index) / "embeddings.npz", allow_pickle=False) as z:
+        real = np.ascontiguousarray(z["item"], dtype=np.float32)
+    queries = real[np.random.default_rng(1).choice(len(real), size=min(args.queries, len(real)), replace=False)]
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    n, dim = args.n, real.shape[1]
+    copy = np.lib.format.open_memmap(workdir / "rerank.f16.npy", mode="w+", dtype=np.float16, shape=(n, dim))
+    chunks = grow_chunks(real, n)
+    sigma = next(chunks)
+    print(f"synthetic catalog of {n:,} from {len(real):,} real vectors (D = {dim}), sigma {sigma:.4f}, "
+          f"{faiss.omp_get_max_threads()} faiss threads", flush=True)
+
+    index, t_train, t_add, t_gen = _stream_build(chunks, copy, n, args)
     copy.flush()
     del copy
     copy = np.load(workdir / "rerank.f16.npy", mmap_mode="r")

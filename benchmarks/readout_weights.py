@@ -111,14 +111,7 @@ def titles_disagree_vectors(run: Path, df: pd.DataFrame, text: np.ndarray, joint
     return t, j, groups
 
 
-def main() -> None:
-    from item_model.configuration_item import ItemConfig
-    from item_model.evaluation import (readout_selection_rows, readout_weight_scores, score_embeddings,
-                                       title_decides_metrics)
-    from components.promotion.bootstrap import load_details, paired_bootstrap
-    from components.steps.training import load_validated
-    from item_model.title_decides import title_decides_groups
-
+def _parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
     p.add_argument("--json", required=True)
@@ -135,7 +128,34 @@ def main() -> None:
     p.add_argument("--titles-disagree", action="store_true",
                    help="also score every w on the titles-disagree check (the group members re-embedded "
                         "under their rewritten titles with the run's model)")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def _mean_over_runs(out: dict) -> None:
+    """Add ``mean_over_runs`` (mean ± sd over the runs, i.e. seeds, of every variant) and the runs'
+    ``chosen_on_validation`` to ``out``, printing each variant's means."""
+    runs = list(out["runs"].values())
+    out["mean_over_runs"] = {}
+    for name in (n for n in runs[0] if "w=" in n or n == "concat" or n.endswith("title")):
+        row = {}
+        for key in SHOWN + ("validation/title_decides_recall@1", "test/title_decides_recall@1"):
+            v = [r[name][key] for r in runs]
+            row[key] = {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)), "runs": v}
+        out["mean_over_runs"][name] = row
+        print(f"mean of {len(runs)} {name:8s} " + "  ".join(
+            f"{k} {row[k]['mean']:.4f} ± {row[k]['sd']:.4f}" for k in SHOWN), flush=True)
+    out["chosen_on_validation"] = [r.get("chosen_on_validation") for r in runs]
+
+
+def main() -> None:
+    from item_model.configuration_item import ItemConfig
+    from item_model.evaluation import (readout_selection_rows, readout_weight_scores, score_embeddings,
+                                       title_decides_metrics)
+    from components.promotion.bootstrap import load_details, paired_bootstrap
+    from components.steps.training import load_validated
+    from item_model.title_decides import title_decides_groups
+
+    args = _parse_args()
     weights = [float(v) for v in args.weights.split(",")]
     out: dict = {"method": "served vector re-weighted from the evaluation's stored vectors (j recovered from "
                            "s and t), scored with item_model.evaluation.score_embeddings on the run's own split",
@@ -219,17 +239,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(out, indent=1))
     Path(args.json).write_text(json.dumps(out, indent=1))
     if len(out["runs"]) > 1 and not args.selection_only:   # mean ± sd over the runs (seeds) of every variant
-        runs = list(out["runs"].values())
-        out["mean_over_runs"] = {}
-        for name in (n for n in runs[0] if "w=" in n or n == "concat" or n.endswith("title")):
-            row = {}
-            for key in SHOWN + ("validation/title_decides_recall@1", "test/title_decides_recall@1"):
-                v = [r[name][key] for r in runs]
-                row[key] = {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)), "runs": v}
-            out["mean_over_runs"][name] = row
-            print(f"mean of {len(runs)} {name:8s} " + "  ".join(
-                f"{k} {row[k]['mean']:.4f} ± {row[k]['sd']:.4f}" for k in SHOWN), flush=True)
-        out["chosen_on_validation"] = [r.get("chosen_on_validation") for r in runs]
+        _mean_over_runs(out)
         Path(args.json).write_text(json.dumps(out, indent=1))
 
 

@@ -292,7 +292,7 @@ def sequential(url: str, bodies: list[dict], path: str) -> dict:
     return {"n": len(times), "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99)}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=("full", "tiny"), default="full")
     ap.add_argument("--bentoml-home", default=None, help="with --tag: the store holding the model")
@@ -307,7 +307,59 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="the server's ITEM_TORCH_THREADS (0 = its default: all cores but one)")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _drive_levels(server, url: str, bodies: list[bytes], concurrency: str, seconds: float, per: int,
+                  before: dict, inproc: dict) -> list[dict]:
+    """/embed driven at each concurrency level for ``seconds``: throughput, latency, the batches the
+    server formed, how busy its model was and its CPU per embedding, one dict a level."""
+    levels = []
+    for c in [int(x) for x in concurrency.split(",")]:
+        cpu0 = server_cpu_seconds(server.proc.pid)
+        res = asyncio.run(drive(url, bodies, c, seconds, per_body=per))
+        res["server_cpu_s_per_embedding"] = (server_cpu_seconds(server.proc.pid) - cpu0) / max(1, res["requests"] * per)
+        after = batch_sizes(url)
+        calls = after.get("count", 0) - before.get("count", 0)
+        res["mean_batch"] = (after.get("sum", 0) - before.get("sum", 0)) / calls if calls else float("nan")
+        # share of the wall time the model was computing: ~1 means the model, not HTTP, is the limit
+        res["model_busy"] = (after.get("model_s", 0) - before.get("model_s", 0)) / res["wall_s"]
+        res["vs_in_process"] = res["embeddings_per_s"] / inproc["embeddings_per_s"]
+        before = after
+        levels.append(res)
+        print(f"c={c:3d}: {res['embeddings_per_s']:.1f} embeddings/s ({res['vs_in_process']:.0%} of in-process), "
+              f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, mean batch {res['mean_batch']:.1f}, "
+              f"model busy {res['model_busy']:.0%}, server CPU {1e3 * res['server_cpu_s_per_embedding']:.2f} "
+              f"ms/embedding, errors {res['errors']}", flush=True)
+    return levels
+
+
+def _print_tables(inproc: dict, levels: list[dict], by_id: dict, by_listing: dict, search: dict,
+                 load_before: tuple, load_after: tuple) -> None:
+    """The results as Markdown tables (embed by concurrency, /similar latencies)."""
+    print()
+    print(f"load average (1, 5, 15 min): before {load_before}, after {load_after}")
+    print("in-process baseline embeddings/s by batch size: "
+          + ", ".join(f"{b}: {r:.1f}" for b, r in inproc["by_batch"].items()))
+    print(f"| concurrency | embeddings/s | vs in-process ({inproc['embeddings_per_s']:.1f}/s) | p50 ms | p99 ms "
+          f"| mean batch | model busy | server CPU ms/emb | in-process CPU ms/emb | CPU ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in levels:
+        print(f"| {r['concurrency']} | {r['embeddings_per_s']:.1f} | {r['vs_in_process']:.0%} | {r['p50_ms']:.1f} | "
+              f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['model_busy']:.0%} | "
+              f"{1e3 * r['server_cpu_s_per_embedding']:.2f} | {1e3 * r['in_process_cpu_s_per_embedding']:.2f} | "
+              f"{r['cpu_overhead_ratio']:.2f}x |")
+    print()
+    print("| /similar over the index | n | p50 ms | p99 ms |")
+    print("|---|---|---|---|")
+    print(f"| by product_id (exact search) | {by_id['n']} | {by_id['p50_ms']:.1f} | {by_id['p99_ms']:.1f} |")
+    print(f"| by listing (embed + exact search) | {by_listing['n']} | {by_listing['p50_ms']:.1f} | "
+          f"{by_listing['p99_ms']:.1f} |")
+    print(f"| exact search alone, in-process | {200} | {search['p50_ms']:.2f} | {search['p99_ms']:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse_args(argv)
 
     catalog = Path(args.catalog)
     work = Path(tempfile.mkdtemp(prefix="item-bench-"))
@@ -343,23 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
                   for i in range(0, len(listings) - per + 1, per)]
         asyncio.run(drive(url, bodies, 4, 3.0, per_body=per))  # warm-up (and the batcher's calibration)
         before = batch_sizes(url)
-        levels = []
-        for c in [int(x) for x in args.concurrency.split(",")]:
-            cpu0 = server_cpu_seconds(server.proc.pid)
-            res = asyncio.run(drive(url, bodies, c, args.seconds, per_body=per))
-            res["server_cpu_s_per_embedding"] = (server_cpu_seconds(server.proc.pid) - cpu0) / max(1, res["requests"] * per)
-            after = batch_sizes(url)
-            calls = after.get("count", 0) - before.get("count", 0)
-            res["mean_batch"] = (after.get("sum", 0) - before.get("sum", 0)) / calls if calls else float("nan")
-            # share of the wall time the model was computing: ~1 means the model, not HTTP, is the limit
-            res["model_busy"] = (after.get("model_s", 0) - before.get("model_s", 0)) / res["wall_s"]
-            res["vs_in_process"] = res["embeddings_per_s"] / inproc["embeddings_per_s"]
-            before = after
-            levels.append(res)
-            print(f"c={c:3d}: {res['embeddings_per_s']:.1f} embeddings/s ({res['vs_in_process']:.0%} of in-process), "
-                  f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, mean batch {res['mean_batch']:.1f}, "
-                  f"model busy {res['model_busy']:.0%}, server CPU {1e3 * res['server_cpu_s_per_embedding']:.2f} "
-                  f"ms/embedding, errors {res['errors']}", flush=True)
+        levels = _drive_levels(server, url, bodies, args.concurrency, args.seconds, per, before, inproc)
 
         rng = np.random.default_rng(2)
         ids = rng.choice(index_df["product_id"].to_numpy(), size=args.similar_requests, replace=False)
@@ -397,25 +433,7 @@ def main(argv: list[str] | None = None) -> dict:
               "in_process": inproc, "embed": levels, "similar_by_product_id": by_id,
               "similar_by_listing": by_listing, "exact_search_in_process": search,
               "load_average_before": load_before, "load_average_after": load_after}
-    print()
-    print(f"load average (1, 5, 15 min): before {load_before}, after {load_after}")
-    print("in-process baseline embeddings/s by batch size: "
-          + ", ".join(f"{b}: {r:.1f}" for b, r in inproc["by_batch"].items()))
-    print(f"| concurrency | embeddings/s | vs in-process ({inproc['embeddings_per_s']:.1f}/s) | p50 ms | p99 ms "
-          f"| mean batch | model busy | server CPU ms/emb | in-process CPU ms/emb | CPU ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in levels:
-        print(f"| {r['concurrency']} | {r['embeddings_per_s']:.1f} | {r['vs_in_process']:.0%} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['model_busy']:.0%} | "
-              f"{1e3 * r['server_cpu_s_per_embedding']:.2f} | {1e3 * r['in_process_cpu_s_per_embedding']:.2f} | "
-              f"{r['cpu_overhead_ratio']:.2f}x |")
-    print()
-    print("| /similar over the index | n | p50 ms | p99 ms |")
-    print("|---|---|---|---|")
-    print(f"| by product_id (exact search) | {by_id['n']} | {by_id['p50_ms']:.1f} | {by_id['p99_ms']:.1f} |")
-    print(f"| by listing (embed + exact search) | {by_listing['n']} | {by_listing['p50_ms']:.1f} | "
-          f"{by_listing['p99_ms']:.1f} |")
-    print(f"| exact search alone, in-process | {200} | {search['p50_ms']:.2f} | {search['p99_ms']:.2f} |")
+    _print_tables(inproc, levels, by_id, by_listing, search, load_before, load_after)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=float) + "\n")
     return result
