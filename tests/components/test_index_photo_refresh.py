@@ -1,0 +1,63 @@
+"""An index refresh when only a listing's photo changed (components/index/build.py): the listing's
+content hash changes, its shard re-embeds that one listing and reuses every other vector, and the
+built index's fingerprint moves. Real catalog rows (a slice, the photo replaced by another real
+listing's photo), the tiny real model of ``packaged_model``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.conftest import CATALOG, write_slice
+
+
+def test_changed_photo_re_embeds_only_that_listing(packaged_model, tmp_path):
+    import pyarrow.parquet as pq
+
+    from components.index.build import build_index, embed_shard, read_shard, shard_file
+    from components.index.layout import load_catalog_index
+
+    other_photo = pq.read_table(sorted((CATALOG / "data").glob("*.parquet"))[0]).slice(200, 1).column("image")[0].as_py()
+
+    def new_photo(table: pa.Table) -> pa.Table:       # listing 3 gets another real listing's photo; title unchanged
+        images = table.column("image").to_pylist()
+        assert images[3]["bytes"] != other_photo["bytes"]
+        images[3] = other_photo
+        return table.set_column(table.schema.get_field_index("image"), "image",
+                                pa.array(images, type=table.schema.field("image").type))
+
+    before = write_slice(tmp_path / "before", n_plain=24, n_groups=0)
+    after = write_slice(tmp_path / "after", n_plain=24, n_groups=0, mutate=new_photo)
+    changed = str(pq.read_table(before / "data").column("id")[3].as_py())
+    root, model = tmp_path / "index", packaged_model["model_dir"]
+
+    first = embed_shard(before, 0, 1, model, "v1", root)
+    assert (first["embedded"], first["reused"], first["written"]) == (24, 0, True)
+    built_before = build_index(root, "v1", 1)
+    rows0, vec0 = read_shard(shard_file(root, 0, 1))
+
+    second = embed_shard(after, 0, 1, model, "v1", root)
+    assert (second["listings"], second["embedded"], second["reused"], second["removed"], second["written"]) \
+        == (24, 1, 23, 0, True)
+    rows1, vec1 = read_shard(shard_file(root, 0, 1))
+    assert rows1["product_id"].tolist() == rows0["product_id"].tolist()
+    i = rows1["product_id"].tolist().index(changed)
+    differs = rows0["content_hash"].to_numpy() != rows1["content_hash"].to_numpy()
+    assert np.flatnonzero(differs).tolist() == [i]                 # only the changed listing's hash moved
+    others = np.arange(len(rows1)) != i
+    for kind in ("item", "item_text_only", "item_image_only"):
+        np.testing.assert_array_equal(vec1[kind][others], vec0[kind][others])   # reused, bit for bit
+    # the joint and photo-only vectors follow the new photo; the title-only one is the same title's
+    assert np.abs(vec1["item_image_only"][i] - vec0["item_image_only"][i]).max() > 1e-3
+    assert np.abs(vec1["item"][i] - vec0["item"][i]).max() > 1e-4
+    np.testing.assert_allclose(vec1["item_text_only"][i], vec0["item_text_only"][i], atol=1e-5)
+
+    built_after = build_index(root, "v1", 1)
+    assert built_after["catalog_fingerprint"] != built_before["catalog_fingerprint"]
+    listings, emb, _ = load_catalog_index(root / "catalog_index")
+    j = listings["product_id"].astype(str).tolist().index(changed)
+    np.testing.assert_array_equal(emb["item_image_only"][j], vec1["item_image_only"][i])
+
+    third = embed_shard(after, 0, 1, model, "v1", root)              # nothing changed since: left as it was
+    assert (third["embedded"], third["reused"], third["written"]) == (0, 24, False)
