@@ -231,7 +231,10 @@ def test_failed_hot_swap_keeps_serving_and_a_pinned_server_does_not_follow(store
         registry.promote(versions["B"], gate="test", automatic=False, reason="a good package")
         _wait_for(lambda: _served(follower.url) == tags["B"], "the follower to serve B")
         assert _served(pinned_url) == tags["A"]                # pinned: the pointer's moves do not reach it
-        assert _metric(httpx.get(follower.url + "/metrics", timeout=30).text, "item_model_swaps_total") == 1
+        # (the counter is bumped just after the swap's assignment: wait for it rather than race it)
+        swaps = lambda: _metric(httpx.get(follower.url + "/metrics", timeout=30).text, "item_model_swaps_total")  # noqa: E731
+        _wait_for(lambda: swaps() >= 1, "the swap to be counted", timeout=60)
+        assert swaps() == 1                                    # the failed load of C was not counted
         assert f"now serving {tags['B']} (was {tags['A']}" in follower.log()
         assert "now serving" not in (tmp_path / "pinned.log").read_text()
     finally:
