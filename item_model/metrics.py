@@ -6,7 +6,7 @@ Vectorised over queries (chunked matrix products), so they stay fast at catalog 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -229,13 +229,8 @@ def probe_details(x_train: np.ndarray, y_train: Sequence[str], x_test: np.ndarra
         ValueError: fewer than two classes have ``min_train_per_class`` training rows; no test row
             belongs to a kept class; ``cs`` is empty or holds a non-positive value.
     """
-    import copy
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
 
     cs = sorted(float(c) for c in cs)
     if not cs or cs[0] <= 0:
@@ -261,12 +256,33 @@ def probe_details(x_train: np.ndarray, y_train: Sequence[str], x_test: np.ndarra
     scaler = StandardScaler().fit(x_train[tr])
     xs_train = scaler.transform(x_train[tr])
     clf = LogisticRegression(max_iter=max_iter, C=cs[0], random_state=seed, warm_start=True)
+    best, val_acc, not_converged = _probe_path(clf, scaler, xs_train, y_train[tr], cs, x_val, y_val, va,
+                                               max_iter, blas_threads)
+    if not_converged:
+        logger.warning("probe: L-BFGS stopped at max_iter=%d without converging for C = %s "
+                       "(ConvergenceWarning silenced)", max_iter, not_converged)
+    return {"test_index": np.flatnonzero(te), "y_true": y_test[te],
+            "y_pred": best.predict(scaler.transform(x_test[te])), "n_classes": len(keep),
+            "C": float(best.C), "validation_accuracy": val_acc, "converged": not not_converged}
+
+
+def _probe_path(clf, scaler, xs_train: np.ndarray, y_fit: np.ndarray, cs: list[float], x_val, y_val, va,
+                max_iter: int, blas_threads: int | None) -> tuple[Any, dict, list[float]]:
+    """The regularisation path of :func:`probe_details`: ``clf`` fitted (warm-started) for each ``C`` in
+    ``cs`` until validation accuracy drops; ``(best fitted model, {C: validation accuracy}, the C whose
+    fit stopped at max_iter)``. With ``va`` None the first fit is the model."""
+    import copy
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+
     best, best_acc, val_acc, not_converged = None, -1.0, {}, []
     for c in cs:
         clf.set_params(C=c)
         with warnings.catch_warnings(), threadpool_limits(limits=blas_threads, user_api="blas"):
             warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(xs_train, y_train[tr])
+            clf.fit(xs_train, y_fit)
         if int(np.max(clf.n_iter_)) >= max_iter:
             not_converged.append(c)
         if va is None:
@@ -278,12 +294,7 @@ def probe_details(x_train: np.ndarray, y_train: Sequence[str], x_test: np.ndarra
             best, best_acc = copy.deepcopy(clf), acc
         elif acc < best_acc:                     # past the peak: larger C are not fitted
             break
-    if not_converged:
-        logger.warning("probe: L-BFGS stopped at max_iter=%d without converging for C = %s "
-                       "(ConvergenceWarning silenced)", max_iter, not_converged)
-    return {"test_index": np.flatnonzero(te), "y_true": y_test[te],
-            "y_pred": best.predict(scaler.transform(x_test[te])), "n_classes": len(keep),
-            "C": float(best.C), "validation_accuracy": val_acc, "converged": not not_converged}
+    return best, val_acc, not_converged
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

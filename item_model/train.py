@@ -229,11 +229,99 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
     Raises:
         ValueError: ``train_df`` is empty, or ``cfg.batch_size`` is not a multiple of the world size.
     """
-    from .checkpoint import load_latest_checkpoint, save_checkpoint
-    from .distributed import all_gather_object, init_distributed
+    from .checkpoint import load_latest_checkpoint
 
     if len(train_df) == 0:
         raise ValueError("pretrain(): the training split is empty")
+    ctx, my_rows, step_model = _setup_ranks(model, cfg)
+    weights = model.config.objective_weights()
+    dataset = ListingDataset(train_df, processor)
+    collate = PretrainingCollator(processor, seed=cfg.seed)
+    order_rng = np.random.default_rng(cfg.seed)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                                  betas=(0.9, 0.98), eps=1e-6, fused=True)
+    bf16 = cfg.use_bf16_autocast(ctx.device.type)
+    logger.info("training %d steps of %d listings, forward under %s, fused AdamW", cfg.steps, cfg.batch_size,
+                "bf16 autocast" if bf16 else "fp32")
+    history: list[dict] = []
+    order, cursor, start = order_rng.permutation(len(dataset)), 0, 0
+    buckets, n_cluster_rows, cluster_rng = _title_batch_setup(dataset, cfg)
+    sums: dict[str, float] = {}
+    n_since = 0
+    state = load_latest_checkpoint(checkpoint_dir) if (resume and checkpoint_dir) else None
+    if state is not None:
+        order, cursor, start, history, sums, n_since = _restore_checkpoint(
+            state, model, optimizer, order_rng, cluster_rng, collate, ctx)
+    model.train()
+    t_since = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not (progress and ctx.is_main),
+               mininterval=PROGRESS_INTERVAL, initial=start, total=cfg.steps)
+    for step in bar:
+        idx = title_clusters(buckets, n_cluster_rows, cfg.title_cluster_size, cluster_rng)
+        order, cursor = _fill_batch(idx, order, cursor, order_rng, len(dataset), cfg.batch_size)
+        batch = collate.collate_rows([dataset.titles[i] for i in idx], lambda j: dataset.image(idx[j]), my_rows)
+        batch = {k: v.to(ctx.device) for k, v in batch.items()}
+        lr = learning_rate(step, cfg)
+        backbone_scale = backbone_lr_scale(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * backbone_scale if group["backbone"] else lr
+        with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = step_model(**batch)
+        loss, objective_means = _global_loss(out.losses, weights, batch, ctx)
+        if not torch.is_tensor(loss):                   # nothing to learn from on this rank this step
+            loss = out.last_hidden_state.sum() * 0.0
+        if step == 0:
+            _log_step_zero(history, objective_means, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        sums["loss"] = sums.get("loss", 0.0) + sum(weights[k] * v for k, v in objective_means.items())
+        for k, v in objective_means.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n_since += 1
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            sums, n_since, t_since = _log_steps(history, bar, step + 1, cfg, lr, sums, n_since, t_since, out.losses)
+        if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _save_checkpoint(checkpoint_dir, step + 1, cfg, ctx, model, optimizer, order, cursor, order_rng,
+                             cluster_rng, collate, history, sums, n_since)
+    model.eval()
+    return history
+
+
+def _log_step_zero(history: list[dict], objective_means: dict[str, float], weights: dict[str, float]) -> None:
+    """The ``step`` 0 row of the history: the first batch's losses before any update."""
+    history.append({"step": 0, "lr": 0.0, "loss": sum(weights[k] * v for k, v in objective_means.items()),
+                    **objective_means})
+    logger.info("step 0 (before any update): loss %.4f (%s)", history[0]["loss"],
+                " ".join(f"{k} {v:.3f}" for k, v in objective_means.items()))
+
+
+def _log_steps(history: list[dict], bar, step: int, cfg: TrainConfig, lr: float, sums: dict[str, float],
+               n_since: int, t_since: float, losses: dict) -> tuple[dict[str, float], int, float]:
+    """Append the history row of the steps since the last log (ending at ``step``, counted from 1), show
+    and log it; returns the tallies started afresh: ``({}, 0, now)``."""
+    dt = time.perf_counter() - t_since
+    row = {"step": step, "lr": lr, **{k: v / n_since for k, v in sums.items()},
+           "samples_per_s": n_since * cfg.batch_size / dt}
+    history.append(row)
+    bar.set_postfix(loss=f"{row['loss']:.3f}")
+    logger.info("step %d/%d lr %.2e loss %.4f (%s) %.1f samples/s", step, cfg.steps, lr,
+                row["loss"], " ".join(f"{k} {row[k]:.3f}" for k in losses), row["samples_per_s"])
+    return {}, 0, time.perf_counter()
+
+
+def _setup_ranks(model: ItemModel, cfg: TrainConfig):
+    """The start of :func:`pretrain`: torch threads, the process group (``torchrun``), this rank's
+    share of each batch, the seeds, the model on its device (wrapped in DDP when distributed).
+
+    Returns:
+        ``(ctx, my_rows, step_model)``: the distributed context, this rank's rows of each global
+        batch, and the module the loop calls (``model`` itself on one process).
+    """
+    from .distributed import init_distributed
+
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     ctx = init_distributed()
@@ -250,17 +338,13 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
         step_model = DistributedDataParallel(model, find_unused_parameters=True)  # switched-off heads
-    weights = model.config.objective_weights()
-    dataset = ListingDataset(train_df, processor)
-    collate = PretrainingCollator(processor, seed=cfg.seed)
-    order_rng = np.random.default_rng(cfg.seed)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(0.9, 0.98), eps=1e-6, fused=True)
-    bf16 = cfg.use_bf16_autocast(ctx.device.type)
-    logger.info("training %d steps of %d listings, forward under %s, fused AdamW", cfg.steps, cfg.batch_size,
-                "bf16 autocast" if bf16 else "fp32")
-    history: list[dict] = []
-    order, cursor, start = order_rng.permutation(len(dataset)), 0, 0
+    return ctx, my_rows, step_model
+
+
+def _title_batch_setup(dataset: ListingDataset, cfg: TrainConfig
+                       ) -> tuple[list[np.ndarray], int, np.random.Generator]:
+    """``(buckets, rows a batch from same-title clusters, the clusters' generator)`` for
+    ``cfg.title_batches`` (no buckets and 0 rows when it is 0)."""
     buckets = title_buckets(dataset.titles) if cfg.title_batches > 0 else []
     n_cluster_rows = int(round(cfg.title_batches * cfg.batch_size)) if buckets else 0
     cluster_rng = np.random.default_rng([cfg.seed, 1])         # apart from order_rng: off leaves runs unchanged
@@ -268,80 +352,60 @@ def pretrain(model: ItemModel, processor: ItemProcessor, train_df: pd.DataFrame,
         logger.info("title_batches %.2f: %d of %d rows a batch from same-title clusters of %d (%d titles shared by "
                     "%d training listings)", cfg.title_batches, n_cluster_rows, cfg.batch_size,
                     cfg.title_cluster_size, len(buckets), sum(len(b) for b in buckets))
-    sums: dict[str, float] = {}
-    n_since = 0
-    state = load_latest_checkpoint(checkpoint_dir) if (resume and checkpoint_dir) else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        order, cursor, start = np.asarray(state["order"], dtype=np.int64), state["cursor"], state["step"]
-        order_rng.bit_generator.state = state["order_rng"]
-        if "cluster_rng" in state:
-            cluster_rng.bit_generator.state = state["cluster_rng"]
-        collate.generator.set_state(state["collate_rng"])
-        _restore_rng_states(state, ctx)
-        name, key, pos, has_gauss, cached = state["numpy_rng"]       # key saved as an int64 tensor
-        np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
-        random.setstate(state["python_rng"])
-        history, sums, n_since = state["history"], state["sums"], state["n_since"]
-    model.train()
-    t_since = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not (progress and ctx.is_main),
-               mininterval=PROGRESS_INTERVAL, initial=start, total=cfg.steps)
-    for step in bar:
-        idx = title_clusters(buckets, n_cluster_rows, cfg.title_cluster_size, cluster_rng)
-        while len(idx) < cfg.batch_size:
-            if cursor >= len(order):
-                order, cursor = order_rng.permutation(len(dataset)), 0
-            take = order[cursor: cursor + cfg.batch_size - len(idx)]
-            idx.extend(take.tolist())
-            cursor += len(take)
-        batch = collate.collate_rows([dataset.titles[i] for i in idx], lambda j: dataset.image(idx[j]), my_rows)
-        batch = {k: v.to(ctx.device) for k, v in batch.items()}
-        lr = learning_rate(step, cfg)
-        backbone_scale = backbone_lr_scale(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * backbone_scale if group["backbone"] else lr
-        with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = step_model(**batch)
-        loss, objective_means = _global_loss(out.losses, weights, batch, ctx)
-        if not torch.is_tensor(loss):                   # nothing to learn from on this rank this step
-            loss = out.last_hidden_state.sum() * 0.0
-        if step == 0:
-            history.append({"step": 0, "lr": 0.0, "loss": sum(weights[k] * v for k, v in objective_means.items()),
-                            **objective_means})
-            logger.info("step 0 (before any update): loss %.4f (%s)", history[0]["loss"],
-                        " ".join(f"{k} {v:.3f}" for k, v in objective_means.items()))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        sums["loss"] = sums.get("loss", 0.0) + sum(weights[k] * v for k, v in objective_means.items())
-        for k, v in objective_means.items():
-            sums[k] = sums.get(k, 0.0) + v
-        n_since += 1
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            dt = time.perf_counter() - t_since
-            row = {"step": step + 1, "lr": lr, **{k: v / n_since for k, v in sums.items()},
-                   "samples_per_s": n_since * cfg.batch_size / dt}
-            history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
-            logger.info("step %d/%d lr %.2e loss %.4f (%s) %.1f samples/s", step + 1, cfg.steps, lr,
-                        row["loss"], " ".join(f"{k} {row[k]:.3f}" for k in out.losses), row["samples_per_s"])
-            sums, n_since, t_since = {}, 0, time.perf_counter()
-        if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            rank_rng = all_gather_object(_rng_states(ctx), ctx)       # a collective: every rank takes part
-            if ctx.is_main:
-                save_checkpoint(checkpoint_dir, step + 1, {
-                    "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "order": order, "cursor": cursor, "order_rng": order_rng.bit_generator.state,
-                    "cluster_rng": cluster_rng.bit_generator.state,
-                    "collate_rng": collate.generator.get_state(), "rank_rng": rank_rng,
-                    "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-                    "history": history, "sums": sums, "n_since": n_since}, keep=cfg.keep_checkpoints)
-    model.eval()
-    return history
+    return buckets, n_cluster_rows, cluster_rng
+
+
+def _restore_checkpoint(state: dict, model: ItemModel, optimizer, order_rng: np.random.Generator,
+                        cluster_rng: np.random.Generator, collate: PretrainingCollator, ctx):
+    """Put a checkpoint's model, optimizer and every RNG state back in place.
+
+    Returns:
+        ``(order, cursor, step, history, sums, n_since)``: the data position and the loop's tallies.
+    """
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    order, cursor, start = np.asarray(state["order"], dtype=np.int64), state["cursor"], state["step"]
+    order_rng.bit_generator.state = state["order_rng"]
+    if "cluster_rng" in state:
+        cluster_rng.bit_generator.state = state["cluster_rng"]
+    collate.generator.set_state(state["collate_rng"])
+    _restore_rng_states(state, ctx)
+    name, key, pos, has_gauss, cached = state["numpy_rng"]       # key saved as an int64 tensor
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python_rng"])
+    return order, cursor, start, state["history"], state["sums"], state["n_since"]
+
+
+def _fill_batch(idx: list[int], order: np.ndarray, cursor: int, order_rng: np.random.Generator,
+                n: int, batch_size: int) -> tuple[np.ndarray, int]:
+    """Complete ``idx`` (in place) to ``batch_size`` rows from the permutation ``order`` at ``cursor``,
+    drawing a new permutation of ``n`` rows when it runs out; returns the new ``(order, cursor)``."""
+    while len(idx) < batch_size:
+        if cursor >= len(order):
+            order, cursor = order_rng.permutation(n), 0
+        take = order[cursor: cursor + batch_size - len(idx)]
+        idx.extend(take.tolist())
+        cursor += len(take)
+    return order, cursor
+
+
+def _save_checkpoint(checkpoint_dir: str | Path, step: int, cfg: TrainConfig, ctx, model: ItemModel, optimizer,
+                     order: np.ndarray, cursor: int, order_rng: np.random.Generator,
+                     cluster_rng: np.random.Generator, collate: PretrainingCollator, history: list[dict],
+                     sums: dict[str, float], n_since: int) -> None:
+    """Write the checkpoint after ``step`` steps (rank 0; every rank gathers its RNG states first)."""
+    from .checkpoint import save_checkpoint
+    from .distributed import all_gather_object
+
+    rank_rng = all_gather_object(_rng_states(ctx), ctx)       # a collective: every rank takes part
+    if ctx.is_main:
+        save_checkpoint(checkpoint_dir, step, {
+            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "order": order, "cursor": cursor, "order_rng": order_rng.bit_generator.state,
+            "cluster_rng": cluster_rng.bit_generator.state,
+            "collate_rng": collate.generator.get_state(), "rank_rng": rank_rng,
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "history": history, "sums": sums, "n_since": n_since}, keep=cfg.keep_checkpoints)
 
 
 def _rng_states(ctx) -> dict[str, torch.Tensor]:

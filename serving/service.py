@@ -47,63 +47,38 @@ set_offline_defaults()
 # with two threads)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import base64  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Annotated, Any, Optional  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
 
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 from bentoml.exceptions import InvalidArgument, NotFound  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from serving import schemas  # noqa: E402
-from components.storage.layout import INDEX_DIR, INDEX_KINDS  # noqa: E402
+from serving import schemas, service_guard  # noqa: E402
+from components.storage.layout import INDEX_KINDS  # noqa: E402
 from serving.schemas import (MAX_K, MAX_LISTINGS, Embedding, Listing, Neighbour, ProductId,  # noqa: E402
-                             SimilarResult, top_k)
+                             SimilarResult)
+from serving.service_guard import (CURRENT, DECODE_PROCESSES, RequestGuard, decode_pool, tiny_png)
+from serving.service_model import MAX_BATCH_SIZE, MAX_LATENCY_MS, ServedModel, search_ids  # noqa: E402,E501
 
 logger = logging.getLogger("bentoml.item")     # a child of BentoML's logger: its handlers print it
 
 MODEL_NAME = "item"
-MODEL_VERSION_HEADER = "x-item-model-version"
-#: the request header that carries the API key, and the key (``ITEM_API_KEY``; unset or empty: no key)
-API_KEY_HEADER = "X-API-Key"
+#: the API key (``ITEM_API_KEY``; unset or empty: no key), carried in the ``API_KEY_HEADER`` header
 API_KEY = os.environ.get("ITEM_API_KEY", "")
-#: the routes the key guards; BentoML's health routes (/livez, /readyz, /healthz) stay open
-PROTECTED_ROUTES = ("/embed", "/similar", "/metrics")
 #: the catalog embeddings a listing query is searched against, by the query's kind: a title-only
 #: or photo-only embedding scores same products far better against the catalog's embeddings of the
 #: same kind (tiny test model: Recall@10 0.88 / 1.00) than against the joint ones (0.00 / 0.15)
 
-#: listings per model call (BentoML splits bigger requests) and the longest a request may wait in
-#: the batching queue before it is answered 503 (overloaded)
-MAX_BATCH_SIZE = int(os.environ.get("ITEM_MAX_BATCH_SIZE", "64"))
-MAX_LATENCY_MS = int(os.environ.get("ITEM_MAX_LATENCY_MS", "10000"))
 #: torch intra-op threads of the worker: every core. With OpenMP's passive wait policy (above) the
 #: model's threads yield to the HTTP event loop (request parsing, validation, photo decoding, JSON)
 #: when it needs a core; one thread fewer than the cores left the model at half speed on 2 cores
 #: (docs/serving.md, benchmark).
 TORCH_THREADS = int(os.environ.get("ITEM_TORCH_THREADS", "0")) or max(1, os.cpu_count() or 1)
-#: processes that decode request photos off the event loop (PNG decoding holds the GIL, so threads
-#: would stall it); requests beyond them wait, while health checks and small requests go on
-DECODE_PROCESSES = int(os.environ.get("ITEM_DECODE_PROCESSES", "2"))
-
-
-_DECODE_POOL = None
-
-
-def decode_pool():
-    """The serving process's pool of ``DECODE_PROCESSES`` photo-decoding processes (``spawn``ed: the
-    parent runs torch threads, which do not survive a fork), made on first use."""
-    global _DECODE_POOL
-    if _DECODE_POOL is None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        _DECODE_POOL = ProcessPoolExecutor(max(1, DECODE_PROCESSES), mp_context=multiprocessing.get_context("spawn"))
-    return _DECODE_POOL
 
 
 def resolve_model_tag(tag: str | None = None) -> str:
@@ -151,10 +126,7 @@ PINNED = bool(os.environ.get("ITEM_MODEL_TAG", "").strip())
 WATCH_INTERVAL_S = float(os.environ.get("ITEM_WATCH_INTERVAL_S", "10"))
 #: the version answering now (the ``X-Item-Model-Version`` header; each response body names the
 #: version that produced it, which is authoritative during a swap)
-CURRENT = {"tag": MODEL_TAG}
-#: fault injection for tests (like the registry's ITEM_REGISTRY_CRASH): a listing with this exact title
-#: makes the model call raise, so that the isolation of one failing listing in a batch can be tested
-FAULT_TITLE_ENV = "ITEM_FAULT_TITLE"
+CURRENT["tag"] = MODEL_TAG
 #: shadow comparison (serving/shadow.py): a challenger (registry version or ``name:version``) that
 #: answers a sample of requests off the users' path, and the share of requests it gets
 SHADOW = os.environ.get("ITEM_SHADOW", "").strip()
@@ -172,426 +144,6 @@ LISTING_FAILURES = bentoml.metrics.Counter(
     name="item_embed_listing_failures", documentation="listings whose embedding failed alone (their request got 500)")
 SWAPS = bentoml.metrics.Counter(
     name="item_model_swaps", documentation="times the served model was swapped after the champion pointer moved")
-
-
-def _json_response(status: int, payload: dict, extra_headers: list | None = None) -> tuple[dict, dict]:
-    body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    return ({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])},
-            {"type": "http.response.body", "body": body, "more_body": False})
-
-
-class _Reject(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-class RequestGuard:
-    """ASGI middleware in front of the API routes.
-
-    * Content types: ``application/json`` everywhere, ``multipart/form-data`` too on ``/embed`` and
-      ``/similar`` (converted here to the JSON body, so both take the same validation path);
-      anything else is 415.
-    * Body size: more than ``max_body_bytes`` (``ITEM_MAX_BODY_BYTES``) is 413, whether announced by
-      ``Content-Length`` or streamed.
-    * Photos: checked against the per-photo (400) and per-request (413) pixel budgets from their
-      headers (in a thread) and decoded in a pool of ``ITEM_DECODE_PROCESSES`` processes, never on the
-      event loop (:func:`serving.schemas.check_request_images`, :func:`serving.schemas.decode_images`).
-    * Error bodies: every 4xx from the API routes becomes ``{"error": "<field>: <message>; ...",
-      "detail": [...]}`` (BentoML's pydantic errors carry the field only in ``detail[].loc``).
-    * Every API response carries the model version in ``X-Item-Model-Version``.
-    * API key: with ``ITEM_API_KEY`` set, ``/embed``, ``/similar`` and ``/metrics`` need it in the
-      ``X-API-Key`` header (compared in constant time, ``hmac.compare_digest``), else 401 naming the
-      header; the health routes stay open for the orchestrator's probes.
-
-    Multipart forms: on ``/embed`` either ``title`` (text) and/or ``image`` (file) for one listing,
-    or ``listings`` (a JSON array of listings) where an ``"image"`` of the form ``"@name"`` names
-    an uploaded file part; on ``/similar`` the fields ``product_id``, ``k``, ``title``, ``image``.
-    """
-
-    def __init__(self, app, routes: dict[str, tuple[str, ...]], max_body_bytes: int, api_key: str = "") -> None:
-        self.app = app
-        self.routes = routes
-        self.max_body_bytes = int(max_body_bytes)
-        self.api_key = api_key.encode()
-
-    async def _predecode(self, path: str, body: bytes) -> None:
-        """Check the photos' headers in a thread, decode them in the process pool, hand the pixels to
-        validation (:mod:`serving.schemas`). Raises schemas.RequestRejected (400/413)."""
-        import asyncio
-
-        import anyio
-        checked = await anyio.to_thread.run_sync(schemas.check_request_images, path, body)
-        size = schemas.image_size_hw()
-        if not checked or size is None:
-            return
-        pixels = await asyncio.get_running_loop().run_in_executor(
-            decode_pool(), schemas.decode_images, [d for _, d in checked], size)
-        schemas.store_predecoded([t for t, _ in checked], pixels)
-
-    def _authorised(self, scope) -> bool:
-        import hmac
-        if not self.api_key or scope.get("path") not in PROTECTED_ROUTES:
-            return True
-        wanted = API_KEY_HEADER.lower().encode()
-        given = next((v for k, v in scope.get("headers", []) if k.lower() == wanted), b"")
-        return hmac.compare_digest(given, self.api_key)
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and not self._authorised(scope):
-            start, end = _json_response(401, {"error": f"{API_KEY_HEADER}: missing or wrong API key"},
-                                        [(b"www-authenticate", API_KEY_HEADER.encode())])
-            await send(start)
-            await send(end)
-            return
-        if scope["type"] != "http" or scope.get("path") not in self.routes:
-            await self.app(scope, receive, send)
-            return
-        version_header = [(MODEL_VERSION_HEADER.encode(), CURRENT["tag"].encode())]
-        if scope.get("method") != "POST":
-            await self.app(scope, receive, self._shaping_send(send, version_header))
-            return
-        try:
-            scope, body = await self._read(scope, receive)
-        except _Reject as exc:
-            start, end = _json_response(exc.status, {"error": exc.message}, version_header)
-            await send(start)
-            await send(end)
-            return
-        if body is None:  # the client went away
-            return
-        if b'"image"' in body:  # photos: pixel budgets from the headers, then decoded off the event loop
-            try:
-                await self._predecode(scope["path"], body)
-            except schemas.RequestRejected as exc:
-                start, end = _json_response(exc.status, {"error": exc.message}, version_header)
-                await send(start)
-                await send(end)
-                return
-
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, self._shaping_send(send, version_header, embed=scope["path"] == "/embed"))
-
-    async def _read(self, scope, receive) -> tuple[dict, bytes | None]:
-        from starlette.datastructures import Headers
-
-        path = scope["path"]
-        headers = Headers(scope=scope)
-        media = headers.get("content-type", "").split(";")[0].strip().lower()
-        allowed = self.routes[path]
-        if media not in allowed:
-            raise _Reject(415, f"Content-Type: {path} accepts {' or '.join(allowed)}, got "
-                               f"{media or 'no Content-Type header'!r}")
-        declared = headers.get("content-length")
-        if declared is not None:
-            try:
-                declared_n = int(declared)
-            except ValueError:
-                raise _Reject(400, f"Content-Length: not an integer ({declared!r})") from None
-            if declared_n > self.max_body_bytes:
-                raise _Reject(413, f"body: {declared_n} bytes exceed the limit of {self.max_body_bytes} "
-                                   f"bytes (ITEM_MAX_BODY_BYTES)")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return scope, None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _Reject(413, f"body: more than {self.max_body_bytes} bytes (ITEM_MAX_BODY_BYTES)")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if media == "multipart/form-data":
-            body = await self._form_to_json(path, scope, body)
-            raw = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
-            raw += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            scope = {**scope, "headers": raw}
-        return scope, body
-
-    async def _form_to_json(self, path: str, scope, body: bytes) -> bytes:
-        from starlette.datastructures import UploadFile
-        from starlette.requests import Request
-
-        async def once():
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request({k: v for k, v in scope.items() if k != "app"}, once).form(
-                max_files=MAX_LISTINGS, max_fields=2 * MAX_LISTINGS + 8, max_part_size=self.max_body_bytes)
-        except Exception as exc:
-            raise _Reject(400, f"body: not a valid multipart/form-data body ({getattr(exc, 'message', exc)})") from None
-        try:
-            fields: dict[str, Any] = {}
-            for name, value in form.multi_items():
-                if name in fields:
-                    raise _Reject(400, f"{name}: given more than once in the form")
-                fields[name] = await value.read() if isinstance(value, UploadFile) else value
-        finally:
-            await form.close()
-
-        def text(name: str) -> str | None:
-            value = fields.pop(name, None)
-            if isinstance(value, bytes):
-                try:
-                    return value.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise _Reject(400, f"{name}: not UTF-8 text") from None
-            return value
-
-        def image(name: str, where: str) -> str | None:
-            value = fields.pop(name, None)
-            if value is None:
-                return None
-            if isinstance(value, bytes):  # an uploaded file: its bytes, base64-encoded
-                if not value:
-                    raise _Reject(400, f"{where}: the uploaded file is empty")
-                return base64.b64encode(value).decode("ascii")
-            return value  # a text field: already base64
-
-        def listing(where: str) -> dict | None:
-            out = {k: v for k, v in (("title", text("title")), ("image", image("image", f"{where}.image")))
-                   if v is not None}
-            return out or None
-
-        if path == "/embed":
-            if "listings" in fields:
-                raw = text("listings")
-                try:
-                    listings = json.loads(raw)
-                except (TypeError, ValueError):
-                    raise _Reject(400, "listings: not a JSON array of listings") from None
-                if not isinstance(listings, list):
-                    raise _Reject(400, "listings: not a JSON array of listings")
-                files: dict[str, str | None] = {}
-                for i, item in enumerate(listings):
-                    ref = item.get("image") if isinstance(item, dict) else None
-                    if isinstance(ref, str) and ref.startswith("@"):
-                        name = ref[1:]
-                        if name not in files:
-                            if name not in fields:
-                                raise _Reject(400, f"listings[{i}].image: no file part named {name!r} in the form")
-                            files[name] = image(name, f"listings[{i}].image")
-                        item["image"] = files[name]
-                payload: dict[str, Any] = {"listings": listings}
-            else:
-                one = listing("listings[0]")
-                payload = {"listings": [one] if one else []}
-        else:
-            payload = {}
-            for name in ("product_id", "k"):
-                if name in fields:
-                    payload[name] = text(name)
-            one = listing("listing")
-            if one:
-                payload["listing"] = one
-        if fields:
-            raise _Reject(400, f"{sorted(fields)[0]}: unexpected form field")
-        return json.dumps(payload).encode()
-
-    def _shaping_send(self, send, extra_headers: list, embed: bool = False):
-        state: dict[str, Any] = {"start": None, "chunks": []}
-
-        async def shaping_send(message) -> None:
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": list(message.get("headers", [])) + extra_headers}
-                ctype = dict((k.lower(), v) for k, v in message["headers"]).get(b"content-type", b"")
-                if ctype.startswith(b"application/json") and (400 <= status < 500 or (status == 200 and embed)):
-                    state["start"] = message  # hold it: the body may be rewritten
-                    return
-                await send(message)
-            elif message["type"] == "http.response.body" and state["start"] is not None:
-                state["chunks"].append(message.get("body", b""))
-                if message.get("more_body", False):
-                    return
-                start, body = state["start"], b"".join(state["chunks"])
-                state["start"] = None
-                if start["status"] == 200:
-                    failed = _failed_listings(body)
-                    if failed is None:
-                        await send(start)
-                        await send({"type": "http.response.body", "body": body, "more_body": False})
-                        return
-                    start, body = {**start, "status": 500}, json.dumps({"error": failed}).encode()
-                else:
-                    body = _shape_error(body)
-                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-                headers.append((b"content-length", str(len(body)).encode()))
-                await send({**start, "headers": headers})
-                await send({"type": "http.response.body", "body": body, "more_body": False})
-            else:
-                await send(message)
-
-        return shaping_send
-
-
-def _failed_listings(body: bytes) -> str | None:
-    """For an /embed answer: ``"listings[i]: embedding failed (...); ..."`` when some listing failed
-    alone in its batch (its entry carries ``error``), else None. A byte search first: the JSON is parsed
-    only when an error string is there."""
-    if b'"error":"' not in body and b'"error": "' not in body:
-        return None
-    try:
-        items = json.loads(body)
-    except ValueError:
-        return None
-    failed = [f"listings[{i}]: embedding failed ({e['error']})" for i, e in enumerate(items)
-              if isinstance(e, dict) and e.get("error")]
-    return "; ".join(failed) or None
-
-
-def _shape_error(body: bytes) -> bytes:
-    """A 4xx JSON body from BentoML -> ``{"error": "<field>: <message>", "detail"?: [...]}``."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body
-    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
-        data = data[0]  # BentoML wraps BentoMLException messages in a one-element list
-    if isinstance(data, dict) and isinstance(data.get("detail"), list) and data["detail"] \
-            and all(isinstance(d, dict) and "loc" in d for d in data["detail"]):
-        detail = [{k: v for k, v in d.items() if k in ("type", "loc", "msg")} for d in data["detail"]]
-        data = {"error": schemas.error_message(detail), "detail": detail}
-    return json.dumps(data).encode()
-
-
-class ServedModel:
-    """One packaged model ready to answer: weights, processor and catalog index, loaded from its
-    store folder (:meth:`load`). Immutable once loaded; the service swaps whole bundles."""
-
-    def __init__(self, tag: str, model, processor, indexes: dict[str, np.ndarray], ids: np.ndarray,
-                 titles: np.ndarray, categories: np.ndarray, ann: dict | None = None, index_source: str = "package"):
-        self.tag, self.model, self.processor = tag, model, processor
-        self.dim = int(model.config.hidden_size)
-        self.indexes, self.ids, self.titles, self.categories = indexes, ids, titles, categories
-        #: kind -> approximate index (:mod:`components.index.backends`), for a catalog built above
-        #: the exact-search threshold by ``item index``; empty = exact search
-        self.ann = dict(ann or {})
-        self.index_source = index_source
-        self.row_of = {pid: i for i, pid in enumerate(ids)}
-
-    def search(self, kind: str, query: np.ndarray, k: int, exclude: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray, str]:
-        """Top-k rows of the index ``kind`` for a (D,) float32 query: (rows (k',) int64, cosine scores
-        (k',) float32, ``"exact"`` or the approximate backend's kind), best first; ``exclude`` is a row
-        never returned."""
-        ann = self.ann.get(kind)
-        if ann is None:
-            rows, scores = top_k(self.indexes[kind], query, k, exclude=exclude)
-            return rows, scores, "exact"
-        rows, scores = ann.search(query[None, :], k + (exclude is not None))
-        keep = (rows[0] >= 0) & (rows[0] != (-1 if exclude is None else exclude))
-        return rows[0][keep][:k], scores[0][keep][:k], ann.kind
-
-    @classmethod
-    def load(cls, tag: str, path: Path) -> "ServedModel":
-        """Load the model folder ``path`` (a BentoML store entry) and warm it up (one forward pass).
-
-        The catalog index searched is the whole catalog's index of the registry version ``tag`` was
-        packaged from, under the storage root (:func:`serving.store.served_index_folder`), else the copy
-        of it packaged with the model; an index built above the exact-search threshold brings its
-        approximate (HNSW) index per kind.
-
-        Raises:
-            ValueError: the catalog index's width differs from the model's D, or a whole-catalog index
-                names another model version.
-            IndexVersionMismatch: an approximate index holds another model version's vectors.
-        """
-        import torch
-
-        from components.index.layout import load_catalog_index
-        from components.index.backends import load_index
-        from item_model.modeling_item import ItemModel
-        from item_model.processing_item import ItemProcessor
-        from serving.store import registry_version_of, served_index_folder
-
-        path = Path(path)
-        model = ItemModel.from_pretrained(str(path)).eval()
-        processor = ItemProcessor.from_pretrained(str(path), model.config)
-        dim = int(model.config.hidden_size)
-        indexes: dict[str, np.ndarray] = {}
-        ann: dict = {}
-        ids = titles = categories = np.empty(0, dtype=object)
-        packaged_from = registry_version_of(tag)           # the store's model list, read once
-        with served_index_folder(tag, path, registry_version=packaged_from) as (folder, source):
-            index_dir = Path(folder) / INDEX_DIR
-            if (index_dir / "index.json").is_file():
-                listings, embeddings, meta = load_catalog_index(index_dir)
-                version = packaged_from if source == "catalog" else None
-                if source == "catalog" and meta.get("model_version") != version:
-                    raise ValueError(f"{index_dir}: field 'model_version' is {meta.get('model_version')!r}, "
-                                     f"expected {version!r}; an index never mixes two models")
-                for name, matrix in embeddings.items():
-                    if matrix.shape[1] != dim:
-                        raise ValueError(f"{index_dir}: {name} embeddings of width {matrix.shape[1]}, model D = {dim}")
-                    indexes[name] = np.ascontiguousarray(matrix, dtype=np.float32)
-                    if meta.get("search", "exact") != "exact":
-                        ann[name] = load_index(Path(folder) / "vector_index" / name, model_version=version)
-                        if getattr(ann[name], "vectors", None) is not None:
-                            # the re-rank copy, float16 mapped from disk, serves product_id lookups: the
-                            # float32 matrix is not kept (1.5 GB per kind at 10^6)
-                            indexes[name] = ann[name].vectors
-                ids = listings["product_id"].astype(str).to_numpy()
-                titles = listings["title"].astype(object).where(listings["title"].notna(), None).to_numpy()
-                categories = (listings["category"].astype(object).where(listings["category"].notna(), None)
-                              .to_numpy() if "category" in listings else np.full(len(listings), None))
-                logger.info("catalog index of %s (%s): %d listings x %d, kinds %s, %s search (fingerprint %s)", tag,
-                            "the storage root's" if source == "catalog" else "the packaged copy", len(ids), dim, sorted(indexes),
-                            "approximate" if ann else "exact", str(meta.get("catalog_fingerprint", ""))[:16])
-            else:
-                logger.warning("%s has no %s/: /similar answers 503", tag, INDEX_DIR)
-        served = cls(tag, model, processor, indexes, ids, titles, categories, ann=ann,
-                     index_source=source)
-        with torch.no_grad():  # warm-up: the first request should not pay for lazy initialisation
-            h, w = processor.image_size
-            served.embed(["warm up"], [np.zeros((h, w, 3), dtype=np.uint8)])
-        return served
-
-    def embed(self, titles: list[str | None], images: list[np.ndarray | None]) -> np.ndarray:
-        """(n, D) float32 L2-normalised embeddings; photos of another size than this model's input
-        (decoded for the model served before a swap) are resized first."""
-        from item_model.inference import embed_listings
-        h, w = self.processor.image_size
-        images = [im if im is None or im.shape[:2] == (h, w) else _resize(im, h, w) for im in images]
-        fault = os.environ.get(FAULT_TITLE_ENV)
-        if fault and fault in titles:
-            raise RuntimeError(f"injected fault ({FAULT_TITLE_ENV})")
-        return embed_listings(self.model, self.processor, titles, images, batch_size=max(MAX_BATCH_SIZE, 1))
-
-
-def _search_ids(served: ServedModel, query: np.ndarray, k: int, exclude: int | None = None,
-                kind: str | None = None) -> list[str]:
-    """The product ids of ``served``'s top-k for a query vector: the joint index for a catalog query
-    (``kind`` None), else the index of the query's kind when the package has it."""
-    searched = "item" if kind is None else (INDEX_KINDS[kind] if INDEX_KINDS[kind] in served.indexes else "item")
-    rows, _, _ = served.search(searched, query, k, exclude=exclude)
-    return [str(served.ids[r]) for r in rows]
-
-
-def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    from PIL import Image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-
-
-def _tiny_png() -> bytes:
-    import io
-
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @bentoml.service(
@@ -622,7 +174,7 @@ class ItemService:
         # start the decoding processes now (each imports numpy and Pillow once), not on the first photo
         h, w = self.served.processor.image_size
         pool = decode_pool()
-        for f in [pool.submit(schemas.decode_images, [_tiny_png()], (h, w)) for _ in range(DECODE_PROCESSES)]:
+        for f in [pool.submit(schemas.decode_images, [tiny_png()], (h, w)) for _ in range(DECODE_PROCESSES)]:
             f.result(timeout=120)
         self.shadow = self._start_shadow(SHADOW) if SHADOW else None
         self._stop = threading.Event()
@@ -654,7 +206,7 @@ class ItemService:
                               f"(item gate approve packages a version; or pass its name:version tag)")
         challenger = ServedModel.load(*found)
         version = wanted if ":" not in wanted else (registry_version_of(found[0]) or found[0].replace(":", "-"))
-        shadow = Shadow(challenger, _search_ids, self._embed_shadow, self.traffic.config.storage_root, version,
+        shadow = Shadow(challenger, search_ids, self._embed_shadow, self.traffic.config.storage_root, version,
                         sample=SHADOW_SAMPLE,
                         rows_per_file=int(os.environ.get("ITEM_SHADOW_ROWS_PER_FILE", "200")),
                         flush_seconds=float(os.environ.get("ITEM_SHADOW_FLUSH_SECONDS", "30")))
@@ -815,8 +367,8 @@ class ItemService:
         self.traffic.close()
         if self.shadow is not None:
             self.shadow.close()
-        if _DECODE_POOL is not None:
-            _DECODE_POOL.shutdown(wait=False, cancel_futures=True)
+        if service_guard._DECODE_POOL is not None:
+            service_guard._DECODE_POOL.shutdown(wait=False, cancel_futures=True)
 
 
 # BentoML decides the media type of a root-model output (/embed returns a JSON array) by rebuilding

@@ -196,6 +196,62 @@ def serving_check(tag: str, bentoml_home: str | Path | None, config: ServingChec
         failed request and why), or what passed.
     """
     import httpx
+
+    found = find_packaged_model(tag, bentoml_home)
+    result: dict = {"passed": False, "tag": tag, "config": asdict(config), "latency_ms": {}, "max_abs_diff": {}}
+    if found is None:
+        result["reason"] = f"{tag} is not in the BentoML store under {bentoml_home or '$BENTOML_HOME'}"
+        return result
+    tag, path = found
+    result["tag"] = tag
+    ids, index, expected, requests = _canned_requests(tag, path, bentoml_home, config)
+
+    tmp = tempfile.TemporaryDirectory(prefix="item-serving-check-")
+    log = Path(log_path) if log_path else Path(tmp.name) / "server.log"
+    env = {"BENTOML_HOME": str(Path(bentoml_home).resolve()) if bentoml_home else os.environ.get("BENTOML_HOME", ""),
+           "ITEM_MODEL_TAG": tag, "ITEM_TRAFFIC_SAMPLE": "0", "ITEM_STORAGE_ROOT": str(Path(tmp.name) / "storage"),
+           "ITEM_API_KEY": ""}
+    env = {k: v for k, v in env.items() if v or k == "ITEM_API_KEY"}
+
+    def fail(reason: str) -> dict:
+        result["reason"] = reason
+        logger.warning("serving check of %s FAILED: %s", tag, reason)
+        return result
+
+    try:
+        try:
+            server = LocalServer(env, log, timeout=config.startup_timeout_s)
+        except RuntimeError as exc:
+            return fail(f"the server did not start: {str(exc)[:1500]}")
+        result["startup_s"] = round(server.startup_s, 1)
+        with server, httpx.Client(base_url=server.url, timeout=max(30.0, config.max_latency_ms / 1000 * 3)) as client:
+            reason = (_check_embed(client, requests, expected, tag, config, result)
+                      or _check_similar(client, ids, index, requests, config, result))
+            if reason:
+                return fail(reason)
+        slowest = max(result["latency_ms"], key=result["latency_ms"].get)
+        if result["latency_ms"][slowest] > config.max_latency_ms:
+            return fail(f"{slowest} took {result['latency_ms'][slowest]:.0f} ms > max_latency_ms "
+                        f"{config.max_latency_ms:.0f}")
+        result["passed"] = True
+        result["reason"] = (f"served on loopback in {result['startup_s']} s; {len(result['latency_ms'])} canned "
+                            f"requests answered 200, vectors within {max(result['max_abs_diff'].values()):.1e} of "
+                            f"the in-process model, slowest {result['latency_ms'][slowest]:.0f} ms ({slowest})")
+        logger.info("serving check of %s passed: %s", tag, result["reason"])
+        return result
+    finally:
+        tmp.cleanup()
+
+
+def _canned_requests(tag: str, path: Path, bentoml_home: str | Path | None, config: ServingCheckConfig
+                     ) -> tuple[list[str], np.ndarray | None, dict[str, np.ndarray], dict[str, list[dict]]]:
+    """The canned requests of :func:`serving_check` and what the in-process model answers to them: the
+    titles of the first catalog listings the server will search (else canned titles) with canned photos.
+
+    Returns:
+        ``(catalog ids, the joint catalog embeddings or None, {kind: expected (n, D) vectors},
+        {request name: listings})``.
+    """
     import torch
 
     from item_model.inference import embed_listings
@@ -205,13 +261,6 @@ def serving_check(tag: str, bentoml_home: str | Path | None, config: ServingChec
 
     from serving.store import served_index_folder
 
-    found = find_packaged_model(tag, bentoml_home)
-    result: dict = {"passed": False, "tag": tag, "config": asdict(config), "latency_ms": {}, "max_abs_diff": {}}
-    if found is None:
-        result["reason"] = f"{tag} is not in the BentoML store under {bentoml_home or '$BENTOML_HOME'}"
-        return result
-    tag, path = found
-    result["tag"] = tag
     model = ItemModel.from_pretrained(str(path)).eval()
     processor = ItemProcessor.from_pretrained(str(path), model.config)
     titles = [f"canned listing {i}" for i in range(config.n_listings)]
@@ -236,78 +285,65 @@ def serving_check(tag: str, bentoml_home: str | Path | None, config: ServingChec
     requests = {"embed joint": [{"title": t, "image": _b64(p)} for t, p in zip(titles, photos)],
                 "embed title-only": [{"title": t} for t in titles],
                 "embed photo-only": [{"image": _b64(p)} for p in photos]}
+    return ids, index, expected, requests
 
-    tmp = tempfile.TemporaryDirectory(prefix="item-serving-check-")
-    log = Path(log_path) if log_path else Path(tmp.name) / "server.log"
-    env = {"BENTOML_HOME": str(Path(bentoml_home).resolve()) if bentoml_home else os.environ.get("BENTOML_HOME", ""),
-           "ITEM_MODEL_TAG": tag, "ITEM_TRAFFIC_SAMPLE": "0", "ITEM_STORAGE_ROOT": str(Path(tmp.name) / "storage"),
-           "ITEM_API_KEY": ""}
-    env = {k: v for k, v in env.items() if v or k == "ITEM_API_KEY"}
 
-    def fail(reason: str) -> dict:
-        result["reason"] = reason
-        logger.warning("serving check of %s FAILED: %s", tag, reason)
-        return result
+def _check_embed(client, requests: dict[str, list[dict]], expected: dict[str, np.ndarray], tag: str,
+                 config: ServingCheckConfig, result: dict) -> str | None:
+    """POST /embed with each canned request; the first failure's reason, else None (latencies and
+    differences go into ``result``)."""
+    for (name, body), kind in zip(requests.items(), ("joint", "text", "image")):
+        t0 = time.perf_counter()
+        r = client.post("/embed", json={"listings": body})
+        result["latency_ms"][name] = round(1e3 * (time.perf_counter() - t0), 1)
+        if r.status_code != 200:
+            return f"POST /embed ({name}) answered {r.status_code}: {r.text[:300]}"
+        answer = r.json()
+        served = np.array([a["embedding"] for a in answer], dtype=np.float32)
+        if served.shape != expected[kind].shape or any(a["kind"] != kind for a in answer) \
+                or any(a["model_version"] != tag for a in answer):
+            return (f"POST /embed ({name}): {served.shape} vectors of kinds "
+                    f"{sorted({a['kind'] for a in answer})} from {sorted({a['model_version'] for a in answer})}, "
+                    f"expected {expected[kind].shape} '{kind}' vectors from {tag}")
+        diff = float(np.abs(served - expected[kind]).max())
+        result["max_abs_diff"][name] = diff
+        if diff > config.tolerance:
+            return (f"POST /embed ({name}): served vectors differ from the in-process model by "
+                    f"{diff:.2e} > tolerance {config.tolerance:.0e}")
+    return None
 
-    try:
-        try:
-            server = LocalServer(env, log, timeout=config.startup_timeout_s)
-        except RuntimeError as exc:
-            return fail(f"the server did not start: {str(exc)[:1500]}")
-        result["startup_s"] = round(server.startup_s, 1)
-        with server, httpx.Client(base_url=server.url, timeout=max(30.0, config.max_latency_ms / 1000 * 3)) as client:
-            for (name, body), kind in zip(requests.items(), ("joint", "text", "image")):
-                t0 = time.perf_counter()
-                r = client.post("/embed", json={"listings": body})
-                result["latency_ms"][name] = round(1e3 * (time.perf_counter() - t0), 1)
-                if r.status_code != 200:
-                    return fail(f"POST /embed ({name}) answered {r.status_code}: {r.text[:300]}")
-                answer = r.json()
-                served = np.array([a["embedding"] for a in answer], dtype=np.float32)
-                if served.shape != expected[kind].shape or any(a["kind"] != kind for a in answer) \
-                        or any(a["model_version"] != tag for a in answer):
-                    return fail(f"POST /embed ({name}): {served.shape} vectors of kinds "
-                                f"{sorted({a['kind'] for a in answer})} from {sorted({a['model_version'] for a in answer})}, "
-                                f"expected {expected[kind].shape} '{kind}' vectors from {tag}")
-                diff = float(np.abs(served - expected[kind]).max())
-                result["max_abs_diff"][name] = diff
-                if diff > config.tolerance:
-                    return fail(f"POST /embed ({name}): served vectors differ from the in-process model by "
-                                f"{diff:.2e} > tolerance {config.tolerance:.0e}")
-            if index is not None and ids:
-                k = min(5, len(ids) - 1)
-                t0 = time.perf_counter()
-                r = client.post("/similar", json={"product_id": ids[0], "k": k})
-                result["latency_ms"]["similar by product_id"] = round(1e3 * (time.perf_counter() - t0), 1)
-                if r.status_code != 200:
-                    return fail(f"POST /similar (product_id {ids[0]!r}) answered {r.status_code}: {r.text[:300]}")
-                got = r.json()["results"]
-                rows = [ids.index(n["product_id"]) for n in got]
-                want = index[rows] @ index[0]
-                diff = float(np.abs(np.array([n["score"] for n in got]) - want).max()) if got else 0.0
-                result["max_abs_diff"]["similar by product_id"] = diff
-                # an approximate index stores float16 vectors: its scores are the cosine to ~1e-3
-                allowed = max(config.tolerance, 1e-5) if r.json().get("search", "exact") == "exact" else 2e-3
-                if len(got) != k or diff > allowed or ids[0] in [n["product_id"] for n in got]:
-                    return fail(f"POST /similar (product_id {ids[0]!r}): {len(got)} results (expected {k}), "
-                                f"scores off the in-process cosine by {diff:.2e}")
-            t0 = time.perf_counter()
-            r = client.post("/similar", json={"listing": requests["embed joint"][0], "k": 3})
-            result["latency_ms"]["similar by listing"] = round(1e3 * (time.perf_counter() - t0), 1)
-            if r.status_code not in (200, 503) or (r.status_code == 503 and index is not None):
-                return fail(f"POST /similar (listing) answered {r.status_code}: {r.text[:300]}")
-        slowest = max(result["latency_ms"], key=result["latency_ms"].get)
-        if result["latency_ms"][slowest] > config.max_latency_ms:
-            return fail(f"{slowest} took {result['latency_ms'][slowest]:.0f} ms > max_latency_ms "
-                        f"{config.max_latency_ms:.0f}")
-        result["passed"] = True
-        result["reason"] = (f"served on loopback in {result['startup_s']} s; {len(result['latency_ms'])} canned "
-                            f"requests answered 200, vectors within {max(result['max_abs_diff'].values()):.1e} of "
-                            f"the in-process model, slowest {result['latency_ms'][slowest]:.0f} ms ({slowest})")
-        logger.info("serving check of %s passed: %s", tag, result["reason"])
-        return result
-    finally:
-        tmp.cleanup()
+
+def _check_similar(client, ids: list[str], index: np.ndarray | None, requests: dict[str, list[dict]],
+                   config: ServingCheckConfig, result: dict) -> str | None:
+    """POST /similar by a catalog product_id (scores against the in-process cosine) and by a listing;
+    the first failure's reason, else None (latencies and differences go into ``result``)."""
+    if index is not None and ids:
+        k = min(5, len(ids) - 1)
+        t0 = time.perf_counter()
+        r = client.post("/similar", json={"product_id": ids[0], "k": k})
+        result["latency_ms"]["similar by product_id"] = round(1e3 * (time.perf_counter() - t0), 1)
+        if r.status_code != 200:
+            return f"POST /similar (product_id {ids[0]!r}) answered {r.status_code}: {r.text[:300]}"
+        got = r.json()["results"]
+        unknown = [n["product_id"] for n in got if n["product_id"] not in ids]
+        if unknown:      # the server searched another index than the one read here (was a ValueError)
+            return (f"POST /similar (product_id {ids[0]!r}): results {unknown[:5]} are not in the catalog "
+                    f"index of {result['tag']} ({len(ids)} listings)")
+        rows = [ids.index(n["product_id"]) for n in got]
+        want = index[rows] @ index[0]
+        diff = float(np.abs(np.array([n["score"] for n in got]) - want).max()) if got else 0.0
+        result["max_abs_diff"]["similar by product_id"] = diff
+        # an approximate index stores float16 vectors: its scores are the cosine to ~1e-3
+        allowed = max(config.tolerance, 1e-5) if r.json().get("search", "exact") == "exact" else 2e-3
+        if len(got) != k or diff > allowed or ids[0] in [n["product_id"] for n in got]:
+            return (f"POST /similar (product_id {ids[0]!r}): {len(got)} results (expected {k}), "
+                    f"scores off the in-process cosine by {diff:.2e}")
+    t0 = time.perf_counter()
+    r = client.post("/similar", json={"listing": requests["embed joint"][0], "k": 3})
+    result["latency_ms"]["similar by listing"] = round(1e3 * (time.perf_counter() - t0), 1)
+    if r.status_code not in (200, 503) or (r.status_code == 503 and index is not None):
+        return f"POST /similar (listing) answered {r.status_code}: {r.text[:300]}"
+    return None
 
 
 def serving_check_step(tag: str, bentoml_home: str, gate_config: dict, registry_root: str, version: str,

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.cli import compile_pipeline
+from pipelines.cli.compile import compile_pipeline
 from tests.conftest import write_slice
 
 ITEM = str(Path(sys.executable).parent / "item")
@@ -110,13 +110,13 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     assert models["item"]["n_queries"] == summary["catalog"]["n_group_members"] > 50
     assert models["baseline_image_pixels"]["recall@10"] > 0.5                      # real photos, real groups
     assert "ITEm vs baselines" in proc.stdout and "Promotion gate: BLESSED" in proc.stdout
-    # the quiet terminal (pipelines/local_runner.py): one line per task, each task's output in its log.txt
+    # the quiet terminal (pipelines/cli/runs.py): one line per task, each task's output in its log.txt
     assert "executor_input" not in proc.stdout and "Streamed logs" not in proc.stdout
     run = Path(summary["run_dir"])
     task_lines = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("  ") and len(ln.split()) >= 3]
     assert [t[0] for t in task_lines if t[1] == "ok"] == [t["task"] for t in json.loads((run / "tasks.json").read_text())]
     assert {"validate-catalog", "pretrain", "evaluate", "gate", "register-model", "package"} <= {t[0] for t in task_lines}
-    from pipelines.local_runner import task_folders
+    from pipelines.cli.runs import task_folders
     folders = task_folders(next(run.glob("item-training-*")))       # loop iterations: embed-shard-0, ...
     for task in summary["tasks_run"]:
         assert "[KFP Executor" in (folders[task] / "log.txt").read_text(), task
@@ -218,7 +218,9 @@ def test_bad_catalog_stops_before_training(tmp_path, case, mutate, after, expect
             after(catalog)
     proc, _ = run_item(tmp_path, catalog, "--set", "max_listings=0")
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    # a refused run: click's "Error: ..." and exit code 1 (RunFailed), not a crash (also 1, no "Error:")
+    # nor a usage error (2)
+    assert proc.returncode == 1 and "Error: " in proc.stderr, (proc.returncode, out[-3000:])
     assert expect in out, out[-3000:]
     assert not list((tmp_path / "runs").glob("*/*/pretrain")), "training must not start"
     assert bento_models(tmp_path / "bentoml") == [] and not (tmp_path / "registry" / "versions").exists()
@@ -235,7 +237,7 @@ def test_verbose_streams_kfp_local_output(tmp_path):
     write_slice(catalog, n_plain=120, n_groups=10, mutate=_duplicate_ids)
     proc, _ = run_item(tmp_path, catalog, "--set", "max_listings=0", "--verbose")
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "pipeline stopped: validate_step" in out
+    assert proc.returncode == 1 and "Error: " in proc.stderr and "pipeline stopped: validate_step" in out
     assert "Streamed logs" in out and "[KFP Executor" in out
     assert "last lines of" not in out                       # the log tail is the quiet mode's
 

@@ -216,12 +216,34 @@ def _png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+def _error_fields(r: httpx.Response) -> list[str]:
+    """The fields an error body names, in order: ``{"error": "<field>: <message>; <field>: ..."}``
+    gives each part's ``<field>``; when the body carries pydantic's ``detail``, each entry's ``loc``
+    must name the same field at the same position (else the list says so). [] for a body that is not
+    the structured error."""
+    from serving.schemas import format_loc
+
+    try:
+        body = r.json()
+        error = body["error"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(error, str):
+        return []
+    named = [part.split(": ", 1)[0] if ": " in part else "" for part in error.split("; ")]
+    if "detail" in body:
+        locs = [format_loc(d.get("loc")) for d in body["detail"]]
+        if locs[:len(named)] != named[:len(locs)]:
+            return [f"error {named} != detail loc {locs}"]
+    return named
+
+
 def test_bad_input_gets_4xx_naming_the_field_and_the_service_keeps_answering(server, catalog_rows):
     from serving import schemas
 
     jpeg = catalog_rows["image_bytes"].iloc[0]
     ok = {"title": "Nike Men Blue T20 Indian Cricket Jersey"}
-    cases = [  # (what, path, request kwargs, status, text the error must name)
+    cases = [  # (what, path, request kwargs, status, the field the error names first: "<field>: <message>")
         ("undecodable image", "/embed", {"json": {"listings": [ok, {"image": _b64(b"not an image")}]}},
          400, "listings[1].image"),
         ("truncated JPEG", "/embed", {"json": {"listings": [{"image": _b64(jpeg[:120])}]}}, 400, "listings[0].image"),
@@ -263,8 +285,9 @@ def test_bad_input_gets_4xx_naming_the_field_and_the_service_keeps_answering(ser
         ("k over the limit", "/similar", {"json": {"product_id": "1163", "k": schemas.MAX_K + 1}}, 400, "k"),
         ("k not a number", "/similar", {"json": {"product_id": "1163", "k": "ten"}}, 400, "k"),
         ("unknown product_id", "/similar", {"json": {"product_id": "no-such-id"}}, 404, "product_id"),
-        ("neither listing nor product_id", "/similar", {"json": {"k": 5}}, 400, "product_id"),
-        ("both listing and product_id", "/similar", {"json": {"product_id": "1163", "listing": ok}}, 400, "listing"),
+        ("neither listing nor product_id", "/similar", {"json": {"k": 5}}, 400, "listing, product_id"),
+        ("both listing and product_id", "/similar", {"json": {"product_id": "1163", "listing": ok}}, 400,
+         "listing, product_id"),
         ("empty listing query", "/similar", {"json": {"listing": {}}}, 400, "listing"),
         ("undecodable listing image", "/similar", {"json": {"listing": {"image": _b64(b"GIF89a")}}}, 400,
          "listing.image"),
@@ -275,12 +298,9 @@ def test_bad_input_gets_4xx_naming_the_field_and_the_service_keeps_answering(ser
     with httpx.Client(base_url=server.url, timeout=60) as client:
         for what, path, kwargs, status, field in cases:
             r = client.post(path, **kwargs)
-            try:
-                error = r.json()["error"]
-            except Exception:
-                error = r.text
-            if r.status_code != status or field not in error:
-                failures.append(f"{what}: {r.status_code} {r.text[:300]}")
+            named = _error_fields(r)
+            if r.status_code != status or named[:1] != [field]:
+                failures.append(f"{what}: {r.status_code}, names {named}, wanted {field!r} first: {r.text[:300]}")
         assert not failures, "\n".join(failures)
 
         # still alive, same worker, still right
@@ -445,7 +465,7 @@ def test_item_monitor_reads_the_traffic_log_a_real_server_wrote(server, packaged
     on_disk = int((log["timestamp"] >= pd.Timestamp(since)).sum())   # 4 rows a file: up to 3 still buffered
     assert 61 <= on_disk <= 64
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli_monitor", "--current", str(server.storage_root / "traffic"),
+        [sys.executable, "-m", "pipelines.cli.monitor", "--current", str(server.storage_root / "traffic"),
          "--since", since, "--model-tag", packaged_model["tag"], "--bentoml-home", packaged_model["bentoml_home"],
          "--storage-root", str(tmp_path / "storage"), "--output-dir", str(tmp_path / "runs"),
          "--drift-set", "min_window=20", "--drift-set", "n_splits=20"],
@@ -552,7 +572,7 @@ def test_bentoml_build_makes_a_self_contained_bento_that_serves_offline(packaged
 def test_item_serve_command_checks_the_model_before_starting(packaged_model, tmp_path):
     from click.testing import CliRunner
 
-    from pipelines.cli_serve import model_on_disk, serve, serve_command
+    from pipelines.cli.serve import model_on_disk, serve, serve_command
 
     home = packaged_model["bentoml_home"]
     assert model_on_disk(home, None) == packaged_model["tag"]

@@ -80,7 +80,7 @@ def test_server_without_a_tag_serves_the_champion(champion_store, tmp_path):
 def test_item_serve_refuses_a_champion_that_was_never_packaged(champion_store, tmp_path):
     from click.testing import CliRunner
 
-    from pipelines.cli_serve import serve
+    from pipelines.cli.serve import serve
 
     env = {"ITEM_REGISTRY": champion_store["registry"]}
     result = CliRunner().invoke(serve, ["--bentoml-home", str(tmp_path / "empty"), "--port", "3999"], env=env)
@@ -214,7 +214,8 @@ def test_shadow_challenger_is_compared_on_live_traffic(champion_store, packaged_
     challenger = registry.register(str(cut), {"eval.json": packaged_model["eval_path"],
                                               "blessing.json": str(Path(packaged_model["eval_path"]).parent / "blessing.json")},
                                              {"blessed": True})
-    _save(packaged_model, home, challenger, model_dir=str(cut))
+    challenger_tag = _save(packaged_model, home, challenger, model_dir=str(cut))
+    assert challenger_tag not in (s["champion_tag"], s["newer_tag"])
     env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(home), "ITEM_REGISTRY": str(reg_root),
            "ITEM_STORAGE_ROOT": str(storage_root), "ITEM_MODEL_TAG": s["champion_tag"], "ITEM_SHADOW": challenger,
            "ITEM_SHADOW_SAMPLE": "1.0", "ITEM_SHADOW_ROWS_PER_FILE": "5"}
@@ -243,7 +244,8 @@ def test_shadow_challenger_is_compared_on_live_traffic(champion_store, packaged_
     logged = read_shadow_log(str(storage_root), challenger)
     assert len(logged) == 5 + 3 + 4
     assert {r["route"] for r in logged} == {"/similar", "/embed"}
-    assert {r["challenger"] for r in logged} == {f"item:{r['challenger'].split(':')[1]}" for r in logged}
+    # the shadow that ran is the challenger's own package (the one ITEM_SHADOW names), never the champion
+    assert {r["challenger"] for r in logged} == {challenger_tag}, {r["challenger"] for r in logged}
     assert {r["champion"] for r in logged} == {s["champion_tag"]}
     for r in logged:
         assert 0.0 <= r["overlap@10"] <= 1.0 and len(r["champion_top10"]) == 10 and len(r["challenger_top10"]) == 10

@@ -12,11 +12,9 @@ fills deterministically."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import numpy as np

@@ -1,0 +1,143 @@
+"""The model side of the ITEm service (:mod:`serving.service`): :class:`ServedModel`, one packaged
+model with its catalog index, loaded from its BentoML store folder, that embeds listings and searches
+the index; the service swaps whole bundles.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from components.storage.layout import INDEX_DIR, INDEX_KINDS
+from serving.schemas import top_k
+
+logger = logging.getLogger("bentoml.item")     # a child of BentoML's logger: its handlers print it
+
+#: listings per model call (BentoML splits bigger requests) and the longest a request may wait in
+#: the batching queue before it is answered 503 (overloaded)
+MAX_BATCH_SIZE = int(os.environ.get("ITEM_MAX_BATCH_SIZE", "64"))
+MAX_LATENCY_MS = int(os.environ.get("ITEM_MAX_LATENCY_MS", "10000"))
+#: fault injection for tests (like the registry's ITEM_REGISTRY_CRASH): a listing with this exact title
+#: makes the model call raise, so that the isolation of one failing listing in a batch can be tested
+FAULT_TITLE_ENV = "ITEM_FAULT_TITLE"
+
+
+class ServedModel:
+    """One packaged model ready to answer: weights, processor and catalog index, loaded from its
+    store folder (:meth:`load`). Immutable once loaded; the service swaps whole bundles."""
+
+    def __init__(self, tag: str, model, processor, indexes: dict[str, np.ndarray], ids: np.ndarray,
+                 titles: np.ndarray, categories: np.ndarray, ann: dict | None = None, index_source: str = "package"):
+        self.tag, self.model, self.processor = tag, model, processor
+        self.dim = int(model.config.hidden_size)
+        self.indexes, self.ids, self.titles, self.categories = indexes, ids, titles, categories
+        #: kind -> approximate index (:mod:`components.index.backends`), for a catalog built above
+        #: the exact-search threshold by ``item index``; empty = exact search
+        self.ann = dict(ann or {})
+        self.index_source = index_source
+        self.row_of = {pid: i for i, pid in enumerate(ids)}
+
+    def search(self, kind: str, query: np.ndarray, k: int, exclude: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Top-k rows of the index ``kind`` for a (D,) float32 query: (rows (k',) int64, cosine scores
+        (k',) float32, ``"exact"`` or the approximate backend's kind), best first; ``exclude`` is a row
+        never returned."""
+        ann = self.ann.get(kind)
+        if ann is None:
+            rows, scores = top_k(self.indexes[kind], query, k, exclude=exclude)
+            return rows, scores, "exact"
+        rows, scores = ann.search(query[None, :], k + (exclude is not None))
+        keep = (rows[0] >= 0) & (rows[0] != (-1 if exclude is None else exclude))
+        return rows[0][keep][:k], scores[0][keep][:k], ann.kind
+
+    @classmethod
+    def load(cls, tag: str, path: Path) -> "ServedModel":
+        """Load the model folder ``path`` (a BentoML store entry) and warm it up (one forward pass).
+
+        The catalog index searched is the whole catalog's index of the registry version ``tag`` was
+        packaged from, under the storage root (:func:`serving.store.served_index_folder`), else the copy
+        of it packaged with the model; an index built above the exact-search threshold brings its
+        approximate (HNSW) index per kind.
+
+        Raises:
+            ValueError: the catalog index's width differs from the model's D, or a whole-catalog index
+                names another model version.
+            IndexVersionMismatch: an approximate index holds another model version's vectors.
+        """
+        import torch
+
+        from components.index.layout import load_catalog_index
+        from components.index.backends import load_index
+        from item_model.modeling_item import ItemModel
+        from item_model.processing_item import ItemProcessor
+        from serving.store import registry_version_of, served_index_folder
+
+        path = Path(path)
+        model = ItemModel.from_pretrained(str(path)).eval()
+        processor = ItemProcessor.from_pretrained(str(path), model.config)
+        dim = int(model.config.hidden_size)
+        indexes: dict[str, np.ndarray] = {}
+        ann: dict = {}
+        ids = titles = categories = np.empty(0, dtype=object)
+        packaged_from = registry_version_of(tag)           # the store's model list, read once
+        with served_index_folder(tag, path, registry_version=packaged_from) as (folder, source):
+            index_dir = Path(folder) / INDEX_DIR
+            if (index_dir / "index.json").is_file():
+                listings, embeddings, meta = load_catalog_index(index_dir)
+                version = packaged_from if source == "catalog" else None
+                if source == "catalog" and meta.get("model_version") != version:
+                    raise ValueError(f"{index_dir}: field 'model_version' is {meta.get('model_version')!r}, "
+                                     f"expected {version!r}; an index never mixes two models")
+                for name, matrix in embeddings.items():
+                    if matrix.shape[1] != dim:
+                        raise ValueError(f"{index_dir}: {name} embeddings of width {matrix.shape[1]}, model D = {dim}")
+                    indexes[name] = np.ascontiguousarray(matrix, dtype=np.float32)
+                    if meta.get("search", "exact") != "exact":
+                        ann[name] = load_index(Path(folder) / "vector_index" / name, model_version=version)
+                        if getattr(ann[name], "vectors", None) is not None:
+                            # the re-rank copy, float16 mapped from disk, serves product_id lookups: the
+                            # float32 matrix is not kept (1.5 GB per kind at 10^6)
+                            indexes[name] = ann[name].vectors
+                ids = listings["product_id"].astype(str).to_numpy()
+                titles = listings["title"].astype(object).where(listings["title"].notna(), None).to_numpy()
+                categories = (listings["category"].astype(object).where(listings["category"].notna(), None)
+                              .to_numpy() if "category" in listings else np.full(len(listings), None))
+                logger.info("catalog index of %s (%s): %d listings x %d, kinds %s, %s search (fingerprint %s)", tag,
+                            "the storage root's" if source == "catalog" else "the packaged copy", len(ids), dim, sorted(indexes),
+                            "approximate" if ann else "exact", str(meta.get("catalog_fingerprint", ""))[:16])
+            else:
+                logger.warning("%s has no %s/: /similar answers 503", tag, INDEX_DIR)
+        served = cls(tag, model, processor, indexes, ids, titles, categories, ann=ann,
+                     index_source=source)
+        with torch.no_grad():  # warm-up: the first request should not pay for lazy initialisation
+            h, w = processor.image_size
+            served.embed(["warm up"], [np.zeros((h, w, 3), dtype=np.uint8)])
+        return served
+
+    def embed(self, titles: list[str | None], images: list[np.ndarray | None]) -> np.ndarray:
+        """(n, D) float32 L2-normalised embeddings; photos of another size than this model's input
+        (decoded for the model served before a swap) are resized first."""
+        from item_model.inference import embed_listings
+        h, w = self.processor.image_size
+        images = [im if im is None or im.shape[:2] == (h, w) else _resize(im, h, w) for im in images]
+        fault = os.environ.get(FAULT_TITLE_ENV)
+        if fault and fault in titles:
+            raise RuntimeError(f"injected fault ({FAULT_TITLE_ENV})")
+        return embed_listings(self.model, self.processor, titles, images, batch_size=max(MAX_BATCH_SIZE, 1))
+
+
+def search_ids(served: ServedModel, query: np.ndarray, k: int, exclude: int | None = None,
+                kind: str | None = None) -> list[str]:
+    """The product ids of ``served``'s top-k for a query vector: the joint index for a catalog query
+    (``kind`` None), else the index of the query's kind when the package has it."""
+    searched = "item" if kind is None else (INDEX_KINDS[kind] if INDEX_KINDS[kind] in served.indexes else "item")
+    rows, _, _ = served.search(searched, query, k, exclude=exclude)
+    return [str(served.ids[r]) for r in rows]
+
+
+def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
