@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--target-recall", type=float, default=0.99)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    with np.load(Path(args.index) / "embeddings.npz", allow_pickle=False) as z:
-        real = np.ascontiguousarray(z["item"], dtype=np.float32)
+    from components.index.layout import load_catalog_index
+    real = np.ascontiguousarray(load_catalog_index(args.index)[1]["joint"], dtype=np.float32)   # any index's kinds
     rng = np.random.default_rng(1)
     queries = real[rng.choice(len(real), size=min(args.queries, len(real)), replace=False)]
     efs = [int(x) for x in args.efs.split(",")]

@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     torch.set_num_threads(1)
 
-    with np.load(Path(args.index) / "embeddings.npz", allow_pickle=False) as z:
-        real = np.ascontiguousarray(z["item"], dtype=np.float32)
+    from components.index.layout import load_catalog_index
+    real = np.ascontiguousarray(load_catalog_index(args.index)[1]["joint"], dtype=np.float32)   # any index's kinds
     queries = real[np.random.default_rng(1).choice(len(real), size=min(args.queries, len(real)), replace=False)]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ Writes ``<out>/model_comparison.json`` (every number), ``model_comparison.md`` (
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 

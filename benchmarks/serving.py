@@ -122,7 +122,7 @@ def package(model_dir: Path, index_df: pd.DataFrame, dim: int, home: Path) -> st
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((len(index_df), dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    save_catalog_index(model_dir / "catalog_index", index_df, {"item": vectors}, "benchmark-random-vectors")
+    save_catalog_index(model_dir / "catalog_index", index_df, {"joint": vectors}, "benchmark-random-vectors")
     os.environ["BENTOML_HOME"] = str(home)
     import bentoml
     with bentoml.models.create(name="item", labels={"benchmark": "true"}) as bento_model:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from .image_utils import decode_image, load_image_bytes

@@ -37,7 +37,6 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from components.storage.layout import INDEX_KINDS
 from components.storage.embeddings import MODALITIES, check_embeddings, sample_rows
 
 from .calibration import CalibrationStore, calibrate, pool_fingerprint
@@ -328,8 +327,8 @@ def detect_drift(reference: dict[str, np.ndarray], current: dict[str, np.ndarray
             modalities[modality] = {"status": "skipped", "reason": "no current rows of this modality"}
             continue
         if modality not in reference:
-            modalities[modality] = {"status": "skipped", "reason": f"the reference lacks {INDEX_KINDS[modality]!r} "
-                                    "embeddings (model evaluated without the modality ablation)"}
+            modalities[modality] = {"status": "skipped", "reason": f"the reference (the catalog index) holds no "
+                                    f"{modality!r} embeddings (indexed without that kind)"}
             continue
         try:
             result, snap = modality_drift(reference[modality], current[modality], modality, config, store,

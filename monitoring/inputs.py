@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from components.storage import layout as artifacts
-from components.storage.layout import (INDEX_DIR, INDEX_KINDS, TrafficLogError, find_packaged_model,
+from components.storage.layout import (INDEX_DIR, TrafficLogError, find_packaged_model,
                                             read_traffic_files)
 from components.storage.embeddings import MODALITIES
 
@@ -59,8 +59,7 @@ def load_reference(model_path: str | Path) -> tuple[dict[str, np.ndarray], dict]
         raise DriftInputError(f"model folder {str(model_path)!r} has no {INDEX_DIR}/ (the reference embeddings "
                               "stored at package time); re-package the model with its catalog index")
     _, embeddings, meta = load_catalog_index(path)
-    by_kind = {kind: modality for modality, kind in INDEX_KINDS.items()}
-    reference = {by_kind[k]: e for k, e in embeddings.items() if k in by_kind}
+    reference = {k: e for k, e in embeddings.items() if k in MODALITIES}   # index kinds are the modalities
     return reference, {**meta, "path": str(path)}
 
 

@@ -345,8 +345,8 @@ class SimilarResult(BaseModel):
     query_kind: Literal["joint", "text", "image", "catalog"] = Field(
         description="the query's embedding: a listing's joint/text/image embedding, or 'catalog' for "
                     "a product_id (its stored embedding)")
-    index: Literal["item", "item_text_only", "item_image_only"] = Field(
-        description="the catalog embeddings searched: joint ('item'), or those of the query's kind")
+    index: Literal["joint", "text", "image"] = Field(
+        description="the catalog embeddings searched: the joint ones, or those of the query's kind")
     product_id: Optional[str] = Field(None, description="the queried product_id (excluded from the results)")
     k: int
     catalog_size: int

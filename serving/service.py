@@ -26,7 +26,7 @@ the OpenAPI document at ``/docs.json``):
   exact-search threshold, its approximate index (the answer's ``search`` and ``index_source`` say
   which); a ``product_id`` query uses its stored embedding and excludes itself; a title-only or
   photo-only listing is searched against the catalog's embeddings of that kind when the index holds
-  them, see :data:`INDEX_KINDS`; ``k`` above the index size is clipped, with a ``note``.
+  them (:func:`serving.service_model.searched_kind`); ``k`` above the index size is clipped, with a ``note``.
 
 Bad input never reaches the model: every listing is validated and its photo decoded before
 batching (:mod:`serving.schemas`), and :class:`RequestGuard` enforces content types and the body
@@ -59,21 +59,16 @@ from bentoml.exceptions import InvalidArgument, NotFound  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from serving import schemas, service_guard  # noqa: E402
-from components.storage.layout import INDEX_KINDS  # noqa: E402
 from serving.schemas import (MAX_K, MAX_LISTINGS, Embedding, Listing, Neighbour, ProductId,  # noqa: E402
                              SimilarResult)
 from serving.service_guard import (CURRENT, DECODE_PROCESSES, RequestGuard, decode_pool, tiny_png)
-from serving.service_model import MAX_BATCH_SIZE, MAX_LATENCY_MS, ServedModel, search_ids  # noqa: E402,E501
+from serving.service_model import MAX_BATCH_SIZE, MAX_LATENCY_MS, ServedModel, search_ids, searched_kind  # noqa: E402,E501
 
 logger = logging.getLogger("bentoml.item")     # a child of BentoML's logger: its handlers print it
 
 MODEL_NAME = "item"
 #: the API key (``ITEM_API_KEY``; unset or empty: no key), carried in the ``API_KEY_HEADER`` header
 API_KEY = os.environ.get("ITEM_API_KEY", "")
-#: the catalog embeddings a listing query is searched against, by the query's kind: a title-only
-#: or photo-only embedding scores same products far better against the catalog's embeddings of the
-#: same kind (tiny test model: Recall@10 0.88 / 1.00) than against the joint ones (0.00 / 0.15)
-
 #: torch intra-op threads of the worker: every core. With OpenMP's passive wait policy (above) the
 #: model's threads yield to the HTTP event loop (request parsing, validation, photo decoding, JSON)
 #: when it needs a core; one thread fewer than the cores left the model at half speed on 2 cores
@@ -84,10 +79,11 @@ TORCH_THREADS = int(os.environ.get("ITEM_TORCH_THREADS", "0")) or max(1, os.cpu_
 def resolve_model_tag(tag: str | None = None) -> str:
     """The tag of the model to serve, resolved to a concrete version in the local BentoML store.
 
-    Order: ``tag``, else the environment variable ``ITEM_MODEL_TAG``, else the model registry's
-    champion (:func:`serving.store.champion_tag`: the store entry packaged from the version the
-    champion pointer names; registry ``$ITEM_REGISTRY`` or ``$ITEM_STORAGE_ROOT/registry``), else,
-    when the registry has no champion yet, ``item:latest`` (the newest model saved as ``item``).
+    :func:`serving.store.production_tag` with ``tag``, else the environment variable
+    ``ITEM_MODEL_TAG``: that tag (pinned), else the model registry's champion (the store entry
+    packaged from the version the champion pointer names; registry ``$ITEM_REGISTRY`` or
+    ``$ITEM_STORAGE_ROOT/registry``), else, when the registry has no champion yet, ``item:latest``
+    (the newest model saved as ``item``).
 
     Returns:
         ``item:<version>``.
@@ -96,20 +92,18 @@ def resolve_model_tag(tag: str | None = None) -> str:
         bentoml.exceptions.NotFound: no such model in the store at ``$BENTOML_HOME``, or the
             registry's champion was never packaged (the message says which tag and where it looked).
     """
-    from serving.store import champion_tag
+    from components.registry import RegistryError
+    from serving.store import production_tag
 
-    wanted = tag or os.environ.get("ITEM_MODEL_TAG", "").strip()
-    if not wanted:
-        from components.registry import RegistryError
-        try:
-            wanted = champion_tag(model_name=MODEL_NAME)
-        except (LookupError, RegistryError) as exc:
-            raise NotFound(str(exc)) from None
-        if wanted:
-            logger.info("serving the registry's champion %s", wanted)
-        else:
-            wanted = f"{MODEL_NAME}:latest"
-            logger.info("the registry has no champion yet: serving %s", wanted)
+    try:       # the one rule for "the model in production" (item serve and item monitor use it too)
+        wanted, source = production_tag(tag=tag or os.environ.get("ITEM_MODEL_TAG", "").strip(),
+                                        model_name=MODEL_NAME)
+    except (LookupError, RegistryError) as exc:
+        raise NotFound(str(exc)) from None
+    if source == "champion":
+        logger.info("serving the registry's champion %s", wanted)
+    elif source == "newest":
+        logger.info("the registry has no champion yet: serving %s", wanted)
     try:
         return str(bentoml.models.get(wanted).tag)
     except NotFound:
@@ -304,7 +298,7 @@ class ItemService:
         vectors, failed = self._embed(served, listings)
         elapsed = time.perf_counter() - t0
         EMBED_BATCH_SECONDS.observe(elapsed)
-        if self.shadow is not None and "item" in served.indexes:
+        if self.shadow is not None and "joint" in served.indexes:
             for i, (v, l) in enumerate(zip(vectors, listings)):
                 if i not in failed and self.shadow.sampled():
                     self.shadow.submit(route="/embed", champion=served, query_kind=l.kind, champion_ms=1e3 * elapsed,
@@ -326,7 +320,7 @@ class ItemService:
         t0 = time.perf_counter()
         if (listing is None) == (product_id is None):
             raise InvalidArgument("listing, product_id: give exactly one of 'listing' or 'product_id'")
-        if "item" not in served.indexes:
+        if "joint" not in served.indexes:
             from bentoml.exceptions import ServiceUnavailable
             raise ServiceUnavailable(f"{served.tag} was packaged without a catalog index")
         if product_id is not None:
@@ -335,13 +329,13 @@ class ItemService:
                 raise NotFound(f"product_id: {product_id!r} is not in the catalog index of {served.tag} "
                                f"({len(served.ids)} listings)")
             # a few ms of one matrix-vector product: cheaper here than two thread hand-offs
-            kind, searched = "catalog", "item"
-            query = np.asarray(served.indexes["item"][row], dtype=np.float32)
-            rows, scores, how = served.search("item", query, k, exclude=row)
+            kind, searched = "catalog", "joint"
+            query = np.asarray(served.indexes["joint"][row], dtype=np.float32)
+            rows, scores, how = served.search("joint", query, k, exclude=row)
         else:
             import anyio
             kind = listing.kind
-            searched = INDEX_KINDS[kind] if INDEX_KINDS[kind] in served.indexes else "item"
+            searched = searched_kind(served, kind)
             def search():
                 vectors, failed = self._embed(served, [listing])
                 if failed:

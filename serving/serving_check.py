@@ -275,7 +275,7 @@ def _canned_requests(tag: str, path: Path, bentoml_home: str | Path | None, conf
         picked = listings.head(config.n_listings)
         titles = [t if isinstance(t, str) and t.strip() else f"canned listing {i}"
                   for i, t in enumerate(picked["title"].tolist())] + titles[len(picked):]
-        ids, index = listings["product_id"].astype(str).tolist(), embeddings.get("item")
+        ids, index = listings["product_id"].astype(str).tolist(), embeddings.get("joint")
     photos = canned_photos(config.n_listings)
     pixels = [decode_image(p, processor.image_size) for p in photos]
     with torch.no_grad():

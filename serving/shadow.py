@@ -154,7 +154,7 @@ class Shadow:
                 row = served.row_of.get(product_id)
                 if row is None:
                     return
-                ids = self.search(served, np.asarray(served.indexes["item"][row], dtype=np.float32), K, row)
+                ids = self.search(served, np.asarray(served.indexes["joint"][row], dtype=np.float32), K, row)
             else:
                 ids = self.search(served, self.embed(served, [listing])[0], K, None, listing.kind)
             challenger_ms = 1e3 * (time.perf_counter() - t0)

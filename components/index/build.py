@@ -5,8 +5,8 @@ Layout under an index root (``<storage root>/indexes/<model version>/``, local o
 
     shards/shard-00003-of-00008.parquet   one file a shard: product_id, content_hash, model_version,
                                           title, category, year, group_id, and one float32
-                                          fixed-size-list column per embedding kind ("item",
-                                          "item_text_only", "item_image_only"), L2-normalised
+                                          fixed-size-list column per embedding kind ("joint",
+                                          "text", "image": INDEX_KINDS), L2-normalised
     catalog_index/                        the whole catalog's index (:mod:`components.index.layout`
                                           layout, the one serving and monitoring read), its
                                           ``index.json`` naming the model version
@@ -36,14 +36,13 @@ import numpy as np
 import pandas as pd
 
 from components import storage
+from components.storage.layout import INDEX_KINDS, LEGACY_INDEX_KINDS, index_kind
 from components.index.backends import ANN_SETTINGS as RERANK_SETTINGS
 from components.index.backends import IVFPQ_SETTINGS
 from components.index.backends import IndexVersionMismatch
 
 logger = logging.getLogger(__name__)
 
-#: embedding kind (catalog-index name) -> ``mode`` of :func:`item_model.inference.embed_catalog`
-KIND_MODES = {"item": "joint", "item_text_only": "text", "item_image_only": "image"}
 KEEP_COLUMNS = ["product_id", "title", "category", "year", "group_id"]
 #: above this many listings an approximate index is built beside the exact one (docs/index.md)
 DEFAULT_EXACT_MAX = 200_000
@@ -111,17 +110,18 @@ def read_shard(location: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     source = location if not storage.is_gcs(location) else io.BytesIO(storage.read_bytes(location))
     table = pq.read_table(source, use_threads=False)
     vectors = {}
-    for kind in KIND_MODES:
-        if kind in table.column_names:
-            col = table.column(kind).combine_chunks()
+    for name in (*INDEX_KINDS, *LEGACY_INDEX_KINDS):        # a shard written before 2026-12-06: legacy names
+        if name in table.column_names:
+            col = table.column(name).combine_chunks()
             dim = col.type.list_size
-            vectors[kind] = np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-            table = table.drop_columns([kind])
+            vectors[index_kind(name)] = np.asarray(col.values.to_numpy(zero_copy_only=False),
+                                                   dtype=np.float32).reshape(-1, dim)
+            table = table.drop_columns([name])
     return table.to_pandas(), vectors
 
 
 def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str | Path, model_version: str,
-                index_root: str | Path, kinds: tuple[str, ...] = tuple(KIND_MODES), batch_size: int = 64,
+                index_root: str | Path, kinds: tuple[str, ...] = INDEX_KINDS, batch_size: int = 64,
                 progress: bool = False) -> dict:
     """Embed one shard of a catalog with one model version, reusing the vectors of unchanged listings.
 
@@ -130,14 +130,15 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
         shard / num_shards: which shard (0-based) of how many.
         model_dir: the model folder (``save_pretrained`` layout) of ``model_version``.
         index_root: the index root of ``model_version`` (module docstring).
-        kinds: embedding kinds to store (keys of :data:`KIND_MODES`; ``"item"`` is required).
+        kinds: embedding kinds to store (:data:`~components.storage.layout.INDEX_KINDS`, each the
+            ``mode`` of :func:`~item_model.inference.embed_catalog`; ``"joint"`` is required).
 
     Returns:
         ``{"shard", "listings", "embedded", "reused", "removed", "skipped", "written", "wall_s"}``:
         ``written`` False when nothing changed since the last run (the file is left as it was).
 
     Raises:
-        ValueError: an unknown kind, ``"item"`` missing, or ``shard`` outside ``[0, num_shards)``.
+        ValueError: an unknown kind, ``"joint"`` missing, or ``shard`` outside ``[0, num_shards)``.
     """
     from components.catalog import iter_catalog
     from item_model.inference import embed_catalog_modes
@@ -146,9 +147,8 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
 
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard: {shard} is outside [0, {num_shards})")
-    unknown = sorted(set(kinds) - set(KIND_MODES))
-    if unknown or "item" not in kinds:
-        raise ValueError(f"kinds: {list(kinds)} must include 'item' and only {sorted(KIND_MODES)}")
+    if set(kinds) - set(INDEX_KINDS) or "joint" not in kinds:
+        raise ValueError(f"kinds: {list(kinds)} must include 'joint' and only {list(INDEX_KINDS)}")
     t0 = time.perf_counter()
     frames = [part[shard_of(part["product_id"], num_shards) == shard] for part in iter_catalog(catalog)]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -189,14 +189,14 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
         dim = int(model.config.hidden_size)
     else:
         dim = next(iter(old_vectors.values())).shape[1]
-    fresh = embed_catalog_modes(model, processor, rows.iloc[todo], tuple(KIND_MODES[k] for k in kinds),
+    fresh = embed_catalog_modes(model, processor, rows.iloc[todo], tuple(kinds),
                                 batch_size=batch_size, progress=progress) if len(todo) else {}
     for kind in kinds:
         matrix = np.zeros((len(rows), dim), dtype=np.float32)
         if (reuse >= 0).any():
             matrix[reuse >= 0] = old_vectors[kind][reuse[reuse >= 0]]
         if len(todo):
-            matrix[todo] = fresh[KIND_MODES[kind]]
+            matrix[todo] = fresh[kind]
         vectors[kind] = matrix
     out = rows[[c for c in KEEP_COLUMNS if c in rows.columns]].copy()
     out["product_id"] = out["product_id"].astype(str)
@@ -262,7 +262,7 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
     listings = listings.iloc[order].reset_index(drop=True)
     embeddings = {k: np.ascontiguousarray(v[order]) for k, v in embeddings.items()}
     fingerprint = hashlib.sha256("\n".join(listings["content_hash"].astype(str)).encode()).hexdigest()
-    n, dim = len(listings), int(embeddings["item"].shape[1])
+    n, dim = len(listings), int(embeddings["joint"].shape[1])
     if backend not in ANN_BACKENDS:
         raise ValueError(f"backend: {backend!r}, expected one of {ANN_BACKENDS}")
     search = "exact" if n <= exact_max else backend
@@ -329,7 +329,7 @@ class IndexSettingsError(ValueError):
         self.field = field
 
 
-def index_settings(num_shards: int = 2, kinds: list[str] | tuple[str, ...] = tuple(KIND_MODES), batch_size: int = 64,
+def index_settings(num_shards: int = 2, kinds: list[str] | tuple[str, ...] = INDEX_KINDS, batch_size: int = 64,
                    exact_max: int = DEFAULT_EXACT_MAX, backend: str = DEFAULT_BACKEND, milvus_uri: str = "",
                    ann: dict | None = None, threads: int = 0) -> dict:
     """The index steps' settings as one JSON-able dict (the ``settings`` parameter of the ``embed-shard``
@@ -338,7 +338,9 @@ def index_settings(num_shards: int = 2, kinds: list[str] | tuple[str, ...] = tup
 
     Args:
         num_shards: shards of the catalog (``sha1(product_id) mod num_shards``), >= 1.
-        kinds: embedding kinds to index (keys of :data:`KIND_MODES`; ``"item"`` is required).
+        kinds: embedding kinds to index (:data:`~components.storage.layout.INDEX_KINDS`; ``"joint"`` is
+            required; the legacy names ``item``, ``item_text_only``, ``item_image_only`` are read as
+            the kinds they stand for).
         batch_size: listings per forward pass, >= 1.
         exact_max: listings above which an approximate index is built beside the exact one, >= 0.
         backend: one of :data:`ANN_BACKENDS`; ``ann`` its settings (default :data:`BACKEND_SETTINGS`).
@@ -353,9 +355,12 @@ def index_settings(num_shards: int = 2, kinds: list[str] | tuple[str, ...] = tup
     Raises:
         IndexSettingsError: a ValueError naming the field at fault (its ``field``).
     """
-    kinds = [str(k) for k in kinds]
-    if "item" not in kinds or set(kinds) - set(KIND_MODES):
-        raise IndexSettingsError("kinds", f"{kinds} must include 'item' and only {sorted(KIND_MODES)}")
+    try:
+        kinds = list(dict.fromkeys(index_kind(str(k)) for k in kinds))
+    except ValueError as exc:
+        raise IndexSettingsError("kinds", f"{list(kinds)}: {exc}") from None
+    if "joint" not in kinds:
+        raise IndexSettingsError("kinds", f"{kinds} must include 'joint' (the product embedding)")
     if backend not in ANN_BACKENDS:
         raise IndexSettingsError("backend", f"{backend!r} is not one of {ANN_BACKENDS}")
     out = {"num_shards": int(num_shards), "kinds": kinds, "batch_size": int(batch_size), "exact_max": int(exact_max),

@@ -7,8 +7,10 @@ copied into the BentoML model at package time, and read by serving (``/similar``
 Layout of the folder::
 
     listings.parquet   product_id, title, category, split, year, group_id   (n rows)
-    embeddings.npz     one float32 (n, D) array per embedding kind: "item" (joint), and when
-                       computed "item_text_only", "item_image_only"; rows aligned with listings
+    embeddings.npz     one float32 (n, D) array per embedding kind (INDEX_KINDS): "joint" (title +
+                       photo), and when computed "text", "image"; rows aligned with listings.
+                       Indexes written before 2026-12-06 name them "item", "item_text_only",
+                       "item_image_only": read as the kinds they stand for
     index.json         {"n", "dim", "kinds", "catalog_fingerprint"}, and from the index pipeline
                        (:mod:`components.index.build`) "model_version", "search", "shards"
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.storage.layout import INDEX_KINDS, LEGACY_INDEX_KINDS, index_kind
 from item_model.io import atomic_path, write_json_atomic
 
 LISTING_COLUMNS = ["product_id", "title", "category", "split", "year", "group_id"]
@@ -32,15 +35,16 @@ def save_catalog_index(path: str | Path, df: pd.DataFrame, embeddings: dict[str,
 
     Args:
         df: canonical catalog rows (with ``split``), aligned with every embedding matrix.
-        embeddings: ``{kind: (n, D) float32}``; must contain ``"item"``.
+        embeddings: ``{kind: (n, D) float32}``, kinds of :data:`INDEX_KINDS`; must contain ``"joint"``.
         extra: more ``index.json`` fields (the index pipeline's ``model_version``, ``search``, ``shards``).
 
     Raises:
-        ValueError: ``"item"`` missing, or a matrix whose row count or width disagrees.
+        ValueError: ``"joint"`` missing, a kind outside :data:`INDEX_KINDS`, or a matrix whose row count
+            or width disagrees.
     """
-    if "item" not in embeddings:
-        raise ValueError("catalog index needs the joint 'item' embeddings")
-    n, dim = len(df), embeddings["item"].shape[1]
+    if "joint" not in embeddings or set(embeddings) - set(INDEX_KINDS):
+        raise ValueError(f"catalog index: kinds {sorted(embeddings)} must include 'joint' and only {list(INDEX_KINDS)}")
+    n, dim = len(df), embeddings["joint"].shape[1]
     for kind, emb in embeddings.items():
         if emb.shape != (n, dim):
             raise ValueError(f"embeddings[{kind!r}] has shape {emb.shape}, expected ({n}, {dim})")
@@ -59,7 +63,9 @@ def save_catalog_index(path: str | Path, df: pd.DataFrame, embeddings: dict[str,
 
 
 def load_catalog_index(path: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
-    """Read an index folder: (listings DataFrame, ``{kind: (n, D) float32}``, ``index.json`` dict).
+    """Read an index folder: (listings DataFrame, ``{kind: (n, D) float32}``, ``index.json`` dict), the
+    kinds those of :data:`INDEX_KINDS` (an older index's legacy names read as the kinds they stand for,
+    ``index.json``'s ``kinds`` likewise).
 
     Raises:
         FileNotFoundError: a file of the layout is missing. ValueError: row counts disagree.
@@ -68,7 +74,9 @@ def load_catalog_index(path: str | Path) -> tuple[pd.DataFrame, dict[str, np.nda
     meta = json.loads((path / "index.json").read_text())
     listings = pd.read_parquet(path / "listings.parquet")
     with np.load(path / "embeddings.npz", allow_pickle=False) as z:
-        embeddings = {k: z[k] for k in z.files}
+        embeddings = {index_kind(k): z[k] for k in z.files}
+    if "kinds" in meta:
+        meta["kinds"] = sorted(LEGACY_INDEX_KINDS.get(k, k) for k in meta["kinds"])
     for kind, emb in embeddings.items():
         if emb.shape[0] != len(listings):
             raise ValueError(f"{path}: embeddings[{kind!r}] has {emb.shape[0]} rows, listings {len(listings)}")

@@ -2,16 +2,16 @@
 modalities at once. Written by the monitoring pipeline's embed step and read by its drift step
 (no Kubeflow, BentoML or Evidently imports here).
 
-Modalities are named as the drift monitor names them; the catalog index (:mod:`components.index.layout`)
-stores the same three under its own kind names (:data:`INDEX_KINDS`):
+Modalities are the three vectors of a listing, named as everywhere else (the catalog index's kinds,
+:data:`components.storage.layout.INDEX_KINDS`; ``/embed``'s ``kind``; ``embed_catalog``'s ``mode``):
 
-=============  =====================  =============================================================
-modality       catalog-index kind     embedding
-=============  =====================  =============================================================
-``joint``      ``item``               title + photo, the product embedding (``embed_catalog`` "joint")
-``text``       ``item_text_only``     the title stream alone (``embed_catalog`` "text")
-``image``      ``item_image_only``    the photo stream alone (``embed_catalog`` "image")
-=============  =====================  =============================================================
+=============  =============================================================
+modality       embedding
+=============  =============================================================
+``joint``      title + photo, the product embedding
+``text``       the title stream alone
+``image``      the photo stream alone
+=============  =============================================================
 
 Layout of the folder::
 
@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.storage.layout import INDEX_KINDS
 from item_model.io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("joint", "text", "image")
-#: modality -> ``mode`` of :func:`item_model.inference.embed_catalog`
-EMBED_MODES = {"joint": "joint", "text": "text", "image": "image"}
+#: the modalities: the index's kinds, each also a ``mode`` of :func:`item_model.inference.embed_catalog`
+MODALITIES = INDEX_KINDS
 EMBEDDINGS_FILE, META_FILE = "embeddings.npz", "embeddings.json"
 
 
@@ -143,7 +143,7 @@ def embed_modalities(model, processor, df: pd.DataFrame, modalities: tuple[str, 
     for modality in modalities:
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-        out[modality] = embed_catalog(model, processor, df, EMBED_MODES[modality], batch_size=batch_size,
+        out[modality] = embed_catalog(model, processor, df, modality, batch_size=batch_size,
                                       progress=progress)
     return out
 

@@ -11,7 +11,8 @@ Validated catalog artifact (the ``validate`` step's output, read by ``pretrain``
 Packaged model (BentoML store, ``serving`` reads it, drift monitoring takes its reference from it)::
 
     <bento model>/catalog_index/          the catalog index (INDEX_DIR; :mod:`components.index.layout`)
-                                          with one embedding matrix per kind (INDEX_KINDS)
+                                          with one embedding matrix per kind (INDEX_KINDS:
+                                          joint, text, image)
 
 Traffic log (written by ``serving.traffic_log.TrafficLog``, read by drift monitoring through
 :func:`read_traffic_files`)::
@@ -36,8 +37,26 @@ CATALOG_FILE, SPLIT_FILE, CATALOG_META = "catalog.parquet", "split.csv", "catalo
 
 #: the catalog index's folder inside a packaged model
 INDEX_DIR = "catalog_index"
-#: modality -> kind name of its matrix in the catalog index (``/similar``'s ``kind`` searches it)
-INDEX_KINDS = {"joint": "item", "text": "item_text_only", "image": "item_image_only"}
+#: the catalog index's kinds: one embedding matrix per modality, named as ``/embed`` names a vector's
+#: ``kind``, drift monitoring its modalities and :func:`item_model.inference.embed_catalog` its
+#: ``mode``; "joint" (title + photo, the product embedding) is always there
+INDEX_KINDS = ("joint", "text", "image")
+#: the names indexes written before 2026-12-06 gave the same matrices (the evaluation's model names);
+#: read as the kinds they stand for, never written
+LEGACY_INDEX_KINDS = {"item": "joint", "item_text_only": "text", "item_image_only": "image"}
+
+
+def index_kind(name: str) -> str:
+    """The index kind ``name`` stands for: itself for one of :data:`INDEX_KINDS`, the kind of a legacy
+    name (:data:`LEGACY_INDEX_KINDS`).
+
+    Raises:
+        ValueError: ``name`` is neither (the message names it and the kinds).
+    """
+    kind = LEGACY_INDEX_KINDS.get(name, name)
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index kind {name!r} is not one of {list(INDEX_KINDS)}")
+    return kind
 
 #: the traffic log's folder under the storage root, and its parquet schema
 TRAFFIC_DIR = "traffic"
@@ -137,7 +156,7 @@ def read_traffic_log(storage_root: str | Path, since=None) -> pd.DataFrame:
     return df
 
 
-__all__ = ["CATALOG_FILE", "SPLIT_FILE", "CATALOG_META", "INDEX_DIR", "INDEX_KINDS", "TRAFFIC_DIR",
+__all__ = ["CATALOG_FILE", "SPLIT_FILE", "CATALOG_META", "INDEX_DIR", "INDEX_KINDS", "LEGACY_INDEX_KINDS", "index_kind", "TRAFFIC_DIR",
            "bentoml_home", "find_packaged_model", "packaged_versions",
            "TRAFFIC_SCHEMA", "TRAFFIC_REQUIRED", "TrafficLogError", "traffic_files", "read_traffic_files",
            "read_traffic_log"]

@@ -2,7 +2,7 @@
 index pipeline (:mod:`pipelines.index`) on kfp.local.
 
     item index [--catalog PATH] [--model-version VERSION] [--shards 4] [--shard K ...]
-               [--kinds item,item_text_only,item_image_only] [--exact-max 200000]
+               [--kinds joint,text,image] [--exact-max 200000]
                [--ann-backend usearch-hnsw|faiss-hnsw-sq8+rerank|faiss-ivfpq+rerank|milvus] [--milvus-uri URI] [--json]
 
 The index goes to ``<storage root>/indexes/<model version>/`` (``--index-root`` to put it elsewhere);
@@ -50,8 +50,8 @@ SETTING_OPTIONS = {"num_shards": "--shards", "kinds": "--kinds", "batch_size": "
 @click.option("--shards", "num_shards", type=click.IntRange(1, 4096), default=4, show_default=True,
               help="Number of shards (parallel embedding tasks).")
 @click.option("--shard", "only", type=int, multiple=True, help="Run only this shard (repeatable), then rebuild.")
-@click.option("--kinds", default="item,item_text_only,item_image_only", show_default=True,
-              help="Embedding kinds to index (comma-separated; 'item' is required).")
+@click.option("--kinds", default="joint,text,image", show_default=True,
+              help="Embedding kinds to index (comma-separated: joint, text, image; 'joint' is required).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--exact-max", type=click.IntRange(0), default=200_000, show_default=True,
               help="Above this many listings an approximate (HNSW) index is built as well.")

@@ -68,7 +68,7 @@ def test_index_on_gcs_is_incremental_and_served_from_a_download(gcs_emulator, pa
             assert (folder / name).read_bytes() == _object_bytes(gcs_emulator, prefix + name), name
         listings, emb, meta = load_catalog_index(folder / "catalog_index")
         assert meta["model_version"] == version and len(listings) == built["n"]
-        assert np.isfinite(emb["item"]).all()
+        assert np.isfinite(emb["joint"]).all()
     # another version has no index under this storage root: the packaged sample is served
     other = _save(m, home, "v-without-index")
     with served_index_folder(other, m["model_dir"], str(home)) as (folder, source):

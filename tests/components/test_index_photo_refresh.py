@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from tests.conftest import CATALOG, write_slice
 
@@ -46,18 +45,18 @@ def test_changed_photo_re_embeds_only_that_listing(packaged_model, tmp_path):
     differs = rows0["content_hash"].to_numpy() != rows1["content_hash"].to_numpy()
     assert np.flatnonzero(differs).tolist() == [i]                 # only the changed listing's hash moved
     others = np.arange(len(rows1)) != i
-    for kind in ("item", "item_text_only", "item_image_only"):
+    for kind in ("joint", "text", "image"):
         np.testing.assert_array_equal(vec1[kind][others], vec0[kind][others])   # reused, bit for bit
     # the joint and photo-only vectors follow the new photo; the title-only one is the same title's
-    assert np.abs(vec1["item_image_only"][i] - vec0["item_image_only"][i]).max() > 1e-3
-    assert np.abs(vec1["item"][i] - vec0["item"][i]).max() > 1e-4
-    np.testing.assert_allclose(vec1["item_text_only"][i], vec0["item_text_only"][i], atol=1e-5)
+    assert np.abs(vec1["image"][i] - vec0["image"][i]).max() > 1e-3
+    assert np.abs(vec1["joint"][i] - vec0["joint"][i]).max() > 1e-4
+    np.testing.assert_allclose(vec1["text"][i], vec0["text"][i], atol=1e-5)
 
     built_after = build_index(root, "v1", 1)
     assert built_after["catalog_fingerprint"] != built_before["catalog_fingerprint"]
     listings, emb, _ = load_catalog_index(root / "catalog_index")
     j = listings["product_id"].astype(str).tolist().index(changed)
-    np.testing.assert_array_equal(emb["item_image_only"][j], vec1["item_image_only"][i])
+    np.testing.assert_array_equal(emb["image"][j], vec1["image"][i])
 
     third = embed_shard(after, 0, 1, model, "v1", root)              # nothing changed since: left as it was
     assert (third["embedded"], third["reused"], third["written"]) == (0, 24, False)

@@ -5,7 +5,6 @@ rewrite-rule unit tests."""
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pandas as pd

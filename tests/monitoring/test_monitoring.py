@@ -178,13 +178,13 @@ def test_traffic_log_window_per_modality(packaged_model, tmp_path):
     from components.index.layout import load_catalog_index
 
     _, emb, _ = load_catalog_index(packaged_model["index_dir"])
-    rows = np.random.default_rng(0).permutation(len(emb["item"]))          # requests for random listings
+    rows = np.random.default_rng(0).permutation(len(emb["joint"]))          # requests for random listings
     emb = {k: v[rows] for k, v in emb.items()}
     tag = packaged_model["tag"]
     traffic = tmp_path / "traffic"
-    write_traffic(traffic, emb["item"][:160], tag, "2026-01-01", [True] * 160, [True] * 160, "a.parquet")
-    write_traffic(traffic, emb["item_text_only"][:80], tag, "2026-01-02", [True] * 80, [False] * 80, "b.parquet")
-    write_traffic(traffic, emb["item_image_only"][:30], tag, "2026-01-03", [False] * 30, [True] * 30, "c.parquet")
+    write_traffic(traffic, emb["joint"][:160], tag, "2026-01-01", [True] * 160, [True] * 160, "a.parquet")
+    write_traffic(traffic, emb["text"][:80], tag, "2026-01-02", [True] * 80, [False] * 80, "b.parquet")
+    write_traffic(traffic, emb["image"][:30], tag, "2026-01-03", [False] * 30, [True] * 30, "c.parquet")
     window = inputs.load_traffic_window(traffic, since="2026-01-01T00:10:00", until="2026-01-04")
     assert len(window) == 150 + 80 + 30 and window["timestamp"].is_monotonic_increasing
     out = tmp_path / "current"
@@ -192,7 +192,7 @@ def test_traffic_log_window_per_modality(packaged_model, tmp_path):
                                     since="2026-01-01T00:10:00", until="2026-01-04")
     assert meta["model_tag"] == tag and meta["counts"] == {"joint": 150, "text": 80, "image": 30}
     current, cur_meta = load_embeddings(out)
-    np.testing.assert_array_equal(current["joint"], emb["item"][10:160])
+    np.testing.assert_array_equal(current["joint"], emb["joint"][10:160])
     summary = steps.drift_report_step(str(out), tag, packaged_model["bentoml_home"], str(tmp_path / "storage"),
                                       {"n_splits": 50, "quantile": 0.98}, str(tmp_path / "r.html"),
                                       str(tmp_path / "summary.json"))

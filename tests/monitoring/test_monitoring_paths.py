@@ -24,7 +24,7 @@ def test_default_calibration_is_computed_stored_and_reused(packaged_model, tmp_p
     monkeypatch.setenv("ITEM_STORAGE_ROOT", str(tmp_path / "storage"))
     store = CalibrationStore()                              # the storage root from the environment
     _, emb, _ = load_catalog_index(packaged_model["index_dir"])
-    pool = emb["item"]
+    pool = emb["joint"]
     current = pool[np.random.default_rng(1).permutation(len(pool))[:60]]    # reference rows: no drift
     tag = "item:defaultcal"
     assert not store.path(tag).exists()                     # nothing stored yet

@@ -5,7 +5,6 @@ removed), the empty delta, a failed shard re-run alone, and an index mixing two 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -90,13 +89,13 @@ def test_index_pipeline_parallel_shards_then_incremental_refresh(setup, packaged
     listings, emb, meta = _index(s["root"])
     assert meta["model_version"] == s["version"] and meta["n"] == len(rows) and meta["search"] == "exact"
     assert sorted(listings["product_id"]) == sorted(rows["product_id"])
-    assert set(emb) == {"item", "item_text_only", "item_image_only"}
+    assert set(emb) == {"joint", "text", "image"}
     # the index holds what the model gives for each listing, whatever shard embedded it
     model = ItemModel.from_pretrained(s["model_dir"]).eval()
     processor = ItemProcessor.from_pretrained(s["model_dir"], model.config)
     ordered = rows.set_index("product_id").loc[listings["product_id"]].reset_index()
-    np.testing.assert_allclose(emb["item"], embed_catalog(model, processor, ordered, progress=False), atol=1e-5)
-    before = dict(zip(listings["product_id"], emb["item"]))
+    np.testing.assert_allclose(emb["joint"], embed_catalog(model, processor, ordered, progress=False), atol=1e-5)
+    before = dict(zip(listings["product_id"], emb["joint"]))
 
     # a modified copy: only the 2 changed and the 4 new listings are embedded; 3 are removed
     second = write_slice(s["tmp"] / "catalog-b", n_plain=40, n_groups=4, mutate=modified)
@@ -109,11 +108,11 @@ def test_index_pipeline_parallel_shards_then_incremental_refresh(setup, packaged
     assert sorted(listings2["product_id"]) == sorted(rows2["product_id"]) and len(rows2) == len(rows) + 1
     changed = set(rows2.loc[rows2["title"].str.endswith("(new season)"), "product_id"])
     assert len(changed) == 2
-    for pid, vec in zip(listings2["product_id"], emb2["item"]):
+    for pid, vec in zip(listings2["product_id"], emb2["joint"]):
         if pid in before and pid not in changed:
             np.testing.assert_array_equal(vec, before[pid])           # reused, not re-embedded
     fresh = rows2.set_index("product_id").loc[sorted(changed)].reset_index()
-    got = emb2["item"][[list(listings2["product_id"]).index(p) for p in sorted(changed)]]
+    got = emb2["joint"][[list(listings2["product_id"]).index(p) for p in sorted(changed)]]
     np.testing.assert_allclose(got, embed_catalog(model, processor, fresh, progress=False), atol=1e-5)
 
     # the same catalog again: an empty delta is a no-op (no shard file and no index file rewritten)
@@ -152,7 +151,7 @@ def test_a_failed_shard_is_rerun_alone_and_two_model_versions_are_refused(setup,
     from components.index.backends import load_index
     listings, emb, meta = _index(s["root"])
     assert meta["search"] == "milvus"
-    for kind in ("item", "item_text_only"):
+    for kind in ("joint", "text"):
         ann = load_index(Path(s["root"]) / "vector_index" / kind, model_version=s["version"])
         rows, scores = ann.search(emb[kind][:5], 3)
         exact = np.sort(emb[kind][:5] @ emb[kind].T, axis=1)[:, ::-1][:, :3]
@@ -164,18 +163,18 @@ def test_a_failed_shard_is_rerun_alone_and_two_model_versions_are_refused(setup,
     built = build_index(s["root"], s["version"], SHARDS, exact_max=10, backend="faiss-hnsw-sq8+rerank",
                         ann={"m": 16, "ef_construction": 64, "ef_search": 64, "rerank_factor": 20})
     assert built["search"] == "faiss-hnsw-sq8+rerank" and _index(s["root"])[2]["search"] == built["search"]
-    ann = load_index(Path(s["root"]) / "vector_index" / "item", model_version=s["version"])
-    rows, scores = ann.search(emb["item"][:5], 3)
-    np.testing.assert_allclose(scores, np.sort(emb["item"][:5] @ emb["item"].T, axis=1)[:, ::-1][:, :3], atol=2e-3)
+    ann = load_index(Path(s["root"]) / "vector_index" / "joint", model_version=s["version"])
+    rows, scores = ann.search(emb["joint"][:5], 3)
+    np.testing.assert_allclose(scores, np.sort(emb["joint"][:5] @ emb["joint"].T, axis=1)[:, ::-1][:, :3], atol=2e-3)
     # and the IVF-PQ + re-rank backend (the one for 10^7 on a machine): nlist 1 at 34 listings, every
     # candidate re-scored, so again the exact top-3
     built = build_index(s["root"], s["version"], SHARDS, exact_max=10, backend="faiss-ivfpq+rerank",
                         ann={"m": 16, "nprobe": 4, "rerank_factor": 20})
     assert built["search"] == "faiss-ivfpq+rerank" and _index(s["root"])[2]["search"] == built["search"]
-    ann = load_index(Path(s["root"]) / "vector_index" / "item", model_version=s["version"])
+    ann = load_index(Path(s["root"]) / "vector_index" / "joint", model_version=s["version"])
     assert (ann.kind, ann.inner.settings["nlist"]) == ("faiss-ivfpq+rerank", 1)
-    rows, scores = ann.search(emb["item"][:5], 3)
-    np.testing.assert_allclose(scores, np.sort(emb["item"][:5] @ emb["item"].T, axis=1)[:, ::-1][:, :3], atol=2e-3)
+    rows, scores = ann.search(emb["joint"][:5], 3)
+    np.testing.assert_allclose(scores, np.sort(emb["joint"][:5] @ emb["joint"].T, axis=1)[:, ::-1][:, :3], atol=2e-3)
     with pytest.raises(ValueError, match="backend"):
         build_index(s["root"], s["version"], SHARDS, exact_max=10, backend="annoy")
 
@@ -215,5 +214,5 @@ def test_item_index_names_the_option_of_the_bad_setting():
     options = {o for p in index_cmd.params for o in p.opts}
     assert set(SETTING_OPTIONS.values()) <= options
     assert set(SETTING_OPTIONS) == set(index_settings()) - {"ann", "threads"}    # derived, not set by an option
-    res = CliRunner().invoke(main, ["index", "--kinds", "item_text_only"])
+    res = CliRunner().invoke(main, ["index", "--kinds", "text"])
     assert res.exit_code == 2 and "--kinds" in res.output and "field 'kinds'" in res.output

@@ -67,16 +67,19 @@ def test_index_settings_from_a_profile_reach_the_training_run_and_bad_ones_name_
     import os
     gate = pconfig.load_gate_config(pconfig.GATE_FILE)
     default = pconfig.pipeline_arguments("/catalog", pconfig.load_profile("default"), gate)
-    assert default["index_settings"]["kinds"] == ["item", "item_text_only", "item_image_only"]
+    assert default["index_settings"]["kinds"] == ["joint", "text", "image"]
     assert default["index_settings"]["num_shards"] == 2 and default["index_shards"] == [0, 1]
     # kfp.local runs the two shard tasks side by side: together they use no more than this machine's cores
     threads = default["index_settings"]["threads"]
     assert threads >= 1 and (threads * 2 <= os.cpu_count() or threads == 1)
-    prof = {**pconfig.load_profile("tiny"), "index": {"num_shards": 3, "kinds": ["item"], "exact_max": 10.0}}
+    prof = {**pconfig.load_profile("tiny"), "index": {"num_shards": 3, "kinds": ["joint"], "exact_max": 10.0}}
     args = pconfig.pipeline_arguments("/catalog", prof, gate)
-    assert args["index_shards"] == [0, 1, 2] and args["index_settings"]["kinds"] == ["item"]
+    assert args["index_shards"] == [0, 1, 2] and args["index_settings"]["kinds"] == ["joint"]
+    # an older profile's kind names are read as the kinds they stand for, in order, once each
+    legacy = {**prof, "index": {**prof["index"], "kinds": ["item_image_only", "item", "image"]}}
+    assert pconfig.pipeline_arguments("/catalog", legacy, gate)["index_settings"]["kinds"] == ["image", "joint"]
     assert args["index_settings"]["exact_max"] == 10 and isinstance(args["index_settings"]["exact_max"], int)
-    for bad, field in (({"num_shards": 0}, "num_shards"), ({"kinds": ["item_text_only"]}, "kinds"),
+    for bad, field in (({"num_shards": 0}, "num_shards"), ({"kinds": ["text"]}, "kinds"), ({"kinds": ["joint", "title"]}, "kinds"),
                        ({"backend": "annoy"}, "backend"), ({"batch_size": -1}, "batch_size"),
                        ({"threads": -2}, "threads")):
         with pytest.raises(ValueError, match=field):

@@ -82,9 +82,9 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     # profile's 400-listing training sample
     import pyarrow.parquet as pq
     n_catalog = sum(pq.read_metadata(f).num_rows for f in (slice_catalog / "data").glob("*.parquet"))
-    assert len(listings) == n_catalog == embeddings["item"].shape[0] > summary["catalog"]["n_valid"] == 400
-    assert set(embeddings) == {"item", "item_text_only", "item_image_only"}
-    np.testing.assert_allclose(np.linalg.norm(embeddings["item"], axis=1), 1.0, atol=1e-5)
+    assert len(listings) == n_catalog == embeddings["joint"].shape[0] > summary["catalog"]["n_valid"] == 400
+    assert set(embeddings) == {"joint", "text", "image"}
+    np.testing.assert_allclose(np.linalg.norm(embeddings["joint"], axis=1), 1.0, atol=1e-5)
     assert index_meta["model_version"] == meta["metadata"]["registry_version"] == summary["registry_version"]
     assert {"embed-shard-0", "embed-shard-1", "build-index"} <= set(summary["tasks_run"])
     # the evaluation keeps the ITEm vectors it scored (its 400 listings), the same vectors the index holds
@@ -94,7 +94,7 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     assert len(scored["product_id"]) == scored["item"].shape[0] == summary["catalog"]["n_valid"]
     row_of = {str(p): i for i, p in enumerate(listings["product_id"])}
     rows = [row_of[p] for p in scored["product_id"]]
-    np.testing.assert_allclose(scored["item"], embeddings["item"][rows], atol=1e-4)
+    np.testing.assert_allclose(scored["item"], embeddings["joint"][rows], atol=1e-4)
     assert 0.0 <= meta["metadata"]["recall@1"] <= 1.0
     # artifacts of every step
     for key in ("data_docs", "quarantine", "eval_json", "gate_report", "training_curve"):

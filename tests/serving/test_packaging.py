@@ -18,8 +18,8 @@ def test_packaged_model_holds_weights_index_and_metadata(packaged_model):
     assert meta["labels"]["blessed"] == "true"
     assert {"recall@1", "category_accuracy", "code_version", "catalog_fingerprint"} <= set(meta["metadata"])
     listings, emb, index_meta = load_catalog_index(stored / "catalog_index")
-    assert set(emb) == {"item", "item_text_only", "item_image_only"}
-    assert emb["item"].dtype == np.float32 and emb["item"].shape == (len(listings), 384)
+    assert set(emb) == {"joint", "text", "image"}
+    assert emb["joint"].dtype == np.float32 and emb["joint"].shape == (len(listings), 384)
     assert listings["product_id"].is_unique and index_meta["kinds"] == sorted(emb)
 
 

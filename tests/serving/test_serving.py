@@ -181,15 +181,15 @@ def test_similar_finds_same_product_group_members(server, packaged_model, catalo
             assert all(n["title"] for n in body["results"])
             hits_by_id += bool(others & set(ids))
 
-            for listing, kind, index in (({"title": row.title, "image": _b64(row.image_bytes)}, "joint", "item"),
-                                         ({"image": _b64(row.image_bytes)}, "image", "item_image_only")):
+            for listing, kind, index in (({"title": row.title, "image": _b64(row.image_bytes)}, "joint", "joint"),
+                                         ({"image": _b64(row.image_bytes)}, "image", "image")):
                 r = client.post("/similar", json={"listing": listing, "k": 11})
                 assert r.status_code == 200, r.text
                 assert (r.json()["query_kind"], r.json()["index"]) == (kind, index)
                 ids = [n["product_id"] for n in r.json()["results"] if n["product_id"] != row.product_id][:10]
                 hits_by_listing[kind] += bool(others & set(ids))
         r = client.post("/similar", json={"listing": {"title": queries["title"].iloc[0]}})
-        assert (r.json()["query_kind"], r.json()["index"], len(r.json()["results"])) == ("text", "item_text_only", 10)
+        assert (r.json()["query_kind"], r.json()["index"], len(r.json()["results"])) == ("text", "text", 10)
         # the same queries as multipart forms: a title field and a photo file, and a product id field
         row = queries.iloc[0]
         as_json = client.post("/similar", json={"listing": {"title": row.title, "image": _b64(row.image_bytes)}, "k": 7})

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pyarrow as pa
 
 from tests.conftest import write_slice
 from tests.serving.test_serving import QUIET_ENV, ROOT, Server
@@ -56,22 +55,22 @@ def test_server_searches_the_whole_catalog_index_of_its_version_approximately(pa
                 assert (body["search"], body["index_source"], body["catalog_size"]) == ("faiss-hnsw-sq8+rerank", "catalog", 40)
                 assert body["note"] is None and pid not in [n["product_id"] for n in body["results"]]
                 rows = [list(listings["product_id"]).index(n["product_id"]) for n in body["results"]]
-                q = emb["item"][list(listings["product_id"]).index(pid)]
+                q = emb["joint"][list(listings["product_id"]).index(pid)]
                 # scores are the cosine up to the float16 re-rank copy
-                np.testing.assert_allclose([n["score"] for n in body["results"]], emb["item"][rows] @ q, atol=2e-3)
-                scores = emb["item"] @ q
+                np.testing.assert_allclose([n["score"] for n in body["results"]], emb["joint"][rows] @ q, atol=2e-3)
+                scores = emb["joint"] @ q
                 scores[list(listings["product_id"]).index(pid)] = -np.inf
                 got.append(rows)
                 exact.append(np.argsort(-scores)[:10])
-            queries = np.stack([emb["item"][list(listings["product_id"]).index(p)] for p in outside[:20]])
+            queries = np.stack([emb["joint"][list(listings["product_id"]).index(p)] for p in outside[:20]])
             # Recall@10 against exact search, tie-aware to the index's float16 resolution: the tiny test
             # model's vectors lie within ~1e-3 cosine of each other, so float16 reorders near-ties
-            assert recall_at_k(np.array(got), np.array(exact), 10, vectors=emb["item"], queries=queries,
+            assert recall_at_k(np.array(got), np.array(exact), 10, vectors=emb["joint"], queries=queries,
                                eps=2e-3) >= 0.95
 
             r = client.post("/similar", json={"listing": {"title": listings["title"].iloc[0]}, "k": 5})
             assert r.status_code == 200, r.text
-            assert (r.json()["index"], r.json()["search"]) == ("item_text_only", "faiss-hnsw-sq8+rerank")
+            assert (r.json()["index"], r.json()["search"]) == ("text", "faiss-hnsw-sq8+rerank")
             # k above the index size: clipped, and the answer says so
             r = client.post("/similar", json={"product_id": outside[0], "k": 60})
             assert r.status_code == 200, r.text

@@ -34,12 +34,12 @@ def bundle(packaged_model):
 
     listings, emb, _ = load_catalog_index(packaged_model["index_dir"])
     ids = listings["product_id"].astype(str).to_numpy()
-    return SimpleNamespace(tag=packaged_model["tag"], ids=ids, indexes={"item": emb["item"]},
+    return SimpleNamespace(tag=packaged_model["tag"], ids=ids, indexes={"joint": emb["joint"]},
                            row_of={p: i for i, p in enumerate(ids)})
 
 
 def _search(served, query, k, exclude=None, kind=None):
-    scores = served.indexes["item"] @ np.asarray(query, dtype=np.float32)
+    scores = served.indexes["joint"] @ np.asarray(query, dtype=np.float32)
     if exclude is not None:
         scores[exclude] = -np.inf
     return [str(served.ids[r]) for r in np.argsort(-scores)[:k]]
@@ -67,7 +67,7 @@ def test_shadow_sample_below_one_is_a_seeded_share_of_requests(bundle, tmp_path)
     for pid in bundle.ids[:40]:
         if shadow.sampled():
             row = bundle.row_of[pid]
-            champion_ids = _search(bundle, bundle.indexes["item"][row], 10, row)
+            champion_ids = _search(bundle, bundle.indexes["joint"][row], 10, row)
             assert shadow.submit(route="/similar", champion=bundle, query_kind="catalog", champion_ms=1.0,
                                  champion_ids=champion_ids, product_id=pid)
             submitted += 1
@@ -86,11 +86,11 @@ def test_shadow_full_queue_drops_without_blocking_and_counts(bundle, tmp_path):
     def slow_embed(served, listings):          # holds the one background thread until released
         started.set()
         assert release.wait(120)
-        return np.asarray(served.indexes["item"][:1], dtype=np.float32)
+        return np.asarray(served.indexes["joint"][:1], dtype=np.float32)
 
     shadow = Shadow(bundle, _search, slow_embed, str(tmp_path), "v1", sample=1.0, max_pending=3, rows_per_file=100)
     listing = SimpleNamespace(title="Puma Men Black Sports Shoes", kind="joint")
-    vector = bundle.indexes["item"][0]
+    vector = bundle.indexes["joint"][0]
     try:
         results = [shadow.submit(route="/embed", champion=bundle, query_kind="joint", champion_ms=1.0,
                                  champion_vector=vector, listing=listing) for _ in range(10)]
