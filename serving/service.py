@@ -47,6 +47,7 @@ set_offline_defaults()
 # with two threads)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import inspect  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -374,4 +375,7 @@ ItemService.add_asgi_middleware(
     routes={"/embed": ("application/json", "multipart/form-data"),
             "/similar": ("application/json", "multipart/form-data")},
     max_body_bytes=schemas.MAX_BODY_BYTES,
-    api_key=API_KEY)
+    api_key=API_KEY,
+    # the top-level fields each route takes: its API function's parameters (an unknown one is a 400)
+    fields={f"/{name}": frozenset(p for p in inspect.signature(ItemService.apis[name].func).parameters if p != "self")
+            for name in ("embed", "similar")})

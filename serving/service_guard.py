@@ -69,6 +69,9 @@ class RequestGuard:
       event loop (:func:`serving.schemas.check_request_images`, :func:`serving.schemas.decode_images`).
     * Error bodies: every 4xx from the API routes becomes ``{"error": "<field>: <message>; ...",
       "detail": [...]}`` (BentoML's pydantic errors carry the field only in ``detail[].loc``).
+    * Unknown fields: a JSON body naming a top-level field the route does not take (``fields``: the
+      API function's parameters) is 400 naming it, never answered as if it were not there (a client
+      sending ``"filters"`` must not believe it filtered).
     * Every API response carries the model version in ``X-Item-Model-Version``.
     * API key: with ``ITEM_API_KEY`` set, ``/embed``, ``/similar`` and ``/metrics`` need it in the
       ``X-API-Key`` header (compared in constant time, ``hmac.compare_digest``), else 401 naming the
@@ -79,9 +82,11 @@ class RequestGuard:
     an uploaded file part; on ``/similar`` the fields ``product_id``, ``k``, ``title``, ``image``.
     """
 
-    def __init__(self, app, routes: dict[str, tuple[str, ...]], max_body_bytes: int, api_key: str = "") -> None:
+    def __init__(self, app, routes: dict[str, tuple[str, ...]], max_body_bytes: int, api_key: str = "",
+                 fields: dict[str, frozenset[str]] | None = None) -> None:
         self.app = app
         self.routes = routes
+        self.fields = fields or {}
         self.max_body_bytes = int(max_body_bytes)
         self.api_key = api_key.encode()
 
@@ -187,7 +192,23 @@ class RequestGuard:
             raw = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
             raw += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             scope = {**scope, "headers": raw}
+        self._check_fields(path, body)
         return scope, body
+
+    def _check_fields(self, path: str, body: bytes) -> None:
+        """Raise _Reject(400) naming each top-level field of a JSON object body that ``path`` does not
+        take. A body that is not a JSON object is left to BentoML's own validation."""
+        known = self.fields.get(path)
+        if known is None:
+            return
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return
+        unknown = sorted(set(payload) - known) if isinstance(payload, dict) else []
+        if unknown:
+            accepted = ", ".join(sorted(known))
+            raise _Reject(400, "; ".join(f"{name}: unknown field ({path} takes {accepted})" for name in unknown))
 
     async def _form_to_json(self, path: str, scope, body: bytes) -> bytes:
         from starlette.datastructures import UploadFile

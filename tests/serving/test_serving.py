@@ -281,6 +281,11 @@ def test_bad_input_gets_4xx_naming_the_field_and_the_service_keeps_answering(ser
                                                    "files": {"a": ("a.jpg", jpeg, "image/jpeg")}}, 400,
          "listings[0].image"),
         ("multipart: unexpected field", "/embed", {"files": {"photo": ("x.jpg", jpeg, "image/jpeg")}}, 400, "photo"),
+        # a top-level field the route does not take is named, never answered as if it filtered (issue 33)
+        ("unknown top-level field", "/similar", {"json": {"product_id": "1163", "k": 3,
+                                                          "filters": {"category": "Tshirts"}}}, 400, "filters"),
+        ("unknown top-level field on /embed", "/embed", {"json": {"listings": [ok], "normalize": False}}, 400,
+         "normalize"),
         ("k = 0", "/similar", {"json": {"product_id": "1163", "k": 0}}, 400, "k"),
         ("k over the limit", "/similar", {"json": {"product_id": "1163", "k": schemas.MAX_K + 1}}, 400, "k"),
         ("k not a number", "/similar", {"json": {"product_id": "1163", "k": "ten"}}, 400, "k"),
