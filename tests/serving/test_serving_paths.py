@@ -43,8 +43,9 @@ def _metric(text: str, name: str) -> float:
                if line.startswith(name + "{") or line.startswith(name + " "))
 
 
-def _wait_for(condition, what: str, timeout: float = 120.0, every: float = 0.25):
-    """Poll ``condition()`` until it returns something truthy (returned); fail naming ``what``."""
+def _wait_for(condition, what: str, timeout: float = 300.0, every: float = 0.25):
+    """Poll ``condition()`` until it returns something truthy (returned); fail naming ``what``. The
+    bound is generous (a loaded 2-core machine loads a model slowly); a healthy run returns in seconds."""
     deadline = time.monotonic() + timeout
     while True:
         got = condition()
@@ -233,7 +234,7 @@ def test_failed_hot_swap_keeps_serving_and_a_pinned_server_does_not_follow(store
         assert _served(pinned_url) == tags["A"]                # pinned: the pointer's moves do not reach it
         # (the counter is bumped just after the swap's assignment: wait for it rather than race it)
         swaps = lambda: _metric(httpx.get(follower.url + "/metrics", timeout=30).text, "item_model_swaps_total")  # noqa: E731
-        _wait_for(lambda: swaps() >= 1, "the swap to be counted", timeout=60)
+        _wait_for(lambda: swaps() >= 1, "the swap to be counted")
         assert swaps() == 1                                    # the failed load of C was not counted
         assert f"now serving {tags['B']} (was {tags['A']}" in follower.log()
         assert "now serving" not in (tmp_path / "pinned.log").read_text()
