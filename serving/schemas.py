@@ -335,7 +335,8 @@ class Neighbour(BaseModel):
     product_id: str
     title: Optional[str] = None
     category: Optional[str] = None
-    score: float = Field(description="cosine similarity to the query, in [-1, 1]")
+    score: float = Field(description="mode vector: cosine similarity to the query, in [-1, 1]; keyword: the "
+                                     "BM25 score; hybrid: the reciprocal-rank-fusion score")
 
 
 class SimilarResult(BaseModel):
@@ -350,10 +351,15 @@ class SimilarResult(BaseModel):
     product_id: Optional[str] = Field(None, description="the queried product_id (excluded from the results)")
     k: int
     catalog_size: int
-    search: Literal["exact", "usearch-hnsw", "faiss-hnsw-sq8+rerank", "faiss-ivfpq+rerank", "milvus"] = Field(
-        "exact", description="how the index was searched: exactly (every listing scored) or through the "
-                             "approximate index (HNSW, inverted file or Milvus) built for catalogs above the exact-search "
-                             "threshold")
+    search: Literal["exact", "usearch-hnsw", "faiss-hnsw-sq8+rerank", "faiss-ivfpq+rerank", "milvus", "bm25"] = Field(
+        "exact", description="how the index was searched: exactly (every listing scored, or under a selective "
+                             "filter every matching one), through the approximate index (HNSW, inverted file or "
+                             "Milvus) built for catalogs above the exact-search threshold, or 'bm25' (mode keyword)")
+    mode: Literal["vector", "keyword", "hybrid"] = Field(
+        "vector", description="vector: cosine similarity; keyword: BM25 over the titles; hybrid: both, fused by "
+                              "reciprocal rank fusion")
+    matching: Optional[int] = Field(None, description="listings the filters and exclude_ids keep (the catalog "
+                                                      "size without them)")
     index_source: Literal["package", "catalog"] = Field(
         "package", description="'catalog': the catalog index of this model version under the storage root "
                                "(written by the training run, refreshed by `item index`); 'package': the copy "

@@ -47,12 +47,13 @@ set_offline_defaults()
 # with two threads)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import functools  # noqa: E402
 import inspect  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Annotated, Optional  # noqa: E402
+from typing import Annotated, Any, Literal, Optional  # noqa: E402
 
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
@@ -63,7 +64,9 @@ from serving import schemas, service_guard  # noqa: E402
 from serving.schemas import (MAX_K, MAX_LISTINGS, Embedding, Listing, Neighbour, ProductId,  # noqa: E402
                              SimilarResult)
 from serving.service_guard import (CURRENT, DECODE_PROCESSES, RequestGuard, decode_pool, tiny_png)
-from serving.service_model import MAX_BATCH_SIZE, MAX_LATENCY_MS, ServedModel, search_ids, searched_kind  # noqa: E402,E501
+from components.index.filters import MAX_EXCLUDE_IDS, FilterError  # noqa: E402
+from serving.service_model import (MAX_BATCH_SIZE, MAX_LATENCY_MS, ServedModel, find, search_ids,  # noqa: E402
+                                   searched_kind)
 
 logger = logging.getLogger("bentoml.item")     # a child of BentoML's logger: its handlers print it
 
@@ -310,13 +313,20 @@ class ItemService:
 
     @bentoml.api(route="/similar")
     async def similar(self, listing: Optional[Listing] = None, product_id: Optional[ProductId] = None,
-                      k: Annotated[int, Field(ge=1, le=MAX_K)] = 10) -> SimilarResult:
+                      k: Annotated[int, Field(ge=1, le=MAX_K)] = 10,
+                      filters: Optional[dict[str, Any]] = None,
+                      exclude_ids: Optional[Annotated[list[str], Field(max_length=MAX_EXCLUDE_IDS)]] = None,
+                      mode: Literal["vector", "keyword", "hybrid"] = "vector",
+                      keyword_weight: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0) -> SimilarResult:
         """The top-k same-product candidates in the catalog index for a listing (title and/or image)
-        or a catalog ``product_id`` (its stored embedding; itself excluded), by cosine similarity,
-        best first, with ids and titles. Searches the catalog's joint embeddings, or for a title-only /
-        photo-only listing the catalog's embeddings of the same kind when the index holds them
-        (cross-kind scores do not rank same products); exactly, or through the approximate index
-        the index was built with (``search`` in the answer)."""
+        or a catalog ``product_id`` (its stored embedding; itself excluded), best first, with ids and
+        titles. ``mode``: ``vector`` (cosine similarity: the catalog's joint embeddings, or for a
+        title-only / photo-only listing those of the same kind), ``keyword`` (BM25 over the titles) or
+        ``hybrid`` (both, fused by reciprocal rank fusion, the keyword list weighted ``keyword_weight``).
+        ``filters`` (``{column: value | [values] | {"gte": ..}}``, docs/serving.md) and ``exclude_ids``
+        restrict the answer to the listings they keep; ``search`` says how the index was searched
+        (exactly, through the approximate index, or BM25) and ``matching`` how many listings the
+        filters kept."""
         served = self.served
         t0 = time.perf_counter()
         if (listing is None) == (product_id is None):
@@ -324,35 +334,54 @@ class ItemService:
         if "joint" not in served.indexes:
             from bentoml.exceptions import ServiceUnavailable
             raise ServiceUnavailable(f"{served.tag} was packaged without a catalog index")
+        try:
+            match = served.listing_filter.match(filters, exclude_ids)
+        except FilterError as exc:
+            raise InvalidArgument(str(exc)) from None
+        row = None
         if product_id is not None:
             row = served.row_of.get(product_id)
             if row is None:
                 raise NotFound(f"product_id: {product_id!r} is not in the catalog index of {served.tag} "
                                f"({len(served.ids)} listings)")
+        text = served.titles[row] if listing is None else listing.title
+        if mode != "vector" and not (text or "").strip():
+            raise InvalidArgument(f"{'listing.title' if listing is not None else 'product_id'}: mode {mode!r} "
+                                  f"needs a title to search the titles with")
+        kind = "catalog" if listing is None else listing.kind
+        searched = "joint" if listing is None else searched_kind(served, kind)
+        search = functools.partial(find, served, searched, k, mode, text=text, exclude=row, mask=match.mask,
+                                   keyword_weight=keyword_weight)
+        if listing is None or mode == "keyword":
             # a few ms of one matrix-vector product: cheaper here than two thread hand-offs
-            kind, searched = "catalog", "joint"
-            query = np.asarray(served.indexes["joint"][row], dtype=np.float32)
-            rows, scores, how = served.search("joint", query, k, exclude=row)
+            vector = None if listing is not None else np.asarray(served.indexes["joint"][row], dtype=np.float32)
+            rows, scores, how = search(vector=vector)
         else:
             import anyio
-            kind = listing.kind
-            searched = searched_kind(served, kind)
-            def search():
+
+            def embed_and_search():
                 vectors, failed = self._embed(served, [listing])
                 if failed:
                     raise RuntimeError(f"listing: embedding failed ({failed[0]})")
-                return served.search(searched, vectors[0], k)
-            rows, scores, how = await anyio.to_thread.run_sync(search)
-        if self.shadow is not None and self.shadow.sampled():
+                return search(vector=vectors[0])
+            rows, scores, how = await anyio.to_thread.run_sync(embed_and_search)
+        if self.shadow is not None and self.shadow.sampled() and mode == "vector" and match.mask is None:
             self.shadow.submit(route="/similar", champion=served, query_kind=kind,
                                champion_ms=1e3 * (time.perf_counter() - t0),
                                champion_ids=[str(served.ids[r]) for r in rows], listing=listing, product_id=product_id)
-        room = len(served.ids) - (product_id is not None)
-        note = (f"k={k} clipped to {room}: the catalog index holds {len(served.ids)} listings"
-                + (" (the queried one excluded)" if product_id is not None else "")) if k > room else None
+        notes = list(match.notes)
+        room = match.matching - (row is not None and (match.mask is None or bool(match.mask[row])))
+        if k > room:
+            notes.append(f"k={k} clipped to {room}: " + (f"the catalog index holds {len(served.ids)} listings"
+                                                          if match.mask is None else
+                                                          f"{match.matching} listings match the filters")
+                         + (" (the queried one excluded)" if row is not None else ""))
+        elif len(rows) < k and mode == "keyword":
+            notes.append(f"{len(rows)} of k={k}: only {len(rows)} matching titles share a word with the query")
         return SimilarResult(
             model_version=served.tag, query_kind=kind, index=searched, product_id=product_id, k=k,
-            catalog_size=len(served.ids), search=how, index_source=served.index_source, note=note,
+            catalog_size=len(served.ids), search=how, index_source=served.index_source, mode=mode,
+            matching=match.matching, note="; ".join(notes) or None,
             results=[Neighbour(product_id=served.ids[r], title=served.titles[r], category=served.categories[r],
                                score=float(s)) for r, s in zip(rows, scores)])
 

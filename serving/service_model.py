@@ -30,7 +30,8 @@ class ServedModel:
     store folder (:meth:`load`). Immutable once loaded; the service swaps whole bundles."""
 
     def __init__(self, tag: str, model, processor, indexes: dict[str, np.ndarray], ids: np.ndarray,
-                 titles: np.ndarray, categories: np.ndarray, ann: dict | None = None, index_source: str = "package"):
+                 titles: np.ndarray, categories: np.ndarray, ann: dict | None = None, index_source: str = "package",
+                 listing_filter=None, lexical=None):
         self.tag, self.model, self.processor = tag, model, processor
         self.dim = int(model.config.hidden_size)
         self.indexes, self.ids, self.titles, self.categories = indexes, ids, titles, categories
@@ -39,13 +40,23 @@ class ServedModel:
         self.ann = dict(ann or {})
         self.index_source = index_source
         self.row_of = {pid: i for i, pid in enumerate(ids)}
+        #: the index's filterable columns (components.index.filters.ListingFilter) and BM25 over its titles
+        #: (components.index.lexical.LexicalIndex); None without a catalog index
+        self.listing_filter, self.lexical = listing_filter, lexical
 
-    def search(self, kind: str, query: np.ndarray, k: int, exclude: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray, str]:
+    def search(self, kind: str, query: np.ndarray, k: int, exclude: int | None = None,
+               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         """Top-k rows of the index ``kind`` for a (D,) float32 query: (rows (k',) int64, cosine scores
         (k',) float32, ``"exact"`` or the approximate backend's kind), best first; ``exclude`` is a row
-        never returned."""
+        never returned, ``mask`` ((n,) bool) the rows that may be
+        (:func:`components.index.filters.filtered_search`: the path taken is the one returned)."""
         ann = self.ann.get(kind)
+        if mask is not None:
+            from components.index.filters import filtered_search
+            if exclude is not None:
+                mask = mask.copy()
+                mask[exclude] = False
+            return filtered_search(self.indexes[kind], ann, query, k, mask)
         if ann is None:
             rows, scores = top_k(self.indexes[kind], query, k, exclude=exclude)
             return rows, scores, "exact"
@@ -71,6 +82,8 @@ class ServedModel:
 
         from components.index.layout import load_catalog_index
         from components.index.backends import load_index
+        from components.index.filters import ListingFilter
+        from components.index.lexical import LEXICAL_DIR, LexicalIndex
         from item_model.modeling_item import ItemModel
         from item_model.processing_item import ItemProcessor
         from serving.store import registry_version_of, served_index_folder
@@ -82,6 +95,7 @@ class ServedModel:
         indexes: dict[str, np.ndarray] = {}
         ann: dict = {}
         ids = titles = categories = np.empty(0, dtype=object)
+        listing_filter = lexical = None
         packaged_from = registry_version_of(tag)           # the store's model list, read once
         with served_index_folder(tag, path, registry_version=packaged_from) as (folder, source):
             index_dir = Path(folder) / INDEX_DIR
@@ -105,13 +119,15 @@ class ServedModel:
                 titles = listings["title"].astype(object).where(listings["title"].notna(), None).to_numpy()
                 categories = (listings["category"].astype(object).where(listings["category"].notna(), None)
                               .to_numpy() if "category" in listings else np.full(len(listings), None))
+                listing_filter = ListingFilter(listings)
+                lexical = LexicalIndex.load(index_dir / LEXICAL_DIR, listings["title"])
                 logger.info("catalog index of %s (%s): %d listings x %d, kinds %s, %s search (fingerprint %s)", tag,
                             "the storage root's" if source == "catalog" else "the packaged copy", len(ids), dim, sorted(indexes),
                             "approximate" if ann else "exact", str(meta.get("catalog_fingerprint", ""))[:16])
             else:
                 logger.warning("%s has no %s/: /similar answers 503", tag, INDEX_DIR)
         served = cls(tag, model, processor, indexes, ids, titles, categories, ann=ann,
-                     index_source=source)
+                     index_source=source, listing_filter=listing_filter, lexical=lexical)
         with torch.no_grad():  # warm-up: the first request should not pay for lazy initialisation
             h, w = processor.image_size
             served.embed(["warm up"], [np.zeros((h, w, 3), dtype=np.uint8)])
@@ -148,3 +164,44 @@ def searched_kind(served: ServedModel, kind: str) -> str:
 def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
     from PIL import Image
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+#: candidates each side of a hybrid query brings to reciprocal rank fusion (at least k)
+HYBRID_CANDIDATES = 50
+SEARCH_MODES = ("vector", "keyword", "hybrid")
+
+
+def find(served: ServedModel, kind: str, k: int, mode: str = "vector", vector: np.ndarray | None = None,
+         text: str | None = None, exclude: int | None = None, mask: np.ndarray | None = None,
+         keyword_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
+    """``/similar``'s search in one of :data:`SEARCH_MODES`.
+
+    Args:
+        kind: the catalog index the vector side searches (``searched_kind``).
+        mode: ``"vector"`` (cosine over ``vector``), ``"keyword"`` (BM25 of ``text`` over the titles,
+            :class:`components.index.lexical.LexicalIndex`) or ``"hybrid"`` (the top
+            max(k, :data:`HYBRID_CANDIDATES`) of each, fused by reciprocal rank fusion with weights 1 for
+            the vector list and ``keyword_weight`` for the keyword list).
+        vector: (D,) float32 query embedding (vector, hybrid). text: the query text (keyword, hybrid).
+        exclude: a row never returned. mask: (n,) bool, the rows a filter keeps (None = all).
+
+    Returns:
+        (rows (k',) int64, scores (k',) float32, search): scores are cosine similarities (vector), BM25
+        scores (keyword) or fused RRF scores (hybrid); ``search`` the vector path taken (``"exact"`` or the
+        approximate index's kind), ``"bm25"`` in keyword mode.
+    """
+    if mode == "vector":
+        return served.search(kind, vector, k, exclude=exclude, mask=mask)
+    from components.index.lexical import reciprocal_rank_fusion
+    keep = mask
+    if exclude is not None:
+        keep = np.ones(len(served.ids), dtype=bool) if mask is None else mask.copy()
+        keep[exclude] = False
+    if mode == "keyword":
+        rows, scores = served.lexical.search(text, k, keep)
+        return rows, scores, "bm25"
+    wide = max(int(k), HYBRID_CANDIDATES)
+    vrows, _, how = served.search(kind, vector, wide, exclude=exclude, mask=mask)
+    krows, _ = served.lexical.search(text, wide, keep)
+    rows, scores = reciprocal_rank_fusion([vrows, krows], [1.0, float(keyword_weight)], k)
+    return rows, scores, how

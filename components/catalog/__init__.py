@@ -198,6 +198,28 @@ def to_canonical(table: pa.Table | pd.DataFrame, source: str = "<table>") -> pd.
         else:
             out[dst] = None
     out["year"] = pd.to_numeric(out["year"], errors="coerce").astype("Int64")
+    for name in extra_columns(df):                # a catalog's own attributes, kept for filtered search
+        out[name] = df[name].to_numpy()
+    return out
+
+
+#: source columns the canonical schema maps or drops; any other column of scalars is a catalog's own
+#: attribute and is kept under its own name (filterable in the catalog index)
+SOURCE_KNOWN = {*SOURCE_REQUIRED, SOURCE_IMAGE, *SOURCE_CATEGORY_LEVELS, *SOURCE_OPTIONAL}
+
+
+def extra_columns(df: pd.DataFrame) -> list[str]:
+    """A shard's columns beyond the fashion-catalog layout that hold scalars (numbers, strings,
+    booleans) and do not collide with a canonical column: e.g. a marketplace's ``seller_id``,
+    ``price`` or ``in_stock``. Kept by :func:`to_canonical` and in the catalog index's listings."""
+    out = []
+    for name in df.columns:
+        if name in SOURCE_KNOWN or name in CANONICAL_COLUMNS or not isinstance(name, str):
+            continue
+        col = df[name]
+        if pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype) or all(
+                isinstance(v, str) for v in col.dropna().head(100)):
+            out.append(name)
     return out
 
 

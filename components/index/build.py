@@ -4,7 +4,7 @@ index pipeline (``pipelines/index.py``, ``item index``); no Kubeflow or BentoML 
 Layout under an index root (``<storage root>/indexes/<model version>/``, local or ``gs://``)::
 
     shards/shard-00003-of-00008.parquet   one file a shard: product_id, content_hash, model_version,
-                                          title, category, year, group_id, and one float32
+                                          title, the filter columns, group_id, and one float32
                                           fixed-size-list column per embedding kind ("joint",
                                           "text", "image": INDEX_KINDS), L2-normalised
     catalog_index/                        the whole catalog's index (:mod:`components.index.layout`
@@ -40,10 +40,10 @@ from components.storage.layout import INDEX_KINDS, LEGACY_INDEX_KINDS, index_kin
 from components.index.backends import ANN_SETTINGS as RERANK_SETTINGS
 from components.index.backends import IVFPQ_SETTINGS
 from components.index.backends import IndexVersionMismatch
+from components.index.layout import listing_columns
 
 logger = logging.getLogger(__name__)
 
-KEEP_COLUMNS = ["product_id", "title", "category", "year", "group_id"]
 #: above this many listings an approximate index is built beside the exact one (docs/index.md)
 DEFAULT_EXACT_MAX = 200_000
 #: the approximate index kinds ``build_index`` writes (:mod:`.vector_index`)
@@ -96,6 +96,18 @@ def _vectors_table(df: pd.DataFrame, vectors: dict[str, np.ndarray]):
         table = table.append_column(kind, pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)),
                                                                             matrix.shape[1]))
     return table
+
+
+def _same_listings(new: pd.DataFrame, old: pd.DataFrame) -> bool:
+    """Whether a shard's stored rows hold the same listing columns and values as ``new`` (an attribute
+    such as a listing's category can change without its title or photo: the vectors are reused, the
+    shard is rewritten so that filters see the change)."""
+    cols = [c for c in new.columns]
+    if set(cols) - set(old.columns) or len(new) != len(old):
+        return False
+    a = new[cols].astype(str).sort_values("product_id").reset_index(drop=True)
+    b = old[cols].astype(str).sort_values("product_id").reset_index(drop=True)
+    return a.equals(b)
 
 
 def read_shard(location: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -178,7 +190,8 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
     removed = len(set(old_rows["product_id"].astype(str)) - set(rows.get("product_id", pd.Series(dtype=str)).astype(str)))
     stats = {"shard": shard, "listings": int(len(rows)), "embedded": int(len(todo)),
              "reused": int((reuse >= 0).sum()), "removed": int(removed), "skipped": len(skipped)}
-    if len(todo) == 0 and removed == 0 and storage.exists(location):
+    out = rows[[c for c in listing_columns(rows) if c != "split"]].copy() if len(rows) else rows.copy()
+    if len(todo) == 0 and removed == 0 and storage.exists(location) and _same_listings(out, old_rows):
         logger.info("shard %d: no listing new, changed or removed; left as it was", shard)
         return {**stats, "written": False, "wall_s": round(time.perf_counter() - t0, 2)}
 
@@ -198,7 +211,6 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
         if len(todo):
             matrix[todo] = fresh[kind]
         vectors[kind] = matrix
-    out = rows[[c for c in KEEP_COLUMNS if c in rows.columns]].copy()
     out["product_id"] = out["product_id"].astype(str)
     out.insert(1, "content_hash", hashes.astype(str))
     out.insert(2, "model_version", model_version)
@@ -261,7 +273,10 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
     order = np.argsort(listings["product_id"].to_numpy().astype(str), kind="stable")   # shard-count free order
     listings = listings.iloc[order].reset_index(drop=True)
     embeddings = {k: np.ascontiguousarray(v[order]) for k, v in embeddings.items()}
-    fingerprint = hashlib.sha256("\n".join(listings["content_hash"].astype(str)).encode()).hexdigest()
+    # titles and photos (content hashes) and the attributes filters read: a relabelled listing rebuilds
+    attributes = listings.drop(columns=["content_hash", "model_version"]).astype(str)
+    fingerprint = hashlib.sha256("\n".join(listings["content_hash"].astype(str)).encode()
+                                 + pd.util.hash_pandas_object(attributes, index=False).to_numpy().tobytes()).hexdigest()
     n, dim = len(listings), int(embeddings["joint"].shape[1])
     if backend not in ANN_BACKENDS:
         raise ValueError(f"backend: {backend!r}, expected one of {ANN_BACKENDS}")

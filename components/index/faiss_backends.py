@@ -11,6 +11,9 @@ import numpy as np
 from components.index.base import META_FILE, _check
 from item_model.io import write_json_atomic
 
+#: the largest HNSW candidate list a filtered search widens to
+FILTERED_EF_MAX = 2048
+
 
 class _FaissIndex:
     """What the faiss backends share: a faiss index, the model version, the settings that
@@ -31,10 +34,30 @@ class _FaissIndex:
     def set_ef(self, ef: int) -> None:
         raise NotImplementedError
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    #: :func:`components.index.filters.filtered_search` may pass ``mask``
+    supports_mask = True
+
+    def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`VectorIndex.search`; ``mask`` ((n,) bool) restricts the search to the rows it keeps, by
+        faiss's own filtered search (an ``IDSelectorBitmap`` in the search parameters: the graph walk or
+        the inverted lists skip the other rows). Missing results are row -1."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        scores, rows = self.index.search(q, min(k, len(self)))
+        if mask is None:
+            scores, rows = self.index.search(q, min(k, len(self)))
+        else:
+            import faiss
+            bitmap = np.packbits(np.asarray(mask, dtype=bool), bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
+            fraction = max(float(np.count_nonzero(mask)) / max(len(mask), 1), 1e-6)
+            scores, rows = self.index.search(q, min(k, len(self)), params=self._params(selector, fraction))
+            del bitmap                                    # the selector reads it until here
         return rows.astype(np.int64), scores.astype(np.float32)
+
+    def _params(self, selector, fraction: float):
+        """faiss search parameters with ``selector``, the query-time knob widened for a filter that keeps
+        ``fraction`` of the rows (the walk must visit about 1 / fraction times more rows to collect as
+        many matching candidates; benchmarks/filtered_search.py)."""
+        raise NotImplementedError
 
     def save(self, folder: str | Path) -> None:
         import faiss
@@ -84,6 +107,11 @@ class FaissHNSWIndex(_FaissIndex):
     def memory_bytes(self) -> int:
         import faiss
         return int(faiss.serialize_index(self.index).nbytes)
+
+    def _params(self, selector, fraction: float):
+        import faiss
+        ef = int(self.index.hnsw.efSearch)
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=int(min(FILTERED_EF_MAX, np.ceil(ef / fraction))))
 
 
 class FaissIVFPQIndex(_FaissIndex):
@@ -162,6 +190,11 @@ class FaissIVFPQIndex(_FaissIndex):
         """Cells scanned per query (``nprobe``), the recall / latency knob of an inverted file."""
         self.index.nprobe = int(min(int(ef), self.index.nlist))
         self.settings["nprobe"] = int(ef)
+
+    def _params(self, selector, fraction: float):
+        import faiss
+        nprobe = int(min(self.index.nlist, np.ceil(self.index.nprobe / fraction)))
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
 
     def memory_bytes(self) -> int:
         """Codes and ids of the inverted lists plus the quantisers' centroids."""

@@ -6,7 +6,10 @@ copied into the BentoML model at package time, and read by serving (``/similar``
 
 Layout of the folder::
 
-    listings.parquet   product_id, title, category, split, year, group_id   (n rows)
+    listings.parquet   product_id, title, the filter columns (FILTER_COLUMNS: category,
+                       category_path, gender, colour, season, year, usage, and a catalog's own
+                       scalar columns), split, group_id   (n rows; older indexes: fewer columns)
+    lexical/           BM25 over the titles (components.index.lexical), rebuilt on load if absent
     embeddings.npz     one float32 (n, D) array per embedding kind (INDEX_KINDS): "joint" (title +
                        photo), and when computed "text", "image"; rows aligned with listings.
                        Indexes written before 2026-12-06 name them "item", "item_text_only",
@@ -24,9 +27,22 @@ import numpy as np
 import pandas as pd
 
 from components.storage.layout import INDEX_KINDS, LEGACY_INDEX_KINDS, index_kind
+from components.index.lexical import LEXICAL_DIR, LexicalIndex
 from item_model.io import atomic_path, write_json_atomic
 
-LISTING_COLUMNS = ["product_id", "title", "category", "split", "year", "group_id"]
+#: the catalog's attributes kept in the index for filtered search (components.index.filters), beside
+#: any scalar column a catalog adds (components.catalog.extra_columns)
+FILTER_COLUMNS = ["category", "category_path", "gender", "colour", "season", "year", "usage"]
+LISTING_COLUMNS = ["product_id", "title", *FILTER_COLUMNS, "split", "group_id"]
+#: columns of a canonical catalog table or a shard file that are not listing attributes
+INTERNAL_COLUMNS = {"image_bytes", "image_uri", "content_hash", "model_version"}
+
+
+def listing_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of ``df`` the index keeps: :data:`LISTING_COLUMNS` present, then a catalog's own
+    scalar attributes (every other column but :data:`INTERNAL_COLUMNS`)."""
+    known = [c for c in LISTING_COLUMNS if c in df.columns]
+    return known + [c for c in df.columns if c not in LISTING_COLUMNS and c not in INTERNAL_COLUMNS]
 
 
 def save_catalog_index(path: str | Path, df: pd.DataFrame, embeddings: dict[str, np.ndarray],
@@ -50,9 +66,10 @@ def save_catalog_index(path: str | Path, df: pd.DataFrame, embeddings: dict[str,
             raise ValueError(f"embeddings[{kind!r}] has shape {emb.shape}, expected ({n}, {dim})")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    listings = df[[c for c in LISTING_COLUMNS if c in df.columns]].reset_index(drop=True)
+    listings = df[listing_columns(df)].reset_index(drop=True)
     with atomic_path(path / "listings.parquet") as tmp:
         listings.to_parquet(tmp, index=False)
+    LexicalIndex.build(listings["title"]).save(path / LEXICAL_DIR)
     with atomic_path(path / "embeddings.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in embeddings.items()})

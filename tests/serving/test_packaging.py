@@ -48,7 +48,7 @@ def test_serving_check_config_is_read_from_the_gate_config_and_checked():
 #: their closure
 SERVING_ROOTS = ("bentoml", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyarrow",
                  "pillow", "pydantic", "google-cloud-storage", "psutil", "pyyaml", "tqdm", "anyio", "starlette",
-                 "httpx", "uvloop", "httptools", "usearch", "pymilvus", "milvus-lite")
+                 "httpx", "uvloop", "httptools", "usearch", "pymilvus", "milvus-lite", "bm25s", "scipy")
 
 
 def _pins(path: Path) -> dict[str, str]:

@@ -208,6 +208,76 @@ def test_similar_finds_same_product_group_members(server, packaged_model, catalo
     assert hits_by_listing["joint"] >= len(queries) - 1 and hits_by_listing["image"] >= len(queries) - 1, hits_by_listing
 
 
+def test_similar_filters_exclusions_and_keyword_modes(server, packaged_model):
+    """Filters, ``exclude_ids`` and ``mode`` through the real server, checked against the packaged index
+    itself: every result meets the filter, the order is exact filtered search's, excluded ids never
+    come back, a filter that matches nothing or fewer than k listings says so in ``note``, and keyword /
+    hybrid search find a listing by its exact title."""
+    from components.index.layout import load_catalog_index
+    listings, emb, _ = load_catalog_index(packaged_model["index_dir"])
+    ids = listings["product_id"].astype(str).tolist()
+    category = listings["category"].value_counts().index[1]          # a category, not the largest
+    query = next(i for i, c in enumerate(listings["category"]) if c != category)
+
+    def exact(filter_mask, row, k):
+        scores = emb["joint"] @ emb["joint"][row]
+        scores[~filter_mask] = -np.inf
+        scores[row] = -np.inf
+        order = [r for r in np.argsort(-scores, kind="stable") if np.isfinite(scores[r])]
+        return [ids[r] for r in order[:k]]
+
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        r = client.post("/similar", json={"product_id": ids[query], "k": 5, "filters": {"category": category}})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        in_category = (listings["category"] == category).to_numpy()
+        assert (body["search"], body["mode"], body["matching"], body["note"]) == ("exact", "vector", in_category.sum(), None)
+        got = [n["product_id"] for n in body["results"]]
+        assert all(n["category"] == category for n in body["results"])
+        assert got == exact(in_category, query, 5)
+        # set and range conditions on two other columns, with the catalog's own values
+        years = sorted(listings["year"].dropna().unique())
+        cond = {"gender": ["Men", "Unisex"], "year": {"gte": int(years[len(years) // 2])}}
+        keep = (listings["gender"].isin(["Men", "Unisex"]) & (listings["year"] >= years[len(years) // 2])).to_numpy(bool)
+        r = client.post("/similar", json={"product_id": ids[query], "k": 8, "filters": cond})
+        assert r.status_code == 200 and r.json()["matching"] == keep.sum()
+        assert [n["product_id"] for n in r.json()["results"]] == exact(keep, query, 8)
+        # exclude_ids: the first three answers never come back; the next ones move up
+        plain = client.post("/similar", json={"product_id": ids[query], "k": 8}).json()["results"]
+        first = [n["product_id"] for n in plain[:3]]
+        r = client.post("/similar", json={"product_id": ids[query], "k": 5, "exclude_ids": first + ["no-such-id"]})
+        got = r.json()["results"]
+        # the next five by score (torch and numpy may order the tiny model's near-ties differently)
+        assert not {n["product_id"] for n in got} & set(first)
+        np.testing.assert_allclose([n["score"] for n in got], [n["score"] for n in plain[3:8]], atol=1e-5)
+        assert "exclude_ids: 1 of 4 id(s) are not in the catalog" in r.json()["note"]
+        # a value no listing has: an empty answer that says why, never an unfiltered one
+        r = client.post("/similar", json={"product_id": ids[query], "filters": {"colour": "Ultraviolet"}})
+        assert r.status_code == 200 and r.json()["results"] == [] and r.json()["matching"] == 0
+        assert "filters.colour: no listing has 'Ultraviolet'" in r.json()["note"]
+        # k above the matching listings: clipped, and said
+        small = listings["category"].value_counts()
+        rare = small[small >= 2].index[-1]
+        r = client.post("/similar", json={"product_id": ids[query], "k": 50, "filters": {"category": rare}})
+        assert len(r.json()["results"]) == small[rare] and f"{small[rare]} listings match the filters" in r.json()["note"]
+
+        # keyword and hybrid: a listing found by its exact title, photo withheld
+        title = listings["title"].iloc[query]
+        same_title = set(listings["product_id"][listings["title"] == title].astype(str))
+        for mode in ("keyword", "hybrid"):
+            r = client.post("/similar", json={"listing": {"title": title}, "k": 5, "mode": mode})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["mode"] == mode and body["search"] == ("bm25" if mode == "keyword" else "exact")
+            assert body["results"][0]["product_id"] in same_title, (mode, title, body["results"][:2])
+            scores = [n["score"] for n in body["results"]]
+            assert scores == sorted(scores, reverse=True) and scores[0] > 0
+        r = client.post("/similar", json={"product_id": ids[query], "k": 5, "mode": "keyword",
+                                          "filters": {"category": category}})
+        assert r.status_code == 200 and ids[query] not in [n["product_id"] for n in r.json()["results"]]
+        assert all(n["category"] == category for n in r.json()["results"])
+
+
 # ---------------------------------------------------------------------------------- bad input
 def _png(width: int, height: int) -> bytes:
     from PIL import Image
@@ -283,7 +353,24 @@ def test_bad_input_gets_4xx_naming_the_field_and_the_service_keeps_answering(ser
         ("multipart: unexpected field", "/embed", {"files": {"photo": ("x.jpg", jpeg, "image/jpeg")}}, 400, "photo"),
         # a top-level field the route does not take is named, never answered as if it filtered (issue 33)
         ("unknown top-level field", "/similar", {"json": {"product_id": "1163", "k": 3,
-                                                          "filters": {"category": "Tshirts"}}}, 400, "filters"),
+                                                          "filter": {"category": "Tshirts"}}}, 400, "filter"),
+        # filters (issue 33): a bad one is named down to the column, the operator or the element
+        ("unknown filter column", "/similar", {"json": {"product_id": "1163", "filters": {"brand": "Nike"}}}, 400,
+         "filters.brand"),
+        ("filter value of the wrong type", "/similar", {"json": {"product_id": "1163", "filters": {"year": "2012"}}},
+         400, "filters.year"),
+        ("unknown filter operator", "/similar", {"json": {"product_id": "1163", "filters": {"year": {"near": 2012}}}},
+         400, "filters.year.near"),
+        ("empty filter set", "/similar", {"json": {"product_id": "1163", "filters": {"gender": []}}}, 400,
+         "filters.gender"),
+        ("filters not an object", "/similar", {"json": {"product_id": "1163", "filters": ["Tshirts"]}}, 400, "filters"),
+        ("exclude_ids not strings", "/similar", {"json": {"product_id": "1163", "exclude_ids": [1163]}}, 400,
+         "exclude_ids[0]"),
+        ("unknown mode", "/similar", {"json": {"product_id": "1163", "mode": "semantic"}}, 400, "mode"),
+        ("keyword mode without a title", "/similar", {"json": {"listing": {"image": _b64(jpeg)}, "mode": "keyword"}},
+         400, "listing.title"),
+        ("negative keyword weight", "/similar", {"json": {"product_id": "1163", "mode": "hybrid", "keyword_weight": -1}},
+         400, "keyword_weight"),
         ("unknown top-level field on /embed", "/embed", {"json": {"listings": [ok], "normalize": False}}, 400,
          "normalize"),
         ("k = 0", "/similar", {"json": {"product_id": "1163", "k": 0}}, 400, "k"),

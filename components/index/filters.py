@@ -1,0 +1,286 @@
+"""Filtered search over a catalog index: conditions on the listings' columns (``/similar``'s
+``filters`` and ``exclude_ids``, the Python API's :func:`filtered_search`).
+
+A filter is a JSON object ``{column: condition}``, every condition must hold (AND):
+
+==========================  ==============================================================
+condition                   matches
+==========================  ==============================================================
+``"Tshirts"`` / ``2012``    equality (a string column takes a string, ``year`` a number)
+``["Men", "Unisex"]``       any of the values (a set); an empty list is an error
+``{"in": [...]}``           the same; ``{"not_in": [...]}`` none of them; ``{"ne": v}`` not v
+``{"gte": 2012, "lt": 2015}``  a range; ``gt`` / ``gte`` / ``lt`` / ``lte`` (numbers, or strings
+                            compared in Unicode order)
+==========================  ==============================================================
+
+A listing whose value is missing (null) matches no condition except ``ne`` / ``not_in``. Columns: the
+ones :data:`components.index.layout.FILTER_COLUMNS` names, plus any scalar column a catalog adds
+(kept in the index by :func:`components.catalog.to_canonical`).
+
+Search under a filter (:func:`filtered_search`): an exact index scores only the matching rows. An
+approximate index searches with its own filter when it has one (faiss: an ``IDSelectorBitmap`` in the
+HNSW / IVF search parameters, so the graph walk only collects matching rows); the others (usearch,
+Milvus) take ``k / selectivity`` candidates and drop the non-matching ones. Either switches to exact
+search over the matching rows when fewer than :data:`SELECTIVE_FRACTION` of the catalog match (or the
+approximate search returned fewer than k): HNSW's recall collapses under selective filters (the graph's
+neighbours of the entry points are all filtered out), while the matching rows of a selective filter
+are few enough to score one by one. The threshold is the one ``benchmarks/filtered_search.py``
+measured (docs/index.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from numbers import Real
+
+import numpy as np
+import pandas as pd
+
+#: below this fraction of matching listings a filtered query is answered by exact search over the
+#: matching rows (benchmarks/filtered_search.py, docs/index.md)
+SELECTIVE_FRACTION = 0.05
+#: ``exclude_ids`` longer than this is refused (a request is not a bulk job)
+MAX_EXCLUDE_IDS = 10_000
+OPERATORS = ("in", "not_in", "ne", "gt", "gte", "lt", "lte")
+#: columns of the index that are not attributes to filter on
+NOT_FILTERABLE = {"product_id", "title", "split", "group_id", "content_hash", "model_version",
+                  "image_bytes", "image_uri"}
+
+
+class FilterError(ValueError):
+    """A bad filter; ``field`` names it (``filters.colour``, ``exclude_ids[3]``), the message says why."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+@dataclass
+class FilterMatch:
+    """The rows a filter keeps: ``mask`` (n,) bool (None = no filter: every row), ``matching`` its count,
+    and ``notes`` for the answer (a value that matches nothing, excluded ids not in the catalog)."""
+
+    mask: np.ndarray | None
+    matching: int
+    notes: list[str] = field(default_factory=list)
+
+
+class _Column:
+    """One filterable column: numbers as float64 with NaN for null, strings as category codes."""
+
+    def __init__(self, name: str, values: pd.Series):
+        self.name = name
+        self.numeric = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+        if self.numeric:
+            self.values = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            cat = pd.Categorical(values.astype(object).where(values.notna(), None).map(
+                lambda v: None if v is None else str(v)))
+            self.levels = np.asarray(cat.categories, dtype=object)
+            self.codes = np.asarray(cat.codes, dtype=np.int32)              # -1 = null
+            self.level_of = {v: i for i, v in enumerate(self.levels)}
+
+    def _value(self, value, field_name: str):
+        if self.numeric:
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise FilterError(field_name, f"{value!r} is a {type(value).__name__}; column {self.name!r} "
+                                              f"holds numbers")
+            return float(value)
+        if not isinstance(value, str):
+            raise FilterError(field_name, f"{value!r} is a {type(value).__name__}; column {self.name!r} "
+                                          f"holds strings")
+        return value
+
+    def _isin(self, values: list, field_name: str) -> tuple[np.ndarray, list]:
+        if not isinstance(values, list) or not values:
+            raise FilterError(field_name, "a set of values must be a non-empty list")
+        vals = [self._value(v, f"{field_name}[{i}]") for i, v in enumerate(values)]
+        if self.numeric:
+            return np.isin(self.values, np.asarray(vals, dtype=np.float64)), []
+        codes = [self.level_of[v] for v in vals if v in self.level_of]
+        return np.isin(self.codes, np.asarray(codes, dtype=np.int32)), [v for v in vals if v not in self.level_of]
+
+    def _compare(self, op: str, value, field_name: str) -> np.ndarray:
+        v = self._value(value, field_name)
+        if self.numeric:
+            x, ok = self.values, ~np.isnan(self.values)
+        else:       # compare the (few) levels, then look the codes up
+            x, ok = self.levels, None
+        out = {"gt": x > v, "gte": x >= v, "lt": x < v, "lte": x <= v}[op] if len(x) else np.zeros(0, bool)
+        if self.numeric:
+            return out & ok
+        level_ok = np.append(np.asarray(out, dtype=bool), False)               # code -1 (null) -> False
+        return level_ok[self.codes]
+
+    def mask(self, condition, field_name: str) -> tuple[np.ndarray, list]:
+        """(n,) bool of the rows meeting ``condition``, and the values asked for that no row holds."""
+        if isinstance(condition, list):
+            return self._isin(condition, field_name)
+        if not isinstance(condition, dict):
+            v = self._value(condition, field_name)
+            if self.numeric:
+                return self.values == v, []
+            code = self.level_of.get(v)
+            return (self.codes == code if code is not None else np.zeros(len(self.codes), bool)), \
+                ([] if code is not None else [v])
+        if not condition:
+            raise FilterError(field_name, f"an empty condition; use a value, a list or operators {list(OPERATORS)}")
+        out, missing = None, []
+        for op, value in condition.items():
+            sub = f"{field_name}.{op}"
+            if op == "in":
+                m, miss = self._isin(value, sub)
+                missing += miss
+            elif op == "not_in":
+                m = ~self._isin(value, sub)[0]
+            elif op == "ne":
+                m = ~self.mask(value, sub)[0] if not isinstance(value, (list, dict)) else None
+                if m is None:
+                    raise FilterError(sub, "takes one value")
+            elif op in ("gt", "gte", "lt", "lte"):
+                m = self._compare(op, value, sub)
+            else:
+                raise FilterError(sub, f"unknown operator; use one of {list(OPERATORS)}")
+            out = m if out is None else out & m
+        return out, missing
+
+
+class ListingFilter:
+    """The filterable columns of a catalog index's listings, prepared once (at load) so that a filter
+    costs a few vectorised comparisons per query (about 1 ms per condition at 10^6 listings).
+
+    Args:
+        listings: the index's listings (:func:`components.index.layout.load_catalog_index`), rows
+            aligned with its embeddings; ``product_id`` for ``exclude_ids``.
+    """
+
+    def __init__(self, listings: pd.DataFrame):
+        self.n = len(listings)
+        self.columns = {c: _Column(c, listings[c]) for c in listings.columns if c not in NOT_FILTERABLE
+                        and _scalar(listings[c])}
+        ids = listings["product_id"].astype(str).to_numpy() if "product_id" in listings else np.empty(0, object)
+        self.row_of = {pid: i for i, pid in enumerate(ids)}
+
+    def match(self, filters: dict | None = None, exclude_ids: list | None = None) -> FilterMatch:
+        """The rows meeting every condition of ``filters`` and not named by ``exclude_ids``.
+
+        Args:
+            filters: ``{column: condition}`` (module docstring); None or {} = no condition.
+            exclude_ids: product ids never returned; ids not in the catalog give a note.
+
+        Returns:
+            :class:`FilterMatch`; ``mask`` None when neither argument restricts anything.
+
+        Raises:
+            FilterError: an unknown column (listing the filterable ones), a value of the wrong type, an
+                unknown operator, an empty set, or ``exclude_ids`` not a list of strings.
+        """
+        mask, notes = None, []
+        for column, condition in (filters or {}).items():
+            name = f"filters.{column}"
+            if column not in self.columns:
+                raise FilterError(name, f"unknown column; the index's filterable columns are {sorted(self.columns)}")
+            m, missing = self.columns[column].mask(condition, name)
+            if missing:
+                notes.append(f"{name}: no listing has {', '.join(repr(v) for v in missing[:5])}")
+            mask = m if mask is None else mask & m
+        if exclude_ids:
+            if not isinstance(exclude_ids, list) or len(exclude_ids) > MAX_EXCLUDE_IDS:
+                raise FilterError("exclude_ids", f"must be a list of at most {MAX_EXCLUDE_IDS} product ids")
+            rows, unknown = [], 0
+            for i, pid in enumerate(exclude_ids):
+                if not isinstance(pid, str):
+                    raise FilterError(f"exclude_ids[{i}]", f"{pid!r} is a {type(pid).__name__}, expected a string")
+                row = self.row_of.get(pid)
+                unknown += row is None
+                if row is not None:
+                    rows.append(row)
+            if unknown:
+                notes.append(f"exclude_ids: {unknown} of {len(exclude_ids)} id(s) are not in the catalog")
+            keep = np.ones(self.n, dtype=bool) if mask is None else mask.copy()
+            keep[np.asarray(rows, dtype=np.int64)] = False
+            mask = keep
+        matching = self.n if mask is None else int(mask.sum())
+        if mask is not None and matching == 0:
+            notes.append("the filters match no listing")
+        return FilterMatch(mask, matching, notes)
+
+
+def _scalar(values: pd.Series) -> bool:
+    """Whether a column holds scalars (numbers, strings, booleans), not bytes, lists or dicts."""
+    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype) \
+            and not pd.api.types.is_object_dtype(values.dtype):
+        return True
+    sample = values.dropna().head(100)
+    return all(isinstance(v, (str, int, float, bool, np.integer, np.floating)) for v in sample)
+
+
+def exact_top_k(vectors: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product among the rows ``mask`` keeps.
+
+    Args:
+        vectors: (n, D) float32 or float16 (e.g. the re-rank copy mapped from disk), L2-normalised.
+        query: (D,) float32, L2-normalised.
+        mask: (n,) bool or None (every row). Only the matching rows are read when they are under half
+            of the catalog; otherwise every row is scored and the others set to -inf.
+
+    Returns:
+        (rows (k',) int64, cosine scores (k',) float32), best first, k' = min(k, matching rows).
+    """
+    q = np.asarray(query, dtype=np.float32)
+    if mask is None:
+        rows = None
+        scores = np.asarray(vectors @ q.astype(vectors.dtype), dtype=np.float32)
+    else:
+        rows = np.flatnonzero(mask)
+        if len(rows) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        if len(rows) * 2 < len(vectors):
+            scores = np.asarray(np.asarray(vectors[rows], dtype=np.float32) @ q, dtype=np.float32)
+        else:
+            scores = np.asarray(vectors @ q.astype(vectors.dtype), dtype=np.float32)[rows]
+    k = min(int(k), len(scores))
+    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return (top if rows is None else rows[top]).astype(np.int64), scores[top]
+
+
+def filtered_search(vectors: np.ndarray, ann, query: np.ndarray, k: int, mask: np.ndarray | None = None,
+                    selective_fraction: float = SELECTIVE_FRACTION) -> tuple[np.ndarray, np.ndarray, str]:
+    """Top-k of a catalog index under a filter, by the path the module docstring describes.
+
+    Args:
+        vectors: (n, D) float32/float16 catalog vectors (exact search, and the fallback).
+        ann: the approximate index (:mod:`components.index.backends`) or None (exact search).
+        query: (D,) float32, L2-normalised.
+        mask: (n,) bool of the rows that may be returned, or None.
+        selective_fraction: matching fraction under which exact search over the matching rows is used.
+
+    Returns:
+        (rows (k',) int64, cosine scores (k',) float32, path): path is ``"exact"`` or the approximate
+        index's kind, the one that produced the answer.
+    """
+    n = len(vectors)
+    matching = n if mask is None else int(mask.sum())
+    if ann is None or matching < selective_fraction * n:
+        rows, scores = exact_top_k(vectors, query, k, mask)
+        return rows, scores, "exact"
+    want = min(int(k), matching)
+    q = np.asarray(query, dtype=np.float32)[None, :]
+    if mask is None:
+        rows, scores = ann.search(q, want)
+    elif getattr(ann, "supports_mask", False):
+        rows, scores = ann.search(q, want, mask=mask)
+    else:                                    # post-filter: enough candidates for k matching rows
+        cand = min(len(ann), int(np.ceil(want * n / max(matching, 1) * 2)))
+        rows, scores = ann.search(q, cand)
+    rows, scores = rows[0], scores[0]
+    keep = rows >= 0
+    if mask is not None:
+        keep &= mask[np.clip(rows, 0, n - 1)]
+    rows, scores = rows[keep][:want], scores[keep][:want]
+    if len(rows) < want:                     # the approximate search ran dry: answer exactly
+        rows, scores = exact_top_k(vectors, query, k, mask)
+        return rows, scores, "exact"
+    return rows.astype(np.int64), scores.astype(np.float32), ann.kind
