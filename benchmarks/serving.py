@@ -216,10 +216,10 @@ def in_process_cpu_per_embedding(model_dir: Path, queries: pd.DataFrame, batch: 
 
 
 def search_latency(index_rows: int, dim: int, threads: int, reps: int = 200) -> dict:
-    """In-process exact search (:func:`serving.schemas.top_k`, k = 10) over a random (n, D) index, ms."""
+    """In-process exact search (:func:`components.index.search.top_k`, k = 10) over a random (n, D) index, ms."""
     import torch
 
-    from serving.schemas import top_k
+    from components.index.search import top_k
     torch.set_num_threads(threads)
     rng = np.random.default_rng(1)
     index = rng.standard_normal((index_rows, dim)).astype(np.float32)

@@ -1,6 +1,6 @@
 """Request and response models of the ITEm service, the checks every request passes before it
 reaches the model (so one bad listing never fails a batch, and every failure is a 4xx naming the
-field), and the exact search of ``/similar`` (:func:`top_k`).
+field).
 
 Limits (environment variables, read at import; defaults in brackets):
 
@@ -392,30 +392,3 @@ def error_message(errors: list[dict], limit: int = 5) -> str:
     if len(errors) > limit:
         parts.append(f"(and {len(errors) - limit} more)")
     return "; ".join(parts)
-
-
-def top_k(index: np.ndarray, query: np.ndarray, k: int, exclude: int | None = None
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact maximum-inner-product search: one float32 matrix-vector product over the whole index
-    (torch, so it uses the worker's one thread pool) and ``np.argpartition`` for the top k.
-
-    Args:
-        index: (n, D) float32, C-contiguous, L2-normalised rows (so scores are cosine similarities).
-        query: (D,) float32.
-        k: results wanted (>= 1); fewer when the index is smaller.
-        exclude: a row never returned (the query's own row), or None.
-
-    Returns:
-        (rows (k,) int64, scores (k,) float32), best first.
-    """
-    import torch
-
-    scores = torch.mv(torch.from_numpy(index), torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))).numpy()
-    if exclude is not None:
-        scores[exclude] = -np.inf
-    k = min(int(k), len(scores) - (exclude is not None))
-    if k <= 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return top.astype(np.int64), scores[top]

@@ -65,8 +65,7 @@ from serving.schemas import (MAX_K, MAX_LISTINGS, Embedding, Listing, Neighbour,
                              SimilarResult)
 from serving.service_guard import (CURRENT, DECODE_PROCESSES, RequestGuard, decode_pool, tiny_png)
 from components.index.filters import MAX_EXCLUDE_IDS, FilterError  # noqa: E402
-from serving.service_model import (MAX_BATCH_SIZE, MAX_LATENCY_MS, ServedModel, find, search_ids,  # noqa: E402
-                                   searched_kind)
+from serving.service_model import MAX_BATCH_SIZE, MAX_LATENCY_MS, ServedModel, search_ids, searched_kind  # noqa: E402,E501
 
 logger = logging.getLogger("bentoml.item")     # a child of BentoML's logger: its handlers print it
 
@@ -334,10 +333,6 @@ class ItemService:
         if "joint" not in served.indexes:
             from bentoml.exceptions import ServiceUnavailable
             raise ServiceUnavailable(f"{served.tag} was packaged without a catalog index")
-        try:
-            match = served.listing_filter.match(filters, exclude_ids)
-        except FilterError as exc:
-            raise InvalidArgument(str(exc)) from None
         row = None
         if product_id is not None:
             row = served.row_of.get(product_id)
@@ -350,12 +345,16 @@ class ItemService:
                                   f"needs a title to search the titles with")
         kind = "catalog" if listing is None else listing.kind
         searched = "joint" if listing is None else searched_kind(served, kind)
-        search = functools.partial(find, served, searched, k, mode, text=text, exclude=row, mask=match.mask,
-                                   keyword_weight=keyword_weight)
+        try:                                   # a bad filter is refused before any embedding is computed
+            match = served.catalog.filter.match(filters, exclude_ids)
+        except FilterError as exc:
+            raise InvalidArgument(str(exc)) from None
+        search = functools.partial(served.catalog.search, k, mode, text=text, kind=searched, match=match,
+                                   exclude_row=row, keyword_weight=keyword_weight)
         if listing is None or mode == "keyword":
             # a few ms of one matrix-vector product: cheaper here than two thread hand-offs
             vector = None if listing is not None else np.asarray(served.indexes["joint"][row], dtype=np.float32)
-            rows, scores, how = search(vector=vector)
+            hits = search(vector=vector)
         else:
             import anyio
 
@@ -364,24 +363,25 @@ class ItemService:
                 if failed:
                     raise RuntimeError(f"listing: embedding failed ({failed[0]})")
                 return search(vector=vectors[0])
-            rows, scores, how = await anyio.to_thread.run_sync(embed_and_search)
+            hits = await anyio.to_thread.run_sync(embed_and_search)
+        rows, scores, how = hits.rows, hits.scores, hits.search
         if self.shadow is not None and self.shadow.sampled() and mode == "vector" and match.mask is None:
             self.shadow.submit(route="/similar", champion=served, query_kind=kind,
                                champion_ms=1e3 * (time.perf_counter() - t0),
                                champion_ids=[str(served.ids[r]) for r in rows], listing=listing, product_id=product_id)
-        notes = list(match.notes)
+        notes = list(hits.notes)
         room = match.matching - (row is not None and (match.mask is None or bool(match.mask[row])))
         if k > room:
             notes.append(f"k={k} clipped to {room}: " + (f"the catalog index holds {len(served.ids)} listings"
                                                           if match.mask is None else
-                                                          f"{match.matching} listings match the filters")
+                                                          f"{hits.matching} listings match the filters")
                          + (" (the queried one excluded)" if row is not None else ""))
         elif len(rows) < k and mode == "keyword":
             notes.append(f"{len(rows)} of k={k}: only {len(rows)} matching titles share a word with the query")
         return SimilarResult(
             model_version=served.tag, query_kind=kind, index=searched, product_id=product_id, k=k,
             catalog_size=len(served.ids), search=how, index_source=served.index_source, mode=mode,
-            matching=match.matching, note="; ".join(notes) or None,
+            matching=hits.matching, note="; ".join(notes) or None,
             results=[Neighbour(product_id=served.ids[r], title=served.titles[r], category=served.categories[r],
                                score=float(s)) for r, s in zip(rows, scores)])
 

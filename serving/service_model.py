@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from components.storage.layout import INDEX_DIR
-from serving.schemas import top_k
 
 logger = logging.getLogger("bentoml.item")     # a child of BentoML's logger: its handlers print it
 
@@ -29,40 +28,28 @@ class ServedModel:
     """One packaged model ready to answer: weights, processor and catalog index, loaded from its
     store folder (:meth:`load`). Immutable once loaded; the service swaps whole bundles."""
 
-    def __init__(self, tag: str, model, processor, indexes: dict[str, np.ndarray], ids: np.ndarray,
-                 titles: np.ndarray, categories: np.ndarray, ann: dict | None = None, index_source: str = "package",
-                 listing_filter=None, lexical=None):
+    def __init__(self, tag: str, model, processor, catalog=None, index_source: str = "package"):
         self.tag, self.model, self.processor = tag, model, processor
         self.dim = int(model.config.hidden_size)
-        self.indexes, self.ids, self.titles, self.categories = indexes, ids, titles, categories
-        #: kind -> approximate index (:mod:`components.index.backends`), for a catalog built above
-        #: the exact-search threshold by ``item index``; empty = exact search
-        self.ann = dict(ann or {})
+        #: the catalog index (components.index.search.CatalogSearch: vectors per kind, approximate
+        #: index per kind above the exact-search threshold, filters, BM25 over the titles); None = none
+        self.catalog = catalog
         self.index_source = index_source
-        self.row_of = {pid: i for i, pid in enumerate(ids)}
-        #: the index's filterable columns (components.index.filters.ListingFilter) and BM25 over its titles
-        #: (components.index.lexical.LexicalIndex); None without a catalog index
-        self.listing_filter, self.lexical = listing_filter, lexical
+        empty = np.empty(0, dtype=object)
+        self.indexes = catalog.vectors if catalog is not None else {}
+        self.ann = catalog.ann if catalog is not None else {}
+        self.ids = catalog.ids if catalog is not None else empty
+        self.row_of = catalog.row_of if catalog is not None else {}
+        self.titles = _column(catalog, "title")
+        self.categories = _column(catalog, "category")
 
     def search(self, kind: str, query: np.ndarray, k: int, exclude: int | None = None,
                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         """Top-k rows of the index ``kind`` for a (D,) float32 query: (rows (k',) int64, cosine scores
         (k',) float32, ``"exact"`` or the approximate backend's kind), best first; ``exclude`` is a row
         never returned, ``mask`` ((n,) bool) the rows that may be
-        (:func:`components.index.filters.filtered_search`: the path taken is the one returned)."""
-        ann = self.ann.get(kind)
-        if mask is not None:
-            from components.index.filters import filtered_search
-            if exclude is not None:
-                mask = mask.copy()
-                mask[exclude] = False
-            return filtered_search(self.indexes[kind], ann, query, k, mask)
-        if ann is None:
-            rows, scores = top_k(self.indexes[kind], query, k, exclude=exclude)
-            return rows, scores, "exact"
-        rows, scores = ann.search(query[None, :], k + (exclude is not None))
-        keep = (rows[0] >= 0) & (rows[0] != (-1 if exclude is None else exclude))
-        return rows[0][keep][:k], scores[0][keep][:k], ann.kind
+        (:meth:`components.index.search.CatalogSearch.vector_search`)."""
+        return self.catalog.vector_search(kind, query, k, exclude, mask)
 
     @classmethod
     def load(cls, tag: str, path: Path) -> "ServedModel":
@@ -82,8 +69,8 @@ class ServedModel:
 
         from components.index.layout import load_catalog_index
         from components.index.backends import load_index
-        from components.index.filters import ListingFilter
         from components.index.lexical import LEXICAL_DIR, LexicalIndex
+        from components.index.search import CatalogSearch
         from item_model.modeling_item import ItemModel
         from item_model.processing_item import ItemProcessor
         from serving.store import registry_version_of, served_index_folder
@@ -92,10 +79,7 @@ class ServedModel:
         model = ItemModel.from_pretrained(str(path)).eval()
         processor = ItemProcessor.from_pretrained(str(path), model.config)
         dim = int(model.config.hidden_size)
-        indexes: dict[str, np.ndarray] = {}
-        ann: dict = {}
-        ids = titles = categories = np.empty(0, dtype=object)
-        listing_filter = lexical = None
+        catalog = None
         packaged_from = registry_version_of(tag)           # the store's model list, read once
         with served_index_folder(tag, path, registry_version=packaged_from) as (folder, source):
             index_dir = Path(folder) / INDEX_DIR
@@ -105,6 +89,7 @@ class ServedModel:
                 if source == "catalog" and meta.get("model_version") != version:
                     raise ValueError(f"{index_dir}: field 'model_version' is {meta.get('model_version')!r}, "
                                      f"expected {version!r}; an index never mixes two models")
+                indexes, ann = {}, {}
                 for name, matrix in embeddings.items():
                     if matrix.shape[1] != dim:
                         raise ValueError(f"{index_dir}: {name} embeddings of width {matrix.shape[1]}, model D = {dim}")
@@ -115,19 +100,15 @@ class ServedModel:
                             # the re-rank copy, float16 mapped from disk, serves product_id lookups: the
                             # float32 matrix is not kept (1.5 GB per kind at 10^6)
                             indexes[name] = ann[name].vectors
-                ids = listings["product_id"].astype(str).to_numpy()
-                titles = listings["title"].astype(object).where(listings["title"].notna(), None).to_numpy()
-                categories = (listings["category"].astype(object).where(listings["category"].notna(), None)
-                              .to_numpy() if "category" in listings else np.full(len(listings), None))
-                listing_filter = ListingFilter(listings)
-                lexical = LexicalIndex.load(index_dir / LEXICAL_DIR, listings["title"])
-                logger.info("catalog index of %s (%s): %d listings x %d, kinds %s, %s search (fingerprint %s)", tag,
-                            "the storage root's" if source == "catalog" else "the packaged copy", len(ids), dim, sorted(indexes),
-                            "approximate" if ann else "exact", str(meta.get("catalog_fingerprint", ""))[:16])
+                catalog = CatalogSearch(listings, indexes, ann, LexicalIndex.load(index_dir / LEXICAL_DIR,
+                                                                                  listings["title"]))
+                logger.info("catalog index of %s (%s): %d listings x %d, kinds %s, %s search, filter columns %s "
+                            "(fingerprint %s)", tag, "the storage root's" if source == "catalog" else "the packaged copy",
+                            len(listings), dim, sorted(indexes), "approximate" if ann else "exact",
+                            sorted(catalog.filter.columns), str(meta.get("catalog_fingerprint", ""))[:16])
             else:
                 logger.warning("%s has no %s/: /similar answers 503", tag, INDEX_DIR)
-        served = cls(tag, model, processor, indexes, ids, titles, categories, ann=ann,
-                     index_source=source, listing_filter=listing_filter, lexical=lexical)
+        served = cls(tag, model, processor, catalog, index_source=source)
         with torch.no_grad():  # warm-up: the first request should not pay for lazy initialisation
             h, w = processor.image_size
             served.embed(["warm up"], [np.zeros((h, w, 3), dtype=np.uint8)])
@@ -166,42 +147,12 @@ def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
-#: candidates each side of a hybrid query brings to reciprocal rank fusion (at least k)
-HYBRID_CANDIDATES = 50
-SEARCH_MODES = ("vector", "keyword", "hybrid")
 
-
-def find(served: ServedModel, kind: str, k: int, mode: str = "vector", vector: np.ndarray | None = None,
-         text: str | None = None, exclude: int | None = None, mask: np.ndarray | None = None,
-         keyword_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
-    """``/similar``'s search in one of :data:`SEARCH_MODES`.
-
-    Args:
-        kind: the catalog index the vector side searches (``searched_kind``).
-        mode: ``"vector"`` (cosine over ``vector``), ``"keyword"`` (BM25 of ``text`` over the titles,
-            :class:`components.index.lexical.LexicalIndex`) or ``"hybrid"`` (the top
-            max(k, :data:`HYBRID_CANDIDATES`) of each, fused by reciprocal rank fusion with weights 1 for
-            the vector list and ``keyword_weight`` for the keyword list).
-        vector: (D,) float32 query embedding (vector, hybrid). text: the query text (keyword, hybrid).
-        exclude: a row never returned. mask: (n,) bool, the rows a filter keeps (None = all).
-
-    Returns:
-        (rows (k',) int64, scores (k',) float32, search): scores are cosine similarities (vector), BM25
-        scores (keyword) or fused RRF scores (hybrid); ``search`` the vector path taken (``"exact"`` or the
-        approximate index's kind), ``"bm25"`` in keyword mode.
-    """
-    if mode == "vector":
-        return served.search(kind, vector, k, exclude=exclude, mask=mask)
-    from components.index.lexical import reciprocal_rank_fusion
-    keep = mask
-    if exclude is not None:
-        keep = np.ones(len(served.ids), dtype=bool) if mask is None else mask.copy()
-        keep[exclude] = False
-    if mode == "keyword":
-        rows, scores = served.lexical.search(text, k, keep)
-        return rows, scores, "bm25"
-    wide = max(int(k), HYBRID_CANDIDATES)
-    vrows, _, how = served.search(kind, vector, wide, exclude=exclude, mask=mask)
-    krows, _ = served.lexical.search(text, wide, keep)
-    rows, scores = reciprocal_rank_fusion([vrows, krows], [1.0, float(keyword_weight)], k)
-    return rows, scores, how
+def _column(catalog, name: str) -> np.ndarray:
+    """A listings column as an object array, None for missing values (or for a column the index lacks)."""
+    if catalog is None:
+        return np.empty(0, dtype=object)
+    if name not in catalog.listings:
+        return np.full(len(catalog.ids), None, dtype=object)
+    col = catalog.listings[name].astype(object)
+    return col.where(col.notna(), None).to_numpy()

@@ -71,6 +71,15 @@ def test_server_searches_the_whole_catalog_index_of_its_version_approximately(pa
             r = client.post("/similar", json={"listing": {"title": listings["title"].iloc[0]}, "k": 5})
             assert r.status_code == 200, r.text
             assert (r.json()["index"], r.json()["search"]) == ("text", "faiss-hnsw-sq8+rerank")
+            # filtered (issue 33): a broad filter through faiss's own filtered HNSW search, a selective
+            # one (under 5 % of the catalog) by exact search over its matching rows; either says which
+            common = listings["category"].value_counts()
+            for category, path in ((common.index[0], "faiss-hnsw-sq8+rerank"), (common.index[-1], "exact")):
+                assert (common[category] / len(listings) >= 0.05) == (path != "exact")
+                r = client.post("/similar", json={"product_id": outside[1], "k": 3, "filters": {"category": category}})
+                assert r.status_code == 200, r.text
+                assert r.json()["search"] == path and r.json()["matching"] == common[category]
+                assert r.json()["results"] and all(n["category"] == category for n in r.json()["results"])
             # k above the index size: clipped, and the answer says so
             r = client.post("/similar", json={"product_id": outside[0], "k": 60})
             assert r.status_code == 200, r.text
