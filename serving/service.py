@@ -65,6 +65,7 @@ from serving.schemas import (MAX_K, MAX_LISTINGS, Embedding, Listing, Neighbour,
                              SimilarResult)
 from serving.service_guard import (CURRENT, DECODE_PROCESSES, RequestGuard, decode_pool, tiny_png)
 from components.index.filters import MAX_EXCLUDE_IDS, FilterError  # noqa: E402
+from components.index.search import DEFAULT_KEYWORD_WEIGHT  # noqa: E402
 from serving.service_model import MAX_BATCH_SIZE, MAX_LATENCY_MS, ServedModel, search_ids, searched_kind  # noqa: E402,E501
 
 logger = logging.getLogger("bentoml.item")     # a child of BentoML's logger: its handlers print it
@@ -316,12 +317,14 @@ class ItemService:
                       filters: Optional[dict[str, Any]] = None,
                       exclude_ids: Optional[Annotated[list[str], Field(max_length=MAX_EXCLUDE_IDS)]] = None,
                       mode: Literal["vector", "keyword", "hybrid"] = "vector",
-                      keyword_weight: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0) -> SimilarResult:
+                      keyword_weight: Annotated[float, Field(ge=0.0, le=100.0)] = DEFAULT_KEYWORD_WEIGHT
+                      ) -> SimilarResult:
         """The top-k same-product candidates in the catalog index for a listing (title and/or image)
         or a catalog ``product_id`` (its stored embedding; itself excluded), best first, with ids and
         titles. ``mode``: ``vector`` (cosine similarity: the catalog's joint embeddings, or for a
         title-only / photo-only listing those of the same kind), ``keyword`` (BM25 over the titles) or
-        ``hybrid`` (both, fused by reciprocal rank fusion, the keyword list weighted ``keyword_weight``).
+        ``hybrid`` (both, fused by reciprocal rank fusion, the keyword list weighted ``keyword_weight``,
+        default 0.1 as measured in docs/index.md; 0.5-1 for queries whose words matter more, e.g. SKUs).
         ``filters`` (``{column: value | [values] | {"gte": ..}}``, docs/serving.md) and ``exclude_ids``
         restrict the answer to the listings they keep; ``search`` says how the index was searched
         (exactly, through the approximate index, or BM25) and ``matching`` how many listings the

@@ -178,11 +178,13 @@ class RerankedIndex:
         """Whether :meth:`search` takes ``mask`` (when the inner index does)."""
         return bool(getattr(self.inner, "supports_mask", False))
 
-    def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`VectorIndex.search`; ``mask`` ((n,) bool) is passed to the inner index's filtered search."""
+    def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
+               widen: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`VectorIndex.search`; ``mask`` ((n,) bool) and ``widen`` are passed to the inner index's
+        filtered search."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = min(int(k), len(self))
-        extra = {} if mask is None else {"mask": mask}
+        extra = {} if mask is None else {"mask": mask, "widen": widen}
         cand, _ = self.inner.search(q, min(len(self), self.factor * k), **extra)
         rows = np.full((len(q), k), -1, dtype=np.int64)
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)

@@ -17,19 +17,19 @@ A listing whose value is missing (null) matches no condition except ``ne`` / ``n
 ones :data:`components.index.layout.FILTER_COLUMNS` names, plus any scalar column a catalog adds
 (kept in the index by :func:`components.catalog.to_canonical`).
 
-Search under a filter (:func:`filtered_search`): an exact index scores only the matching rows. An
-approximate index searches with its own filter when it has one (faiss: an ``IDSelectorBitmap`` in the
-HNSW / IVF search parameters, so the graph walk only collects matching rows); the others (usearch,
-Milvus) take ``k / selectivity`` candidates and drop the non-matching ones. Either switches to exact
-search over the matching rows when fewer than :data:`SELECTIVE_FRACTION` of the catalog match (or the
-approximate search returned fewer than k): HNSW's recall collapses under selective filters (the graph's
-neighbours of the entry points are all filtered out), while the matching rows of a selective filter
-are few enough to score one by one. The threshold is the one ``benchmarks/filtered_search.py``
-measured (docs/index.md).
+Search under a filter (:func:`filtered_search`): an exact index scores only the matching rows. With an
+approximate index, a selective filter (few matching rows) is answered by exact search over them; a
+broad one first by an ordinary approximate query whose non-matching results are dropped, and when
+that leaves fewer than k (the filter removed the query's neighbourhood) by the backend's own filtered
+search (faiss: an ``IDSelectorBitmap`` in the HNSW / IVF search parameters, its candidate list
+widened), or by more candidates filtered (usearch, Milvus). HNSW's recall collapses when the filter
+removes the query's neighbourhood (the walk starts among rows it may not return); measured in
+``benchmarks/filtered_search.py`` (docs/index.md), which chose the thresholds.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from numbers import Real
 
@@ -39,6 +39,11 @@ import pandas as pd
 #: below this fraction of matching listings a filtered query is answered by exact search over the
 #: matching rows (benchmarks/filtered_search.py, docs/index.md)
 SELECTIVE_FRACTION = 0.05
+#: ... or at most this many (exact search over 20,000 float32 rows of D = 384: ~2.5 ms on one core here);
+#: ``ITEM_FILTER_EXACT_ROWS`` overrides it in the service
+EXACT_ROWS = int(os.environ.get("ITEM_FILTER_EXACT_ROWS", "20000"))
+#: candidates of the unfiltered probe that decides between post-filtering and a filtered search
+PROBE = 100
 #: ``exclude_ids`` longer than this is refused (a request is not a bulk job)
 MAX_EXCLUDE_IDS = 10_000
 OPERATORS = ("in", "not_in", "ne", "gt", "gte", "lt", "lte")
@@ -247,15 +252,26 @@ def exact_top_k(vectors: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray
 
 
 def filtered_search(vectors: np.ndarray, ann, query: np.ndarray, k: int, mask: np.ndarray | None = None,
-                    selective_fraction: float = SELECTIVE_FRACTION) -> tuple[np.ndarray, np.ndarray, str]:
-    """Top-k of a catalog index under a filter, by the path the module docstring describes.
+                    selective_fraction: float = SELECTIVE_FRACTION, exact_rows: int = EXACT_ROWS
+                    ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Top-k of a catalog index under a filter, by the path the module docstring describes:
+
+    1. no approximate index, or at most ``max(exact_rows, selective_fraction * n)`` matching rows:
+       exact search over the matching rows;
+    2. else a probe: the unfiltered approximate top-:data:`PROBE` (one ordinary ANN query). When at least
+       k of them match, they are the answer (the filter is broad around this query: post-filtering);
+    3. else the filter removed the query's neighbourhood (a filter correlated with the query, e.g.
+       ``gender: Men`` for a women's dress): the backend's own filtered search with its candidate list
+       widened by 1 / the probe's matching share (faiss; :data:`components.index.faiss_backends.FILTERED_EF_MAX`
+       at most), or for backends without one ``k / share`` candidates filtered;
+    4. fewer than k found: exact search over the matching rows.
 
     Args:
         vectors: (n, D) float32/float16 catalog vectors (exact search, and the fallback).
         ann: the approximate index (:mod:`components.index.backends`) or None (exact search).
         query: (D,) float32, L2-normalised.
         mask: (n,) bool of the rows that may be returned, or None.
-        selective_fraction: matching fraction under which exact search over the matching rows is used.
+        selective_fraction / exact_rows: the exact-search thresholds of step 1.
 
     Returns:
         (rows (k',) int64, cosine scores (k',) float32, path): path is ``"exact"`` or the approximate
@@ -263,22 +279,27 @@ def filtered_search(vectors: np.ndarray, ann, query: np.ndarray, k: int, mask: n
     """
     n = len(vectors)
     matching = n if mask is None else int(mask.sum())
-    if ann is None or matching < selective_fraction * n:
+    if ann is None or (mask is not None and matching <= max(exact_rows, selective_fraction * n)):
         rows, scores = exact_top_k(vectors, query, k, mask)
         return rows, scores, "exact"
     want = min(int(k), matching)
     q = np.asarray(query, dtype=np.float32)[None, :]
     if mask is None:
         rows, scores = ann.search(q, want)
-    elif getattr(ann, "supports_mask", False):
-        rows, scores = ann.search(q, want, mask=mask)
-    else:                                    # post-filter: enough candidates for k matching rows
-        cand = min(len(ann), int(np.ceil(want * n / max(matching, 1) * 2)))
-        rows, scores = ann.search(q, cand)
+        return rows[0].astype(np.int64), scores[0].astype(np.float32), ann.kind
+    rows, scores = ann.search(q, min(len(ann), max(PROBE, want)))
     rows, scores = rows[0], scores[0]
-    keep = rows >= 0
-    if mask is not None:
-        keep &= mask[np.clip(rows, 0, n - 1)]
+    valid = rows >= 0
+    hit = valid & mask[np.clip(rows, 0, n - 1)]
+    if hit.sum() >= want:
+        return rows[hit][:want].astype(np.int64), scores[hit][:want].astype(np.float32), ann.kind
+    share = max(float(hit.sum()) / max(int(valid.sum()), 1), 1.0 / 64)
+    if getattr(ann, "supports_mask", False):
+        rows, scores = ann.search(q, want, mask=mask, widen=1.0 / share)
+    else:
+        rows, scores = ann.search(q, min(len(ann), int(np.ceil(2 * want / share))))
+    rows, scores = rows[0], scores[0]
+    keep = (rows >= 0) & mask[np.clip(rows, 0, n - 1)]
     rows, scores = rows[keep][:want], scores[keep][:want]
     if len(rows) < want:                     # the approximate search ran dry: answer exactly
         rows, scores = exact_top_k(vectors, query, k, mask)

@@ -23,6 +23,12 @@ from components.index.lexical import LexicalIndex, reciprocal_rank_fusion
 #: candidates each side of a hybrid query brings to reciprocal rank fusion (at least k)
 HYBRID_CANDIDATES = 50
 SEARCH_MODES = ("vector", "keyword", "hybrid")
+#: the keyword list's weight in hybrid fusion (the vector list's is 1), chosen by
+#: benchmarks/filtered_search.py on the shared catalog (docs/index.md): at 0.1 hybrid Recall@1 is 1.000
+#: on exact titles (vector 1.000, keyword 0.964) and 0.982 on same-product search (vector 0.982), and
+#: 0.506 on seller-rewritten titles (vector 0.452, keyword 0.538); 0.5-1 is better on rewritten
+#: titles (0.562-0.568) and worse on same-product search (0.894-0.820)
+DEFAULT_KEYWORD_WEIGHT = 0.1
 
 
 @dataclass
@@ -111,7 +117,8 @@ class CatalogSearch:
 
     def search(self, k: int, mode: str = "vector", vector: np.ndarray | None = None, text: str | None = None,
                kind: str = "joint", filters: dict | None = None, exclude_ids: list | None = None,
-               exclude_row: int | None = None, keyword_weight: float = 1.0, match: FilterMatch | None = None
+               exclude_row: int | None = None, keyword_weight: float = DEFAULT_KEYWORD_WEIGHT,
+               match: FilterMatch | None = None
                ) -> SearchHits:
         """One query, in one of :data:`SEARCH_MODES`.
 

@@ -99,7 +99,7 @@ def test_filtered_ann_search_keeps_recall_and_falls_back_to_exact_when_selective
         mask = rng.random(n) < fraction
         got, want = [], []
         for q in queries:
-            rows, scores, how = filtered_search(v, ann, q, 10, mask, selective_fraction=0.05)
+            rows, scores, how = filtered_search(v, ann, q, 10, mask, selective_fraction=0.05, exact_rows=0)
             assert how == path and mask[rows].all() and len(rows) == min(10, mask.sum())
             assert (np.diff(scores) <= 1e-6).all()
             got.append(np.pad(rows, (0, 10 - len(rows)), constant_values=-1))
@@ -120,7 +120,7 @@ def test_post_filtering_backend_and_exact_paths(tmp_path):
     ann = USearchHNSWIndex.build(v, dtype="f32")
     mask = np.zeros(len(v), dtype=bool)
     mask[::5] = True
-    rows, scores, how = filtered_search(v, ann, v[3], 10, mask, selective_fraction=0.05)
+    rows, scores, how = filtered_search(v, ann, v[3], 10, mask, selective_fraction=0.05, exact_rows=0)
     assert how == "usearch-hnsw" and mask[rows].all()
     assert len(set(rows) & set(exact_top_k(v, v[3], 10, mask)[0])) >= 9
     rows, _, how = filtered_search(v, None, v[3], 10, mask)
