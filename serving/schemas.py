@@ -351,10 +351,13 @@ class SimilarResult(BaseModel):
     product_id: Optional[str] = Field(None, description="the queried product_id (excluded from the results)")
     k: int
     catalog_size: int
-    search: Literal["exact", "usearch-hnsw", "faiss-hnsw-sq8+rerank", "faiss-ivfpq+rerank", "milvus", "bm25"] = Field(
+    search: Literal["exact", "usearch-hnsw", "faiss-hnsw-sq8+rerank", "faiss-ivfpq+rerank", "milvus", "filtered-cells",
+                    "bm25"] = Field(
         "exact", description="how the index was searched: exactly (every listing scored, or under a selective "
                              "filter every matching one), through the approximate index (HNSW, inverted file or "
-                             "Milvus) built for catalogs above the exact-search threshold, or 'bm25' (mode keyword)")
+                             "Milvus) built for catalogs above the exact-search threshold, 'filtered-cells' (a "
+                             "filter that removed the query's neighbourhood: the matching listings of the k-means "
+                             "cells nearest the query, scored exactly), or 'bm25' (mode keyword)")
     mode: Literal["vector", "keyword", "hybrid"] = Field(
         "vector", description="vector: cosine similarity; keyword: BM25 over the titles; hybrid: both, fused by "
                               "reciprocal rank fusion")

@@ -223,7 +223,8 @@ BACKENDS["faiss-ivfpq+rerank"] = RerankedIndex
 
 
 def load_index(folder: str | Path, model_version: str | None = None) -> VectorIndex:
-    """Read an index saved by a backend's ``save``.
+    """Read an index saved by a backend's ``save``, with the k-means cells of filtered search
+    (``cells``: :class:`components.index.filters.CoarseCells`, None when the folder has none).
 
     Raises:
         FileNotFoundError: no ``vector_index.json`` in ``folder``. ValueError: an unknown kind.
@@ -235,7 +236,10 @@ def load_index(folder: str | Path, model_version: str | None = None) -> VectorIn
     if model_version is not None and meta.get("model_version") != model_version:
         raise IndexVersionMismatch(f"{folder}: field 'model_version' is {meta.get('model_version')!r}, but the vectors "
                                    f"of {model_version!r} were asked for; an index never mixes two models")
-    return BACKENDS[meta["kind"]].load(folder, meta)
+    index = BACKENDS[meta["kind"]].load(folder, meta)
+    from components.index.filters import CoarseCells
+    index.cells = CoarseCells.load(folder)      # filtered search's cells (components.index.filters), if built
+    return index
 
 
 def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray, k: int = 10, vectors: np.ndarray | None = None,

@@ -11,7 +11,8 @@ Layout under an index root (``<storage root>/indexes/<model version>/``, local o
                                           layout, the one serving and monitoring read), its
                                           ``index.json`` naming the model version
     vector_index/<kind>/                  an approximate index per kind (:mod:`.vector_index`), written
-                                          only when the catalog holds more than ``exact_max`` listings
+                                          only when the catalog holds more than ``exact_max`` listings,
+                                          with the k-means cells of filtered search (filter_cells.npz)
 
 A listing belongs to shard ``sha1(product_id) mod num_shards``, so the same listing always lands in the
 same shard and a shard task reads only its own rows' photos. Each listing carries a content hash
@@ -314,6 +315,9 @@ def build_index(index_root: str | Path, model_version: str, num_shards: int, exa
             else:
                 from components.index.backends import USearchHNSWIndex
                 USearchHNSWIndex.build(matrix, model_version=model_version, **(ann or {})).save(folder)
+            if search != "milvus":                 # filtered search's cells (components.index.filters)
+                from components.index.filters import CoarseCells
+                CoarseCells.build(matrix).save(folder)
         if gcs:
             storage.upload_tree(local_target, target)
             if search != "exact":

@@ -111,6 +111,33 @@ def test_filtered_ann_search_keeps_recall_and_falls_back_to_exact_when_selective
     assert how == backend and len(rows) == 10
 
 
+def test_a_filter_that_removes_the_querys_neighbourhood_is_answered_from_the_nearest_cells(tmp_path):
+    """A filter correlated with the query (every row of the query's own cluster filtered out): the
+    unfiltered probe finds no match, so the matching rows of the nearest k-means cells are scored
+    exactly; the cells survive save / load_index."""
+    from components.index.backends import FaissHNSWIndex, RerankedIndex, load_index, recall_at_k
+    from components.index.filters import CELLS_PATH, CoarseCells, exact_top_k, filtered_search
+    v = _vectors(20_000, seed=3)
+    ann = RerankedIndex.build(FaissHNSWIndex.build(v), v, tmp_path / "ann", 5)
+    ann.save(tmp_path / "ann")
+    CoarseCells.build(v).save(tmp_path / "ann")
+    loaded = load_index(tmp_path / "ann")
+    assert loaded.cells is not None and loaded.cells.offsets[-1] == len(v) == len(np.unique(loaded.cells.order))
+    rng = np.random.default_rng(2)
+    got, want, queries = [], [], []
+    for i in rng.choice(len(v), 50, replace=False):
+        q = v[i]
+        mask = (v @ q) < 0.3                          # the query's neighbourhood is filtered out
+        rows, _, how = filtered_search(v, loaded, q, 10, mask, exact_rows=0)
+        assert how == CELLS_PATH and mask[rows].all() and len(rows) == 10
+        got.append(rows)
+        want.append(exact_top_k(v, q, 10, mask)[0])
+        queries.append(q)
+    # (what is left of the catalog here is unstructured noise, the cells' hardest case: 0.968 measured;
+    # on the real catalog's filters 0.99-1.00, docs/index.md)
+    assert recall_at_k(np.array(got), np.array(want), 10, vectors=v, queries=np.array(queries)) >= 0.95
+
+
 def test_post_filtering_backend_and_exact_paths(tmp_path):
     """usearch has no filtered search here: enough candidates are drawn and filtered; the exact index
     reads only the matching rows."""

@@ -84,6 +84,9 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     n_catalog = sum(pq.read_metadata(f).num_rows for f in (slice_catalog / "data").glob("*.parquet"))
     assert len(listings) == n_catalog == embeddings["joint"].shape[0] > summary["catalog"]["n_valid"] == 400
     assert set(embeddings) == {"joint", "text", "image"}
+    # the served index carries the filter columns and the lexical (BM25) index of its titles (issue 33)
+    assert {"category", "category_path", "gender", "colour", "season", "year", "usage"} <= set(listings.columns)
+    assert listings["gender"].notna().all() and (stored / "catalog_index" / "lexical" / "lexical.json").is_file()
     np.testing.assert_allclose(np.linalg.norm(embeddings["joint"], axis=1), 1.0, atol=1e-5)
     assert index_meta["model_version"] == meta["metadata"]["registry_version"] == summary["registry_version"]
     assert {"embed-shard-0", "embed-shard-1", "build-index"} <= set(summary["tasks_run"])
