@@ -83,7 +83,10 @@ class _Column:
 
     def __init__(self, name: str, values: pd.Series):
         self.name = name
-        self.numeric = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+        self.boolean = pd.api.types.is_bool_dtype(values.dtype)       # held as 0 / 1, compared as numbers
+        self.numeric = pd.api.types.is_numeric_dtype(values.dtype) or self.boolean
+        if self.boolean:
+            values = values.astype("float64")
         if self.numeric:
             self.values = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         else:
@@ -94,6 +97,11 @@ class _Column:
             self.level_of = {v: i for i, v in enumerate(self.levels)}
 
     def _value(self, value, field_name: str):
+        if self.boolean:
+            if not isinstance(value, bool):
+                raise FilterError(field_name, f"{value!r} is a {type(value).__name__}; column {self.name!r} "
+                                              f"holds true / false")
+            return float(value)
         if self.numeric:
             if isinstance(value, bool) or not isinstance(value, Real):
                 raise FilterError(field_name, f"{value!r} is a {type(value).__name__}; column {self.name!r} "
@@ -221,8 +229,7 @@ class ListingFilter:
 
 def _scalar(values: pd.Series) -> bool:
     """Whether a column holds scalars (numbers, strings, booleans), not bytes, lists or dicts."""
-    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype) \
-            and not pd.api.types.is_object_dtype(values.dtype):
+    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
         return True
     sample = values.dropna().head(100)
     return all(isinstance(v, (str, int, float, bool, np.integer, np.floating)) for v in sample)

@@ -196,12 +196,13 @@ def test_index_carries_filter_columns_and_a_catalogs_own_column_and_sees_attribu
     listing's category (not its title or photo) rewrites its shard without re-embedding, and the
     index's filters see the new value."""
     from components.index.build import build_index, embed_shard
-    from components.index.filters import ListingFilter
+    from components.index.filters import FilterError, ListingFilter
     from components.index.layout import load_catalog_index
 
     def add_seller(t: pa.Table, relabel: bool = False) -> pa.Table:
         t = t.slice(0, 60)
         t = t.append_column("seller_id", pa.array([f"s{i % 4}" for i in range(len(t))]))
+        t = t.append_column("in_stock", pa.array([i % 3 != 0 for i in range(len(t))]))
         if relabel:
             cats = t.column("articleType").to_pylist()
             cats[0] = "Relabelled"
@@ -217,6 +218,10 @@ def test_index_carries_filter_columns_and_a_catalogs_own_column_and_sees_attribu
     assert (root / "catalog_index" / "lexical" / "lexical.json").is_file()
     f = ListingFilter(listings)
     assert f.match({"seller_id": "s1"}).matching == (listings["seller_id"] == "s1").sum() == 15
+    assert f.match({"in_stock": True, "seller_id": ["s0", "s2"]}).matching == \
+        (listings["in_stock"] & listings["seller_id"].isin(["s0", "s2"])).sum() > 0
+    with pytest.raises(FilterError, match="in_stock: 'yes' is a str; column 'in_stock' holds true / false"):
+        f.match({"in_stock": "yes"})
 
     write_slice(tmp_path / "cat", n_plain=60, n_groups=0, mutate=lambda t: add_seller(t, relabel=True))
     second = embed_shard(catalog, 0, 1, packaged_model["model_dir"], "v1", root)
