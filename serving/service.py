@@ -176,6 +176,9 @@ class ItemService:
             f.result(timeout=120)
         self.shadow = self._start_shadow(SHADOW) if SHADOW else None
         self._stop = threading.Event()
+        # the swap counter exists from the start, made in this thread: made first by the watcher thread
+        # at its first swap, its value was missing from /metrics in about half the runs (0.0 after a swap)
+        SWAPS.inc(0)
         self.watching = WATCH_INTERVAL_S > 0 and not PINNED
         if self.watching:
             threading.Thread(target=self._watch_champion, name="champion-watch", daemon=True).start()
