@@ -147,7 +147,6 @@ def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
-
 def _column(catalog, name: str) -> np.ndarray:
     """A listings column as an object array, None for missing values (or for a column the index lacks)."""
     if catalog is None:
