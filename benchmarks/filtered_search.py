@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.index import noise_sigma, rss_mb  # noqa: E402,F401
+from benchmarks.index import noise_sigma  # noqa: E402
 from components.index.filters import (EXACT_ROWS, SELECTIVE_FRACTION, ListingFilter,  # noqa: E402
                                       filtered_search)
 

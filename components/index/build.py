@@ -103,7 +103,7 @@ def _same_listings(new: pd.DataFrame, old: pd.DataFrame) -> bool:
     """Whether a shard's stored rows hold the same listing columns and values as ``new`` (an attribute
     such as a listing's category can change without its title or photo: the vectors are reused, the
     shard is rewritten so that filters see the change)."""
-    cols = [c for c in new.columns]
+    cols = list(new.columns)
     if set(cols) - set(old.columns) or len(new) != len(old):
         return False
     a = new[cols].astype(str).sort_values("product_id").reset_index(drop=True)
