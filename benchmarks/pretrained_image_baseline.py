@@ -44,8 +44,9 @@ SHOWN = ("category_accuracy", "category_macro_f1", "recall@1", "mAP", "title_dec
 CHECK_CATEGORIES = ("Sunglasses", "Tshirts", "Backpacks", "Watches", "Heels", "Casual Shoes")
 
 
-def photo_features(model, df, size: tuple[int, int], batch_size: int = 64) -> np.ndarray:
-    """(len(df), 1280) float32 L2-normalised mean-pooled EfficientNet-Lite0 (``model``) features of each photo."""
+def photo_features(model, df, size: tuple[int, int], batch_size: int = 64, bf16: bool = False) -> np.ndarray:
+    """(len(df), 1280) float32 L2-normalised mean-pooled EfficientNet-Lite0 (``model``) features of each photo
+    (``bf16``: channels-last under bf16 autocast, about 4x faster on a CPU with native bf16)."""
     from tqdm.auto import tqdm
 
     from item_model.image_encoders import imagenet_pixel_values
@@ -54,10 +55,12 @@ def photo_features(model, df, size: tuple[int, int], batch_size: int = 64) -> np
 
     rows = df[["product_id", "image_bytes", "image_uri"]].to_dict("records")
     out = np.empty((len(df), 1280), dtype=np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for s in tqdm(range(0, len(rows), batch_size), desc="EfficientNet-Lite0", mininterval=PROGRESS_INTERVAL):
             x = imagenet_pixel_values([decode_image(load_image_bytes(r), size) for r in rows[s:s + batch_size]])
-            out[s:s + len(x)] = model.feature_map(x).mean((2, 3)).numpy()
+            if bf16:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out[s:s + len(x)] = model.feature_map(x).float().mean((2, 3)).numpy()
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 

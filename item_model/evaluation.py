@@ -32,7 +32,7 @@ from .metrics import PROBE_CS, accuracy, group_search_metrics, macro_f1, probe_d
 from .modeling_item import ItemModel
 from .processing_item import ItemProcessor
 from .title_decides import describe_groups, title_decides_groups
-from .titles_disagree import score_titles_disagree
+from .titles_disagree import score_titles_disagree, titles_disagree_catalog
 
 logger = logging.getLogger(__name__)
 
@@ -305,23 +305,33 @@ def readout_selection_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[keep].reset_index(drop=True)
 
 
+#: the validation searches a read-out weight can be chosen on (``TrainConfig.readout_checks``)
+READOUT_CHECKS = ("same_product", "title_decides", "titles_disagree")
+_CHECK_KEYS = {"same_product": "recall@1", "title_decides": "title_decides_recall@1",
+               "titles_disagree": "titles_disagree_recall@1"}
+
+
 def readout_weight_scores(joint: np.ndarray, text: np.ndarray, df: pd.DataFrame, weights: tuple[float, ...],
-                          reference: pd.DataFrame | None = None) -> dict:
+                          reference: pd.DataFrame | None = None, checks: tuple[str, ...] = READOUT_CHECKS[:2],
+                          titles_disagree: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
     """Score each read-out weight w of the served vector ``s = normalize(w t + j)`` (:meth:`ItemModel.embed`)
     by same-product search among the rows of ``df`` (in the pipeline: :func:`readout_selection_rows`,
     the validation split and the train listings titled like one of them; no test listing is read),
     and choose one.
 
-    Two searches, each over the rows of ``df`` as the gallery (the query itself excluded): the real
-    same-product groups of ``df`` (groups with two or more rows in it), and the title-decides groups
-    (:func:`item_model.title_decides.title_decides_groups` with ``reference``: titles qualify on the
-    whole catalog, the groups are the rows of ``df``). The score of w is the mean of the two
-    Recall@1 (or the one that has a query); the chosen w is the best score, ties going to the
-    larger w: this gallery is small, so several w often reach 1.0, and a tie means no validation
-    query argues for more weight on the joint pass, while over the whole catalog's gallery a larger
-    w kept more title-decides matches at no cost to the other metrics (docs/results.md: w = 8-10
-    against 4-6, three seeds). A catalog whose same product carries different titles loses
-    same-product matches as w grows, and so gets a smaller w without a tie.
+    Up to three searches (``checks``), each over the rows of ``df`` as the gallery (the query itself
+    excluded): ``same_product``, the real same-product groups of ``df`` (groups with two or more rows
+    in it); ``title_decides``, the title-decides groups (:func:`item_model.title_decides.title_decides_groups`
+    with ``reference``: titles qualify on the whole catalog, the groups are the rows of ``df``);
+    ``titles_disagree``, the same-product groups with each member's title rewritten by another
+    seller-style rule (:func:`item_model.titles_disagree.titles_disagree_catalog`; its j and t come in
+    ``titles_disagree``). The score of w is the mean of the checks' Recall@1 (those that have a
+    query); the chosen w is the best score, ties going to the larger w: this gallery is small, so
+    several w often reach 1.0, and a tie means no validation query argues for more weight on the
+    joint pass, while over the whole catalog's gallery a larger w kept more title-decides matches at
+    no cost to the other metrics (docs/results.md: w = 8-10 against 4-6, three seeds). A catalog
+    whose same product carries different titles loses same-product matches as w grows, and so gets
+    a smaller w without a tie; the titles-disagree check makes that case out of any catalog.
 
     Args:
         joint: (n, D) float32, the joint pass's ``[CLS]`` j of each row, L2-normalised.
@@ -329,36 +339,51 @@ def readout_weight_scores(joint: np.ndarray, text: np.ndarray, df: pd.DataFrame,
         df: (n rows) canonical catalog rows (``title``, ``category``, ``group_id``).
         weights: the w to try, each >= 0 (0: the joint ``[CLS]`` alone).
         reference: the catalog ``df`` was taken from (for the title-decides groups); None: ``df``.
+        checks: a subset of :data:`READOUT_CHECKS`.
+        titles_disagree: (j (n, D), t (n, D), groups (n,) int64, -1 outside a group) of the rows of
+            ``df`` with the group members' titles rewritten; needed when ``checks`` has ``titles_disagree``.
 
     Returns:
-        ``{"weights", "recall@1": {w: float}, "title_decides_recall@1": {w: float} (empty without a
-        title-decides group), "score": {w: float}, "n_queries", "title_decides_n_queries",
-        "n_listings", "chosen": float, or None when ``df`` has no query of either kind}``; the dict
-        keys are ``str(w)`` (JSON-ready).
+        ``{"weights", "checks", "recall@1": {w: float}, "title_decides_recall@1": {w: float},
+        "titles_disagree_recall@1": {w: float} (each empty when its check is off or has no query),
+        "score": {w: float}, "n_queries", "title_decides_n_queries", "titles_disagree_n_queries",
+        "n_listings", "chosen": float, or None when ``df`` has no query of any chosen check}``; the
+        dict keys are ``str(w)`` (JSON-ready).
 
     Raises:
-        ValueError: no weight, a negative weight, or shapes that disagree with ``df``.
+        ValueError: no weight, a negative weight, an unknown check, shapes that disagree with
+            ``df``, or ``titles_disagree`` missing when that check is asked for.
     """
     weights = tuple(float(w) for w in weights)
     if not weights or min(weights) < 0:
         raise ValueError(f"train_config.readout_weights={list(weights)}: give one or more weights, each >= 0")
+    if not checks or set(checks) - set(READOUT_CHECKS):
+        raise ValueError(f"readout checks {list(checks)} must be a non-empty subset of {list(READOUT_CHECKS)}")
     if joint.shape != text.shape or len(joint) != len(df):
         raise ValueError(f"joint {joint.shape} and text {text.shape} must both have len(df)={len(df)} rows")
+    if "titles_disagree" in checks and titles_disagree is None:
+        raise ValueError("the titles_disagree read-out check needs the rewritten rows' j and t")
     same = paired_groups(df["group_id"].fillna(-1).astype("int64").to_numpy()) if "group_id" in df else \
         np.full(len(df), -1, dtype=np.int64)
     titled = title_decides_groups(df, reference=reference) if len(df) else same.copy()
-    out: dict = {"weights": list(weights), "recall@1": {}, "title_decides_recall@1": {}, "score": {},
-                 "n_queries": int((same >= 0).sum()), "title_decides_n_queries": int((titled >= 0).sum()),
+    searches = {"same_product": (joint, text, same), "title_decides": (joint, text, titled)}
+    if titles_disagree is not None:                      # a member whose partners are not among the rows: no query
+        searches["titles_disagree"] = (*titles_disagree[:2], paired_groups(np.asarray(titles_disagree[2])))
+    out: dict = {"weights": list(weights), "checks": list(checks), "recall@1": {}, "title_decides_recall@1": {},
+                 "titles_disagree_recall@1": {}, "score": {}, "n_queries": int((same >= 0).sum()),
+                 "title_decides_n_queries": int((titled >= 0).sum()),
+                 "titles_disagree_n_queries": int((searches["titles_disagree"][2] >= 0).sum()) if titles_disagree else 0,
                  "n_listings": int(len(df)), "chosen": None}
-    if not out["n_queries"] and not out["title_decides_n_queries"]:
+    active = [c for c in checks if (searches[c][2] >= 0).any()]
+    if not active:
         return out
     for w in weights:
-        served = _l2(w * text + joint)
         parts = []
-        for key, groups in (("recall@1", same), ("title_decides_recall@1", titled)):
-            if (groups >= 0).any():
-                out[key][str(w)] = float(retrieval_details(served, groups, ks=(1,))["recall@1"].mean())
-                parts.append(out[key][str(w)])
+        for check in active:
+            j, t, groups = searches[check]
+            recall = float(retrieval_details(_l2(w * t + j), groups, ks=(1,))["recall@1"].mean())
+            out[_CHECK_KEYS[check]][str(w)] = recall
+            parts.append(recall)
         out["score"][str(w)] = float(np.mean(parts))
     out["chosen"] = max(weights, key=lambda w: (out["score"][str(w)], w))
     return out
@@ -366,12 +391,12 @@ def readout_weight_scores(joint: np.ndarray, text: np.ndarray, df: pd.DataFrame,
 
 def choose_readout_weight(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame,
                           weights: tuple[float, ...], reference: pd.DataFrame | None = None,
-                          progress: bool = True) -> dict:
+                          progress: bool = True, checks: tuple[str, ...] = READOUT_CHECKS[:2]) -> dict:
     """Embed ``df``'s rows (:func:`readout_selection_rows`) in the joint ``[CLS]`` j and the title stream's t
-    (:meth:`ItemModel.text_vector`),
-    score each read-out weight (:func:`readout_weight_scores`) and set the chosen one as
-    ``model.config.readout_text_weight``, so that ``embed``, the index and serving all use it.
-    A catalog with no validation query keeps the configured weight (logged).
+    (:meth:`ItemModel.text_vector`) (with the ``titles_disagree`` check, also its group members under
+    their rewritten titles), score each read-out weight on ``checks`` (:func:`readout_weight_scores`)
+    and set the chosen one as ``model.config.readout_text_weight``, so that ``embed``, the index and
+    serving all use it. A catalog with no validation query keeps the configured weight (logged).
 
     Returns:
         the :func:`readout_weight_scores` record, plus ``"configured"`` (the weight before) and
@@ -382,18 +407,29 @@ def choose_readout_weight(model: ItemModel, processor: ItemProcessor, df: pd.Dat
     t0 = time.perf_counter()
     configured = float(getattr(model.config, "readout_text_weight", 0.0) or 0.0)
     model.config.readout_text_weight = 0.0               # the joint mode is then j itself
+    td = None
     try:
         own = embed_catalog_modes(model, processor, df, ("joint", "text"), progress=progress)
+        if "titles_disagree" in checks:
+            rewritten, groups = titles_disagree_catalog(df)
+            members = np.flatnonzero(groups >= 0)
+            td_joint, td_text = own["joint"].copy(), own["text"].copy()
+            if len(members):
+                new = embed_catalog_modes(model, processor, rewritten.iloc[members], ("joint", "text"), progress=False)
+                td_joint[members], td_text[members] = new["joint"], new["text"]
+            td = (td_joint, td_text, groups)
     finally:
         model.config.readout_text_weight = configured
-    record = readout_weight_scores(own["joint"], own["text"], df, weights, reference=reference)
+    record = readout_weight_scores(own["joint"], own["text"], df, weights, reference=reference, checks=checks,
+                                   titles_disagree=td)
     record.update(configured=configured, wall_time_s=time.perf_counter() - t0)
     if record["chosen"] is None:
-        logger.info("read-out weight: no same-product or title-decides query among %d listings; "
-                    "keeping the configured w=%g", len(df), configured)
+        logger.info("read-out weight: no validation query of %s among %d listings; keeping the configured w=%g",
+                    list(checks), len(df), configured)
     else:
         model.config.readout_text_weight = float(record["chosen"])
-        logger.info("read-out weight chosen on %d listings (%d same-product, %d title-decides "
-                    "queries): w=%g (scores %s)", len(df), record["n_queries"], record["title_decides_n_queries"],
+        logger.info("read-out weight chosen on %d listings (%d same-product, %d title-decides, %d titles-disagree "
+                    "queries; checks %s): w=%g (scores %s)", len(df), record["n_queries"],
+                    record["title_decides_n_queries"], record["titles_disagree_n_queries"], list(checks),
                     record["chosen"], {w: round(s, 4) for w, s in record["score"].items()})
     return record

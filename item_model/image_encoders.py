@@ -11,8 +11,9 @@ and ImageNet mean/std its top ImageNet class is "sunglass" for 8 of 8 sunglasses
 for the T-shirts, "backpack" for the backpacks; with swish every photo gets one of two classes (the
 wrong activation), which is how the Lite variant was confirmed.
 
-Used here as the image-side baseline a sceptic tries first (pooled 1280-d features, frozen); the
-issue's variant of ITEm with these as image tokens is not built yet (docs/results.md).
+Used twice: as the image-side baseline a sceptic tries first (pooled 1280-d features, frozen), and as
+ITEm's image tokenizer when ``ItemConfig.image_tokens == "efficientnet_lite0"`` (the cells of its last
+feature map, frozen, projected to the hidden size; ``item_model.modeling_item.ItemModel``).
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .configuration_item import IMAGENET_MEAN, IMAGENET_STD
+
 #: (expansion, kernel, stride, output channels, repeats) of each stage; the stem gives 32 channels
 LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
                 (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 #: BatchNorm settings of the TensorFlow original
 _BN = {"eps": 1e-3, "momentum": 0.01}
-#: ImageNet mean / std of RGB in [0, 1], the input scaling the weights expect
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SameConv2d(nn.Conv2d):

@@ -35,8 +35,10 @@ Masked objectives are computed on matched pairs only (``itm_labels == 1``).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +48,9 @@ from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 from transformers.utils import ModelOutput
 
 from .configuration_item import ItemConfig
+from .hardware import cpu_has_native_bf16
+from .feature_cache import CACHE_DIR_ENV, ImageFeatureCache, encoder_version
+from .image_encoders import EfficientNetLite0, efficientnet_lite0_path
 
 
 @dataclass
@@ -160,16 +165,20 @@ class ItemModel(ItemPreTrainedModel):
         bert_config._attn_implementation = config._attn_implementation or "sdpa"
         self.bert = BertModel(bert_config, add_pooling_layer=False)
         d = config.hidden_size
-        self.patch_embedding = nn.Linear(config.patch_dim, d)
+        if config.image_tokens == "efficientnet_lite0":
+            # frozen, in eval mode whatever the model's mode (BatchNorm statistics kept); its ImageNet
+            # weights are loaded by from_bert and saved with the model (a model folder is self-contained)
+            self.image_encoder = EfficientNetLite0().requires_grad_(False).eval()
+        self.patch_embedding = nn.Linear(config.image_token_dim, d)
         self.patch_position_embedding = nn.Embedding(config.num_patches, d)
         self.mask_patch_embedding = nn.Parameter(torch.zeros(d))
         self.mlm_head = BertOnlyMLMHead(bert_config)
         self.gmlm_head = BertOnlyMLMHead(bert_config)
         self.gmlm_query_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.mim_head = nn.Linear(d, config.patch_dim)
+        self.mim_head = nn.Linear(d, config.image_token_dim)
         self.gmim_query_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.gmim_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=config.layer_norm_eps),
-                                       nn.Linear(d, config.patch_dim))
+                                       nn.Linear(d, config.image_token_dim))
         self.itm_head = nn.Linear(d, 1)
         self.infonce_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.infonce_temperature)),
                                                 requires_grad=bool(config.infonce_learn_temperature))
@@ -195,8 +204,18 @@ class ItemModel(ItemPreTrainedModel):
         if unexpected or [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]:
             raise ValueError(f"BERT checkpoint {bert_path!r} does not fit: missing={missing}, "
                              f"unexpected={unexpected}")
+        if config.image_tokens == "efficientnet_lite0":
+            state = torch.load(efficientnet_lite0_path(), map_location="cpu", weights_only=True)
+            model.image_encoder.load_state_dict(state, strict=True)
         model.tie_weights()
         return model
+
+    def train(self, mode: bool = True) -> "ItemModel":
+        """``nn.Module.train``, except that a frozen CNN image encoder always stays in eval mode."""
+        super().train(mode)
+        if hasattr(self, "image_encoder"):
+            self.image_encoder.eval()
+        return self
 
     def get_input_embeddings(self):
         return self.bert.embeddings.word_embeddings
@@ -215,15 +234,60 @@ class ItemModel(ItemPreTrainedModel):
             x = x * keep
         return x
 
-    def embed_patches(self, pixel_values: torch.Tensor, mim_mask: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) float32 normalised pixels -> ((B, N, D) patch embeddings, (B, N, P*P*C) patches).
+    def image_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The photo's token inputs, which are also the MIM targets: (B, C, H, W) float32 normalised
+        pixels -> (B, N, K) float32, cells in row-major order.
 
-        Masked patches (``mim_mask`` (B, N) bool) have their projection replaced by the learned mask
+        ``image_tokens == "patches"``: the flattened pixel patches, K = P*P*C (:func:`patchify`).
+        ``"efficientnet_lite0"``: the frozen CNN's last feature map, K = 1280 channels per cell of
+        stride 32, computed without gradient, channels-last (the fast layout of oneDNN's depthwise
+        convolutions), under bf16 autocast where the CPU has native bf16 (on a GPU always; fp32
+        elsewhere), rounded to float16 and returned as float32. Each photo's features are looked up
+        in, and stored to, the model's :class:`~item_model.feature_cache.ImageFeatureCache` first
+        (keyed by the exact pixels and the encoder's version, so a changed photo is never answered
+        with a stale feature; a cached and a fresh feature are bitwise equal).
+        """
+        if self.config.image_tokens == "patches":
+            return patchify(pixel_values, self.config.patch_size)
+        cache, bf16 = self.image_feature_cache()
+        keys = [cache.key(row) for row in pixel_values]
+        found = [cache.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            px = pixel_values[missing].contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), torch.autocast(device_type=px.device.type, dtype=torch.bfloat16, enabled=bf16):
+                fmap = self.image_encoder.feature_map(px)
+            feats = fmap.float().flatten(2).transpose(1, 2).to(torch.float16).cpu().numpy()
+            for i, f in zip(missing, feats):
+                cache.put(keys[i], f)
+                found[i] = f
+        return torch.from_numpy(np.stack(found)).to(device=pixel_values.device, dtype=torch.float32)
+
+    def image_feature_cache(self) -> tuple[ImageFeatureCache, bool]:
+        """(the cache of the frozen CNN's features, whether they are computed under bf16 autocast).
+
+        Made on first use: in memory, and in the folder named by the environment variable
+        ``ITEM_IMAGE_FEATURE_CACHE`` when set (shared by the pipeline's steps); keyed by
+        :func:`~item_model.feature_cache.encoder_version` of the CNN's weights, which are frozen.
+        """
+        if getattr(self, "_feature_cache", None) is None:
+            device = next(self.image_encoder.parameters()).device
+            bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+            version = encoder_version(self.config.image_tokens, self.image_encoder, "bf16" if bf16 else "fp32")
+            self._feature_cache = (ImageFeatureCache(version, os.environ.get(CACHE_DIR_ENV) or None), bf16)
+        return self._feature_cache
+
+    def embed_patches(self, pixel_values: torch.Tensor | None, mim_mask: torch.Tensor | None = None,
+                      image_inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) float32 normalised pixels -> ((B, N, D) image token embeddings, (B, N, K) token
+        inputs, :meth:`image_inputs`); pass ``image_inputs`` instead of the pixels when already computed
+        (a CNN's features are then not computed again).
+
+        Masked tokens (``mim_mask`` (B, N) bool) have their projection replaced by the learned mask
         embedding; position and token-type-1 embeddings are then added, LayerNorm and dropout applied.
         With ``config.ablate_stream == "image"`` the result is all zeros.
         """
-        patches = patchify(pixel_values, self.config.patch_size)
+        patches = self.image_inputs(pixel_values) if image_inputs is None else image_inputs
         x = self.patch_embedding(patches)
         if mim_mask is not None:
             x = torch.where(mim_mask.unsqueeze(-1), self.mask_patch_embedding.to(x.dtype), x)
@@ -235,7 +299,7 @@ class ItemModel(ItemPreTrainedModel):
         return x, patches
 
     def encode(self, input_ids=None, attention_mask=None, pixel_values=None, mim_mask=None,
-               text_only=None, image_only=None):
+               text_only=None, image_only=None, image_inputs=None):
         """Run the single-stream encoder.
 
         Args:
@@ -246,20 +310,24 @@ class ItemModel(ItemPreTrainedModel):
             mim_mask: (B, N) bool patches to mask, or None.
             text_only / image_only: (B,) bool rows whose photo / title (all but ``[CLS]`` and
                 ``[SEP]``) is hidden from attention (modality dropout), or None.
+            image_inputs: (B, N, K) float32, the photo's :meth:`image_inputs` if already computed
+                (then ``pixel_values`` may be None).
 
         Returns:
-            (last_hidden_state (B, L, D), patches (B, N, P*P*C) or None, text length T).
+            (last_hidden_state (B, L, D), image token inputs (B, N, K) or None, text length T).
 
         Raises:
             ValueError: both streams are None, or the batch sizes differ.
         """
-        if input_ids is None and pixel_values is None:
+        if image_inputs is None and pixel_values is not None:
+            image_inputs = self.image_inputs(pixel_values)
+        if input_ids is None and image_inputs is None:
             raise ValueError("encode() needs input_ids, pixel_values or both")
         if input_ids is None:
-            b = pixel_values.shape[0]
+            b = image_inputs.shape[0]
             cls_id = self.config.cls_token_id if getattr(self.config, "cls_token_id", None) is not None else 101
             sep_id = self.config.sep_token_id if getattr(self.config, "sep_token_id", None) is not None else 102
-            input_ids = torch.tensor([[cls_id, sep_id]], device=pixel_values.device).expand(b, 2)
+            input_ids = torch.tensor([[cls_id, sep_id]], device=image_inputs.device).expand(b, 2)
             attention_mask = None
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -270,11 +338,11 @@ class ItemModel(ItemPreTrainedModel):
             special[torch.arange(len(sep), device=sep.device), sep] = 1
             attention_mask = torch.where(image_only[:, None], attention_mask * special, attention_mask)
         parts, masks, patches = [self.embed_text(input_ids)], [attention_mask], None
-        if pixel_values is not None:
-            if pixel_values.shape[0] != input_ids.shape[0]:
+        if image_inputs is not None:
+            if image_inputs.shape[0] != input_ids.shape[0]:
                 raise ValueError(f"batch sizes differ: input_ids {tuple(input_ids.shape)}, "
-                                 f"pixel_values {tuple(pixel_values.shape)}")
-            img, patches = self.embed_patches(pixel_values, mim_mask)
+                                 f"pixel_values {tuple(image_inputs.shape)}")
+            img, patches = self.embed_patches(None, mim_mask, image_inputs)
             parts.append(img)
             patch_mask = torch.ones(img.shape[:2], dtype=attention_mask.dtype, device=img.device)
             if text_only is not None:
@@ -349,13 +417,14 @@ class ItemModel(ItemPreTrainedModel):
         text = None
         if "text" in kinds or ("joint" in kinds and w > 0):
             text = self.text_vector(input_ids, attention_mask)
+        inputs = self.image_inputs(pixel_values) if {"joint", "image"} & set(kinds) else None
         if "joint" in kinds:
-            joint = F.normalize(self.encode(input_ids, attention_mask, pixel_values)[0][:, 0].float(), dim=-1)
+            joint = F.normalize(self.encode(input_ids, attention_mask, image_inputs=inputs)[0][:, 0].float(), dim=-1)
             out["joint"] = F.normalize(w * text + joint, dim=-1) if w > 0 else joint
         if "text" in kinds:
             out["text"] = text
         if "image" in kinds:
-            out["image"] = F.normalize(self.encode(None, None, pixel_values)[0][:, 0].float(), dim=-1)
+            out["image"] = F.normalize(self.encode(None, None, image_inputs=inputs)[0][:, 0].float(), dim=-1)
         return out
 
     # ----------------------------------------------------------------------------- pre-training
@@ -386,8 +455,9 @@ class ItemModel(ItemPreTrainedModel):
         """
         cfg = self.config
         w = cfg.objective_weights()
-        hidden, patches, t_len = self.encode(input_ids, attention_mask, pixel_values, mim_mask,
-                                             text_only, image_only)
+        inputs = self.image_inputs(pixel_values) if pixel_values is not None else None
+        hidden, patches, t_len = self.encode(input_ids, attention_mask, None, mim_mask, text_only, image_only,
+                                             image_inputs=inputs)
         cls = hidden[:, 0]
         matched = itm_labels > 0.5 if itm_labels is not None else None
         losses: dict[str, torch.Tensor] = {}
@@ -430,7 +500,7 @@ class ItemModel(ItemPreTrainedModel):
             if clean_input_ids is None or duplicate_titles is None or duplicate_photos is None:
                 raise ValueError("InfoNCE needs clean_input_ids, duplicate_titles and duplicate_photos "
                                  "(PretrainingCollator provides them when infonce_weight > 0)")
-            infonce_logits, parts = self._infonce(cls, attention_mask, pixel_values, matched, text_only,
+            infonce_logits, parts = self._infonce(cls, attention_mask, inputs, matched, text_only,
                                                   image_only, clean_input_ids, duplicate_titles, duplicate_photos)
             if parts:
                 losses["infonce"] = torch.stack(parts).mean()
@@ -440,7 +510,7 @@ class ItemModel(ItemPreTrainedModel):
                                      embedding=F.normalize(cls.float(), dim=-1), itm_logits=itm_logits,
                                      infonce_logits=infonce_logits)
 
-    def _infonce(self, cls, attention_mask, pixel_values, matched, text_only, image_only, clean_input_ids,
+    def _infonce(self, cls, attention_mask, image_inputs, matched, text_only, image_only, clean_input_ids,
                  duplicate_titles, duplicate_photos) -> tuple[dict, list]:
         """The InfoNCE terms: every matched row's ``[CLS]`` against the clean title-only keys (rows that
         see their title) and the clean photo-only keys (rows that see their photo)."""
@@ -452,7 +522,7 @@ class ItemModel(ItemPreTrainedModel):
         image_only = no if image_only is None else image_only
         with torch.no_grad():                                   # stop-gradient keys (clean views)
             text_key = F.normalize(self.encode(clean_input_ids, attention_mask)[0][:, 0], dim=-1)
-            image_key = F.normalize(self.encode(None, None, pixel_values)[0][:, 0], dim=-1)
+            image_key = F.normalize(self.encode(None, None, image_inputs=image_inputs)[0][:, 0], dim=-1)
         scale = self.infonce_logit_scale.clamp(max=math.log(100.0)).exp()
         logits, parts = {}, []
         for kind, key, sel, dup in (("text", text_key, rows & ~image_only, duplicate_titles),

@@ -15,6 +15,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .evaluation import READOUT_CHECKS
+from .hardware import cpu_has_native_bf16
 from .io import PROGRESS_INTERVAL, write_json_atomic
 from .modeling_item import ItemModel
 from .title_decides import normalise_title
@@ -46,6 +48,7 @@ class TrainConfig:
     title_batches: float = 0.0         # share of each batch drawn as same-title clusters (hard InfoNCE negatives; title_clusters)
     title_cluster_size: int = 4        # listings per same-title cluster
     readout_weights: tuple = ()        # after training, the served vector's w chosen among these on the validation split (evaluation.choose_readout_weight); () = keep model_config's
+    readout_checks: tuple = ("same_product", "title_decides")   # the validation searches w is chosen on (evaluation.READOUT_CHECKS)
 
     def __post_init__(self):
         if self.bf16_autocast not in (True, False, "auto"):
@@ -57,6 +60,10 @@ class TrainConfig:
                              f"got {self.readout_weights!r}") from None
         if any(w < 0 for w in self.readout_weights):
             raise ValueError(f"train_config.readout_weights must be numbers >= 0, got {list(self.readout_weights)}")
+        self.readout_checks = tuple(self.readout_checks)
+        if not self.readout_checks or set(self.readout_checks) - set(READOUT_CHECKS):
+            raise ValueError(f"train_config.readout_checks must be a non-empty subset of {list(READOUT_CHECKS)}, "
+                             f"got {list(self.readout_checks)}")
         if not 0.0 <= self.title_batches <= 1.0:
             raise ValueError(f"train_config.title_batches must be in [0, 1], got {self.title_batches!r}")
         if self.title_cluster_size < 2:
@@ -76,23 +83,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training setting(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
-
-
-def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU computes bf16 matrix products natively (x86 ``avx512_bf16`` or ``amx_bf16``
-    in ``cpuinfo``'s flags), where PyTorch's oneDNN kernels run bf16 autocast faster than fp32 (on
-    this project's CPU: 1.7-2.0x the fp32 training samples/s with the fused AdamW, docs/results.md);
-    elsewhere bf16 is emulated and slower, so ``"auto"`` keeps fp32. False when ``cpuinfo`` cannot
-    be read (not Linux)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:

@@ -233,7 +233,8 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
     if ctx.is_main and cfg.readout_weights:             # the served vector's w, chosen on the validation split
         from item_model.evaluation import choose_readout_weight, readout_selection_rows
         summary["readout_selection"] = choose_readout_weight(model.to("cpu"), processor, readout_selection_rows(df),
-                                                             cfg.readout_weights, reference=df, progress=progress)
+                                                             cfg.readout_weights, reference=df, progress=progress,
+                                                             checks=cfg.readout_checks)
     if ctx.is_main:                                     # only rank 0 writes artifacts
         out = Path(model_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -179,11 +180,20 @@ def run_locally(pipeline: Callable, arguments: dict, run_dir: Path, *, what: str
     os.environ["ITEM_ERROR_DIR"] = str(error_dir)
     # tasks run `python3` replaced by this interpreter; keep this venv's tools first on PATH too
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    # a model with CNN image tokens computes each photo's features once per run: training, evaluation
+    # and the index tasks share this folder (item_model.feature_cache), removed when the run ends
+    from item_model.feature_cache import CACHE_DIR_ENV
+    own_cache = CACHE_DIR_ENV not in os.environ
+    if own_cache:
+        os.environ[CACHE_DIR_ENV] = str(run_dir / "image-feature-cache")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir), raise_on_error=True)
     console = Console(file=sys.stdout, highlight=False)
     quiet = None if verbose else _QuietTasks(console, key_figure)
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        if own_cache:
+            stack.callback(shutil.rmtree, os.environ[CACHE_DIR_ENV], True)
+            stack.callback(os.environ.pop, CACHE_DIR_ENV, None)
         if quiet is not None:
             original = handler.run_local_subprocess
             handler.run_local_subprocess = quiet

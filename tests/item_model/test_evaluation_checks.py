@@ -526,3 +526,39 @@ def test_headroom_title_label_parts_follow_the_train_split(real_slice):
     test = real_slice["split"].to_numpy() == "test"
     assert set(real[test]) <= {"conflicting", "ambiguous", "consistent", "unseen_title"}
     assert (real[test] == "consistent").any() and (real[test] == "unseen_title").any()
+
+
+def test_readout_weight_over_the_titles_disagree_check_too(real_slice):
+    """With ``titles_disagree`` among the checks, each w is also scored where one product's titles
+    disagree (its j and t recomputed on the rewritten rows): a bag-of-words title then misleads where a
+    large w let it decide elsewhere, and the score is the mean of the three Recall@1."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    from item_model.evaluation import paired_groups, readout_selection_rows, readout_weight_scores
+    from item_model.titles_disagree import titles_disagree_catalog
+
+    def words_and_photo(df):                   # t = [bag of words, 0], j = [0, pixels]
+        words = HashingVectorizer(n_features=1024, alternate_sign=False).transform(df["title"]).toarray()
+        words = (words / np.maximum(np.linalg.norm(words, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        photo = pixel_baseline(df, progress=False)
+        return (np.concatenate([words, np.zeros_like(photo)], axis=1),
+                np.concatenate([np.zeros_like(words), photo], axis=1))
+
+    val = readout_selection_rows(real_slice)
+    t, j = words_and_photo(val)
+    rewritten, groups = titles_disagree_catalog(val)
+    td_t, td_j = words_and_photo(rewritten)
+    checks = ("same_product", "title_decides", "titles_disagree")
+    rec = readout_weight_scores(j, t, val, (0, 1, 8), reference=real_slice, checks=checks,
+                                titles_disagree=(td_j, td_t, groups))
+    assert rec["checks"] == list(checks) and rec["titles_disagree_n_queries"] == int((paired_groups(groups) >= 0).sum()) > 0
+    td = rec["titles_disagree_recall@1"]
+    assert td["0.0"] > 0.8 and td["8.0"] < td["0.0"]              # the photo carries it; the title misleads
+    for w in ("0.0", "1.0", "8.0"):
+        assert rec["score"][w] == pytest.approx(np.mean([rec["recall@1"][w], rec["title_decides_recall@1"][w], td[w]]))
+    two = readout_weight_scores(j, t, val, (0, 1, 8), reference=real_slice)
+    assert two["titles_disagree_recall@1"] == {} and two["checks"] == ["same_product", "title_decides"]
+    with pytest.raises(ValueError, match="rewritten rows"):
+        readout_weight_scores(j, t, val, (0, 8), checks=checks)
+    with pytest.raises(ValueError, match="subset"):
+        readout_weight_scores(j, t, val, (0, 8), checks=("same_product", "colour"))

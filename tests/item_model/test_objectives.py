@@ -232,6 +232,15 @@ def test_train_config_readout_weights_are_numbers_at_least_zero():
             TrainConfig.from_dict({"readout_weights": bad})
 
 
+
+def test_train_config_readout_checks_are_known_searches():
+    assert TrainConfig().readout_checks == ("same_product", "title_decides")
+    all3 = TrainConfig.from_dict({"readout_checks": ["same_product", "title_decides", "titles_disagree"]})
+    assert all3.readout_checks == ("same_product", "title_decides", "titles_disagree")
+    for bad in ([], ["same_product", "colour"]):
+        with pytest.raises(ValueError, match="readout_checks"):
+            TrainConfig.from_dict({"readout_checks": bad})
+
 def test_title_clusters_share_a_title_and_are_reproducible(listings):
     """Same-title clusters (``train_config.title_batches``) on real listings: every cluster is one
     shared title, drawn without replacement inside it, the same for the same seed."""
