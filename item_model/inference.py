@@ -7,6 +7,10 @@ pass) and :func:`top_k` (exact inner-product search over L2-normalised rows).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+
 import numpy as np
 import pandas as pd
 import torch
@@ -18,6 +22,10 @@ from .processing_item import ItemProcessor
 
 #: the three embeddings of a listing: title + photo (the served vector), title alone, photo alone
 MODES = ("joint", "text", "image")
+#: the tolerance of a faster inference precision: every checked vector's cosine to its fp32 vector
+DEFAULT_MIN_COSINE = 0.99
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -100,6 +108,70 @@ def embed_catalog_modes(model: ItemModel, processor: ItemProcessor, df: pd.DataF
         for mode, vectors in model.embed_kinds(enc.get("input_ids"), enc.get("attention_mask"), px, modes).items():
             out[mode][s:e] = vectors.numpy()
     return out
+
+
+@contextlib.contextmanager
+def precision(model: ItemModel, value: str):
+    """Embed with ``model`` in ``value`` (``"fp32"`` / ``"bf16"``) inside the block, whatever its config or
+    ``ITEM_INFERENCE_PRECISION`` say; both restored after."""
+    from .modeling_item import PRECISION_ENV
+
+    saved_config, saved_env = model.config.inference_precision, os.environ.pop(PRECISION_ENV, None)
+    model.config.inference_precision = value
+    try:
+        yield model
+    finally:
+        model.config.inference_precision = saved_config
+        if saved_env is not None:
+            os.environ[PRECISION_ENV] = saved_env
+
+
+def check_inference_precision(model: ItemModel, processor: ItemProcessor, df: pd.DataFrame,
+                              min_cosine: float = DEFAULT_MIN_COSINE, max_rows: int = 256) -> dict:
+    """Compare the vectors of ``model.config.inference_precision`` with float32 on real catalog rows and
+    fall back to float32 when they drift: if any kind's lowest cosine to its float32 vector is below
+    ``min_cosine``, ``model.config.inference_precision`` is set to ``"fp32"`` (logged with the reason),
+    so a model never serves vectors that drifted.
+
+    Args:
+        df: canonical catalog rows (the first ``max_rows`` are used).
+        min_cosine: the tolerance, in cosine similarity of a row's vector to its float32 vector.
+
+    Returns:
+        ``{"precision": asked, "kept": bool, "reason": str, "n_rows", "min_cosine": {kind: float},
+        "mean_cosine": {kind: float}, "same_nearest": {kind: share of rows whose nearest neighbour
+        among the rows is unchanged}, "tolerance": min_cosine}``; ``{"precision": "fp32", "kept": True}``
+        when there is nothing to compare.
+    """
+    asked = model.config.inference_precision
+    if asked == "fp32" or len(df) == 0:
+        return {"precision": asked, "kept": True, "reason": "fp32 is the reference", "n_rows": 0}
+    rows = df.head(max_rows)
+    with precision(model, "fp32"):
+        ref = embed_catalog_modes(model, processor, rows, progress=False)
+    with precision(model, asked):
+        fast = embed_catalog_modes(model, processor, rows, progress=False)
+    record = {"precision": asked, "tolerance": float(min_cosine), "n_rows": int(len(rows)), "min_cosine": {},
+              "mean_cosine": {}, "same_nearest": {}}
+    for kind in MODES:
+        cos = (ref[kind] * fast[kind]).sum(1)
+        record["min_cosine"][kind] = float(cos.min())
+        record["mean_cosine"][kind] = float(cos.mean())
+        if len(rows) > 1:
+            record["same_nearest"][kind] = float((top_k(ref[kind], np.arange(len(rows)), 1)[:, 0] ==
+                                                  top_k(fast[kind], np.arange(len(rows)), 1)[:, 0]).mean())
+    worst = min(record["min_cosine"], key=record["min_cosine"].get)
+    record["kept"] = record["min_cosine"][worst] >= min_cosine
+    if record["kept"]:
+        record["reason"] = (f"{asked} vectors within tolerance: lowest cosine to fp32 "
+                            f"{record['min_cosine'][worst]:.5f} ({worst}) >= {min_cosine}")
+        logger.info("inference precision %s kept: %s", asked, record["reason"])
+    else:
+        record["reason"] = (f"{asked} vectors drift: lowest cosine to fp32 {record['min_cosine'][worst]:.5f} "
+                            f"({worst}) < tolerance {min_cosine}; falling back to fp32")
+        model.config.inference_precision = "fp32"
+        logger.warning("inference precision: %s", record["reason"])
+    return record
 
 
 def top_k(embeddings: np.ndarray, query_index: np.ndarray, k: int = 5, chunk: int = 256) -> np.ndarray:

@@ -16,6 +16,9 @@ Objectives (each weighted by ``config.<name>_weight``, 0 = off):
 * MLM  - masked title tokens predicted from their own final hidden state (BERT, Devlin et al. 2019).
 * MIM  - masked patches' per-patch-normalised pixels regressed from their own hidden state;
          MSE over masked patches only (SimMIM, Xie et al. 2022; MAE ``norm_pix_loss``, He et al. 2022).
+         With CNN image tokens (``config.image_tokens``) the target is the masked cell's normalised
+         CNN feature (and, with ``+pixels``, its normalised low-resolution pixels): the frozen
+         encoder's feature as the target, as BEiT v2 / MaskFeat regress a teacher's features.
 * GMLM - masked tokens predicted from the ``[CLS]`` state + the position embedding only.
 * GMIM - masked patches reconstructed from the ``[CLS]`` state + the patch-position embedding only.
 * ITM  - matched / mismatched image-title pair classified from ``[CLS]`` (binary cross-entropy).
@@ -34,6 +37,7 @@ Masked objectives are computed on matched pairs only (``itm_labels == 1``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -47,10 +51,15 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 from transformers.utils import ModelOutput
 
-from .configuration_item import ItemConfig
+from .configuration_item import CELL_PIXELS_SIDE, INFERENCE_PRECISIONS, ItemConfig
 from .hardware import cpu_has_native_bf16
 from .feature_cache import CACHE_DIR_ENV, ImageFeatureCache, encoder_version
 from .image_encoders import EfficientNetLite0, efficientnet_lite0_path
+
+
+logger = logging.getLogger(__name__)
+#: environment variable that overrides ``ItemConfig.inference_precision`` (``fp32`` / ``bf16``)
+PRECISION_ENV = "ITEM_INFERENCE_PRECISION"
 
 
 @dataclass
@@ -165,7 +174,7 @@ class ItemModel(ItemPreTrainedModel):
         bert_config._attn_implementation = config._attn_implementation or "sdpa"
         self.bert = BertModel(bert_config, add_pooling_layer=False)
         d = config.hidden_size
-        if config.image_tokens == "efficientnet_lite0":
+        if config.cnn == "efficientnet_lite0":
             # frozen, in eval mode whatever the model's mode (BatchNorm statistics kept); its ImageNet
             # weights are loaded by from_bert and saved with the model (a model folder is self-contained)
             self.image_encoder = EfficientNetLite0().requires_grad_(False).eval()
@@ -204,7 +213,7 @@ class ItemModel(ItemPreTrainedModel):
         if unexpected or [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]:
             raise ValueError(f"BERT checkpoint {bert_path!r} does not fit: missing={missing}, "
                              f"unexpected={unexpected}")
-        if config.image_tokens == "efficientnet_lite0":
+        if config.cnn == "efficientnet_lite0":
             state = torch.load(efficientnet_lite0_path(), map_location="cpu", weights_only=True)
             model.image_encoder.load_state_dict(state, strict=True)
         model.tie_weights()
@@ -240,15 +249,17 @@ class ItemModel(ItemPreTrainedModel):
 
         ``image_tokens == "patches"``: the flattened pixel patches, K = P*P*C (:func:`patchify`).
         ``"efficientnet_lite0"``: the frozen CNN's last feature map, K = 1280 channels per cell of
-        stride 32, computed without gradient, channels-last (the fast layout of oneDNN's depthwise
+        stride 32 (``+pixels``: then the cell's pixels average-pooled to 8 x 8, K = 1280 + 192),
+        computed without gradient, channels-last (the fast layout of oneDNN's depthwise
         convolutions), under bf16 autocast where the CPU has native bf16 (on a GPU always; fp32
         elsewhere), rounded to float16 and returned as float32. Each photo's features are looked up
         in, and stored to, the model's :class:`~item_model.feature_cache.ImageFeatureCache` first
         (keyed by the exact pixels and the encoder's version, so a changed photo is never answered
         with a stale feature; a cached and a fresh feature are bitwise equal).
         """
-        if self.config.image_tokens == "patches":
-            return patchify(pixel_values, self.config.patch_size)
+        cfg = self.config
+        if cfg.cnn is None:
+            return patchify(pixel_values, cfg.patch_size)
         cache, bf16 = self.image_feature_cache()
         keys = [cache.key(row) for row in pixel_values]
         found = [cache.get(k) for k in keys]
@@ -261,7 +272,23 @@ class ItemModel(ItemPreTrainedModel):
             for i, f in zip(missing, feats):
                 cache.put(keys[i], f)
                 found[i] = f
-        return torch.from_numpy(np.stack(found)).to(device=pixel_values.device, dtype=torch.float32)
+        features = torch.from_numpy(np.stack(found)).to(device=pixel_values.device, dtype=torch.float32)
+        if cfg.cell_pixel_dim:
+            small = F.avg_pool2d(pixel_values.float(), cfg.patch_size // CELL_PIXELS_SIDE)
+            features = torch.cat([features, patchify(small, CELL_PIXELS_SIDE)], dim=-1)
+        return features
+
+    def mim_targets(self, inputs: torch.Tensor) -> torch.Tensor:
+        """MIM/GMIM regression targets of image token inputs (R, K): per-token normalised when
+        ``config.mim_norm_pix`` (MAE's ``norm_pix_loss``; with ``+pixels`` the CNN feature and the
+        pixels each on their own), else the inputs. (R, K) float32."""
+        inputs = inputs.float()
+        if not self.config.mim_norm_pix:
+            return inputs
+        if not self.config.cell_pixel_dim:
+            return normalize_patches(inputs)
+        cut = inputs.shape[-1] - self.config.cell_pixel_dim
+        return torch.cat([normalize_patches(inputs[..., :cut]), normalize_patches(inputs[..., cut:])], dim=-1)
 
     def image_feature_cache(self) -> tuple[ImageFeatureCache, bool]:
         """(the cache of the frozen CNN's features, whether they are computed under bf16 autocast).
@@ -273,7 +300,7 @@ class ItemModel(ItemPreTrainedModel):
         if getattr(self, "_feature_cache", None) is None:
             device = next(self.image_encoder.parameters()).device
             bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-            version = encoder_version(self.config.image_tokens, self.image_encoder, "bf16" if bf16 else "fp32")
+            version = encoder_version(self.config.cnn, self.image_encoder, "bf16" if bf16 else "fp32")
             self._feature_cache = (ImageFeatureCache(version, os.environ.get(CACHE_DIR_ENV) or None), bf16)
         return self._feature_cache
 
@@ -372,6 +399,27 @@ class ItemModel(ItemPreTrainedModel):
         mask = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:]], dim=1)[..., None]
         return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
 
+    def inference_autocast(self):
+        """The context :meth:`embed` and :meth:`embed_kinds` run in: bf16 autocast when
+        ``config.inference_precision`` (or the environment variable ``ITEM_INFERENCE_PRECISION``) is
+        ``"bf16"`` and the device computes bf16 natively (a GPU, or a CPU with ``avx512_bf16`` /
+        ``amx_bf16``: :func:`~item_model.hardware.cpu_has_native_bf16`), else a no-op (fp32; a bf16
+        request on a CPU without it is logged once)."""
+        import contextlib
+
+        precision = os.environ.get(PRECISION_ENV) or getattr(self.config, "inference_precision", "fp32")
+        if precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"{PRECISION_ENV}={precision!r} must be one of {list(INFERENCE_PRECISIONS)}")
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        device = self.device.type
+        if device == "cpu" and not cpu_has_native_bf16():
+            if not getattr(self, "_warned_bf16", False):
+                logger.warning("inference_precision bf16 asked, but this CPU has no native bf16: fp32")
+                self._warned_bf16 = True
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
     @torch.no_grad()
     def embed(self, input_ids=None, attention_mask=None, pixel_values=None) -> torch.Tensor:
         """Product embedding, L2-normalised. (B, D) float32.
@@ -383,14 +431,15 @@ class ItemModel(ItemPreTrainedModel):
         ``normalize(w * t + j)`` (both L2-normalised first), so that the title's identity
         survives in the served vector.
         """
-        if pixel_values is None:
-            return self.text_vector(input_ids, attention_mask)
-        hidden, _, _ = self.encode(input_ids, attention_mask, pixel_values)
-        joint = F.normalize(hidden[:, 0].float(), dim=-1)
-        w = float(getattr(self.config, "readout_text_weight", 0.0) or 0.0)
-        if w > 0 and input_ids is not None:
-            joint = F.normalize(w * self.text_vector(input_ids, attention_mask) + joint, dim=-1)
-        return joint
+        with self.inference_autocast():
+            if pixel_values is None:
+                return self.text_vector(input_ids, attention_mask)
+            hidden, _, _ = self.encode(input_ids, attention_mask, pixel_values)
+            joint = F.normalize(hidden[:, 0].float(), dim=-1)
+            w = float(getattr(self.config, "readout_text_weight", 0.0) or 0.0)
+            if w > 0 and input_ids is not None:
+                joint = F.normalize(w * self.text_vector(input_ids, attention_mask) + joint, dim=-1)
+            return joint
 
     @torch.no_grad()
     def embed_kinds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
@@ -412,6 +461,10 @@ class ItemModel(ItemPreTrainedModel):
         """
         if set(kinds) - {"joint", "text", "image"}:
             raise ValueError(f"kinds: {list(kinds)} must be among 'joint', 'text', 'image'")
+        with self.inference_autocast():
+            return self._embed_kinds(input_ids, attention_mask, pixel_values, kinds)
+
+    def _embed_kinds(self, input_ids, attention_mask, pixel_values, kinds) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         w = float(getattr(self.config, "readout_text_weight", 0.0) or 0.0)
         text = None
@@ -480,9 +533,7 @@ class ItemModel(ItemPreTrainedModel):
         if mim_mask is not None and patches is not None and (w["mim"] > 0 or w["gmim"] > 0):
             sel = mim_mask if matched is None else mim_mask & matched[:, None]
             if sel.any():
-                target = patches[sel].float()
-                if cfg.mim_norm_pix:
-                    target = normalize_patches(target)
+                target = self.mim_targets(patches[sel])
                 if w["mim"] > 0:
                     losses["mim"] = F.mse_loss(self.mim_head(hidden[:, t_len:][sel]).float(), target)
                 if w["gmim"] > 0:

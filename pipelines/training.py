@@ -96,7 +96,7 @@ def build_training_pipeline(cluster: dict | None = None):
             with dsl.ParallelFor(items=index_shards, name="index-shards") as shard:
                 embedded = embed_shard(catalog=catalog, shard=shard, model_version=registered.output,
                                        registry_root=registry_root, storage_root=storage_root, index_root="",
-                                       settings=index_settings)
+                                       settings=index_settings, eval_vectors=evaluated.outputs["item_embeddings"])
             indexed = build_index(model_version=registered.output, storage_root=storage_root, index_root="",
                                   settings=index_settings).after(embedded)
             packaged = package(model=trained.outputs["model"], eval_json=evaluated.outputs["eval_json"],

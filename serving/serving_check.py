@@ -49,7 +49,10 @@ class ServingCheckConfig:
 
     Attributes:
         max_latency_ms: the slowest canned request may take this long (ms, wall time at the client).
-        tolerance: largest absolute difference between a served and an in-process vector component.
+        tolerance: largest absolute difference between a served and an in-process vector component
+            (a model served in fp32).
+        min_cosine: a model served in a faster precision (``inference_precision: bf16``): the lowest
+            cosine of a served vector to the in-process fp32 vector of the same input.
         startup_timeout_s: how long the server may take to answer ``/readyz`` 200 (s).
         n_listings: canned listings per ``/embed`` request.
         enabled: False skips the check (the pipeline then promotes a blessed model unchecked).
@@ -57,6 +60,7 @@ class ServingCheckConfig:
 
     max_latency_ms: float = 5000.0
     tolerance: float = 1e-5
+    min_cosine: float = 0.99
     startup_timeout_s: float = 240.0
     n_listings: int = 4
     enabled: bool = True
@@ -249,12 +253,13 @@ def _canned_requests(tag: str, path: Path, bentoml_home: str | Path | None, conf
     titles of the first catalog listings the server will search (else canned titles) with canned photos.
 
     Returns:
-        ``(catalog ids, the joint catalog embeddings or None, {kind: expected (n, D) vectors},
+        ``(catalog ids, the joint catalog embeddings or None, {kind: expected fp32 (n, D) vectors,
+        "precision": the precision the model is served in},
         {request name: listings})``.
     """
     import torch
 
-    from item_model.inference import embed_listings
+    from item_model.inference import embed_listings, precision
     from item_model.image_utils import decode_image
     from item_model.modeling_item import ItemModel
     from item_model.processing_item import ItemProcessor
@@ -278,10 +283,11 @@ def _canned_requests(tag: str, path: Path, bentoml_home: str | Path | None, conf
         ids, index = listings["product_id"].astype(str).tolist(), embeddings.get("joint")
     photos = canned_photos(config.n_listings)
     pixels = [decode_image(p, processor.image_size) for p in photos]
-    with torch.no_grad():
+    with torch.no_grad(), precision(model, "fp32"):      # the reference is always the fp32 model
         expected = {"joint": embed_listings(model, processor, titles, pixels),
                     "text": embed_listings(model, processor, titles, None),
                     "image": embed_listings(model, processor, None, pixels)}
+    expected["precision"] = model.config.inference_precision
     requests = {"embed joint": [{"title": t, "image": _b64(p)} for t, p in zip(titles, photos)],
                 "embed title-only": [{"title": t} for t in titles],
                 "embed photo-only": [{"image": _b64(p)} for p in photos]}
@@ -291,7 +297,10 @@ def _canned_requests(tag: str, path: Path, bentoml_home: str | Path | None, conf
 def _check_embed(client, requests: dict[str, list[dict]], expected: dict[str, np.ndarray], tag: str,
                  config: ServingCheckConfig, result: dict) -> str | None:
     """POST /embed with each canned request; the first failure's reason, else None (latencies and
-    differences go into ``result``)."""
+    differences go into ``result``). Served vectors are compared with the in-process fp32 vectors:
+    component by component to ``config.tolerance`` for a model served in fp32, by cosine to
+    ``config.min_cosine`` for one served in a faster precision (``expected["precision"]``)."""
+    fast = expected.get("precision", "fp32") != "fp32"
     for (name, body), kind in zip(requests.items(), ("joint", "text", "image")):
         t0 = time.perf_counter()
         r = client.post("/embed", json={"listings": body})
@@ -307,7 +316,13 @@ def _check_embed(client, requests: dict[str, list[dict]], expected: dict[str, np
                     f"expected {expected[kind].shape} '{kind}' vectors from {tag}")
         diff = float(np.abs(served - expected[kind]).max())
         result["max_abs_diff"][name] = diff
-        if diff > config.tolerance:
+        if fast:
+            cosine = float((served * expected[kind]).sum(1).min())
+            result.setdefault("min_cosine", {})[name] = cosine
+            if cosine < config.min_cosine:
+                return (f"POST /embed ({name}): served {expected['precision']} vectors drift from the fp32 "
+                        f"model: cosine {cosine:.5f} < min_cosine {config.min_cosine}")
+        elif diff > config.tolerance:
             return (f"POST /embed ({name}): served vectors differ from the in-process model by "
                     f"{diff:.2e} > tolerance {config.tolerance:.0e}")
     return None

@@ -81,6 +81,53 @@ def content_hashes(df: pd.DataFrame) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
+def model_digest(model_dir: str | Path) -> str:
+    """SHA-256 hex digest of a model folder's ``config.json`` and weights (``*.safetensors``, in name
+    order) and of the inference precision its vectors are computed in (``ITEM_INFERENCE_PRECISION``
+    wins over the config): two vectors of one listing computed from folders of one digest are the same
+    vector, whichever step computed them."""
+    import os
+
+    from item_model.modeling_item import PRECISION_ENV
+
+    folder = Path(model_dir)
+    h = hashlib.sha256()
+    for path in [folder / "config.json", *sorted(folder.glob("*.safetensors"))]:
+        h.update(path.name.encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    h.update(f"precision={os.environ.get(PRECISION_ENV, '')}".encode())
+    return h.hexdigest()
+
+
+def load_reusable_vectors(path: str | Path, model_dir: str | Path, kinds: tuple[str, ...]
+                          ) -> dict[tuple[str, str], dict[str, np.ndarray]] | None:
+    """The vectors another step computed with the same model (the evaluate step's ``item_embeddings``,
+    :func:`components.steps.training.save_eval_embeddings`), keyed by ``(product_id, content_hash)``,
+    or None (logged) when they cannot be reused: another model digest (:func:`model_digest`), no
+    content hashes, or a kind missing. Read with ``allow_pickle=False``.
+
+    Returns:
+        ``{"product_id": (n,) str, "content_hash": (n,) str, kind: (n, D) float32 for each of kinds}``
+        as ``{(product_id, content_hash): {kind: (D,) float32}}``.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        files = set(z.files)
+        names = {kind: next((n for n in (kind, *[k for k, v in LEGACY_INDEX_KINDS.items() if v == kind])
+                             if n in files), None) for kind in kinds}
+        if "model_digest" not in files or "content_hash" not in files or None in names.values():
+            logger.info("vectors at %s not reused: no model digest, content hashes or kinds %s", path,
+                        [k for k, n in names.items() if n is None])
+            return None
+        if str(z["model_digest"]) != model_digest(model_dir):
+            logger.info("vectors at %s not reused: computed by another model than %s", path, model_dir)
+            return None
+        ids, hashes = z["product_id"].astype(str), z["content_hash"].astype(str)
+        matrices = {kind: z[name] for kind, name in names.items()}
+    return {(p, h): {kind: matrices[kind][i] for kind in kinds} for i, (p, h) in enumerate(zip(ids, hashes))}
+
+
 def indexable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The rows that can be embedded (a non-empty title and a photo) and the ids of the others."""
     has_title = df["title"].map(lambda t: isinstance(t, str) and t.strip() != "")
@@ -135,8 +182,10 @@ def read_shard(location: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
 
 def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str | Path, model_version: str,
                 index_root: str | Path, kinds: tuple[str, ...] = INDEX_KINDS, batch_size: int = 64,
-                progress: bool = False) -> dict:
-    """Embed one shard of a catalog with one model version, reusing the vectors of unchanged listings.
+                progress: bool = False, reuse_vectors: str | Path | None = None) -> dict:
+    """Embed one shard of a catalog with one model version, reusing the vectors of unchanged listings
+    (the shard's last file) and those another step already computed with the same model
+    (``reuse_vectors``: the evaluate step's vectors of the training sample, :func:`load_reusable_vectors`).
 
     Args:
         catalog: catalog folder or ``gs://`` prefix (:func:`components.catalog.iter_catalog` layout).
@@ -145,10 +194,13 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
         index_root: the index root of ``model_version`` (module docstring).
         kinds: embedding kinds to store (:data:`~components.storage.layout.INDEX_KINDS`, each the
             ``mode`` of :func:`~item_model.inference.embed_catalog`; ``"joint"`` is required).
+        reuse_vectors: an ``.npz`` of vectors computed with this model (None: none).
 
     Returns:
-        ``{"shard", "listings", "embedded", "reused", "removed", "skipped", "written", "wall_s"}``:
-        ``written`` False when nothing changed since the last run (the file is left as it was).
+        ``{"shard", "listings", "embedded", "reused", "reused_from_evaluation", "removed", "skipped",
+        "written", "wall_s"}``: ``written`` False when nothing changed since the last run (the file is
+        left as it was); ``reused_from_evaluation`` of the ``embedded`` listings came from
+        ``reuse_vectors`` instead of a forward pass.
 
     Raises:
         ValueError: an unknown kind, ``"joint"`` missing, or ``shard`` outside ``[0, num_shards)``.
@@ -190,7 +242,8 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
     todo = np.flatnonzero(reuse < 0)
     removed = len(set(old_rows["product_id"].astype(str)) - set(rows.get("product_id", pd.Series(dtype=str)).astype(str)))
     stats = {"shard": shard, "listings": int(len(rows)), "embedded": int(len(todo)),
-             "reused": int((reuse >= 0).sum()), "removed": int(removed), "skipped": len(skipped)}
+             "reused": int((reuse >= 0).sum()), "reused_from_evaluation": 0, "removed": int(removed),
+             "skipped": len(skipped)}
     out = rows[[c for c in listing_columns(rows) if c != "split"]].copy() if len(rows) else rows.copy()
     if len(todo) == 0 and removed == 0 and storage.exists(location) and _same_listings(out, old_rows):
         logger.info("shard %d: no listing new, changed or removed; left as it was", shard)
@@ -203,14 +256,21 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
         dim = int(model.config.hidden_size)
     else:
         dim = next(iter(old_vectors.values())).shape[1]
-    fresh = embed_catalog_modes(model, processor, rows.iloc[todo], tuple(kinds),
-                                batch_size=batch_size, progress=progress) if len(todo) else {}
+    given = load_reusable_vectors(reuse_vectors, model_dir, tuple(kinds)) if reuse_vectors and len(todo) else None
+    known = [given.get((str(rows["product_id"].iloc[i]), hashes[i])) for i in todo] if given else [None] * len(todo)
+    compute = todo[[k is None for k in known]] if len(todo) else todo
+    stats["reused_from_evaluation"] = int(len(todo) - len(compute))
+    fresh = embed_catalog_modes(model, processor, rows.iloc[compute], tuple(kinds),
+                                batch_size=batch_size, progress=progress) if len(compute) else {}
     for kind in kinds:
         matrix = np.zeros((len(rows), dim), dtype=np.float32)
         if (reuse >= 0).any():
             matrix[reuse >= 0] = old_vectors[kind][reuse[reuse >= 0]]
-        if len(todo):
-            matrix[todo] = fresh[kind]
+        for i, k in zip(todo, known):
+            if k is not None:
+                matrix[i] = k[kind]
+        if len(compute):
+            matrix[compute] = fresh[kind]
         vectors[kind] = matrix
     out["product_id"] = out["product_id"].astype(str)
     out.insert(1, "content_hash", hashes.astype(str))
@@ -219,8 +279,9 @@ def embed_shard(catalog: str | Path, shard: int, num_shards: int, model_dir: str
     buf = io.BytesIO()
     pq.write_table(_vectors_table(out, vectors), buf)
     storage.write_bytes(location, buf.getvalue())           # atomic locally, one object on gs://
-    logger.info("shard %d: %d listings (%d embedded, %d reused, %d removed) -> %s", shard, len(rows), len(todo),
-                stats["reused"], removed, location)
+    logger.info("shard %d: %d listings (%d new or changed, of which %d computed and %d taken from the evaluation; "
+                "%d reused, %d removed) -> %s", shard, len(rows), len(todo), len(compute),
+                stats["reused_from_evaluation"], stats["reused"], removed, location)
     return {**stats, "written": True, "wall_s": round(time.perf_counter() - t0, 2)}
 
 

@@ -235,6 +235,11 @@ def pretrain_step(catalog_dir: str, model_dir: str, model_config: dict, train_co
         summary["readout_selection"] = choose_readout_weight(model.to("cpu"), processor, readout_selection_rows(df),
                                                              cfg.readout_weights, reference=df, progress=progress,
                                                              checks=cfg.readout_checks)
+    if ctx.is_main and model.config.inference_precision != "fp32":   # a faster path never serves drifted vectors
+        from item_model.evaluation import readout_selection_rows
+        from item_model.inference import check_inference_precision
+        summary["inference_precision_check"] = check_inference_precision(model.to("cpu"), processor,
+                                                                         readout_selection_rows(df))
     if ctx.is_main:                                     # only rank 0 writes artifacts
         out = Path(model_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -282,6 +287,8 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
         if pointer:
             path = registry.version_path(pointer["version"]) / "model"
             champion = (ItemModel.from_pretrained(path), ItemProcessor.from_pretrained(path))
+            # like with like: the champion is embedded on the challenger's inference path
+            champion[0].config.inference_precision = model.config.inference_precision
             champion_info = {"version": pointer["version"], "generation": pointer["generation"]}
             logger.info("re-evaluating champion %s on the same split", pointer["version"])
     t0 = time.perf_counter()
@@ -298,7 +305,9 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
         from components.promotion.bootstrap import save_details
         save_details(details_path, details)
     if embeddings_path:
-        save_eval_embeddings(embeddings_path, df["product_id"].astype(str).to_numpy(), embeddings)
+        from components.index.build import content_hashes, model_digest
+        save_eval_embeddings(embeddings_path, df["product_id"].astype(str).to_numpy(), embeddings,
+                             content_hash=content_hashes(df), model_digest=model_digest(model_dir))
     result = EvalResult(catalog_fingerprint=meta["fingerprint"], catalog_source=meta["source"],
               n_listings=int(len(df)), split_counts=meta["split_counts"],
               protocol="search: every same-product group member queries all n_listings (itself "
@@ -317,17 +326,22 @@ def evaluate_step(catalog_dir: str, model_dir: str, eval_path: str, bert_path: s
 def readout_record(model_dir: str) -> dict:
     """How the model reads out its served vector: ``{"readout_text_weight": w (config.json),
     "text_pooling": how t is read out of the title stream (config.json), "selection": training.json's
-    ``readout_selection`` or None}`` (:func:`pretrain_step`)."""
+    ``readout_selection`` or None, "image_tokens" and "inference_precision" (config.json),
+    "precision_check": training.json's ``inference_precision_check`` or None}`` (:func:`pretrain_step`)."""
     from item_model.configuration_item import ItemConfig
 
     training = Path(model_dir) / "training.json"
-    selection = json.loads(training.read_text()).get("readout_selection") if training.exists() else None
+    record = json.loads(training.read_text()) if training.exists() else {}
     config = ItemConfig.from_pretrained(model_dir)
     return {"readout_text_weight": float(config.readout_text_weight or 0.0),
-            "text_pooling": getattr(config, "text_pooling", "cls"), "selection": selection}
+            "text_pooling": getattr(config, "text_pooling", "cls"), "selection": record.get("readout_selection"),
+            "image_tokens": getattr(config, "image_tokens", "patches"),
+            "inference_precision": getattr(config, "inference_precision", "fp32"),
+            "precision_check": record.get("inference_precision_check")}
 
 
-def save_eval_embeddings(path: str, product_ids: np.ndarray, embeddings: dict[str, np.ndarray]) -> None:
+def save_eval_embeddings(path: str, product_ids: np.ndarray, embeddings: dict[str, np.ndarray],
+                         content_hash: np.ndarray | None = None, model_digest: str = "") -> None:
     """Write the ITEm vectors the evaluation scored to one ``.npz`` (no pickling), atomically.
 
     Args:
@@ -335,6 +349,9 @@ def save_eval_embeddings(path: str, product_ids: np.ndarray, embeddings: dict[st
         embeddings: ``{kind: (n, D) float32}`` L2-normalised, e.g. ``item`` (the served vector),
             ``item_text_only``, ``item_image_only``; stored as float32 under their names (4 n D bytes
             each: 68 MB a kind for the whole 44,434-listing catalog at D = 384).
+        content_hash: (n,) str, each row's :func:`components.index.build.content_hashes` (key
+            ``content_hash``), and ``model_digest`` (:func:`components.index.build.model_digest`): with
+            both, the index steps reuse these vectors instead of computing them again.
 
     Raises:
         ValueError: a kind's rows differ from ``len(product_ids)``.
@@ -345,7 +362,9 @@ def save_eval_embeddings(path: str, product_ids: np.ndarray, embeddings: dict[st
             raise ValueError(f"embeddings {kind!r}: {len(emb)} rows for {len(product_ids)} product_id(s)")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, product_id=np.asarray(product_ids).astype(str),
+            extra = {} if content_hash is None else {"content_hash": np.asarray(content_hash).astype(str),
+                                                     "model_digest": np.asarray(model_digest)}
+            np.savez(fh, product_id=np.asarray(product_ids).astype(str), **extra,
                      **{k: np.asarray(v, dtype=np.float32) for k, v in embeddings.items()})
 
 

@@ -147,3 +147,26 @@ def test_greyscale_tiny_and_undecodable_photos_as_on_the_patch_path(cnn_model, l
             p.image_array(broken)
         errors.append(type(err.value))
     assert errors[0] is errors[1]                                 # the same error as the raw-patch path
+
+
+def test_cnn_tokens_with_the_cells_pixels(listings):
+    """``efficientnet_lite0+pixels``: each token is its cell's CNN feature and the cell's pixels at a quarter
+    of the resolution (the same 40 x 32 photo the raw-patch default sees); MIM normalises each part alone."""
+    torch.manual_seed(2)
+    model = ItemModel.from_bert(BERT, num_hidden_layers=2, itm_weight=0.0, gmlm_weight=0.0,
+                                **{**CNN, "image_tokens": "efficientnet_lite0+pixels"})
+    proc = ItemProcessor(AutoTokenizer.from_pretrained(BERT), model.config)
+    assert model.config.image_token_dim == 1280 + 192 and model.mim_head.out_features == 1472
+    px = _pixels(proc, listings.head(3).to_dict("records"))
+    inputs = model.image_inputs(px)
+    assert inputs.shape == (3, 20, 1472)
+    small = F.avg_pool2d(px, 4)                                   # (3, 3, 40, 32): cell (0, 0) is its top-left 8 x 8
+    assert torch.allclose(inputs[0, 0, 1280:], small[0, :, :8, :8].permute(1, 2, 0).reshape(-1), atol=1e-6)
+    assert torch.allclose(inputs[0, 1, 1280:], small[0, :, :8, 8:16].permute(1, 2, 0).reshape(-1), atol=1e-6)
+    targets = model.mim_targets(inputs.reshape(-1, 1472))
+    for part in (targets[:, :1280], targets[:, 1280:]):           # each part: mean 0, variance 1 per token
+        assert part.mean(-1).abs().max() < 1e-4 and (part.var(-1, unbiased=False) - 1).abs().max() < 1e-2
+    model.train()
+    history = pretrain(model, proc, listings.head(32), TrainConfig(steps=2, batch_size=8, warmup_steps=1,
+                                                                   log_every=1), progress=False)
+    assert np.isfinite(history[-1]["mim"])

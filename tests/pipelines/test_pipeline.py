@@ -34,6 +34,12 @@ def run_item(tmp: Path, catalog: Path, *extra: str, gate: dict | None = None) ->
     return proc, (json.loads(summaries[0].read_text()) if summaries else None)
 
 
+def folders_of(summary: dict) -> dict[str, Path]:
+    """``{task: output folder}`` of a run's training pipeline."""
+    from pipelines.cli.runs import task_folders
+    return task_folders(next(Path(summary["run_dir"]).glob("item-training-*")))
+
+
 def bento_models(home: Path) -> list[str]:
     models = home / "models"
     return sorted(str(p.relative_to(models)) for p in models.glob("*/*") if p.is_dir()) if models.exists() else []
@@ -54,7 +60,7 @@ def test_compile_to_ir_yaml(tmp_path):
 
 @pytest.mark.e2e
 def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
-    proc, summary = run_item(tmp_path, slice_catalog)
+    proc, summary = run_item(tmp_path, slice_catalog, "--set", "modality_ablation=true")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert summary["blessing"]["blessed"] is True
     assert "package" in summary["tasks_run"]                                      # the dsl.If branch ran
@@ -90,14 +96,20 @@ def test_run_blessed_packages_into_bentoml(tmp_path, slice_catalog):
     np.testing.assert_allclose(np.linalg.norm(embeddings["joint"], axis=1), 1.0, atol=1e-5)
     assert index_meta["model_version"] == meta["metadata"]["registry_version"] == summary["registry_version"]
     assert {"embed-shard-0", "embed-shard-1", "build-index"} <= set(summary["tasks_run"])
-    # the evaluation keeps the ITEm vectors it scored (its 400 listings), the same vectors the index holds
+    # the evaluation keeps the ITEm vectors it scored (its 400 listings), the same vectors the index holds:
+    # the index steps took them from the evaluation instead of embedding those listings again (issue 32)
     with np.load(Path(summary["eval_json"]).parent / "item_embeddings", allow_pickle=False) as z:
         scored = {k: z[k] for k in z.files}
-    assert set(scored) == {"product_id", "item"}           # the tiny profile has no modality ablation
+    assert set(scored) == {"product_id", "item", "item_text_only", "item_image_only", "content_hash", "model_digest"}
     assert len(scored["product_id"]) == scored["item"].shape[0] == summary["catalog"]["n_valid"]
     row_of = {str(p): i for i, p in enumerate(listings["product_id"])}
     rows = [row_of[p] for p in scored["product_id"]]
-    np.testing.assert_allclose(scored["item"], embeddings["joint"][rows], atol=1e-4)
+    for name, kind in (("item", "joint"), ("item_text_only", "text"), ("item_image_only", "image")):
+        np.testing.assert_allclose(scored[name], embeddings[kind][rows], atol=1e-4)
+    shard_counts = [json.loads((folders_of(summary)[f"embed-shard-{i}"] / "executor_output.json").read_text())
+                    ["parameterValues"]["Output"] for i in (0, 1)]
+    assert sum(c["reused_from_evaluation"] for c in shard_counts) == summary["catalog"]["n_valid"], shard_counts
+    assert sum(c["embedded"] for c in shard_counts) == n_catalog
     assert 0.0 <= meta["metadata"]["recall@1"] <= 1.0
     # artifacts of every step
     for key in ("data_docs", "quarantine", "eval_json", "gate_report", "training_curve"):
