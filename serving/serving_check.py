@@ -287,7 +287,9 @@ def _canned_requests(tag: str, path: Path, bentoml_home: str | Path | None, conf
         expected = {"joint": embed_listings(model, processor, titles, pixels),
                     "text": embed_listings(model, processor, titles, None),
                     "image": embed_listings(model, processor, None, pixels)}
-    expected["precision"] = model.config.inference_precision
+    # the precision the server embeds in: its config's, or the environment it inherits from this process
+    from item_model.modeling_item import PRECISION_ENV
+    expected["precision"] = os.environ.get(PRECISION_ENV) or model.config.inference_precision
     requests = {"embed joint": [{"title": t, "image": _b64(p)} for t, p in zip(titles, photos)],
                 "embed title-only": [{"title": t} for t in titles],
                 "embed photo-only": [{"image": _b64(p)} for p in photos]}

@@ -98,6 +98,24 @@ def test_serving_check_fails_on_vectors_outside_tolerance(store, monkeypatch, tm
     assert "startup_s" in result
 
 
+@pytest.mark.skipif(not __import__("item_model.hardware").hardware.cpu_has_native_bf16(),
+                    reason="this CPU has no native bf16: the service would embed in fp32")
+def test_serving_check_of_a_bf16_service_compares_with_the_fp32_model(store, monkeypatch, tmp_path):
+    """A service embedding in bf16 (``ITEM_INFERENCE_PRECISION``, which the server inherits): its vectors
+    are not the fp32 model's bit for bit, so the check compares them by cosine with the in-process fp32
+    vectors (``min_cosine``) and passes; the component-wise differences are recorded beside."""
+    from serving.serving_check import ServingCheckConfig, serving_check
+
+    monkeypatch.setenv("ITEM_INFERENCE_PRECISION", "bf16")
+    result = serving_check(store["tags"]["A"], store["home"], ServingCheckConfig(min_cosine=0.99),
+                           log_path=tmp_path / "server.log")
+    assert result["passed"] is True, result["reason"]
+    cosines = result["min_cosine"]
+    assert set(cosines) == {"embed joint", "embed title-only", "embed photo-only"}
+    assert all(0.99 <= c < 1.0 - 1e-7 for c in cosines.values()), cosines     # bf16, within tolerance
+    assert max(result["max_abs_diff"][k] for k in cosines) > 1e-5               # an fp32 check would have refused
+
+
 def test_serving_check_fails_when_the_server_does_not_start(store, monkeypatch, tmp_path):
     """A server that exits at start-up (a malformed ITEM_MAX_BATCH_SIZE in the environment it inherits)."""
     from components.registry import ModelRegistry
