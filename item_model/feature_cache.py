@@ -48,13 +48,14 @@ class ImageFeatureCache:
         version: the encoder's :func:`encoder_version`.
         folder: where entries persist (None: memory only). Entries of each version live in their own
             sub-folder ``<folder>/<version>/``.
-        max_items: entries kept in memory (least recently used dropped first).
+        max_items: entries kept in memory, least recently used dropped first (4,096 EfficientNet-Lite0
+            entries of 20 cells: 210 MB; the folder keeps every entry).
 
     Attributes:
         hits / misses: lookups answered / not answered since construction (for logs and tests).
     """
 
-    def __init__(self, version: str, folder: str | Path | None = None, max_items: int = 50_000):
+    def __init__(self, version: str, folder: str | Path | None = None, max_items: int = 4096):
         self.version = version
         self.folder = Path(folder) / version if folder is not None else None
         self.max_items = max_items

@@ -60,3 +60,44 @@ def test_changed_photo_re_embeds_only_that_listing(packaged_model, tmp_path):
 
     third = embed_shard(after, 0, 1, model, "v1", root)              # nothing changed since: left as it was
     assert (third["embedded"], third["reused"], third["written"]) == (0, 24, False)
+
+
+def test_index_takes_the_evaluations_vectors_of_the_same_model_only(packaged_model, tmp_path):
+    """No listing embedded twice in a run (issue 32): vectors the evaluation saved with the model's digest
+    and each row's content hash are taken as they are; a listing whose photo changed since, and every
+    listing when the digest names another model, are embedded."""
+    import pyarrow.parquet as pq
+
+    from components import catalog as cat
+    from components.index.build import content_hashes, embed_shard, model_digest, read_shard, shard_file
+    from components.steps.training import save_eval_embeddings
+    from item_model.inference import embed_catalog_modes
+    from item_model.modeling_item import ItemModel
+    from item_model.processing_item import ItemProcessor
+
+    folder = write_slice(tmp_path / "catalog", n_plain=20, n_groups=0)
+    df = cat.read_catalog(folder)
+    model_dir = packaged_model["model_dir"]
+    model = ItemModel.from_pretrained(model_dir).eval()
+    vectors = embed_catalog_modes(model, ItemProcessor.from_pretrained(model_dir, model.config), df.head(12),
+                                  progress=False)
+    hashes = content_hashes(df.head(12))
+    hashes[0] = "0" * 64                                           # listing 0 changed since the evaluation
+    names = {"joint": "item", "text": "item_text_only", "image": "item_image_only"}
+    ids = df["product_id"].astype(str).head(12).to_numpy()
+    good, other = tmp_path / "eval_vectors.npz", tmp_path / "other_model.npz"
+    save_eval_embeddings(str(good), ids, {names[k]: v for k, v in vectors.items()}, hashes, model_digest(model_dir))
+    save_eval_embeddings(str(other), ids, {names[k]: v for k, v in vectors.items()}, hashes, "f" * 64)
+
+    taken = embed_shard(folder, 0, 1, model_dir, "v1", tmp_path / "a", reuse_vectors=good)
+    assert (taken["listings"], taken["embedded"], taken["reused_from_evaluation"]) == (20, 20, 11)
+    rows, stored = read_shard(shard_file(tmp_path / "a", 0, 1))
+    at = {p: i for i, p in enumerate(rows["product_id"].astype(str))}
+    for kind in ("joint", "text", "image"):                        # bit for bit the evaluation's
+        np.testing.assert_array_equal(stored[kind][[at[p] for p in ids[1:]]], vectors[kind][1:])
+    fresh = embed_shard(folder, 0, 1, model_dir, "v1", tmp_path / "b")
+    _, computed = read_shard(shard_file(tmp_path / "b", 0, 1))
+    np.testing.assert_allclose(stored["joint"], computed["joint"], atol=1e-5)   # the same vectors either way
+    refused = embed_shard(folder, 0, 1, model_dir, "v1", tmp_path / "c", reuse_vectors=other)
+    assert refused["reused_from_evaluation"] == 0 and refused["embedded"] == 20
+    assert pq.read_metadata(shard_file(tmp_path / "c", 0, 1)).num_rows == 20
