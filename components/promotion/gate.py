@@ -253,15 +253,31 @@ def readout_line(eval_result: dict) -> str | None:
     t = ("the mean of the title stream's token states" if r.get("text_pooling") == "mean"
          else "the title stream's [CLS]")
     form = "the joint [CLS] j alone" if w == 0 else f"normalize({w:g} t + j), t {t}, j the joint [CLS]"
+    tokens = {"efficientnet_lite0": "photo tokens: EfficientNet-Lite0 cells",
+              "efficientnet_lite0+pixels": "photo tokens: EfficientNet-Lite0 cells with their pixels"}
+    extra = "".join(f"; {x}" for x in (tokens.get(r.get("image_tokens", "patches")),
+                                       _precision_phrase(r)) if x)
     sel = r.get("selection")
     if not sel or sel.get("chosen") is None:
         why = " (no validation query to choose on)" if sel else ""
-        return f"Served vector: {form}; w as configured{why}."
+        return f"Served vector: {form}; w as configured{why}{extra}."
     scores = ", ".join(f"{float(k):g}: {v:.4f}" for k, v in sel["score"].items())
+    td = sel.get("titles_disagree_n_queries") or 0
+    queries = (f"{sel['n_queries']} same-product, {sel['title_decides_n_queries']} title-decides"
+               + (f", {td} titles-disagree" if "titles_disagree" in sel.get("checks", []) else "") + " queries")
     return (f"Served vector: {form}; w chosen among {', '.join(f'{float(k):g}' for k in sel['score'])} on "
             f"{sel['n_listings']} validation listings and their train-split partners "
-            f"({sel['n_queries']} same-product, {sel['title_decides_n_queries']} title-decides queries; "
-            f"mean Recall@1 {scores}).")
+            f"({queries}; mean Recall@1 {scores}){extra}.")
+
+
+def _precision_phrase(readout: dict) -> str | None:
+    """How the vectors are computed, when not plain fp32 (eval.json ``checks.readout``)."""
+    check = readout.get("precision_check") or {}
+    if readout.get("inference_precision", "fp32") != "fp32":
+        return f"computed in {readout['inference_precision']} ({check.get('reason', 'not checked')})"
+    if check and not check.get("kept", True):
+        return f"computed in fp32: {check['reason']}"
+    return None
 
 
 #: the same-product checks shown as tables: (metric prefix, heading, what it measures)

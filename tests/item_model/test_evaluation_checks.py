@@ -344,6 +344,17 @@ def test_reports_say_how_the_served_vector_is_read_out(tmp_path):
     assert "no validation query" in readout_line(none)
     assert "t the title stream's [CLS]" in readout_line(none)
     mean = {"checks": {"readout": {"readout_text_weight": 10.0, "text_pooling": "mean", "selection": sel}}}
+    three = {**sel, "checks": ["same_product", "title_decides", "titles_disagree"], "titles_disagree_n_queries": 77}
+    cnn = {"checks": {"readout": {"readout_text_weight": 2.0, "selection": three, "inference_precision": "bf16",
+                                  "image_tokens": "efficientnet_lite0+pixels",
+                                  "precision_check": {"kept": True, "reason": "bf16 vectors within tolerance"}}}}
+    line = readout_line(cnn)
+    assert "77 titles-disagree queries" in line and "EfficientNet-Lite0 cells with their pixels" in line
+    assert "computed in bf16 (bf16 vectors within tolerance)" in line
+    fell_back = {"checks": {"readout": {"readout_text_weight": 2.0, "selection": sel, "inference_precision": "fp32",
+                                       "precision_check": {"kept": False, "reason": "bf16 vectors drift"}}}}
+    assert "computed in fp32: bf16 vectors drift" in readout_line(fell_back)
+    assert "titles-disagree" not in readout_line(fell_back) and "computed in" not in readout_line(mean)
     assert "normalize(10 t + j), t the mean of the title stream's token states" in readout_line(mean)
     assert readout_line({"models": {}}) is None
 
