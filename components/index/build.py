@@ -108,9 +108,13 @@ def load_reusable_vectors(path: str | Path, model_dir: str | Path, kinds: tuple[
     or None (logged) when they cannot be reused: another model digest (:func:`model_digest`), no
     content hashes, or a kind missing. Read with ``allow_pickle=False``.
 
+    Args:
+        path: an ``.npz`` with ``product_id`` (n,) str, ``content_hash`` (n,) str, ``model_digest`` and one
+            (n, D) float32 array per kind (named by kind or by the evaluation's names, ``item``, ...).
+        model_dir: the model the index is embedded with (its digest must match the file's).
+
     Returns:
-        ``{"product_id": (n,) str, "content_hash": (n,) str, kind: (n, D) float32 for each of kinds}``
-        as ``{(product_id, content_hash): {kind: (D,) float32}}``.
+        ``{(product_id, content_hash): {kind: (D,) float32}}``, or None.
     """
     with np.load(path, allow_pickle=False) as z:
         files = set(z.files)

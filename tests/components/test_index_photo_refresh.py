@@ -95,7 +95,7 @@ def test_index_takes_the_evaluations_vectors_of_the_same_model_only(packaged_mod
     at = {p: i for i, p in enumerate(rows["product_id"].astype(str))}
     for kind in ("joint", "text", "image"):                        # bit for bit the evaluation's
         np.testing.assert_array_equal(stored[kind][[at[p] for p in ids[1:]]], vectors[kind][1:])
-    fresh = embed_shard(folder, 0, 1, model_dir, "v1", tmp_path / "b")
+    embed_shard(folder, 0, 1, model_dir, "v1", tmp_path / "b")
     _, computed = read_shard(shard_file(tmp_path / "b", 0, 1))
     np.testing.assert_allclose(stored["joint"], computed["joint"], atol=1e-5)   # the same vectors either way
     refused = embed_shard(folder, 0, 1, model_dir, "v1", tmp_path / "c", reuse_vectors=other)
