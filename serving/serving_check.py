@@ -238,9 +238,13 @@ def serving_check(tag: str, bentoml_home: str | Path | None, config: ServingChec
             return fail(f"{slowest} took {result['latency_ms'][slowest]:.0f} ms > max_latency_ms "
                         f"{config.max_latency_ms:.0f}")
         result["passed"] = True
+        closeness = (f"within {max(result['max_abs_diff'].values()):.1e} of the in-process model"
+                     if "min_cosine" not in result else
+                     f"at cosine >= {min(result['min_cosine'].values()):.5f} to the in-process fp32 model "
+                     f"({expected['precision']})")
         result["reason"] = (f"served on loopback in {result['startup_s']} s; {len(result['latency_ms'])} canned "
-                            f"requests answered 200, vectors within {max(result['max_abs_diff'].values()):.1e} of "
-                            f"the in-process model, slowest {result['latency_ms'][slowest]:.0f} ms ({slowest})")
+                            f"requests answered 200, vectors {closeness}, slowest "
+                            f"{result['latency_ms'][slowest]:.0f} ms ({slowest})")
         logger.info("serving check of %s passed: %s", tag, result["reason"])
         return result
     finally:

@@ -114,6 +114,7 @@ def test_serving_check_of_a_bf16_service_compares_with_the_fp32_model(store, mon
     assert set(cosines) == {"embed joint", "embed title-only", "embed photo-only"}
     assert all(0.99 <= c < 1.0 - 1e-7 for c in cosines.values()), cosines     # bf16, within tolerance
     assert max(result["max_abs_diff"][k] for k in cosines) > 1e-5               # an fp32 check would have refused
+    assert "to the in-process fp32 model (bf16)" in result["reason"]
 
 
 def test_serving_check_fails_when_the_server_does_not_start(store, monkeypatch, tmp_path):
