@@ -478,7 +478,9 @@ def test_pretrain_step_saves_the_weight_chosen_on_validation_in_the_model(packag
     assert model.config.readout_text_weight == rec["chosen"] and model.config.text_pooling == "mean"
     assert steps.readout_record(str(out)) == {"readout_text_weight": rec["chosen"], "text_pooling": "mean",
                                               "selection": json.loads((out / "training.json").read_text())[
-                                                  "readout_selection"]}
+                                                  "readout_selection"],
+                                              "image_tokens": "patches", "inference_precision": "fp32",
+                                              "precision_check": None}
     rows = df[df["split"] == "validation"].head(6).reset_index(drop=True)
     kinds = embed_catalog_modes(model, ItemProcessor.from_pretrained(out), rows, ("joint", "text"), progress=False)
     model.config.readout_text_weight = 0.0
